@@ -1,0 +1,34 @@
+# The two commands: `make demo` and `make test`. Both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-fast lint redis venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+redis:
+	@scripts/ensure-redis
+
+test: venv redis
+	$(PY) -m pytest -q
+
+test-fast: venv redis
+	$(PY) -m pytest -q -m "not e2e and not worker"
+
+lint: venv
+	$(VENV)/bin/ruff check gallery tests
+
+demo: venv redis
+	scripts/demo
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,474 @@
+"""The JSON API (`/api/v1/…`), described by an OpenAPI schema that django-ninja builds
+from these signatures and serves at `/api/v1/schema`.
+
+Every error is JSON `{"error": "<what to do>"}` with a 4xx status; no input makes a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from ninja import NinjaAPI, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import SessionAuth
+from pydantic import Field
+from pydantic import ValidationError as PydanticValidationError
+
+from . import services
+from .models import Example, IllegalTransition, Job, Submission
+from .uploads import UploadTooLarge
+
+
+def _auth() -> list[Any]:
+    from .hub import HubTokenAuth
+
+    return [HubTokenAuth(), SessionAuth(csrf=True)]
+
+
+api = NinjaAPI(
+    title="Gallery API",
+    version="1",
+    description="Browse, stage and use examples of the JupyterHub examples gallery.",
+    urls_namespace="api",
+    auth=_auth(),
+    openapi_url="/schema",
+    docs_url="/docs",
+)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _error(request: HttpRequest, message: str, status: int, **extra: Any) -> HttpResponse:
+    return api.create_response(request, {"error": message, **extra}, status=status)
+
+
+@api.exception_handler(services.GalleryError)
+def _gallery_error(request: HttpRequest, exc: services.GalleryError) -> HttpResponse:
+    return _error(request, str(exc), exc.status)
+
+
+@api.exception_handler(IllegalTransition)
+def _illegal(request: HttpRequest, exc: IllegalTransition) -> HttpResponse:
+    return _error(request, str(exc), 409)
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    parts = []
+    for err in exc.errors[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", []) if p not in ("body", "payload"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return _error(request, "The request is not valid: " + "; ".join(parts), 400,
+                  details=[{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors[:50]])
+
+
+@api.exception_handler(PydanticValidationError)
+def _invalid_model(request: HttpRequest, exc: PydanticValidationError) -> HttpResponse:
+    return _invalid(request, ValidationError([dict(e) for e in exc.errors(include_url=False,
+                                                                             include_input=False)]))
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error(request, "Log in first, or send 'Authorization: token <hub token>' "
+                           "(browser requests also need the CSRF token).", 401)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return _error(request, str(exc), exc.status_code)
+
+
+@api.exception_handler(UploadTooLarge)
+def _too_large(request: HttpRequest, exc: UploadTooLarge) -> HttpResponse:
+    return _error(request, str(exc), 413)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _data_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _error(request, "The request is too large.", 413)
+
+
+@api.exception_handler(TooManyFilesSent)
+def _too_many_files(request: HttpRequest, exc: TooManyFilesSent) -> HttpResponse:
+    return _error(request, f"At most {settings.GALLERY_MAX_FILES} files per example.", 400)
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+    return _error(request, "The request is malformed.", 400)
+
+
+# --- schemas --------------------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    error: str
+
+
+class DataLinkIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    target: str = Field(min_length=1, max_length=2000,
+                        description="An absolute path on a shared filesystem, a URL or a DOI")
+    description: str = Field("", max_length=2000)
+    size: int | None = Field(None, ge=0, description="bytes")
+    checksum: str = Field("", max_length=200)
+    licence: str = Field("", max_length=100)
+
+
+class SubmissionMetaIn(Schema):
+    title: str = Field(min_length=1, max_length=200)
+    summary: str = Field("", max_length=5000)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+    licence: str = Field("", max_length=100)
+    slug: str = Field("", max_length=80, description="Wanted slug for a new example")
+    example: str = Field("", max_length=80,
+                         description="Slug of an existing example this is a new revision of")
+    data_links: list[DataLinkIn] = Field(default_factory=list, max_length=50)
+    resources: dict[str, str | int | float] = Field(default_factory=dict, max_length=10)
+    authors: list[str] = Field(default_factory=list, max_length=20)
+    kernel: str = Field("", max_length=100)
+
+
+class FileIn(Schema):
+    path: str = Field(min_length=1, max_length=250)
+    content: str | None = Field(None, description="UTF-8 text")
+    content_base64: str | None = Field(None, description="Binary content, base64")
+
+
+class SubmissionJsonIn(SubmissionMetaIn):
+    notebook: dict[str, Any] | str = Field(description="The notebook, as JSON or as a string")
+    notebook_name: str = Field("notebook.ipynb", max_length=250)
+    environment: FileIn | None = None
+    files: list[FileIn] = Field(default_factory=list)
+
+
+class CheckOut(Schema):
+    name: str
+    status: str
+    message: str
+
+
+class ReviewOut(Schema):
+    decision: str
+    comment: str
+    reviewer: str
+    created: str
+
+
+class SubmissionOut(Schema):
+    id: int
+    example: str
+    revision: int
+    state: str
+    checks_state: str
+    checks: list[CheckOut]
+    reviews: list[ReviewOut]
+    preview_url: str | None
+    url: str
+
+
+class DataLinkOut(Schema):
+    name: str
+    target: str
+    description: str
+    size: int | None
+    checksum: str
+    licence: str
+
+
+class ExampleOut(Schema):
+    slug: str
+    title: str
+    summary: str
+    state: str
+    tags: list[str]
+    author: str
+    updated: str
+    use_count: int
+    version: int | None
+    url: str
+    preview_url: str | None
+
+
+class ExampleDetailOut(ExampleOut):
+    files: list[dict[str, Any]]
+    environment: str
+    data_links: list[DataLinkOut]
+    resources: dict[str, Any]
+    licence: str
+    commit: str
+    versions: list[dict[str, Any]]
+
+
+class ExamplePage(Schema):
+    count: int
+    page: int
+    pages: int
+    results: list[ExampleOut]
+
+
+class UseIn(Schema):
+    folder: str = Field("", max_length=128, description="Folder name in the Use directory")
+
+
+class JobOut(Schema):
+    id: UUID
+    kind: str
+    state: str
+    message: str
+    target: str | None
+    open_url: str | None
+    result: dict[str, Any]
+    queued_at: str
+    finished_at: str | None
+
+
+# --- serialisers ----------------------------------------------------------------------------
+
+
+def preview_url(sha256: str | None) -> str | None:
+    if not sha256:
+        return None
+    base = settings.GALLERY_PREVIEW_BASE_URL
+    if base:
+        return f"{base.rstrip('/')}/{sha256}.html"
+    return reverse("preview", args=[sha256])
+
+
+def example_out(example: Example) -> dict[str, Any]:
+    revision = example.current_revision or example.latest_revision
+    return {
+        "slug": example.slug, "title": example.title, "summary": example.summary,
+        "state": example.state, "tags": [t.name for t in example.tags.all()],
+        "author": example.contributor.get_username(), "updated": example.updated.isoformat(),
+        "use_count": example.use_count, "version": revision.number if revision else None,
+        "url": reverse("example", args=[example.slug]),
+        "preview_url": preview_url(revision.notebook_sha256 if revision else None),
+    }
+
+
+def submission_out(submission: Submission) -> dict[str, Any]:
+    return {
+        "id": submission.pk, "example": submission.example.slug,
+        "revision": submission.revision.number, "state": submission.state,
+        "checks_state": submission.checks_state, "checks": submission.checks,
+        "reviews": [{"decision": r.decision, "comment": r.comment,
+                     "reviewer": r.reviewer.get_username(), "created": r.created.isoformat()}
+                    for r in submission.reviews.all()],
+        "preview_url": preview_url(submission.revision.notebook_sha256),
+        "url": reverse("submission", args=[submission.pk]),
+    }
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.pk, "kind": job.kind, "state": job.state, "message": job.message,
+        "target": job.result.get("path"), "open_url": job.result.get("lab_url"),
+        "result": job.result, "queued_at": job.queued_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+# --- examples -------------------------------------------------------------------------------
+
+
+@api.get("/examples", response=ExamplePage, summary="List and search examples")
+def list_examples(request: HttpRequest, q: str = Field("", max_length=200),
+                  tag: str = Field("", max_length=50), state: str = "",
+                  page: int = Field(1, ge=1, le=100000)) -> dict[str, Any]:
+    if state not in ("", "approved", "staged"):
+        raise services.GalleryError("state must be 'approved' or 'staged'.")
+    found = Example.objects.find(q=q, tag=tag, state=state)
+    paginator = Paginator(found, 24)
+    current = paginator.get_page(page)
+    return {"count": paginator.count, "page": current.number, "pages": paginator.num_pages,
+            "results": [example_out(e) for e in current.object_list]}
+
+
+@api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
+def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
+    example = get_object_or_404(Example.objects.visible(), slug=slug)
+    revision = example.current_revision or example.latest_revision
+    meta = revision.metadata if revision else {}
+    return {
+        **example_out(example),
+        "files": revision.files if revision else [],
+        "environment": meta.get("environment", ""),
+        "data_links": list(revision.data_links.values(
+            "name", "target", "description", "size", "checksum", "licence")) if revision else [],
+        "resources": meta.get("resources", {}),
+        "licence": meta.get("licence", ""),
+        "commit": revision.git_commit if revision else "",
+        "versions": [{"number": r.number, "commit": r.git_commit, "created": r.created.isoformat()}
+                     for r in example.revisions.exclude(git_commit="")],
+    }
+
+
+@api.post("/examples/{slug}/use", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,
+                                             409: ErrorOut},
+          summary="Queue a copy of the example into the caller's home")
+def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -> Any:
+    example = get_object_or_404(Example, slug=slug)
+    job = services.queue_use(example=example, user=request.auth,
+                             folder_name=payload.folder if payload else "")
+    return 202, job_out(job)
+
+
+@api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")
+def get_job(request: HttpRequest, job_id: UUID) -> dict[str, Any]:
+    job = get_object_or_404(Job, pk=job_id)
+    if job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
+        raise HttpError(404, "There is no such job.")
+    return job_out(job)
+
+
+# --- submissions ----------------------------------------------------------------------------
+
+_SUBMISSION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": SubmissionJsonIn.model_json_schema(
+                ref_template="#/components/schemas/{model}")},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["notebook", "title"],
+                "properties": {
+                    "notebook": {"type": "string", "format": "binary"},
+                    "environment": {"type": "string", "format": "binary"},
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "metadata": {"type": "string",
+                                 "description": "All metadata fields as one JSON object"},
+                    **{k: {"type": "string"} for k in ("title", "summary", "licence", "slug",
+                                                       "example", "kernel")},
+                    "tags": {"type": "string", "description": "comma-separated"},
+                    "data_links": {"type": "string", "description": "a JSON list"},
+                },
+            }},
+        },
+    }
+}
+
+
+def _decode_file(item: FileIn) -> bytes:
+    if (item.content is None) == (item.content_base64 is None):
+        raise services.GalleryError(f"{item.path}: give exactly one of content, content_base64.")
+    if item.content is not None:
+        return item.content.encode("utf-8", "surrogatepass")
+    try:
+        return base64.b64decode(item.content_base64 or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise services.GalleryError(f"{item.path}: content_base64 is not valid base64.") from None
+
+
+def _from_json(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+    try:
+        raw = json.loads(request.body)
+    except (ValueError, RecursionError):
+        raise services.GalleryError("The body is not valid JSON (UTF-8).") from None
+    payload = SubmissionJsonIn.model_validate(raw) if isinstance(raw, dict) else None
+    if payload is None:
+        raise services.GalleryError("The body must be a JSON object.")
+    notebook = payload.notebook
+    try:
+        nb_bytes = (notebook if isinstance(notebook, str) else json.dumps(notebook)).encode(
+            "utf-8")
+    except UnicodeEncodeError:
+        raise services.GalleryError("The notebook is not valid UTF-8 text.") from None
+    env = (payload.environment.path, _decode_file(payload.environment)) \
+        if payload.environment else None
+    files: dict[str, bytes] = {}
+    for item in payload.files:
+        if item.path in files:
+            raise services.GalleryError(f"The file {item.path!r} is given twice.")
+        files[item.path] = _decode_file(item)
+    return services.StagedFiles(notebook_name=payload.notebook_name, notebook=nb_bytes,
+                                environment=env, files=files), payload
+
+
+def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+    post, uploads = request.POST, request.FILES
+    if "notebook" not in uploads:
+        raise services.GalleryError("Attach the notebook as the 'notebook' file field.")
+    if "metadata" in post:
+        try:
+            fields = json.loads(post["metadata"])
+        except ValueError:
+            raise services.GalleryError("The 'metadata' field is not valid JSON.") from None
+        if not isinstance(fields, dict):
+            raise services.GalleryError("The 'metadata' field must be a JSON object.")
+    else:
+        fields = {k: post[k] for k in ("title", "summary", "licence", "slug", "example", "kernel")
+                  if k in post}
+        tags = post.getlist("tags")
+        fields["tags"] = [t.strip() for v in tags for t in v.split(",") if t.strip()]
+        for key in ("data_links", "resources", "authors"):
+            if key in post:
+                try:
+                    fields[key] = json.loads(post[key])
+                except ValueError:
+                    raise services.GalleryError(f"The {key!r} field is not valid JSON.") from None
+    meta = SubmissionMetaIn.model_validate(fields)
+    nb = uploads["notebook"]
+    env = uploads.get("environment")
+    files: dict[str, bytes] = {}
+    for upload in uploads.getlist("files"):
+        name = upload.name or ""
+        if name in files:
+            raise services.GalleryError(f"The file {name!r} is given twice.")
+        files[name] = upload.read()
+    return services.StagedFiles(
+        notebook_name=nb.name or "notebook.ipynb", notebook=nb.read(),
+        environment=(env.name or "", env.read()) if env else None, files=files,
+    ), meta
+
+
+def to_meta(meta: SubmissionMetaIn) -> services.ExampleMeta:
+    return services.ExampleMeta(
+        title=meta.title, summary=meta.summary, tags=meta.tags, licence=meta.licence,
+        slug=meta.slug, data_links=[link.model_dump() for link in meta.data_links],
+        resources=meta.resources, authors=meta.authors, kernel=meta.kernel,
+    )
+
+
+@api.post("/submissions", response={201: SubmissionOut, 400: ErrorOut, 403: ErrorOut,
+                                    404: ErrorOut, 409: ErrorOut, 413: ErrorOut},
+          openapi_extra=_SUBMISSION_BODY, summary="Stage a notebook (multipart or JSON)")
+def create_submission(request: HttpRequest) -> Any:
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        staged, meta = _from_json(request)
+    elif content_type == "multipart/form-data":
+        staged, meta = _from_multipart(request)
+    else:
+        raise services.GalleryError("Send multipart/form-data or application/json.", status=415)
+    submission = services.stage_submission(contributor=request.auth, staged=staged,
+                                           meta=to_meta(meta), example_slug=meta.example)
+    return 201, submission_out(submission)
+
+
+@api.get("/submissions", response=list[SubmissionOut], summary="The caller's submissions")
+def my_submissions(request: HttpRequest) -> list[dict[str, Any]]:
+    mine = Submission.objects.filter(contributor=request.auth).select_related(
+        "example", "revision")[:200]
+    return [submission_out(s) for s in mine]
+
+
+@api.get("/submissions/{submission_id}", response=SubmissionOut, summary="One submission")
+def get_submission(request: HttpRequest, submission_id: int) -> dict[str, Any]:
+    submission = get_object_or_404(Submission, pk=submission_id)
+    if submission.contributor_id != request.auth.pk and not services.is_reviewer(request.auth):
+        raise HttpError(404, "There is no such submission.")
+    return submission_out(submission)

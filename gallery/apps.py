@@ -1,0 +1,9 @@
+"""Django app configuration."""
+
+from django.apps import AppConfig
+
+
+class GalleryConfig(AppConfig):
+    name = "gallery"
+    default_auto_field = "django.db.models.BigAutoField"
+    verbose_name = "Examples gallery"

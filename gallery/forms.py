@@ -1,0 +1,93 @@
+"""Forms of the pages: staging upload, Use, review decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from pydantic import ValidationError
+
+from . import services
+from .api import SubmissionMetaIn
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    widget = MultipleFileInput
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        single = super().clean
+        if isinstance(data, (list, tuple)):
+            return [single(d, initial) for d in data]
+        return [single(data, initial)] if data else []
+
+
+class StageForm(forms.Form):
+    notebook = forms.FileField(help_text="The .ipynb file, saved with its outputs.")
+    title = forms.CharField(max_length=200)
+    summary = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                              max_length=5000)
+    tags = forms.CharField(required=False, max_length=1000, help_text="Comma-separated.")
+    licence = forms.CharField(required=False, max_length=100, initial="CC-BY-4.0")
+    environment = forms.FileField(required=False,
+                                  help_text="environment.yml or requirements.txt")
+    files = MultipleFileField(required=False, help_text="Small files that travel with it.")
+    data_links = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=20000,
+        help_text="One per line: name, then a path or URL, e.g. 'era5 /shared/data/era5'.")
+    example = forms.SlugField(required=False, widget=forms.HiddenInput)
+
+    def clean_data_links(self) -> list[dict[str, str]]:
+        links = []
+        for number, line in enumerate(self.cleaned_data["data_links"].splitlines(), 1):
+            if not line.strip():
+                continue
+            name, _, target = line.strip().partition(" ")
+            if not target.strip():
+                raise forms.ValidationError(f"Line {number}: give a name, then a path or URL.")
+            links.append({"name": name, "target": target.strip()})
+        return links
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self._meta = SubmissionMetaIn.model_validate({
+                "title": data["title"], "summary": data["summary"], "licence": data["licence"],
+                "tags": [t.strip() for t in data["tags"].split(",") if t.strip()],
+                "data_links": data["data_links"], "example": data["example"] or "",
+            })
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                field = str(err["loc"][0]) if err["loc"] else None
+                self.add_error(field if field in self.fields else None, err["msg"])
+        return data
+
+    def meta(self) -> SubmissionMetaIn:
+        return self._meta
+
+    def staged_files(self) -> services.StagedFiles:
+        data = self.cleaned_data
+        env = data.get("environment")
+        return services.StagedFiles(
+            notebook_name=data["notebook"].name, notebook=data["notebook"].read(),
+            environment=(env.name, env.read()) if env else None,
+            files={f.name: f.read() for f in data["files"]},
+        )
+
+
+class UseForm(forms.Form):
+    folder = forms.CharField(max_length=128, required=False,
+                             help_text="Name of the new folder; it never replaces one.")
+
+
+class ReviewForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("approve", "Approve"),
+                                          ("request_changes", "Request changes"),
+                                          ("reject", "Reject")])
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                              max_length=5000)

@@ -1,0 +1,338 @@
+"""The domain: examples, their revisions, submissions, reviews, data links and jobs.
+
+State changes happen only in `services.py`; the models hold the rules of one row
+(`Submission.can_become`) and the queries of many (`ExampleQuerySet`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class IllegalTransition(Exception):
+    """A state change the life of an example does not allow."""
+
+
+class ExampleQuerySet(models.QuerySet["Example"]):
+    def curated(self) -> ExampleQuerySet:
+        return self.filter(state=Example.State.APPROVED, current_revision__isnull=False)
+
+    def staged(self) -> ExampleQuerySet:
+        return self.filter(state=Example.State.STAGED)
+
+    def visible(self) -> ExampleQuerySet:
+        return self.filter(state__in=[Example.State.APPROVED, Example.State.STAGED])
+
+    def tagged(self, tag: str) -> ExampleQuerySet:
+        return self.filter(tags__name=tag)
+
+    def search(self, q: str) -> ExampleQuerySet:
+        """Full-text search on PostgreSQL; word-by-word substring matching elsewhere."""
+        from django.db import connection
+
+        q = q.strip()
+        if not q:
+            return self
+        if connection.vendor == "postgresql":
+            from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+
+            vector = (SearchVector("title", weight="A") + SearchVector("summary", weight="B")
+                      + SearchVector("search_text", weight="C"))
+            query = SearchQuery(q, search_type="websearch")
+            return self.annotate(rank=SearchRank(vector, query)).filter(rank__gt=0).order_by(
+                "-rank", "-updated")
+        found = self
+        for word in q.split()[:10]:
+            found = found.filter(
+                models.Q(title__icontains=word) | models.Q(summary__icontains=word)
+                | models.Q(search_text__icontains=word)
+            )
+        return found
+
+    def find(self, *, q: str = "", tag: str = "", state: str = "") -> ExampleQuerySet:
+        """What the gallery page and the list API show for a query, a tag and a section."""
+        found = {"approved": self.curated(), "staged": self.staged()}.get(state, self.visible())
+        if tag:
+            found = found.tagged(tag)
+        return found.search(q).select_related("contributor", "current_revision").prefetch_related(
+            "tags")
+
+
+class Tag(models.Model):
+    name = models.SlugField(max_length=50, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Example(models.Model):
+    """One example of the gallery, as users see it; its content lives in revisions."""
+
+    class State(models.TextChoices):
+        STAGED = "staged", "staged"  # submitted, never approved yet
+        APPROVED = "approved", "approved"  # published (a commit in the repository)
+        REJECTED = "rejected", "rejected"  # first submission refused
+        RETIRED = "retired", "retired"  # hidden from new users; copies keep working
+
+    slug = models.SlugField(max_length=80, unique=True)
+    title = models.CharField(max_length=200)
+    summary = models.TextField(blank=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="examples")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.STAGED)
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="examples"
+    )
+    current_revision = models.ForeignKey(
+        "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    use_count = models.PositiveIntegerField(default=0)
+    # Title, tags and the notebook's text, for full-text search.
+    search_text = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(default=timezone.now)
+
+    objects = ExampleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def latest_revision(self) -> Revision | None:
+        return self.revisions.order_by("-number").first()
+
+
+class Revision(models.Model):
+    """A version of an example's folder, identified by the hash of its content."""
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)  # sha256 over the whole folder
+    notebook_sha256 = models.CharField(max_length=64)  # the preview's key
+    notebook_name = models.CharField(max_length=200)
+    metadata = models.JSONField(default=dict)  # example.toml as a dict
+    files = models.JSONField(default=list)  # [{"path": ..., "size": ...}]
+    git_commit = models.CharField(max_length=40, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["example", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["example", "number"], name="one_number_per_revision")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.example.slug} v{self.number}"
+
+    @property
+    def approved(self) -> bool:
+        return bool(self.git_commit)
+
+
+class DataLink(models.Model):
+    """Data an example points at without carrying it: a shared path or a URL/DOI."""
+
+    revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="data_links")
+    name = models.CharField(max_length=100)
+    target = models.CharField(max_length=2000)
+    description = models.TextField(blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    checksum = models.CharField(max_length=200, blank=True)
+    licence = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_path(self) -> bool:
+        return self.target.startswith("/")
+
+
+class Submission(models.Model):
+    """A contributor's request to publish a revision, and its way through review."""
+
+    class State(models.TextChoices):
+        STAGED = "staged", "staged"
+        IN_REVIEW = "in_review", "in review"
+        APPROVED = "approved", "approved"
+        CHANGES_REQUESTED = "changes_requested", "changes requested"
+        REJECTED = "rejected", "rejected"
+        WITHDRAWN = "withdrawn", "withdrawn"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        State.STAGED: {State.IN_REVIEW, State.APPROVED, State.CHANGES_REQUESTED,
+                       State.REJECTED, State.WITHDRAWN},
+        State.IN_REVIEW: {State.APPROVED, State.CHANGES_REQUESTED, State.REJECTED,
+                          State.WITHDRAWN},
+        State.CHANGES_REQUESTED: {State.WITHDRAWN},
+        State.APPROVED: set(),
+        State.REJECTED: set(),
+        State.WITHDRAWN: set(),
+    }
+
+    class ChecksState(models.TextChoices):
+        PENDING = "pending", "pending"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    class Meta:
+        ordering = ["-created"]
+        permissions = [("review_submission", "Can approve, reject or request changes")]
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="submissions")
+    revision = models.OneToOneField(Revision, on_delete=models.CASCADE, related_name="submission")
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="submissions"
+    )
+    state = models.CharField(max_length=20, choices=State.choices, default=State.STAGED)
+    checks_state = models.CharField(
+        max_length=10, choices=ChecksState.choices, default=ChecksState.PENDING
+    )
+    checks = models.JSONField(default=list)  # [{"name", "status": pass|warn|fail, "message"}]
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"submission {self.pk} ({self.example.slug})"
+
+    def can_become(self, state: str) -> bool:
+        return state in self.TRANSITIONS.get(self.state, set())
+
+    @property
+    def waiting_since(self) -> timezone.datetime:
+        return self.created
+
+
+class Review(models.Model):
+    """A reviewer's decision on a submission."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "approve"
+        REQUEST_CHANGES = "request_changes", "request changes"
+        REJECT = "reject", "reject"
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    decision = models.CharField(max_length=20, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.reviewer}"
+
+
+class StateChange(models.Model):
+    """The record of every transition: what changed, from what to what, who, when, why."""
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="history")
+    submission = models.ForeignKey(
+        Submission, null=True, blank=True, on_delete=models.CASCADE, related_name="history"
+    )
+    subject = models.CharField(max_length=20)  # "example" or "submission"
+    from_state = models.CharField(max_length=20, blank=True)
+    to_state = models.CharField(max_length=20)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    reason = models.TextField(blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.subject} {self.from_state or '-'} -> {self.to_state}"
+
+
+class JobQuerySet(models.QuerySet):
+    def stale(self) -> JobQuerySet:
+        """Jobs the broker may have lost: queued a while ago, or running past their lease."""
+        now = timezone.now()
+        requeue_before = now - timedelta(seconds=settings.GALLERY_REQUEUE_AFTER)
+        return self.filter(
+            models.Q(state=Job.State.QUEUED, queued_at__lt=requeue_before)
+            | models.Q(state=Job.State.RUNNING, lease_until__lt=now)
+        )
+
+
+class Job(models.Model):
+    """Slow or privileged work; the row is the truth, the broker only a doorbell."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    class Kind(models.TextChoices):
+        CHECKS = "checks", "checks"
+        PREVIEW = "preview", "preview"
+        COMMIT = "commit", "commit"
+        USE = "use", "use"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    submission = models.ForeignKey(
+        Submission, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    revision = models.ForeignKey(
+        Revision, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    params = models.JSONField(default=dict)
+    result = models.JSONField(default=dict)
+    message = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [models.Index(fields=["state", "queued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.pk} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (self.State.DONE, self.State.FAILED)
+
+
+class Preview(models.Model):
+    """The rendered, sanitised HTML of one notebook content, keyed by its sha256."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    size = models.PositiveIntegerField(default=0)
+    render_ms = models.PositiveIntegerField(default=0)
+    rendered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.sha256

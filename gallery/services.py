@@ -1,0 +1,810 @@
+"""Every state change of the gallery, one function each.
+
+Views, the API, admin actions, management commands and Celery tasks all call these; there is
+one way to stage, approve, retire or use an example. Each function runs in one transaction
+and queues its slow work only after that transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+from django.utils.text import slugify
+
+from . import homes, notebooks, repo
+from .models import (
+    DataLink,
+    Example,
+    IllegalTransition,
+    Job,
+    Preview,
+    Review,
+    Revision,
+    StateChange,
+    Submission,
+    Tag,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GalleryError(Exception):
+    """A request the gallery refuses; `status` is the HTTP status that fits."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotAllowed(GalleryError):
+    status = 403
+
+
+class NotFound(GalleryError):
+    status = 404
+
+
+class Conflict(GalleryError):
+    status = 409
+
+
+@dataclass
+class StagedFiles:
+    """What a contributor sends: the notebook and everything that travels with it."""
+
+    notebook_name: str
+    notebook: bytes
+    environment: tuple[str, bytes] | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class ExampleMeta:
+    title: str
+    summary: str = ""
+    tags: list[str] = field(default_factory=list)
+    licence: str = ""
+    slug: str = ""
+    data_links: list[dict[str, Any]] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    authors: list[str] = field(default_factory=list)
+    kernel: str = ""
+
+
+def is_reviewer(user: AbstractBaseUser) -> bool:
+    return bool(user.is_active and user.has_perm("gallery.review_submission"))
+
+
+def _record(
+    *,
+    example: Example,
+    subject: str,
+    from_state: str,
+    to_state: str,
+    actor: AbstractBaseUser | None,
+    reason: str = "",
+    submission: Submission | None = None,
+) -> StateChange:
+    return StateChange.objects.create(
+        example=example, submission=submission, subject=subject, from_state=from_state,
+        to_state=to_state, actor=actor, reason=reason,
+    )
+
+
+def _move_submission(
+    submission: Submission, to: str, *, actor: AbstractBaseUser | None, reason: str
+) -> None:
+    if not submission.can_become(to):
+        raise IllegalTransition(
+            f"Submission {submission.pk} is {submission.get_state_display()}; "
+            f"it cannot become {Submission.State(to).label}."
+        )
+    _record(example=submission.example, submission=submission, subject="submission",
+            from_state=submission.state, to_state=to, actor=actor, reason=reason)
+    submission.state = to
+    submission.updated = timezone.now()
+    submission.save(update_fields=["state", "updated"])
+
+
+def _move_example(example: Example, to: str, *, actor: AbstractBaseUser | None, reason: str,
+                  allowed_from: set[str]) -> None:
+    if example.state not in allowed_from:
+        raise IllegalTransition(
+            f"Example {example.slug} is {example.get_state_display()}; it cannot become {to}."
+        )
+    _record(example=example, subject="example", from_state=example.state, to_state=to,
+            actor=actor, reason=reason)
+    example.state = to
+    example.updated = timezone.now()
+    example.save(update_fields=["state", "updated"])
+
+
+# --- staging --------------------------------------------------------------------------------
+
+
+def _clean_meta(meta: ExampleMeta) -> ExampleMeta:
+    title = meta.title.strip()
+    if not title:
+        raise GalleryError("A title is required.")
+    if len(title) > 200:
+        raise GalleryError("The title is longer than 200 characters.")
+    if len(meta.summary) > 5000:
+        raise GalleryError("The summary is longer than 5000 characters.")
+    tags = []
+    for tag in meta.tags:
+        clean = slugify(str(tag))[:50]
+        if not clean:
+            raise GalleryError(f"The tag {tag!r} has no letters or digits.")
+        if clean not in tags:
+            tags.append(clean)
+    if len(tags) > 20:
+        raise GalleryError("At most 20 tags.")
+    links = []
+    names = set()
+    for link in meta.data_links:
+        name = slugify(str(link.get("name", "")))[:100]
+        target = str(link.get("target", "")).strip()
+        if not name:
+            raise GalleryError("Every data link needs a name with letters or digits.")
+        if name in names:
+            raise GalleryError(f"Two data links are named {name!r}.")
+        names.add(name)
+        if "\x00" in target or not target or len(target) > 2000:
+            raise GalleryError(f"The data link {name!r} needs a target path or URL.")
+        if not (target.startswith(("/", "https://", "http://", "doi:", "s3://"))):
+            raise GalleryError(
+                f"The data link {name!r} must point at an absolute path, an http(s) URL or a DOI."
+            )
+        if target.startswith("/") and ".." in Path(target).parts:
+            raise GalleryError(f"The data link {name!r} path must not contain '..'.")
+        size = link.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise GalleryError(f"The data link {name!r} size must be a whole number of bytes.")
+        links.append({
+            "name": name, "target": target, "size": size,
+            "description": str(link.get("description") or "")[:2000],
+            "checksum": str(link.get("checksum") or "")[:200],
+            "licence": str(link.get("licence") or "")[:100],
+        })
+    slug = slugify(meta.slug or "")[:80]
+    return ExampleMeta(
+        title=title, summary=meta.summary.strip(), tags=tags, licence=meta.licence.strip()[:100],
+        slug=slug, data_links=links, resources=dict(meta.resources or {}),
+        authors=[str(a)[:200] for a in meta.authors][:20], kernel=str(meta.kernel or "")[:100],
+    )
+
+
+def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
+    name = notebooks.clean_relpath(staged.notebook_name)
+    if not name.endswith(".ipynb"):
+        raise GalleryError("The notebook's file name must end in .ipynb.")
+    files: dict[str, bytes] = {name: staged.notebook}
+    env_name = None
+    if staged.environment:
+        env_name = notebooks.clean_relpath(staged.environment[0])
+        if env_name not in notebooks.ENV_FILES:
+            raise GalleryError(
+                "The environment file must be environment.yml or requirements.txt, "
+                f"not {env_name!r}."
+            )
+        files[env_name] = staged.environment[1]
+    if len(staged.files) > settings.GALLERY_MAX_FILES:
+        raise GalleryError(f"At most {settings.GALLERY_MAX_FILES} files per example.")
+    for raw_name, data in staged.files.items():
+        clean = notebooks.clean_relpath(raw_name)
+        if clean in files:
+            raise GalleryError(f"The file {clean!r} is given twice.")
+        if env_name is None and clean in notebooks.ENV_FILES:
+            env_name = clean
+        files[clean] = data
+    total = sum(len(d) for d in files.values())
+    if total > settings.GALLERY_MAX_UPLOAD_BYTES:
+        raise GalleryError(
+            f"The example is {total:,} bytes; the limit is {settings.GALLERY_MAX_UPLOAD_BYTES:,}.",
+            status=413,
+        )
+    toml_meta = {
+        "title": meta.title, "summary": meta.summary, "tags": meta.tags, "licence": meta.licence,
+        "authors": meta.authors, "notebook": name, "kernel": meta.kernel,
+        "environment": env_name or "", "resources": meta.resources,
+        "data": [{k: v for k, v in link.items() if v not in (None, "")}
+                 for link in meta.data_links],
+    }
+    files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(toml_meta)
+    return files
+
+
+def store_folder(files: dict[str, bytes]) -> tuple[str, Path]:
+    """Write a folder under the staging dir, named by its content hash (atomic, write-once)."""
+    digest = notebooks.folder_hash(files)
+    base = Path(settings.GALLERY_STAGING_DIR)
+    final = base / digest
+    if final.is_dir():
+        return digest, final
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+    try:
+        for name, data in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return digest, final
+
+
+def staged_folder(revision: Revision) -> Path:
+    return Path(settings.GALLERY_STAGING_DIR) / revision.content_hash
+
+
+def _unique_slug(base: str) -> str:
+    base = base or "example"
+    slug, n = base, 1
+    while Example.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base[:75]}-{n}"
+    return slug
+
+
+def stage_submission(
+    *, contributor: AbstractBaseUser, staged: StagedFiles, meta: ExampleMeta,
+    example_slug: str = "",
+) -> Submission:
+    """Validate and store a notebook with its files; queue checks and the preview.
+
+    With `example_slug`, the submission is a new revision of that example. Nothing is stored
+    when anything is refused.
+    """
+    if not contributor.is_authenticated:
+        raise NotAllowed("Log in to stage an example.")
+    meta = _clean_meta(meta)
+    try:
+        nb = notebooks.read_notebook(staged.notebook)
+        files = _folder_files(staged, meta)
+    except notebooks.NotebookError as exc:
+        raise GalleryError(str(exc)) from None
+    nb_name = next(iter(files))
+    digest, _ = store_folder(files)
+
+    with transaction.atomic():
+        if example_slug:
+            example = Example.objects.select_for_update().filter(slug=example_slug).first()
+            if example is None:
+                raise NotFound(f"There is no example {example_slug!r} to revise.")
+            if example.contributor_id != contributor.pk and not is_reviewer(contributor):
+                raise NotAllowed(f"Only {example.contributor} or a reviewer may revise it.")
+            if example.state == Example.State.RETIRED:
+                raise Conflict(f"{example.slug} is retired; ask a reviewer to restore it first.")
+        else:
+            example = Example.objects.create(
+                slug=_unique_slug(meta.slug or slugify(meta.title)[:80]), title=meta.title,
+                summary=meta.summary, contributor=contributor,
+            )
+            _record(example=example, subject="example", from_state="", to_state=example.state,
+                    actor=contributor, reason="staged")
+        if example.state != Example.State.APPROVED:
+            example.title, example.summary = meta.title, meta.summary
+            example.search_text = " ".join([*meta.tags, notebooks.notebook_text(nb)])
+            example.updated = timezone.now()
+            example.save(update_fields=["title", "summary", "search_text", "updated"])
+            example.tags.set([Tag.objects.get_or_create(name=t)[0] for t in meta.tags])
+        number = (example.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+        revision = Revision.objects.create(
+            example=example, number=number, content_hash=digest,
+            notebook_sha256=notebooks.sha256(staged.notebook), notebook_name=nb_name,
+            metadata=notebooks.read_example_toml(files[notebooks.EXAMPLE_FILE]),
+            files=[{"path": p, "size": len(d)} for p, d in sorted(files.items())],
+        )
+        DataLink.objects.bulk_create(
+            DataLink(revision=revision, name=link["name"], target=link["target"],
+                     description=link["description"], size=link["size"],
+                     checksum=link["checksum"], licence=link["licence"])
+            for link in meta.data_links
+        )
+        for older in example.submissions.filter(state__in=[
+            Submission.State.STAGED, Submission.State.IN_REVIEW,
+            Submission.State.CHANGES_REQUESTED,
+        ]):
+            _move_submission(older, Submission.State.WITHDRAWN, actor=contributor,
+                             reason=f"superseded by revision {number}")
+        submission = Submission.objects.create(
+            example=example, revision=revision, contributor=contributor
+        )
+        _record(example=example, submission=submission, subject="submission", from_state="",
+                to_state=submission.state, actor=contributor, reason=f"revision {number}")
+        _queue(Job.Kind.CHECKS, submission=submission, revision=revision)
+        _queue_preview(revision)
+    return submission
+
+
+# --- review ---------------------------------------------------------------------------------
+
+
+def _require_reviewer(reviewer: AbstractBaseUser, submission: Submission) -> None:
+    if not is_reviewer(reviewer):
+        raise NotAllowed("Only reviewers may decide on submissions.")
+    if submission.contributor_id == reviewer.pk:
+        raise NotAllowed("A reviewer cannot decide on their own submission.")
+
+
+def start_review(*, submission: Submission, reviewer: AbstractBaseUser) -> Submission:
+    """Mark a staged submission as being reviewed."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission.pk)
+        _require_reviewer(reviewer, submission)
+        _move_submission(submission, Submission.State.IN_REVIEW, actor=reviewer,
+                         reason="review started")
+    return submission
+
+
+def _decide(submission: Submission, reviewer: AbstractBaseUser, decision: str, to: str,
+            comment: str) -> Review:
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission.pk)
+        _require_reviewer(reviewer, submission)
+        _move_submission(submission, to, actor=reviewer, reason=comment)
+        review = Review.objects.create(submission=submission, reviewer=reviewer,
+                                       decision=decision, comment=comment)
+        if decision == Review.Decision.APPROVE:
+            _queue(Job.Kind.COMMIT, submission=submission, revision=submission.revision,
+                   user=reviewer, params={"review": review.pk})
+            _queue_preview(submission.revision)
+        elif decision == Review.Decision.REJECT and submission.example.state == Example.State.STAGED:
+            _move_example(submission.example, Example.State.REJECTED, actor=reviewer,
+                          reason=comment, allowed_from={Example.State.STAGED})
+    return review
+
+
+def approve_submission(*, submission: Submission, reviewer: AbstractBaseUser,
+                       comment: str = "") -> Review:
+    """Approve: the revision is committed into the examples repository by a worker."""
+    return _decide(submission, reviewer, Review.Decision.APPROVE, Submission.State.APPROVED,
+                   comment)
+
+
+def request_changes(*, submission: Submission, reviewer: AbstractBaseUser,
+                    comment: str) -> Review:
+    if not comment.strip():
+        raise GalleryError("Say which changes you request.")
+    return _decide(submission, reviewer, Review.Decision.REQUEST_CHANGES,
+                   Submission.State.CHANGES_REQUESTED, comment)
+
+
+def reject_submission(*, submission: Submission, reviewer: AbstractBaseUser,
+                      comment: str) -> Review:
+    if not comment.strip():
+        raise GalleryError("Say why the submission is rejected.")
+    return _decide(submission, reviewer, Review.Decision.REJECT, Submission.State.REJECTED,
+                   comment)
+
+
+def retire_example(*, example: Example, actor: AbstractBaseUser, reason: str) -> Example:
+    """Hide an example from new users; existing copies keep working."""
+    if not is_reviewer(actor):
+        raise NotAllowed("Only reviewers may retire examples.")
+    if not reason.strip():
+        raise GalleryError("Say why the example is retired.")
+    with transaction.atomic():
+        example = Example.objects.select_for_update().get(pk=example.pk)
+        _move_example(example, Example.State.RETIRED, actor=actor, reason=reason,
+                      allowed_from={Example.State.APPROVED})
+    return example
+
+
+def restore_example(*, example: Example, actor: AbstractBaseUser, reason: str = "") -> Example:
+    if not is_reviewer(actor):
+        raise NotAllowed("Only reviewers may restore examples.")
+    with transaction.atomic():
+        example = Example.objects.select_for_update().get(pk=example.pk)
+        _move_example(example, Example.State.APPROVED, actor=actor, reason=reason or "restored",
+                      allowed_from={Example.State.RETIRED})
+    return example
+
+
+def publish_revision(*, revision: Revision, commit: str, actor: AbstractBaseUser | None) -> Example:
+    """Record that a revision is in the repository: it becomes the example's current one."""
+    with transaction.atomic():
+        example = Example.objects.select_for_update().get(pk=revision.example_id)
+        revision.git_commit = commit
+        revision.save(update_fields=["git_commit"])
+        current = example.current_revision
+        if current is None or current.number <= revision.number:
+            meta = revision.metadata
+            example.current_revision = revision
+            example.title = meta.get("title", example.title)
+            example.summary = meta.get("summary", "")
+            nb_path = staged_folder(revision) / revision.notebook_name
+            if nb_path.exists():
+                nb = notebooks.read_notebook(nb_path.read_bytes())
+                example.search_text = " ".join([*meta.get("tags", []), notebooks.notebook_text(nb)])
+            example.updated = timezone.now()
+            example.save(update_fields=["current_revision", "title", "summary", "search_text",
+                                        "updated"])
+            example.tags.set([Tag.objects.get_or_create(name=t)[0] for t in meta.get("tags", [])])
+        if example.state in (Example.State.STAGED, Example.State.REJECTED):
+            _move_example(example, Example.State.APPROVED, actor=actor,
+                          reason=f"revision {revision.number} committed as {commit[:10]}",
+                          allowed_from={Example.State.STAGED, Example.State.REJECTED})
+    return example
+
+
+# --- Use ------------------------------------------------------------------------------------
+
+
+def queue_use(*, example: Example, user: AbstractBaseUser, folder_name: str = "") -> Job:
+    """Record a user's Use and queue the copy; the job runs even if the broker is down now."""
+    if not user.is_authenticated:
+        raise NotAllowed("Log in to use an example.")
+    if example.state != Example.State.APPROVED or example.current_revision is None:
+        raise Conflict(f"{example.slug} has no approved version to use.")
+    folder = folder_name.strip() or example.slug
+    try:
+        folder = notebooks.clean_relpath(folder)
+    except notebooks.NotebookError as exc:
+        raise GalleryError(str(exc).replace("file name", "folder name")) from None
+    if "/" in folder:
+        raise GalleryError("The folder name must be a single name, not a path.")
+    with transaction.atomic():
+        job = _queue(Job.Kind.USE, user=user, revision=example.current_revision,
+                     params={"username": user.get_username(), "folder": folder,
+                             "backend": settings.GALLERY_USE_BACKEND})
+        Example.objects.filter(pk=example.pk).update(use_count=F("use_count") + 1)
+    return job
+
+
+def use_plan(*, example: Example, user: AbstractBaseUser) -> dict[str, Any]:
+    """What a Use would do, shown before the user confirms."""
+    revision = example.current_revision
+    if revision is None:
+        raise Conflict(f"{example.slug} has no approved version to use.")
+    parent = f"~/{settings.GALLERY_USE_DIR}"
+    return {
+        "target": f"{parent}/{example.slug}",
+        "version": revision.number,
+        "files": revision.files,
+        "environment": revision.metadata.get("environment", ""),
+        "data_links": [{"name": d.name, "target": d.target, "kind": "symlink" if d.is_path
+                        else "manifest"} for d in revision.data_links.all()],
+        "note": "An existing folder is never overwritten; a second Use gets a new name.",
+    }
+
+
+def environment_instructions(env_file: str, name: str) -> dict[str, str]:
+    """The exact commands that turn the copied spec into a kernel."""
+    env = f"~/envs/{name}"
+    kernel = f'python -m ipykernel install --user --name {name} --display-name "{name}"'
+    if env_file.startswith("environment"):
+        return {"conda": f"conda env create -p {env} -f {env_file} && "
+                         f"conda run -p {env} {kernel}",
+                "pip": ""}
+    if env_file:
+        return {"conda": "",
+                "pip": f"python3 -m venv {env} && {env}/bin/pip install -r {env_file} ipykernel "
+                       f"&& {env}/bin/{kernel}"}
+    return {"conda": "", "pip": ""}
+
+
+def _do_use(job: Job) -> dict[str, Any]:
+    revision = job.revision
+    assert revision is not None
+    example = revision.example
+    username = job.params["username"]
+    export = repo.export_example(
+        Path(settings.GALLERY_REPO_PATH), revision.git_commit, example.slug,
+        Path(settings.GALLERY_DATA_DIR) / "exports" / revision.git_commit / example.slug,
+    )
+    provenance = {
+        "slug": example.slug, "version": revision.number, "commit": revision.git_commit,
+        "title": revision.metadata.get("title", example.title),
+        "copied_at": timezone.now().isoformat(), "user": username,
+    }
+    links = [{"name": d.name, "target": d.target, "description": d.description, "size": d.size,
+              "checksum": d.checksum, "licence": d.licence} for d in revision.data_links.all()]
+    if job.params.get("backend", "filesystem") == "contents":
+        from . import hub
+
+        folder = hub.copy_through_contents(job=job, source=export, provenance=provenance,
+                                           data_links=links)
+    else:
+        parent = homes.use_parent(username)
+        folder = job.result.get("folder")
+        if not folder:
+            folder = homes.free_folder_name(parent, job.params["folder"])
+            # Decide the name once: a retry after a crash finishes the same folder.
+            Job.objects.filter(pk=job.pk).update(result={"folder": folder})
+        plan = homes.CopyPlan(
+            username=username, source=export, parent=parent, folder_name=folder,
+            job_id=str(job.pk), provenance=provenance, data_links=links,
+            delay=settings.GALLERY_COPY_DELAY,
+        )
+        homes.copy_into_home(plan, as_user=settings.GALLERY_USE_AS_USER)
+    rel = f"{settings.GALLERY_USE_DIR}/{folder}"
+    env_file = revision.metadata.get("environment", "")
+    return {
+        "folder": folder,
+        "path": f"~/{rel}",
+        "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
+            username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
+        "environment": {"file": env_file, **environment_instructions(env_file, example.slug)},
+        "data_links": [d["name"] for d in links],
+        "version": revision.number,
+    }
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def _queue(kind: str, **fields: Any) -> Job:
+    from . import tasks
+
+    job = Job.objects.create(kind=kind, **fields)
+    tasks.task_for(kind).delay_on_commit(str(job.pk))
+    return job
+
+
+def _queue_preview(revision: Revision) -> None:
+    preview, _ = Preview.objects.get_or_create(sha256=revision.notebook_sha256)
+    if preview.state == Preview.State.READY and preview_path(preview.sha256).exists():
+        return
+    if Job.objects.filter(kind=Job.Kind.PREVIEW, params__sha256=preview.sha256,
+                          state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
+        return
+    _queue(Job.Kind.PREVIEW, revision=revision, params={"sha256": preview.sha256})
+
+
+def enqueue(job: Job) -> bool:
+    """Ring the broker for a job; a broker that is down only delays it (the sweep rings again)."""
+    from . import tasks
+
+    return tasks.task_for(job.kind).delay(str(job.pk)) is not None
+
+
+def claim_job(job_id: str, worker: str) -> Job | None:
+    """Take a job for this worker, or None when it is finished or held by a live lease."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.GALLERY_JOB_LEASE)
+    claimed = Job.objects.filter(pk=job_id).filter(
+        Q(state=Job.State.QUEUED) | Q(state=Job.State.RUNNING, lease_until__lt=now)
+    ).update(state=Job.State.RUNNING, worker=worker, lease_until=lease,
+             attempts=F("attempts") + 1, started_at=now)
+    if not claimed:
+        return None
+    return Job.objects.select_related("revision__example", "submission", "user").get(pk=job_id)
+
+
+MAX_ATTEMPTS = 3
+
+
+def perform_job(job_id: str, *, worker: str = "") -> Job | None:
+    """Run one job to its end. Safe to call any number of times for the same id."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    job = claim_job(job_id, worker)
+    if job is None:
+        return None
+    handler = {
+        Job.Kind.CHECKS: _do_checks,
+        Job.Kind.PREVIEW: _do_preview,
+        Job.Kind.COMMIT: _do_commit,
+        Job.Kind.USE: _do_use,
+    }[Job.Kind(job.kind)]
+    started = time.monotonic()
+    try:
+        result = handler(job)
+    except (homes.CopyError, notebooks.NotebookError, GalleryError) as exc:
+        return _finish(job, Job.State.FAILED, message=str(exc))
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job.pk, job.kind)
+        if job.attempts < MAX_ATTEMPTS and job.kind != Job.Kind.USE:
+            Job.objects.filter(pk=job.pk).update(state=Job.State.QUEUED, worker="",
+                                                 message=f"retrying after {type(exc).__name__}")
+            return job
+        return _finish(job, Job.State.FAILED, message=_internal_message(job, exc))
+    log.info("job %s (%s) done in %.0f ms", job.pk, job.kind, (time.monotonic() - started) * 1e3)
+    return _finish(job, Job.State.DONE, result=result)
+
+
+def _internal_message(job: Job, exc: Exception) -> str:
+    if job.kind == Job.Kind.USE:
+        return (f"The copy could not be made ({type(exc).__name__}: {exc}). "
+                "Try again; if it keeps failing, tell the centre's support.")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _finish(job: Job, state: str, *, result: dict[str, Any] | None = None,
+            message: str = "") -> Job:
+    Job.objects.filter(pk=job.pk, worker=job.worker).update(
+        state=state, result=result if result is not None else job.result, message=message,
+        finished_at=timezone.now(), lease_until=None,
+    )
+    job.refresh_from_db()
+    return job
+
+
+def sweep_jobs() -> int:
+    """Ring the broker again for jobs it may have lost; returns how many."""
+    count = 0
+    for job in Job.objects.stale().order_by("queued_at")[:500]:
+        if job.attempts >= MAX_ATTEMPTS + 2:
+            Job.objects.filter(pk=job.pk, state=job.state).update(
+                state=Job.State.FAILED, finished_at=timezone.now(),
+                message="The job was interrupted too many times; try again.")
+            continue
+        if enqueue(job):
+            count += 1
+            Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(queued_at=timezone.now())
+    return count
+
+
+# --- worker-side work -------------------------------------------------------------------
+
+
+def _do_checks(job: Job) -> dict[str, Any]:
+    submission = job.submission
+    assert submission is not None
+    revision = submission.revision
+    results = notebooks.run_checks(staged_folder(revision), revision.metadata)
+    Submission.objects.filter(pk=submission.pk).update(
+        checks=results, checks_state=Submission.ChecksState.DONE, updated=timezone.now())
+    return {"checks": len(results), "failed": sum(r["status"] == "fail" for r in results)}
+
+
+def preview_path(sha256: str) -> Path:
+    return Path(settings.GALLERY_PREVIEW_DIR) / f"{sha256}.html"
+
+
+def _do_preview(job: Job) -> dict[str, Any]:
+    sha = job.params["sha256"]
+    path = preview_path(sha)
+    if not path.exists():
+        revision = job.revision
+        assert revision is not None
+        data = (staged_folder(revision) / revision.notebook_name).read_bytes()
+        started = time.monotonic()
+        try:
+            html = notebooks.render_preview(data)
+        except Exception as exc:
+            Preview.objects.filter(sha256=sha).update(
+                state=Preview.State.FAILED, error=f"The preview could not be made: {exc}")
+            raise notebooks.NotebookError(f"The preview could not be made: {exc}") from exc
+        elapsed = int((time.monotonic() - started) * 1000)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, path)
+        Preview.objects.filter(sha256=sha).update(render_ms=elapsed)
+    Preview.objects.filter(sha256=sha).update(
+        state=Preview.State.READY, size=path.stat().st_size, rendered_at=timezone.now(), error="")
+    return {"sha256": sha}
+
+
+def _person(user: AbstractBaseUser | None, fallback: str) -> repo.Person:
+    if user is None:
+        return repo.Person(fallback, f"{fallback}@localhost")
+    name = user.get_full_name() or user.get_username()  # type: ignore[attr-defined]
+    return repo.Person(name, user.email or f"{user.get_username()}@localhost")  # type: ignore
+
+
+def _do_commit(job: Job) -> dict[str, Any]:
+    submission = job.submission
+    assert submission is not None
+    revision = submission.revision
+    example = submission.example
+    sha = repo.commit_example(
+        Path(settings.GALLERY_REPO_PATH), slug=example.slug, source=staged_folder(revision),
+        author=_person(submission.contributor, "contributor"),
+        committer=_person(job.user, "reviewer"),
+        message=f"Publish {example.slug} revision {revision.number}: "
+                f"{revision.metadata.get('title', example.title)}",
+        submission_id=submission.pk, review_id=job.params.get("review", 0),
+    )
+    publish_revision(revision=revision, commit=sha, actor=job.user)
+    return {"commit": sha}
+
+
+# --- the index and the repository -----------------------------------------------------------
+
+
+def grant_review(user: AbstractBaseUser) -> None:
+    """Make a user a reviewer: staff, with the permissions of the reviewer's desk."""
+    from django.contrib.auth.models import Permission
+
+    user.is_staff = True  # type: ignore[attr-defined]
+    user.save()
+    user.user_permissions.add(*Permission.objects.filter(  # type: ignore[attr-defined]
+        content_type__app_label="gallery",
+        codename__in=["review_submission", "view_submission", "change_submission",
+                      "view_example", "change_example", "view_review", "view_job",
+                      "view_statechange"]))
+
+
+def _user_for(person: repo.Person) -> AbstractBaseUser:
+    from django.contrib.auth import get_user_model
+
+    username = person.email.split("@")[0] if person.email.endswith("@localhost") else person.email
+    user, created = get_user_model().objects.get_or_create(
+        username=username[:150] or person.name[:150],
+        defaults={"email": "" if person.email.endswith("@localhost") else person.email})
+    if created:
+        user.set_unusable_password()
+        user.save()
+    return user
+
+
+def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
+    """Recreate examples, versions and approvals in the database from the repository.
+
+    Existing rows are kept; what the repository has and the database lacks is added, and a
+    preview is queued for every notebook whose preview file is missing. Returns the slugs seen.
+    """
+    repo_path = Path(repo_path or settings.GALLERY_REPO_PATH)
+    seen: list[str] = []
+    for published in repo.iter_published(repo_path):
+        if published.slug not in seen:
+            seen.append(published.slug)
+        meta = notebooks.read_example_toml(published.files.get(notebooks.EXAMPLE_FILE, b""))
+        nb_name = meta.get("notebook", "")
+        if nb_name not in published.files:
+            log.warning("skipping %s at %s: no notebook", published.slug, published.commit[:10])
+            continue
+        digest, _ = store_folder(published.files)
+        author, committer = _user_for(published.author), _user_for(published.committer)
+        with transaction.atomic():
+            example, created = Example.objects.get_or_create(
+                slug=published.slug,
+                defaults={"title": meta.get("title", published.slug), "contributor": author})
+            if created:
+                _record(example=example, subject="example", from_state="",
+                        to_state=example.state, actor=author, reason="restored from repository")
+            revision = example.revisions.filter(git_commit=published.commit).first()
+            if revision is None:
+                revision = example.revisions.filter(content_hash=digest, git_commit="").first()
+            if revision is None:
+                number = (example.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+                revision = Revision.objects.create(
+                    example=example, number=number, content_hash=digest,
+                    notebook_sha256=notebooks.sha256(published.files[nb_name]),
+                    notebook_name=nb_name, metadata=meta,
+                    files=[{"path": p, "size": len(d)} for p, d in sorted(published.files.items())],
+                )
+                DataLink.objects.bulk_create(
+                    DataLink(revision=revision, name=d.get("name", ""), target=d.get("target", ""),
+                             description=d.get("description", ""), size=d.get("size"),
+                             checksum=d.get("checksum", ""), licence=d.get("licence", ""))
+                    for d in meta.get("data", []))
+                submission = Submission.objects.create(
+                    example=example, revision=revision, contributor=author,
+                    state=Submission.State.APPROVED, checks_state=Submission.ChecksState.PENDING)
+                Review.objects.create(submission=submission, reviewer=committer,
+                                      decision=Review.Decision.APPROVE,
+                                      comment="restored from repository")
+                _record(example=example, submission=submission, subject="submission",
+                        from_state="", to_state=submission.state, actor=committer,
+                        reason=f"restored from commit {published.commit[:10]}")
+                _queue(Job.Kind.CHECKS, submission=submission, revision=revision)
+            _queue_preview(revision)
+        if not revision.git_commit:
+            publish_revision(revision=revision, commit=published.commit, actor=committer)
+    return seen

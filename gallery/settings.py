@@ -1,0 +1,262 @@
+"""Settings: one module, read from the environment (twelve-factor).
+
+Every variable has a default that makes `manage.py runserver` work on SQLite with nothing
+set. Secrets may also come from a file named by the same variable with a `_FILE` suffix.
+A bad value stops the process with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    """A variable's value, or the contents of the file named by `<name>_FILE`."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc}") from exc
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env(name, "1" if default else "0").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+
+
+def env_int(name: str, default: int) -> int:
+    value = env(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = env(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {sorted(choices)}")
+    return value
+
+
+# --- where things live ---------------------------------------------------------------------
+GALLERY_DATA_DIR = Path(env("GALLERY_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+GALLERY_REPO_PATH = Path(env("GALLERY_REPO_PATH", str(GALLERY_DATA_DIR / "examples.git")))
+GALLERY_STAGING_DIR = Path(env("GALLERY_STAGING_DIR", str(GALLERY_DATA_DIR / "staging")))
+GALLERY_PREVIEW_DIR = Path(env("GALLERY_PREVIEW_DIR", str(GALLERY_DATA_DIR / "previews")))
+GALLERY_STARTER_DIR = BASE_DIR / "examples_repo"
+
+# --- Use -----------------------------------------------------------------------------------
+GALLERY_USE_BACKEND = env_choice("GALLERY_USE_BACKEND", "filesystem", {"filesystem", "contents"})
+GALLERY_HOME_TEMPLATE = env("GALLERY_HOME_TEMPLATE", str(GALLERY_DATA_DIR / "homes" / "{username}"))
+GALLERY_USE_DIR = env("GALLERY_USE_DIR", "examples")
+# Write as the user's uid/gid (needs root); off means write as the worker's own user.
+GALLERY_USE_AS_USER = env_bool("GALLERY_USE_AS_USER", os.geteuid() == 0)
+GALLERY_LAB_URL_TEMPLATE = env("GALLERY_LAB_URL_TEMPLATE", "/user/{username}/lab/tree/{path}")
+# Test-only: seconds to sleep between files of a copy, so fault tests can kill mid-copy.
+GALLERY_COPY_DELAY = float(env("GALLERY_COPY_DELAY", "0") or 0)
+
+# Previews may be served from a separate origin (a registrable domain of their own, no
+# cookies); empty means they are served by the gallery itself under /previews/.
+GALLERY_PREVIEW_BASE_URL = env("GALLERY_PREVIEW_BASE_URL", "")
+
+# --- limits --------------------------------------------------------------------------------
+GALLERY_MAX_UPLOAD_BYTES = env_int("GALLERY_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+GALLERY_MAX_FILES = env_int("GALLERY_MAX_FILES", 50)
+GALLERY_MAX_OUTPUT_BYTES = env_int("GALLERY_MAX_OUTPUT_BYTES", 2 * 1024 * 1024)
+GALLERY_MAX_CELLS = env_int("GALLERY_MAX_CELLS", 10_000)
+GALLERY_RENDER_TIME_LIMIT = env_int("GALLERY_RENDER_TIME_LIMIT", 60)
+
+# --- reviewers and the hub -----------------------------------------------------------------
+GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")
+GALLERY_REVIEW_GROUP = env("GALLERY_REVIEW_GROUP", "gallery-reviewers")
+JUPYTERHUB_API_URL = env("JUPYTERHUB_API_URL")
+JUPYTERHUB_API_TOKEN = env("JUPYTERHUB_API_TOKEN")
+JUPYTERHUB_CLIENT_ID = env("JUPYTERHUB_CLIENT_ID", "service-gallery")
+JUPYTERHUB_SERVICE_PREFIX = env("JUPYTERHUB_SERVICE_PREFIX", "/")
+JUPYTERHUB_BASE_URL = env("JUPYTERHUB_BASE_URL", "/")
+JUPYTERHUB_OAUTH_CALLBACK_URL = env("JUPYTERHUB_OAUTH_CALLBACK_URL")
+try:
+    JUPYTERHUB_OAUTH_ACCESS_SCOPES = set(json.loads(env("JUPYTERHUB_OAUTH_ACCESS_SCOPES", "[]")))
+except json.JSONDecodeError:
+    raise ImproperlyConfigured("JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list") from None
+GALLERY_HUB_URL = env("GALLERY_HUB_URL", "http://127.0.0.1:8000")  # proxy, for user servers
+HUB_ENABLED = bool(JUPYTERHUB_API_URL)
+
+# --- Django --------------------------------------------------------------------------------
+DEBUG = env_bool("GALLERY_DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env("GALLERY_SECRET_KEY")
+    if key:
+        return key
+    # Zero-setup default: one key per data dir, shared by web and worker on this machine.
+    path = GALLERY_DATA_DIR / "secret_key"
+    if not path.exists():
+        GALLERY_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+try:
+    SECRET_KEY = _secret_key()
+except FileExistsError:  # another process created it first
+    SECRET_KEY = (GALLERY_DATA_DIR / "secret_key").read_text().strip()
+
+ALLOWED_HOSTS = env_list("GALLERY_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("GALLERY_CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "gallery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "gallery.uploads.UploadLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gallery.urls"
+WSGI_APPLICATION = "gallery.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env("GALLERY_DATABASE_URL", f"sqlite:///{GALLERY_DATA_DIR / 'gallery.sqlite3'}")
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"GALLERY_DATABASE_URL is not a database URL: {exc}") from exc
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Workers in other processes must see the test database, so it is a file, not memory.
+    DATABASES["default"]["TEST"] = {"NAME": str(GALLERY_DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+else:
+    # Parallel test runs on one server must not share a test database.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_gallery_{os.getpid()}"}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Under a hub the service lives below a prefix; gunicorn gets it as SCRIPT_NAME.
+SERVICE_PREFIX = JUPYTERHUB_SERVICE_PREFIX if JUPYTERHUB_SERVICE_PREFIX.endswith("/") else (
+    JUPYTERHUB_SERVICE_PREFIX + "/"
+)
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env("GALLERY_STATIC_ROOT", str(GALLERY_DATA_DIR / "static")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "index"
+
+SESSION_COOKIE_NAME = "gallery-sessionid"
+SESSION_COOKIE_PATH = SERVICE_PREFIX
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("GALLERY_SECURE_COOKIES", False)
+CSRF_COOKIE_NAME = "gallery-csrftoken"
+CSRF_COOKIE_PATH = SERVICE_PREFIX
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if env_bool("GALLERY_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Uploads stream to disk past 1 MB; the hard limit is enforced while streaming (notebooks.py).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+# JSON submissions carry files inline (base64 grows them by a third).
+DATA_UPLOAD_MAX_MEMORY_SIZE = GALLERY_MAX_UPLOAD_BYTES * 4 // 3 + 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
+DATA_UPLOAD_MAX_NUMBER_FILES = GALLERY_MAX_FILES + 1
+
+# --- Celery --------------------------------------------------------------------------------
+CELERY_BROKER_URL = env("GALLERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("GALLERY_VISIBILITY_TIMEOUT", 3 * 3600),
+    # Fail fast when the broker is down: the job row stays queued and the sweep retries.
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
+CELERY_TASK_DEFAULT_QUEUE = env("GALLERY_QUEUE_DEFAULT", "gallery")
+CELERY_TASK_ROUTES = {
+    "gallery.tasks.render_preview": {"queue": env("GALLERY_QUEUE_PREVIEWS", "gallery-previews")},
+    "gallery.tasks.run_use": {"queue": env("GALLERY_QUEUE_USE", "gallery-use")},
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": 10.0},
+}
+# A job untouched this long after being queued is handed to the broker again by the sweep.
+GALLERY_REQUEUE_AFTER = env_int("GALLERY_REQUEUE_AFTER", 15)
+GALLERY_JOB_LEASE = env_int("GALLERY_JOB_LEASE", 120)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("GALLERY_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

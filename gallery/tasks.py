@@ -1,0 +1,68 @@
+"""Celery tasks: thin doorbells that take a job id and hand it to `services.perform_job`.
+
+The job row in the database is the truth; a task only says "look at job X". A task that is
+delivered twice, or after the job finished, does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+from celery.contrib.django.task import DjangoTask
+from kombu.exceptions import OperationalError
+
+from . import services
+
+log = logging.getLogger(__name__)
+
+
+class JobTask(DjangoTask):
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def delay(self, *args: object, **kwargs: object) -> object:
+        """Ring the broker; when it is down the job row stays queued and the sweep rings later.
+
+        `delay_on_commit` calls this after the transaction commits, so a broker outage never
+        turns a recorded click into an error for the user.
+        """
+        try:
+            return super().delay(*args, **kwargs)
+        except OperationalError as exc:
+            log.warning("broker unavailable, job %s stays queued for the sweep: %s", args, exc)
+            return None
+
+
+def _run(task: Task, job_id: str) -> None:
+    services.perform_job(job_id, worker=task.request.hostname or "")
+
+
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.run_checks")
+def run_checks(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.render_preview")
+def render_preview(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.commit_revision")
+def commit_revision(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.run_use")
+def run_use(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
+@shared_task(name="gallery.tasks.sweep_jobs", acks_late=False)
+def sweep_jobs() -> int:
+    return services.sweep_jobs()
+
+
+def task_for(kind: str) -> JobTask:
+    return {"checks": run_checks, "preview": render_preview, "commit": commit_revision,
+            "use": run_use}[kind]  # type: ignore[return-value]

@@ -1,0 +1,26 @@
+"""URLs of the gallery; DESIGN §4 lists the public ones, whose names stay stable."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path, re_path
+
+from . import views
+from .api import api
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("examples/<slug:slug>/", views.example, name="example"),
+    path("examples/<slug:slug>/use", views.use, name="use"),
+    path("jobs/<uuid:job_id>/", views.job, name="job"),
+    path("stage/", views.stage, name="stage"),
+    path("submissions/", views.my_submissions, name="my-submissions"),
+    path("submissions/<int:pk>/", views.submission, name="submission"),
+    path("submissions/<int:pk>/review", views.review, name="review"),
+    re_path(r"^previews/(?P<sha256>[0-9a-f]{64})\.html$", views.preview, name="preview"),
+    path("previews/preview.css", views.preview_css, name="preview-css"),
+    path("health", views.health, name="health"),
+    path("api/v1/", api.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,190 @@
+"""The gallery's pages: small function views that hand off to `services`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import forms, services
+from .api import job_out, preview_url, to_meta
+from .models import Example, IllegalTransition, Job, Submission, Tag
+from .uploads import UploadTooLarge
+
+PREVIEW_CSP = (
+    "default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'; sandbox"
+)
+
+
+@login_required
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    q = request.GET.get("q", "")[:200]
+    tag = request.GET.get("tag", "")[:50]
+    sections = []
+    for state, title in (("approved", "Curated, reviewed examples"),
+                         ("staged", "Staged examples still under review")):
+        page = Paginator(Example.objects.find(q=q, tag=tag, state=state), 24).get_page(
+            request.GET.get(f"{state}_page"))
+        sections.append({"state": state, "title": title, "page": page})
+    return render(request, "gallery/index.html", {
+        "sections": sections, "q": q, "tag": tag,
+        "tags": Tag.objects.filter(examples__state=Example.State.APPROVED).distinct()[:50],
+    })
+
+
+@login_required
+@require_GET
+def example(request: HttpRequest, slug: str) -> HttpResponse:
+    item = get_object_or_404(Example.objects.select_related("current_revision", "contributor"),
+                             slug=slug)
+    revision = item.current_revision or item.latest_revision
+    submission = getattr(revision, "submission", None) if revision else None
+    last_use = Job.objects.filter(user=request.user, kind=Job.Kind.USE, state=Job.State.DONE,
+                                  revision__example=item).order_by("-finished_at").first()
+    return render(request, "gallery/example.html", {
+        "example": item, "revision": revision, "submission": submission,
+        "data_links": revision.data_links.all() if revision else [],
+        "preview_url": preview_url(revision.notebook_sha256) if revision else None,
+        "versions": item.revisions.exclude(git_commit="").order_by("-number"),
+        "history": item.history.select_related("actor")[:50],
+        "plan": services.use_plan(example=item, user=request.user)
+        if item.current_revision and item.state == Example.State.APPROVED else None,
+        "outdated_copy": last_use if last_use and item.current_revision
+        and last_use.revision_id != item.current_revision_id else None,
+        "use_form": forms.UseForm(initial={"folder": item.slug}),
+    })
+
+
+@login_required
+@require_POST
+def use(request: HttpRequest, slug: str) -> HttpResponse:
+    item = get_object_or_404(Example, slug=slug)
+    form = forms.UseForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "; ".join(e for errs in form.errors.values() for e in errs))
+        return redirect("example", slug=slug)
+    try:
+        job = services.queue_use(example=item, user=request.user,
+                                 folder_name=form.cleaned_data["folder"])
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect("example", slug=slug)
+    return redirect("job", job_id=job.pk)
+
+
+@login_required
+@require_GET
+def job(request: HttpRequest, job_id: str) -> HttpResponse:
+    item = get_object_or_404(Job.objects.select_related("revision__example"), pk=job_id)
+    if item.user_id != request.user.pk and not services.is_reviewer(request.user):
+        raise Http404("There is no such job.")
+    if request.headers.get("Accept", "").startswith("application/json"):
+        return JsonResponse(job_out(item), json_dumps_params={"default": str})
+    return render(request, "gallery/job.html", {"job": item})
+
+
+@login_required
+def stage(request: HttpRequest) -> HttpResponse:
+    form = forms.StageForm()
+    if request.method == "POST":
+        try:
+            form = forms.StageForm(request.POST, request.FILES)
+            valid = form.is_valid()
+        except UploadTooLarge as exc:
+            messages.error(request, str(exc))
+            return render(request, "gallery/stage.html", {"form": forms.StageForm()}, status=413)
+        if valid:
+            try:
+                submission = services.stage_submission(
+                    contributor=request.user, staged=form.staged_files(),
+                    meta=to_meta(form.meta()), example_slug=form.cleaned_data["example"])
+            except services.GalleryError as exc:
+                form.add_error(None, str(exc))
+                return render(request, "gallery/stage.html", {"form": form}, status=exc.status)
+            messages.success(request, "Staged. The checks and the preview are being prepared.")
+            return redirect("submission", pk=submission.pk)
+        return render(request, "gallery/stage.html", {"form": form}, status=400)
+    return render(request, "gallery/stage.html", {"form": form})
+
+
+@login_required
+@require_GET
+def my_submissions(request: HttpRequest) -> HttpResponse:
+    mine = Submission.objects.filter(contributor=request.user).select_related(
+        "example", "revision").prefetch_related("reviews")
+    return render(request, "gallery/my_submissions.html", {"submissions": mine})
+
+
+@login_required
+@require_GET
+def submission(request: HttpRequest, pk: int) -> HttpResponse:
+    item = get_object_or_404(Submission.objects.select_related("example", "revision"), pk=pk)
+    if item.contributor_id != request.user.pk and not services.is_reviewer(request.user):
+        raise Http404("There is no such submission.")
+    return render(request, "gallery/submission.html", {
+        "submission": item, "preview_url": preview_url(item.revision.notebook_sha256),
+        "reviews": item.reviews.select_related("reviewer"),
+    })
+
+
+@login_required
+@require_POST
+def review(request: HttpRequest, pk: int) -> HttpResponse:
+    """A reviewer's decision from the submission page (the admin offers the same)."""
+    item = get_object_or_404(Submission, pk=pk)
+    form = forms.ReviewForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a decision.")
+        return redirect("submission", pk=pk)
+    action = {"approve": services.approve_submission,
+              "request_changes": services.request_changes,
+              "reject": services.reject_submission}[form.cleaned_data["decision"]]
+    try:
+        action(submission=item, reviewer=request.user, comment=form.cleaned_data["comment"])
+    except (services.GalleryError, IllegalTransition) as exc:
+        messages.error(request, str(exc))
+    return redirect("submission", pk=pk)
+
+
+@require_GET
+def preview(request: HttpRequest, sha256: str) -> HttpResponse:
+    """A rendered preview: immutable, inert, sandboxed by its own headers."""
+    path = services.preview_path(sha256)
+    if not path.is_file():
+        raise Http404("No preview with this hash (yet).")
+    response = FileResponse(path.open("rb"), content_type="text/html; charset=utf-8")
+    _preview_headers(response)
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
+@require_GET
+def preview_css(request: HttpRequest) -> HttpResponse:
+    path = Path(settings.BASE_DIR) / "static" / "gallery" / "preview.css"
+    response = FileResponse(path.open("rb"), content_type="text/css; charset=utf-8")
+    response["Cache-Control"] = "public, max-age=86400"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def _preview_headers(response: HttpResponse) -> None:
+    response["Content-Security-Policy"] = PREVIEW_CSP
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cross-Origin-Resource-Policy"] = "same-site"
+    response["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), usb=()"
+    response["X-Frame-Options"] = "SAMEORIGIN"
+
+
+@require_GET
+def health(request: HttpRequest) -> HttpResponse:
+    """Cheap liveness for the hub's poll: no database, no broker, never a 5xx."""
+    return JsonResponse({"status": "ok"})
