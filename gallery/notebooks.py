@@ -15,6 +15,7 @@ from typing import Any
 
 import nbformat
 import yaml
+from nbformat.validator import iter_validate
 from packaging.requirements import InvalidRequirement, Requirement
 
 EXAMPLE_FILE = "example.toml"
@@ -53,8 +54,14 @@ def read_notebook(data: bytes) -> nbformat.NotebookNode:
             "(versions 1-3 are upgraded)."
         )
     try:
+        if major == 4:  # the validator's own reason, before any conversion rewrites it
+            first = next(iter_validate(raw, version=4), None)
+            if first is not None:
+                raise first
         nb = nbformat.reads(text, as_version=4, capture_validation_error={})
-        nbformat.validate(nb, version=4)
+        first = next(iter_validate(nb, version=4), None)
+        if first is not None:
+            raise first
     except RecursionError:
         raise NotebookError("The notebook's JSON is nested too deeply to read.") from None
     except nbformat.ValidationError as exc:

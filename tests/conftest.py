@@ -1,0 +1,142 @@
+"""Shared test setup: private folders per test, eager jobs for unit tests, and a real Celery
+worker process against a real Redis for the tests marked `worker`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
+# One Redis database and one set of queue names per test run, so parallel runs and
+# leftovers of earlier runs never take each other's messages.
+RUN_ID = f"t{os.getpid()}"
+BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
+QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
+          "use": f"gallery-use-{RUN_ID}"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker() -> Iterator[None]:
+    from gallery.celery import app
+
+    app.conf.update(
+        broker_url=BROKER_URL,
+        task_default_queue=QUEUES["default"],
+        task_routes={
+            "gallery.tasks.render_preview": {"queue": QUEUES["previews"]},
+            "gallery.tasks.run_use": {"queue": QUEUES["use"]},
+        },
+    )
+    yield
+    try:
+        client = redis.Redis.from_url(BROKER_URL)
+        client.delete(*QUEUES.values())
+    except redis.RedisError:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Path:  # type: ignore[no-untyped-def]
+    """Every test gets its own repository, staging, previews and homes."""
+    settings.GALLERY_DATA_DIR = tmp_path / "data"
+    settings.GALLERY_REPO_PATH = tmp_path / "data" / "examples.git"
+    settings.GALLERY_STAGING_DIR = tmp_path / "data" / "staging"
+    settings.GALLERY_PREVIEW_DIR = tmp_path / "data" / "previews"
+    settings.GALLERY_HOME_TEMPLATE = str(tmp_path / "homes" / "{username}")
+    settings.GALLERY_USE_AS_USER = False
+    from gallery.celery import app
+
+    # Unit tests run jobs inline when their transaction commits; worker tests use the broker.
+    app.conf.task_always_eager = request.node.get_closest_marker("worker") is None
+    return tmp_path
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    log: Path
+    env: dict[str, str]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def worker_env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment of a worker process that sees this test's database and folders."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:" \
+              f"{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        "GALLERY_DATABASE_URL": url,
+        "GALLERY_BROKER_URL": BROKER_URL,
+        "GALLERY_DATA_DIR": str(settings.GALLERY_DATA_DIR),
+        "GALLERY_SECRET_KEY": "test-only",
+        "GALLERY_REPO_PATH": str(settings.GALLERY_REPO_PATH),
+        "GALLERY_STAGING_DIR": str(settings.GALLERY_STAGING_DIR),
+        "GALLERY_PREVIEW_DIR": str(settings.GALLERY_PREVIEW_DIR),
+        "GALLERY_HOME_TEMPLATE": settings.GALLERY_HOME_TEMPLATE,
+        "GALLERY_USE_AS_USER": "1" if settings.GALLERY_USE_AS_USER else "0",
+        "GALLERY_QUEUE_DEFAULT": QUEUES["default"],
+        "GALLERY_QUEUE_PREVIEWS": QUEUES["previews"],
+        "GALLERY_QUEUE_USE": QUEUES["use"],
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path, *, queues: list[str] | None = None,
+                 hostname: str = "worker@%h", concurrency: int = 2) -> Worker:
+    cmd = [sys.executable, "-m", "celery", "-A", "gallery", "worker", "--loglevel", "INFO",
+           "-Q", ",".join(queues or QUEUES.values()), "-n", hostname,
+           "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
+    fh = log.open("ab")
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    return Worker(process=process, log=log, env=env)
+
+
+@pytest.fixture
+def celery_worker(settings, tmp_path: Path) -> Iterator[Worker]:  # type: ignore[no-untyped-def]
+    """A real `celery worker` process on this run's queues."""
+    redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
+    worker = start_worker(worker_env(settings), tmp_path / "worker.log")
+    yield worker
+    worker.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll until `predicate()` is truthy; never assert on timing, only on the outcome."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
