@@ -6,8 +6,10 @@ State changes happen only in `services.py`; the models hold the rules of one row
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -16,6 +18,27 @@ from django.utils import timezone
 
 class IllegalTransition(Exception):
     """A state change the life of an example does not allow."""
+
+
+SEARCH_CONFIG = "english"  # the text search configuration of the stored search_vector
+
+
+def search_words(q: str) -> list[str]:
+    """The words of a query, at most ten, without the punctuation of any query syntax."""
+    return re.findall(r"\w+", q.lower())[:10]
+
+
+class StoredSearchVector(models.Expression):
+    """`gallery_example.search_vector`, a column only PostgreSQL has (see migration 0002)."""
+
+    def __init__(self) -> None:
+        from django.contrib.postgres.search import SearchVectorField
+
+        super().__init__(output_field=SearchVectorField())
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        table = connection.ops.quote_name(Example._meta.db_table)
+        return f"{table}.{connection.ops.quote_name('search_vector')}", []
 
 
 class ExampleQuerySet(models.QuerySet["Example"]):
@@ -32,22 +55,26 @@ class ExampleQuerySet(models.QuerySet["Example"]):
         return self.filter(tags__name=tag)
 
     def search(self, q: str) -> ExampleQuerySet:
-        """Full-text search on PostgreSQL; word-by-word substring matching elsewhere."""
+        """Full-text search on PostgreSQL; word-by-word substring matching elsewhere.
+
+        On PostgreSQL every word must match (the last one as a prefix, for partial typing),
+        against the stored, GIN-indexed `search_vector` (title A, summary B, tags and
+        notebook text C); results come by rank.
+        """
         from django.db import connection
 
-        q = q.strip()
-        if not q:
+        words = search_words(q)
+        if not words:
             return self
         if connection.vendor == "postgresql":
-            from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+            from django.contrib.postgres.search import SearchQuery, SearchRank
 
-            vector = (SearchVector("title", weight="A") + SearchVector("summary", weight="B")
-                      + SearchVector("search_text", weight="C"))
-            query = SearchQuery(q, search_type="websearch")
-            return self.annotate(rank=SearchRank(vector, query)).filter(rank__gt=0).order_by(
-                "-rank", "-updated")
+            query = SearchQuery(" & ".join(f"{w}:*" for w in words), search_type="raw",
+                                config=SEARCH_CONFIG)
+            return self.alias(vector=StoredSearchVector()).filter(vector=query).annotate(
+                rank=SearchRank(StoredSearchVector(), query)).order_by("-rank", "-updated")
         found = self
-        for word in q.split()[:10]:
+        for word in words:
             found = found.filter(
                 models.Q(title__icontains=word) | models.Q(summary__icontains=word)
                 | models.Q(search_text__icontains=word)
@@ -59,8 +86,9 @@ class ExampleQuerySet(models.QuerySet["Example"]):
         found = {"approved": self.curated(), "staged": self.staged()}.get(state, self.visible())
         if tag:
             found = found.tagged(tag)
+        # search_text can be 100 kB an example; a page of cards never needs it.
         return found.search(q).select_related("contributor", "current_revision").prefetch_related(
-            "tags")
+            "tags").defer("search_text", "current_revision__metadata", "current_revision__files")
 
 
 class Tag(models.Model):
@@ -103,6 +131,8 @@ class Example(models.Model):
 
     class Meta:
         ordering = ["-updated"]
+        # The gallery page: one section per state, newest first.
+        indexes = [models.Index(fields=["state", "-updated"], name="example_state_updated")]
 
     def __str__(self) -> str:
         return self.slug
@@ -336,3 +366,42 @@ class Preview(models.Model):
 
     def __str__(self) -> str:
         return self.sha256
+
+
+class NotificationQuerySet(models.QuerySet["Notification"]):
+    def unread(self) -> NotificationQuerySet:
+        return self.filter(read_at__isnull=True)
+
+
+class Notification(models.Model):
+    """Something a person should hear about: a decision on their submission, a comment, a
+    publication, a retirement, a newer version of an example they used."""
+
+    class Kind(models.TextChoices):
+        REVIEW = "review", "review"
+        PUBLISHED = "published", "published"
+        RETIRED = "retired", "retired"
+        RESTORED = "restored", "restored"
+        UPDATED = "updated", "newer version"
+        IMPORTED = "imported", "imported"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="notifications")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="+")
+    submission = models.ForeignKey(Submission, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="+")
+    message = models.TextField()
+    created = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NotificationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        indexes = [models.Index(fields=["user", "read_at"], name="notification_user_unread")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.user}: {self.message[:40]}"
