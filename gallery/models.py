@@ -289,12 +289,17 @@ class StateChange(models.Model):
 
 class JobQuerySet(models.QuerySet):
     def stale(self) -> JobQuerySet:
-        """Jobs the broker may have lost: queued a while ago, or running past their lease."""
+        """Jobs the broker may have lost: queued a while ago, or running past their lease.
+
+        A job the sweep rang recently is left alone for another GALLERY_REQUEUE_AFTER, so a
+        long queue during a burst is not flooded with repeats of the jobs still waiting in it.
+        """
         now = timezone.now()
         requeue_before = now - timedelta(seconds=settings.GALLERY_REQUEUE_AFTER)
+        not_rung_lately = models.Q(rung_at__isnull=True) | models.Q(rung_at__lt=requeue_before)
         return self.filter(
-            models.Q(state=Job.State.QUEUED, queued_at__lt=requeue_before)
-            | models.Q(state=Job.State.RUNNING, lease_until__lt=now)
+            (models.Q(state=Job.State.QUEUED, queued_at__lt=requeue_before)
+             | models.Q(state=Job.State.RUNNING, lease_until__lt=now)) & not_rung_lately
         )
 
 
@@ -334,6 +339,8 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # When the sweep last asked the broker to deliver it again (queued_at stays the click).
+    rung_at = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
