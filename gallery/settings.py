@@ -245,12 +245,18 @@ CELERY_TASK_ROUTES = {
     "gallery.tasks.run_use": {"queue": env("GALLERY_QUEUE_USE", "gallery-use")},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Seconds between recovery sweeps (run by `celery beat`, or a worker started with -B).
+GALLERY_SWEEP_INTERVAL = env_int("GALLERY_SWEEP_INTERVAL", 10)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": 10.0},
+    "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": GALLERY_SWEEP_INTERVAL},
 }
 # A job untouched this long after being queued is handed to the broker again by the sweep.
 GALLERY_REQUEUE_AFTER = env_int("GALLERY_REQUEUE_AFTER", 15)
+# Seconds a worker holds a running job without renewing it; a Use renews it every third of
+# this while it copies, so after a worker dies its jobs run again within about this long.
 GALLERY_JOB_LEASE = env_int("GALLERY_JOB_LEASE", 120)
+# Seconds one copy into a home may take before it is stopped and reported as failed.
+GALLERY_COPY_TIMEOUT = env_int("GALLERY_COPY_TIMEOUT", 300)
 
 LOGGING = {
     "version": 1,
