@@ -1,35 +1,42 @@
 """Writing an example into a user's home (the `filesystem` Use backend).
 
-The worker may run as root while homes belong to other people. When it does, the copy runs
-in a forked child that has dropped to the user's uid, gid and groups before it touches the
-home, so the kernel checks the user's own permissions on every path: a planted symlink can at
-worst make that user's own copy fail. The copy goes into a hidden temporary folder beside the
-target and is renamed into place without replacing anything, so a folder in a home is either
-whole or absent.
+The worker may run as root while homes belong to other people. Every copy runs in a forked
+child; when the worker writes as the user, that child drops to the user's uid, gid and groups
+before it touches the home, so the kernel checks the user's own permissions on every path: a
+planted or racing symlink can at worst make that user's own copy fail. The child reads the
+example through a directory descriptor the worker opened, so the user needs no access to the
+gallery's data folder. The copy goes into a hidden temporary folder beside the target and is
+renamed into place without replacing anything, so a folder in a home is either whole or
+absent. A provenance file naming the job makes a repeated attempt find the copy it already
+made instead of making a second one.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 PROVENANCE_FILE = ".gallery-provenance.json"
 DATA_MANIFEST = "DATA.md"
 DATA_MANIFEST_JSON = "data-links.json"
+MAX_SAME_NAME = 999  # folder, folder-2 … folder-999
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_AT_FDCWD, _RENAME_NOREPLACE, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = -100, 1, 1, 4
+_RENAME_NOREPLACE, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 1, 4
 
 
 class CopyError(Exception):
@@ -41,17 +48,19 @@ class CopyPlan:
     """Everything a copy needs, decided before it starts (so a retry does the same thing)."""
 
     username: str
-    source: Path  # an exported, world-readable example folder
+    source: Path  # an exported example folder (read through a descriptor, see module doc)
     parent: Path  # <home>/<GALLERY_USE_DIR>
-    folder_name: str
+    folder_name: str  # wanted name; folder-2, folder-3 … when it is taken
     job_id: str
     provenance: dict[str, Any]
     data_links: list[dict[str, Any]] = field(default_factory=list)
-    delay: float = 0.0  # test-only pause between files
+    delay: float = 0.0  # test-only pause before each file
+    shown_parent: str = "~/examples"  # how messages name the parent folder
 
     @property
-    def target(self) -> Path:
-        return self.parent / self.folder_name
+    def temp_prefix(self) -> str:
+        """Temporary folders of this job start with it, so a retry can clear its leftovers."""
+        return f".{self.folder_name}.tmp-{self.job_id.replace('-', '')[:12]}-"
 
 
 def home_of(username: str) -> Path:
@@ -66,51 +75,247 @@ def use_parent(username: str) -> Path:
     return home_of(username) / settings.GALLERY_USE_DIR
 
 
-def free_folder_name(parent: Path, wanted: str) -> str:
-    """`wanted`, or `wanted-2`, `wanted-3`… whichever does not exist yet (never overwrite)."""
-    for n in range(1, 1000):
-        name = wanted if n == 1 else f"{wanted}-{n}"
-        if not os.path.lexists(parent / name):
-            return name
-    raise CopyError(f"Too many copies of {wanted} in {parent}; remove some first.")
-
-
 def copied_by(target: Path) -> str | None:
     """The job id recorded in a copy's provenance file, if the folder is one of ours."""
     try:
-        with open(target / PROVENANCE_FILE, "rb") as fh:
-            return str(json.load(fh).get("job"))
+        # No blocking on a planted FIFO, no following a planted link.
+        fd = os.open(target / PROVENANCE_FILE, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            return str(json.loads(fh.read(65536)).get("job"))
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def copy_into_home(plan: CopyPlan, *, as_user: bool, timeout: float = 300.0) -> Path:
-    """Carry out a plan; returns the final folder. Safe to call again for the same job."""
+def copy_into_home(
+    plan: CopyPlan,
+    *,
+    as_user: bool,
+    timeout: float = 300.0,
+    heartbeat: Callable[[], object] | None = None,
+    heartbeat_every: float = 30.0,
+) -> Path:
+    """Carry out a plan and return the folder it made; raises CopyError with a plain message.
+
+    Safe to call again for the same job: a copy this job already finished is returned as it
+    is, and temporary folders an interrupted attempt left behind are removed. `heartbeat` is
+    called every `heartbeat_every` seconds while the copy runs (to renew the job's lease); an
+    exception from it stops the copy.
+    """
+    account = None
     if as_user:
-        _run_as_user(plan, timeout)
-    else:
         try:
-            _copy_as_current_user(plan)
-        except CopyError:
+            account = pwd.getpwnam(plan.username)
+        except KeyError:
+            raise CopyError(f"There is no account named {plan.username!r} on this system; "
+                            "ask the centre's support.") from None
+        if account.pw_uid == 0:
+            raise CopyError("The gallery does not write into root's home.")
+    try:
+        source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CopyError(f"The example's files are not available ({exc.strerror}); "
+                        "try again later.") from exc
+    try:
+        folder = _run_in_child(plan, source_fd, account, timeout, heartbeat, heartbeat_every)
+    finally:
+        os.close(source_fd)
+    return plan.parent / folder
+
+
+# --- the forked child ------------------------------------------------------------------------
+
+
+def _run_in_child(plan: CopyPlan, source_fd: int, account: pwd.struct_passwd | None,
+                  timeout: float, heartbeat: Callable[[], object] | None,
+                  heartbeat_every: float) -> str:
+    # NSS lookups may use threads and locks: resolve the groups before forking.
+    groups = os.getgrouplist(account.pw_name, account.pw_gid) if account else []
+    r, w = os.pipe()
+    ppid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _child(plan, source_fd, w, account, groups, ppid)
+    os.close(w)
+    out, finished = b"", False
+    try:
+        deadline = time.monotonic() + timeout
+        next_beat = time.monotonic() + heartbeat_every
+        while True:  # the user can SIGSTOP a child running as them: bound the wait
+            now = time.monotonic()
+            if now >= deadline:
+                raise CopyError(f"The copy into {plan.shown_parent} did not finish within "
+                                f"{timeout:.0f} s; try again.")
+            until = min(deadline, next_beat) if heartbeat else deadline
+            if not select.select([r], [], [], max(until - now, 0.0))[0]:
+                if heartbeat and time.monotonic() >= next_beat:
+                    heartbeat()
+                    next_beat = time.monotonic() + heartbeat_every
+                continue
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            out += chunk
+            if len(out) > 65536:
+                raise CopyError("The copy stopped unexpectedly.")
+        finished = True
+    finally:  # also on Celery's soft time limit or a lost lease
+        os.close(r)
+        if not finished:
+            os.kill(pid, signal.SIGKILL)
+        status = os.waitpid(pid, 0)[1]
+    # The child ran as the user, who may have tampered with it: trust nothing it says.
+    try:
+        report = json.loads(out.decode())
+    except (UnicodeDecodeError, ValueError):
+        report = {}
+    if not isinstance(report, dict):
+        report = {}
+    folder = report.get("folder")
+    if os.waitstatus_to_exitcode(status) == 0 and isinstance(folder, str) \
+            and _is_plain_name(folder):
+        return folder
+    message = report.get("error")
+    raise CopyError(str(message)[:2000] if message else "The copy stopped unexpectedly; try again.")
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..")
+
+
+def _child(plan: CopyPlan, source_fd: int, w: int, account: pwd.struct_passwd | None,
+           groups: list[int], ppid: int) -> NoReturn:
+    """Drop to the user (when given), copy, report as JSON on `w`; always leaves via _exit."""
+    code, report = 1, {"error": "The copy stopped unexpectedly."}
+    try:
+        # Broker and database sockets stay with the worker; only the pipe and source remain.
+        keep = sorted({w, source_fd})
+        low = 3
+        for fd in keep:
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 65536)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        if account is not None:
+            # Order matters: groups, then gid, then uid (real, effective and saved: no way back).
+            os.setgroups(groups)
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            if os.getresuid() != (account.pw_uid,) * 3 or os.getresgid() != (account.pw_gid,) * 3:
+                raise CopyError("The gallery could not switch to your account.")
+        _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # the user may not ptrace us or read memory
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+        if os.getppid() != ppid:  # the worker died before the line above
+            raise CopyError("The worker stopped; the copy will be retried.")
+        os.umask(0o022)
+        os.chdir("/")
+        source = f"/proc/self/fd/{source_fd}"
+        if not os.path.isdir(source):  # no /proc: the source path must then be readable
+            source = str(plan.source)
+        report = {"folder": _copy_here(plan, source)}
+        code = 0
+    except BaseException as exc:  # everything goes back to the worker as a message
+        report = {"error": _user_message(exc, plan)}
+    finally:
+        try:
+            os.write(w, json.dumps(report).encode()[:60000])
+        finally:
+            os._exit(code)
+
+
+# --- the copy itself, run by whoever writes ---------------------------------------------------
+
+
+def _copy_here(plan: CopyPlan, source: str) -> str:
+    """Copy `source` into a new folder in `plan.parent`; returns the folder's name."""
+    try:
+        os.makedirs(plan.parent, 0o755, exist_ok=True)
+        dfd = os.open(plan.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise CopyError(_parent_message(exc, plan)) from exc
+    try:
+        # One copy at a time into this folder: a retry of a job never races the attempt it
+        # replaces, and two Uses of the same example pick different names.
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        here = f"/proc/self/fd/{dfd}"  # the folder we locked, whatever its path does now
+        if not os.path.isdir(here):
+            here = str(plan.parent)
+        names = set(os.listdir(dfd))
+        earlier = _copy_of_job(here, names, plan)
+        if earlier:
+            return earlier
+        for name in names:
+            if name.startswith(plan.temp_prefix):  # an interrupted attempt of this job
+                shutil.rmtree(os.path.join(here, name), ignore_errors=True)
+        tmp_name = plan.temp_prefix + os.urandom(4).hex()  # not tempfile: it takes a lock
+        tmp = os.path.join(here, tmp_name)
+        os.mkdir(tmp, 0o700)
+        ino = os.lstat(tmp).st_ino
+        try:
+            copy = _copy_file_slowly(plan.delay) if plan.delay else shutil.copy2
+            shutil.copytree(source, tmp, symlinks=True, dirs_exist_ok=True, copy_function=copy)
+            _add_data_links(tmp, plan.data_links)
+            # Written last: a folder with this file is a complete copy made by this job.
+            with open(os.path.join(tmp, PROVENANCE_FILE), "x") as fh:
+                json.dump({**plan.provenance, "job": plan.job_id}, fh, indent=2)
+            os.chmod(tmp, 0o755)
+            final = _rename_into_place(dfd, tmp_name, plan, names)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if os.lstat(os.path.join(here, final)).st_ino != ino:
+            raise CopyError("The folder was replaced while it was being copied; try again.")
+        return final
+    finally:
+        os.close(dfd)
+
+
+def _candidates(wanted: str) -> list[str]:
+    return [wanted] + [f"{wanted}-{n}" for n in range(2, MAX_SAME_NAME + 1)]
+
+
+def _copy_of_job(here: str, names: set[str], plan: CopyPlan) -> str | None:
+    """A folder an earlier attempt of this job finished, if there is one."""
+    pattern = re.compile(re.escape(plan.folder_name) + r"(-[0-9]+)?")
+    for name in sorted(names):
+        if pattern.fullmatch(name) and copied_by(Path(here) / name) == plan.job_id:
+            return name
+    return None
+
+
+def _rename_into_place(dfd: int, tmp_name: str, plan: CopyPlan, taken: set[str]) -> str:
+    for name in _candidates(plan.folder_name):
+        if name in taken:
+            continue
+        try:
+            _rename_noreplace(dfd, tmp_name, name)
+            return name
         except OSError as exc:
-            raise CopyError(_user_message(exc, plan)) from exc
-    return plan.target
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    raise CopyError(f"{plan.shown_parent} already holds {MAX_SAME_NAME} copies named "
+                    f"{plan.folder_name}; remove some or choose another folder name.")
 
 
-# --- the copy itself, run by whoever writes ----------------------------------------------
-
-
-def _rename_noreplace(src: str, dst: str) -> None:
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                       _RENAME_NOREPLACE) == 0:
+def _rename_noreplace(dfd: int, src: str, dst: str) -> None:
+    if _libc.renameat2(dfd, os.fsencode(src), dfd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return
     err = ctypes.get_errno()
     if err != errno.EINVAL:  # EINVAL: this filesystem lacks the flag (NFS, FUSE)
         raise OSError(err, os.strerror(err), dst)
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "File exists", dst)
-    os.rename(src, dst)  # rename(2) never replaces a non-empty directory
+    try:
+        os.lstat(dst, dir_fd=dfd)
+    except FileNotFoundError:
+        # rename(2) never replaces a non-empty folder or a non-folder; at worst an empty
+        # folder made in this instant is replaced.
+        os.rename(src, dst, src_dir_fd=dfd, dst_dir_fd=dfd)
+        return
+    raise FileExistsError(errno.EEXIST, "File exists", dst)
 
 
 def _copy_file_slowly(delay: float) -> Callable[[str, str], object]:
@@ -119,32 +324,6 @@ def _copy_file_slowly(delay: float) -> Callable[[str, str], object]:
         return shutil.copy2(src, dst)
 
     return copy
-
-
-def _copy_as_current_user(plan: CopyPlan) -> None:
-    parent = str(plan.parent)
-    os.makedirs(parent, 0o755, exist_ok=True)
-    final = os.path.join(parent, plan.folder_name)
-    if os.path.lexists(final):
-        if copied_by(Path(final)) == plan.job_id:
-            return  # an earlier attempt of this job finished the copy
-        raise FileExistsError(errno.EEXIST, "File exists", final)
-    tmp = os.path.join(parent, f".{plan.folder_name}.tmp-{os.urandom(6).hex()}")
-    os.mkdir(tmp, 0o700)
-    ino = os.lstat(tmp).st_ino
-    try:
-        copy = _copy_file_slowly(plan.delay) if plan.delay else shutil.copy2
-        shutil.copytree(plan.source, tmp, symlinks=True, dirs_exist_ok=True, copy_function=copy)
-        _add_data_links(tmp, plan.data_links)
-        with open(os.path.join(tmp, PROVENANCE_FILE), "x") as fh:
-            json.dump({**plan.provenance, "job": plan.job_id}, fh, indent=2)
-        os.chmod(tmp, 0o755)
-        _rename_noreplace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.lstat(final).st_ino != ino:
-        raise CopyError("The folder was replaced while it was being copied.")
 
 
 def _add_data_links(folder: str, links: list[dict[str, Any]]) -> None:
@@ -156,96 +335,66 @@ def _add_data_links(folder: str, links: list[dict[str, Any]]) -> None:
         entry = {k: link.get(k) for k in ("name", "target", "description", "size", "checksum",
                                           "licence") if link.get(k) not in (None, "")}
         name = str(link.get("name") or "data")
-        if target.startswith("/") and os.access(target, os.R_OK):
+        if target.startswith("/") and os.access(target, os.R_OK):  # as the user who copies
             os.makedirs(os.path.join(folder, "data"), exist_ok=True)
-            os.symlink(target, os.path.join(folder, "data", name))
-            entry["link"] = f"data/{name}"
+            path = os.path.join(folder, "data", name)
+            if os.path.lexists(path):
+                entry["note"] = f"data/{name} is a file of the example; link it yourself"
+            else:
+                os.symlink(target, path)
+                entry["link"] = f"data/{name}"
         elif target.startswith("/"):
             entry["note"] = "not readable for you; ask the centre for access"
         manifest.append(entry)
         detail = ", ".join(f"{k}: {v}" for k, v in entry.items() if k not in ("name", "target"))
         lines.append(f"- **{name}**: {target}" + (f" ({detail})" if detail else ""))
     if manifest:
-        with open(os.path.join(folder, DATA_MANIFEST_JSON), "x") as fh:
-            json.dump(manifest, fh, indent=2)
-        with open(os.path.join(folder, DATA_MANIFEST), "x") as fh:
-            fh.write("\n".join(lines) + "\n")
+        for name, text in ((DATA_MANIFEST_JSON, json.dumps(manifest, indent=2)),
+                           (DATA_MANIFEST, "\n".join(lines) + "\n")):
+            path = os.path.join(folder, name)
+            if os.path.lexists(path):  # the example has a file of that name: keep it
+                stem, dot, ext = name.rpartition(".")
+                path = os.path.join(folder, f"{stem}.gallery{dot}{ext}")
+            with open(path, "x") as fh:
+                fh.write(text)
 
 
-# --- dropping to the user ------------------------------------------------------------------
+# --- messages a person can act on -------------------------------------------------------------
 
 
-def _run_as_user(plan: CopyPlan, timeout: float) -> None:
+def _describe_parent(plan: CopyPlan) -> str:
     try:
-        pw = pwd.getpwnam(plan.username)
-    except KeyError:
-        raise CopyError(f"There is no account named {plan.username!r} on this system.") from None
-    if pw.pw_uid == 0:
-        raise CopyError("The gallery does not write into root's home.")
-    groups = os.getgrouplist(plan.username, pw.pw_gid)  # in the parent: NSS may use threads
-    r, w = os.pipe()
-    ppid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child always leaves through os._exit
-        code, msg = 1, b"unknown error"
-        try:
-            os.closerange(3, w)
-            os.closerange(w + 1, 65536)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-                signal.signal(sig, signal.SIG_DFL)
-            os.setgroups(groups)
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            if os.getresuid() != (pw.pw_uid,) * 3 or os.getresgid() != (pw.pw_gid,) * 3:
-                raise CopyError("could not drop privileges")
-            _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != ppid:
-                raise CopyError("parent died")
-            os.umask(0o022)
-            os.chdir("/")
-            _copy_as_current_user(plan)
-            code, msg = 0, b"ok"
-        except BaseException as exc:  # report everything to the parent
-            msg = _user_message(exc, plan).encode()[:2000]
-        finally:
-            try:
-                os.write(w, msg)
-            finally:
-                os._exit(code)
-    os.close(w)
-    out, finished = b"", False
-    try:
-        deadline = time.monotonic() + timeout
-        while True:  # the user could SIGSTOP the child: bound the wait
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                raise CopyError(f"The copy into {plan.username}'s home timed out.")
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            out += chunk
-        finished = True
-    finally:
-        os.close(r)
-        if not finished:
-            os.kill(pid, signal.SIGKILL)
-        status = os.waitpid(pid, 0)[1]
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise CopyError(out.decode(errors="replace") or "The copy stopped unexpectedly.")
+        return f"{plan.shown_parent} (a link to {os.readlink(plan.parent)})"
+    except OSError:
+        return plan.shown_parent
+
+
+def _parent_message(exc: OSError, plan: CopyPlan) -> str:
+    where = _describe_parent(plan)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return (f"{where} is not a folder; move it away (or make it a folder of yours) "
+                "and try again.")
+    if isinstance(exc, PermissionError):
+        return (f"The gallery cannot open {where} as you (permission denied). Make "
+                f"{plan.shown_parent} a folder you own and can write to, then try again.")
+    return _user_message(exc, plan)
 
 
 def _user_message(exc: BaseException, plan: CopyPlan) -> str:
-    where = f"~/{plan.parent.name}/{plan.folder_name}"
-    if isinstance(exc, FileExistsError):
-        return f"{where} already exists; choose another folder name."
+    if isinstance(exc, CopyError):
+        return str(exc)
+    where = _describe_parent(plan)
     if isinstance(exc, PermissionError):
-        return (f"The gallery cannot write to {where} as you ({exc.strerror}: {exc.filename}). "
-                "Check that the folder is yours and writable.")
+        return (f"The gallery cannot write into {where} as you (permission denied). Make "
+                f"{plan.shown_parent} a folder you own and can write to, then try again.")
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-        return f"{where} goes through a symbolic link the gallery will not follow."
+        return f"{where} goes through too many symbolic links; make it a plain folder."
     if isinstance(exc, OSError) and exc.errno == errno.EDQUOT:
         return "Your home is over its quota; free some space and try again."
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "The home filesystem is full; try again later."
-    return f"{type(exc).__name__}: {exc}"
+        return "The home filesystem is full; try again later or tell the centre's support."
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return f"{where} is on a read-only filesystem; the gallery cannot copy there."
+    if isinstance(exc, OSError):
+        return f"The copy into {where} failed: {exc.strerror or exc}. Try again."
+    return f"The copy into {where} failed ({type(exc).__name__}); try again."

@@ -460,35 +460,54 @@ def queue_use(*, example: Example, user: AbstractBaseUser, folder_name: str = ""
         raise NotAllowed("Log in to use an example.")
     if example.state != Example.State.APPROVED or example.current_revision is None:
         raise Conflict(f"{example.slug} has no approved version to use.")
-    folder = folder_name.strip() or example.slug
+    folder = _use_folder_name(example, folder_name)
+    with transaction.atomic():
+        job = _queue(Job.Kind.USE, user=user, revision=example.current_revision,
+                     params={"username": user.get_username(), "folder": folder,
+                             "backend": settings.GALLERY_USE_BACKEND},
+                     message="Waiting for a free worker; this page updates by itself.")
+        Example.objects.filter(pk=example.pk).update(use_count=F("use_count") + 1)
+    return job
+
+
+def _use_folder_name(example: Example, wanted: str) -> str:
+    """The folder name a user asked for (the slug by default), or GalleryError."""
+    folder = wanted.strip() or example.slug
     try:
         folder = notebooks.clean_relpath(folder)
     except notebooks.NotebookError as exc:
         raise GalleryError(str(exc).replace("file name", "folder name")) from None
     if "/" in folder:
         raise GalleryError("The folder name must be a single name, not a path.")
-    with transaction.atomic():
-        job = _queue(Job.Kind.USE, user=user, revision=example.current_revision,
-                     params={"username": user.get_username(), "folder": folder,
-                             "backend": settings.GALLERY_USE_BACKEND})
-        Example.objects.filter(pk=example.pk).update(use_count=F("use_count") + 1)
-    return job
+    if len(folder) > 100:
+        raise GalleryError("The folder name is longer than 100 characters.")
+    return folder
 
 
-def use_plan(*, example: Example, user: AbstractBaseUser) -> dict[str, Any]:
-    """What a Use would do, shown before the user confirms."""
+def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "") -> dict[str, Any]:
+    """What a Use would do, shown before the user confirms: nothing is written."""
     revision = example.current_revision
-    if revision is None:
+    if example.state != Example.State.APPROVED or revision is None:
         raise Conflict(f"{example.slug} has no approved version to use.")
+    folder = _use_folder_name(example, folder_name)
     parent = f"~/{settings.GALLERY_USE_DIR}"
+    env_file = revision.metadata.get("environment", "")
     return {
-        "target": f"{parent}/{example.slug}",
+        "folder": folder,
+        "target": f"{parent}/{folder}",
         "version": revision.number,
+        "commit": revision.git_commit,
         "files": revision.files,
-        "environment": revision.metadata.get("environment", ""),
-        "data_links": [{"name": d.name, "target": d.target, "kind": "symlink" if d.is_path
-                        else "manifest"} for d in revision.data_links.all()],
-        "note": "An existing folder is never overwritten; a second Use gets a new name.",
+        "environment": env_file,
+        "environment_commands": environment_instructions(env_file, example.slug),
+        "data_links": [{"name": d.name, "target": d.target, "description": d.description,
+                        "size": d.size, "checksum": d.checksum, "licence": d.licence,
+                        "kind": "symlink" if d.is_path else "manifest",
+                        "where": f"data/{d.name}" if d.is_path else homes.DATA_MANIFEST}
+                       for d in revision.data_links.all()],
+        "provenance_file": homes.PROVENANCE_FILE,
+        "note": f"An existing folder is never overwritten: if {parent}/{folder} exists, the "
+                f"copy goes to {folder}-2 (or -3, …). Data is linked, never copied.",
     }
 
 
@@ -529,18 +548,21 @@ def _do_use(job: Job) -> dict[str, Any]:
         folder = hub.copy_through_contents(job=job, source=export, provenance=provenance,
                                            data_links=links)
     else:
-        parent = homes.use_parent(username)
-        folder = job.result.get("folder")
-        if not folder:
-            folder = homes.free_folder_name(parent, job.params["folder"])
-            # Decide the name once: a retry after a crash finishes the same folder.
-            Job.objects.filter(pk=job.pk).update(result={"folder": folder})
+        shown = f"~/{settings.GALLERY_USE_DIR}"
+        Job.objects.filter(pk=job.pk, worker=job.worker).update(
+            message=f"Copying {len(revision.files)} files into {shown}.")
         plan = homes.CopyPlan(
-            username=username, source=export, parent=parent, folder_name=folder,
-            job_id=str(job.pk), provenance=provenance, data_links=links,
-            delay=settings.GALLERY_COPY_DELAY,
+            username=username, source=export, parent=homes.use_parent(username),
+            folder_name=job.params["folder"], job_id=str(job.pk), provenance=provenance,
+            data_links=links, delay=settings.GALLERY_COPY_DELAY, shown_parent=shown,
         )
-        homes.copy_into_home(plan, as_user=settings.GALLERY_USE_AS_USER)
+        # The name is settled inside the copy (the first of folder, folder-2, … that is free);
+        # a retry finds the folder an earlier attempt finished by the job id in it.
+        folder = homes.copy_into_home(
+            plan, as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
+            heartbeat=lambda: renew_lease(job),
+            heartbeat_every=max(settings.GALLERY_JOB_LEASE / 3, 0.5),
+        ).name
     rel = f"{settings.GALLERY_USE_DIR}/{folder}"
     env_file = revision.metadata.get("environment", "")
     return {
@@ -582,8 +604,15 @@ def enqueue(job: Job) -> bool:
     return tasks.task_for(job.kind).delay(str(job.pk)) is not None
 
 
+class LeaseLost(Exception):
+    """Another worker took over a job whose lease this one failed to renew in time."""
+
+
 def claim_job(job_id: str, worker: str) -> Job | None:
-    """Take a job for this worker, or None when it is finished or held by a live lease."""
+    """Take a job for this worker, or None when it is finished or held by a live lease.
+
+    `worker` should be unique per attempt: finishing and renewing check it.
+    """
     now = timezone.now()
     lease = now + timedelta(seconds=settings.GALLERY_JOB_LEASE)
     claimed = Job.objects.filter(pk=job_id).filter(
@@ -595,12 +624,22 @@ def claim_job(job_id: str, worker: str) -> Job | None:
     return Job.objects.select_related("revision__example", "submission", "user").get(pk=job_id)
 
 
+def renew_lease(job: Job) -> None:
+    """Extend a running job's lease; raises LeaseLost when this attempt no longer holds it."""
+    lease = timezone.now() + timedelta(seconds=settings.GALLERY_JOB_LEASE)
+    if not Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
+            lease_until=lease):
+        raise LeaseLost(f"job {job.pk} is no longer held by {job.worker}")
+
+
 MAX_ATTEMPTS = 3
 
 
 def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     """Run one job to its end. Safe to call any number of times for the same id."""
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    # Node names repeat (both pool processes of a worker, a restarted worker): make each
+    # attempt's name unique so that only the attempt holding the job can finish it.
+    worker = f"{worker or socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     job = claim_job(job_id, worker)
     if job is None:
         return None
@@ -613,13 +652,16 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     started = time.monotonic()
     try:
         result = handler(job)
+    except LeaseLost as exc:
+        log.warning("%s; leaving it to the worker that holds it", exc)
+        return None
     except (homes.CopyError, notebooks.NotebookError, GalleryError) as exc:
         return _finish(job, Job.State.FAILED, message=str(exc))
     except Exception as exc:
         log.exception("job %s (%s) failed", job.pk, job.kind)
         if job.attempts < MAX_ATTEMPTS and job.kind != Job.Kind.USE:
-            Job.objects.filter(pk=job.pk).update(state=Job.State.QUEUED, worker="",
-                                                 message=f"retrying after {type(exc).__name__}")
+            Job.objects.filter(pk=job.pk, worker=job.worker).update(
+                state=Job.State.QUEUED, worker="", message=f"retrying after {type(exc).__name__}")
             return job
         return _finish(job, Job.State.FAILED, message=_internal_message(job, exc))
     log.info("job %s (%s) done in %.0f ms", job.pk, job.kind, (time.monotonic() - started) * 1e3)
@@ -649,12 +691,13 @@ def sweep_jobs() -> int:
     for job in Job.objects.stale().order_by("queued_at")[:500]:
         if job.attempts >= MAX_ATTEMPTS + 2:
             Job.objects.filter(pk=job.pk, state=job.state).update(
-                state=Job.State.FAILED, finished_at=timezone.now(),
+                state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,
                 message="The job was interrupted too many times; try again.")
             continue
-        if enqueue(job):
-            count += 1
-            Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(queued_at=timezone.now())
+        if not enqueue(job):
+            break  # the broker is down: the next sweep tries again
+        count += 1
+        Job.objects.filter(pk=job.pk).update(rung_at=timezone.now())
     return count
 
 
