@@ -7,6 +7,7 @@ A bad value stops the process with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -139,6 +140,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "gallery.logs.RequestLogMiddleware",
+    "gallery.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "gallery.uploads.UploadLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -214,6 +217,13 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if env_bool("GALLERY_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HTTPS hardening for production (see `manage.py check --deploy`); all off by default so that
+# plain-HTTP development works. Health and metrics stay reachable over internal HTTP.
+SECURE_SSL_REDIRECT = env_bool("GALLERY_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("GALLERY_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("GALLERY_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("GALLERY_HSTS_PRELOAD", False)
 
 # Uploads stream to disk past 1 MB; the hard limit is enforced while streaming (notebooks.py).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
@@ -258,11 +268,39 @@ GALLERY_JOB_LEASE = env_int("GALLERY_JOB_LEASE", 120)
 # Seconds one copy into a home may take before it is stopped and reported as failed.
 GALLERY_COPY_TIMEOUT = env_int("GALLERY_COPY_TIMEOUT", 300)
 
+# --- operations: logs, metrics, health ---------------------------------------------------
+# One line per event with the request or job id, secrets masked (gallery/logs.py).
+GALLERY_LOG_FORMAT = env_choice("GALLERY_LOG_FORMAT", "plain", {"plain", "json"})
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {"()": "gallery.logs.ContextFilter"},
+        "redact": {"()": "gallery.logs.RedactFilter"},
+    },
+    "formatters": {
+        "plain": {"()": "gallery.logs.PlainFormatter"},
+        "json": {"()": "gallery.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": GALLERY_LOG_FORMAT,
+                             "filters": ["context", "redact"]}},
     "root": {"handlers": ["console"], "level": env("GALLERY_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# /metrics and /health/detail: a bearer token, or callers from these networks (comma-separated
+# addresses or CIDRs) that did not come through a proxy. Neither set: staff only for health,
+# nobody for metrics.
+GALLERY_METRICS_TOKEN = env("GALLERY_METRICS_TOKEN")
+GALLERY_METRICS_ALLOWED_NETWORKS = env_list("GALLERY_METRICS_ALLOWED_NETWORKS")
+for _net in GALLERY_METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"GALLERY_METRICS_ALLOWED_NETWORKS: {_net!r} is not an address or a network") from None
+# The standard variable of the Prometheus client: a directory shared by the gunicorn workers
+# of one web node, emptied when gunicorn starts (deploy/gunicorn.conf.py).
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
+# Free space below this on a data filesystem is an error in the detailed health; below four
+# times this, a warning.
+GALLERY_MIN_FREE_DISK_MB = env_int("GALLERY_MIN_FREE_DISK_MB", 1024)

@@ -12,7 +12,7 @@ from celery import Task, shared_task
 from celery.contrib.django.task import DjangoTask
 from kombu.exceptions import OperationalError
 
-from . import services
+from . import logs, services
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class JobTask(DjangoTask):
 
 
 def _run(task: Task, job_id: str) -> None:
-    services.perform_job(job_id, worker=task.request.hostname or "")
+    with logs.job_context(job_id):
+        services.perform_job(job_id, worker=task.request.hostname or "")
 
 
 @shared_task(bind=True, base=JobTask, name="gallery.tasks.run_checks")

@@ -19,6 +19,8 @@ urlpatterns = [
     re_path(r"^previews/(?P<sha256>[0-9a-f]{64})\.html$", views.preview, name="preview"),
     path("previews/preview.css", views.preview_css, name="preview-css"),
     path("health", views.health, name="health"),
+    path("health/detail", views.health_detail, name="health-detail"),
+    path("metrics", views.prometheus_metrics, name="metrics"),
     path("api/v1/", api.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

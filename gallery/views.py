@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import forms, services
@@ -184,7 +185,52 @@ def _preview_headers(response: HttpResponse) -> None:
     response["X-Frame-Options"] = "SAMEORIGIN"
 
 
+@never_cache
 @require_GET
 def health(request: HttpRequest) -> HttpResponse:
     """Cheap liveness for the hub's poll: no database, no broker, never a 5xx."""
     return JsonResponse({"status": "ok"})
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    from django.db import DatabaseError
+
+    try:
+        return bool(request.user.is_active and request.user.is_staff)
+    except DatabaseError:  # the login cannot be checked; the token still works
+        return False
+
+
+@never_cache
+@require_GET
+def health_detail(request: HttpRequest) -> HttpResponse:
+    """Database, broker, workers, repository, jobs and disk, each with a plain status.
+
+    For staff and for operators with the metrics token; always 200 (or 403), even when a part
+    is down: the body says what is wrong.
+    """
+    from . import metrics
+
+    if not (metrics.operator_allowed(request) or _is_staff(request)):
+        return JsonResponse({"error": "Staff only: log in as staff, or send "
+                                      "'Authorization: Bearer <GALLERY_METRICS_TOKEN>'."},
+                            status=403)
+    return JsonResponse(metrics.health_report(), json_dumps_params={"default": str})
+
+
+@never_cache
+@require_GET
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for a caller with the metrics token or from an allowed network."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from . import metrics
+
+    if not metrics.operator_allowed(request):
+        return JsonResponse({"error": "Send 'Authorization: Bearer <GALLERY_METRICS_TOKEN>', or "
+                                      "scrape from GALLERY_METRICS_ALLOWED_NETWORKS."},
+                            status=403)
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
