@@ -223,6 +223,24 @@ class UseIn(Schema):
     folder: str = Field("", max_length=128, description="Folder name in the Use directory")
 
 
+class PlanDataLinkOut(DataLinkOut):
+    kind: str = Field(description="'symlink' (a path) or 'manifest' (a URL or DOI)")
+    where: str = Field(description="Where it appears in the copy")
+
+
+class UsePlanOut(Schema):
+    folder: str
+    target: str
+    version: int
+    commit: str
+    files: list[dict[str, Any]]
+    environment: str
+    environment_commands: dict[str, str]
+    data_links: list[PlanDataLinkOut]
+    provenance_file: str
+    note: str
+
+
 class JobOut(Schema):
     id: UUID
     kind: str
@@ -324,6 +342,14 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
     job = services.queue_use(example=example, user=request.auth,
                              folder_name=payload.folder if payload else "")
     return 202, job_out(job)
+
+
+@api.get("/examples/{slug}/use-plan", response={200: UsePlanOut, 400: ErrorOut, 404: ErrorOut,
+                                                 409: ErrorOut},
+         summary="What a Use would copy into the caller's home, and where; writes nothing")
+def use_plan(request: HttpRequest, slug: str, folder: str = "") -> dict[str, Any]:
+    example = get_object_or_404(Example, slug=slug)
+    return services.use_plan(example=example, user=request.auth, folder_name=folder)
 
 
 @api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")
