@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from .models import (
     Example,
     IllegalTransition,
     Job,
+    Notification,
     Preview,
     Review,
     Revision,
@@ -357,6 +359,10 @@ def start_review(*, submission: Submission, reviewer: AbstractBaseUser) -> Submi
         _require_reviewer(reviewer, submission)
         _move_submission(submission, Submission.State.IN_REVIEW, actor=reviewer,
                          reason="review started")
+        notify(user=submission.contributor, kind=Notification.Kind.REVIEW,
+               submission=submission, example=submission.example,
+               message=f"{reviewer.get_username()} started reviewing revision "
+                       f"{submission.revision.number} of \u201c{submission.example.title}\u201d.")
     return submission
 
 
@@ -368,6 +374,7 @@ def _decide(submission: Submission, reviewer: AbstractBaseUser, decision: str, t
         _move_submission(submission, to, actor=reviewer, reason=comment)
         review = Review.objects.create(submission=submission, reviewer=reviewer,
                                        decision=decision, comment=comment)
+        _notify_decision(submission, review)
         if decision == Review.Decision.APPROVE:
             _queue(Job.Kind.COMMIT, submission=submission, revision=submission.revision,
                    user=reviewer, params={"review": review.pk})
@@ -411,6 +418,12 @@ def retire_example(*, example: Example, actor: AbstractBaseUser, reason: str) ->
         example = Example.objects.select_for_update().get(pk=example.pk)
         _move_example(example, Example.State.RETIRED, actor=actor, reason=reason,
                       allowed_from={Example.State.APPROVED})
+        notify(user=example.contributor, kind=Notification.Kind.RETIRED, example=example,
+               message=f"\u201c{example.title}\u201d was retired by {actor.get_username()}: "
+                       f"{reason}")
+        _notify_users_of(example, kind=Notification.Kind.RETIRED,
+                         message=f"\u201c{example.title}\u201d, which you used, was retired: "
+                                 f"{reason} Your copy keeps working.")
     return example
 
 
@@ -421,6 +434,9 @@ def restore_example(*, example: Example, actor: AbstractBaseUser, reason: str = 
         example = Example.objects.select_for_update().get(pk=example.pk)
         _move_example(example, Example.State.APPROVED, actor=actor, reason=reason or "restored",
                       allowed_from={Example.State.RETIRED})
+        notify(user=example.contributor, kind=Notification.Kind.RESTORED, example=example,
+               message=f"\u201c{example.title}\u201d is back in the gallery"
+                       f"{': ' + reason if reason else '.'}")
     return example
 
 
@@ -444,11 +460,110 @@ def publish_revision(*, revision: Revision, commit: str, actor: AbstractBaseUser
             example.save(update_fields=["current_revision", "title", "summary", "search_text",
                                         "updated"])
             example.tags.set([Tag.objects.get_or_create(name=t)[0] for t in meta.get("tags", [])])
+            submission = Submission.objects.filter(revision=revision).first()
+            notify(user=example.contributor, kind=Notification.Kind.PUBLISHED, example=example,
+                   submission=submission,
+                   message=f"\u201c{example.title}\u201d version {revision.number} is published "
+                           f"in the gallery.")
+            _notify_users_of(example, kind=Notification.Kind.UPDATED, exclude_revision=revision,
+                             message=f"A newer version ({revision.number}) of \u201c"
+                                     f"{example.title}\u201d is approved; your copy is older.")
         if example.state in (Example.State.STAGED, Example.State.REJECTED):
             _move_example(example, Example.State.APPROVED, actor=actor,
                           reason=f"revision {revision.number} committed as {commit[:10]}",
                           allowed_from={Example.State.STAGED, Example.State.REJECTED})
     return example
+
+
+# --- notifications --------------------------------------------------------------------------
+
+
+def notify(*, user: AbstractBaseUser, kind: str, message: str, example: Example | None = None,
+           submission: Submission | None = None, email: bool = True) -> Notification:
+    """Tell a person something in the gallery; by email too when a mail server is configured.
+
+    The email is queued after the surrounding transaction commits, so a decision that is
+    rolled back never mails anyone.
+    """
+    note = Notification.objects.create(user=user, kind=kind, message=message, example=example,
+                                       submission=submission)
+    if email and settings.EMAIL_HOST and email_address(user):
+        from . import tasks
+
+        tasks.email_notification.delay_on_commit(note.pk)
+    return note
+
+
+def _notify_decision(submission: Submission, review: Review) -> None:
+    verb = {Review.Decision.APPROVE: "approved", Review.Decision.REJECT: "rejected",
+            Review.Decision.REQUEST_CHANGES: "asked for changes to"}[Review.Decision(review.decision)]
+    text = (f"{review.reviewer.get_username()} {verb} revision {submission.revision.number} "
+            f"of \u201c{submission.example.title}\u201d.")
+    if review.comment:
+        text += f" Comment: {review.comment}"
+    notify(user=submission.contributor, kind=Notification.Kind.REVIEW, message=text,
+           example=submission.example, submission=submission)
+
+
+def _notify_users_of(example: Example, *, kind: str, message: str,
+                     exclude_revision: Revision | None = None) -> int:
+    """Tell everyone holding a copy of the example (in the gallery only: there may be many)."""
+    used = Job.objects.filter(kind=Job.Kind.USE, state=Job.State.DONE, revision__example=example,
+                              user__isnull=False)
+    if exclude_revision is not None:
+        used = used.exclude(user__in=Job.objects.filter(
+            kind=Job.Kind.USE, state=Job.State.DONE, revision=exclude_revision).values("user"))
+    users = set(used.values_list("user", flat=True)) - {example.contributor_id}
+    Notification.objects.bulk_create(
+        Notification(user_id=pk, kind=kind, message=message, example=example) for pk in users)
+    return len(users)
+
+
+def mark_notifications_read(*, user: AbstractBaseUser, ids: list[int] | None = None) -> int:
+    """Mark a person's notifications (all, or those given) as read; returns how many."""
+    unread = Notification.objects.filter(user=user).unread()  # type: ignore[misc]
+    if ids is not None:
+        unread = unread.filter(pk__in=ids)
+    return unread.update(read_at=timezone.now())
+
+
+def email_address(user: AbstractBaseUser) -> str:
+    """The user's address, or username@GALLERY_EMAIL_DOMAIN when only the centre knows it."""
+    address = getattr(user, "email", "") or ""
+    if not address and settings.GALLERY_EMAIL_DOMAIN:
+        address = f"{user.get_username()}@{settings.GALLERY_EMAIL_DOMAIN}"
+    return address
+
+
+def email_notification(*, notification_id: int) -> bool:
+    """Send one notification by email, at most once; False when there is nothing to send."""
+    from django.core.mail import send_mail
+
+    now = timezone.now()
+    if not Notification.objects.filter(pk=notification_id, emailed_at__isnull=True).update(
+            emailed_at=now):
+        return False
+    note = Notification.objects.select_related("user", "example", "submission").get(
+        pk=notification_id)
+    address = email_address(note.user)
+    if not address:
+        return False
+    link = ""
+    if settings.GALLERY_PUBLIC_URL:
+        from django.urls import reverse
+
+        path = (reverse("submission", args=[note.submission_id]) if note.submission_id
+                else reverse("example", args=[note.example.slug]) if note.example else
+                reverse("notifications"))
+        link = f"\n\n{settings.GALLERY_PUBLIC_URL.rstrip('/')}{path}"
+    subject = f"[Examples gallery] {note.message[:70]}"
+    try:
+        send_mail(subject, f"{note.message}{link}\n", None, [address])
+    except Exception:
+        # Let the task retry: the mail was not sent.
+        Notification.objects.filter(pk=notification_id, emailed_at=now).update(emailed_at=None)
+        raise
+    return True
 
 
 # --- Use ------------------------------------------------------------------------------------
@@ -851,3 +966,202 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
         if not revision.git_commit:
             publish_revision(revision=revision, commit=published.commit, actor=committer)
     return seen
+
+
+# --- bulk import ----------------------------------------------------------------------------
+
+IMPORT_MAX_NOTEBOOKS = 500
+_SKIP_DIRS = {".git", ".ipynb_checkpoints", "node_modules", "__pycache__", ".venv"}
+
+
+@dataclass
+class ImportReport:
+    """What a bulk import did: the submissions it staged and, per notebook, why one was not."""
+
+    source: str
+    staged: list[Submission] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def import_notebooks(*, source: str, actor: AbstractBaseUser | None, ref: str = "",
+                     anywhere: bool = False) -> ImportReport:
+    """Stage every notebook of a folder or a git repository as a submission for review.
+
+    Metadata comes from an `example.toml` beside the notebook, else from the notebook (its
+    `title`/`summary`/`tags` metadata, its first heading and paragraph). A folder holding a
+    single notebook travels with its files; an environment file is taken from the
+    notebook's folder or the nearest one above it. A notebook whose content is already in
+    the gallery is skipped, so an import can be repeated. `actor` None means the operator at
+    the command line; from the web, local folders must lie under GALLERY_IMPORT_ROOTS unless
+    `anywhere`.
+    """
+    if actor is not None and not is_reviewer(actor):
+        raise NotAllowed("Only reviewers may import notebooks.")
+    source = source.strip()
+    if not source:
+        raise GalleryError("Give a folder or a git repository URL.")
+    local = Path(source).expanduser()
+    with tempfile.TemporaryDirectory(prefix="gallery-import-") as tmp:
+        if local.is_absolute() and local.is_dir() and not _is_bare_repo(local):
+            if not (anywhere or actor is None):
+                _require_import_root(local)
+            root, authors = local.resolve(), None
+        else:
+            root = _clone(source, ref, Path(tmp) / "repo", anywhere=anywhere or actor is None)
+            authors = _git_authors
+        report = ImportReport(source=source)
+        contributor = _import_user()
+        found = sorted(_find_notebooks(root))
+        if len(found) > IMPORT_MAX_NOTEBOOKS:
+            raise GalleryError(f"{source} has {len(found)} notebooks; at most "
+                               f"{IMPORT_MAX_NOTEBOOKS} can be imported at once.")
+        for nb_path in found:
+            rel = nb_path.relative_to(root).as_posix()
+            try:
+                submission = _import_one(root, nb_path, contributor,
+                                         authors(root, nb_path) if authors else [])
+            except (GalleryError, notebooks.NotebookError, OSError) as exc:
+                report.skipped.append(f"{rel}: {exc}")
+                continue
+            if submission is None:
+                report.skipped.append(f"{rel}: already in the gallery")
+            else:
+                report.staged.append(submission)
+    if actor is not None:
+        notify(user=actor, kind=Notification.Kind.IMPORTED, email=False,
+               message=f"Import of {source}: {len(report.staged)} staged for review, "
+                       f"{len(report.skipped)} skipped.")
+    return report
+
+
+def _is_bare_repo(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()
+
+
+def _require_import_root(path: Path) -> None:
+    resolved = path.resolve()
+    roots = [Path(r).resolve() for r in settings.GALLERY_IMPORT_ROOTS]
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        raise NotAllowed("Folders can be imported from the web only under GALLERY_IMPORT_ROOTS "
+                         f"({', '.join(map(str, roots)) or 'none set'}); use the "
+                         "import_notebooks command for other places.")
+
+
+def _clone(url: str, ref: str, dest: Path, *, anywhere: bool) -> Path:
+    import git
+
+    remote = url.startswith(("https://", "http://", "ssh://", "git@"))
+    if not remote:
+        local = Path(url).expanduser()
+        if not local.is_absolute() or not local.exists():
+            raise GalleryError(f"{url} is neither a folder nor a git repository URL "
+                               "(https://, ssh:// or git@).")
+        if not anywhere:
+            _require_import_root(local)
+    try:
+        git.Repo.clone_from(url, dest, depth=1, branch=ref or None, no_tags=True,
+                            env={"GIT_TERMINAL_PROMPT": "0"}, kill_after_timeout=300)
+    except git.GitCommandError as exc:
+        detail = (exc.stderr or "").strip().splitlines()
+        raise GalleryError(f"The repository {url} could not be cloned: "
+                           f"{detail[-1] if detail else exc}") from None
+    return dest
+
+
+def _git_authors(root: Path, path: Path) -> list[str]:
+    import git
+
+    try:
+        name = git.Repo(root).git.log("-1", "--format=%an", "--", str(path.relative_to(root)))
+    except git.GitCommandError:
+        return []
+    return [name.strip()] if name.strip() else []
+
+
+def _find_notebooks(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".ipynb") and not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _import_user() -> AbstractBaseUser:
+    from django.contrib.auth import get_user_model
+
+    user, created = get_user_model().objects.get_or_create(username=settings.GALLERY_IMPORT_USER)
+    if created:
+        user.set_unusable_password()
+        user.save()
+    return user
+
+
+def _first_markdown(nb: Any) -> tuple[str, str]:
+    """The first heading and the first paragraph of a notebook's markdown."""
+    title = summary = ""
+    for cell in nb.cells:
+        if cell.get("cell_type") != "markdown":
+            continue
+        for block in str(cell.get("source", "")).split("\n\n"):
+            block = block.strip()
+            if not block:
+                continue
+            if block.startswith("#") and not title:
+                title = block.splitlines()[0].lstrip("#").strip()
+                rest = "\n".join(block.splitlines()[1:]).strip()
+                if rest and not summary:
+                    summary = rest
+            elif not summary and not block.startswith(("#", "!", "<", "|", "```")):
+                summary = block
+            if title and summary:
+                return title, summary
+    return title, summary
+
+
+def _import_one(root: Path, nb_path: Path, contributor: AbstractBaseUser,
+                authors: list[str]) -> Submission | None:
+    data = nb_path.read_bytes()
+    if Revision.objects.filter(notebook_sha256=notebooks.sha256(data)).exists():
+        return None
+    folder = nb_path.parent
+    rel = nb_path.relative_to(root)
+    toml_path = folder / notebooks.EXAMPLE_FILE
+    toml = notebooks.read_example_toml(toml_path.read_bytes()) if toml_path.is_file() else {}
+    if toml and toml.get("notebook") not in (None, nb_path.name):
+        toml = {}  # the folder's example.toml describes another of its notebooks
+    nb = notebooks.read_notebook(data)
+    nb_meta = nb.metadata
+    heading, paragraph = _first_markdown(nb)
+    env_file = None
+    for place in [folder, *folder.parents]:
+        for name in notebooks.ENV_FILES:
+            if (place / name).is_file():
+                env_file = place / name
+                break
+        if env_file or place == root:
+            break
+    files: dict[str, bytes] = {}
+    alone = folder != root and sum(1 for p in folder.glob("*.ipynb")) == 1
+    if alone:
+        skip = {nb_path, env_file, toml_path}
+        for path in sorted(folder.rglob("*")):
+            parts = path.relative_to(folder).parts
+            if (path.is_file() and path not in skip and not path.name.endswith(".ipynb")
+                    and not any(p.startswith(".") or p in _SKIP_DIRS for p in parts)):
+                files[path.relative_to(folder).as_posix()] = path.read_bytes()
+    tags = toml.get("tags") or nb_meta.get("tags") or (
+        [rel.parent.parts[-1]] if rel.parent.parts else [])
+    meta = ExampleMeta(
+        title=str(toml.get("title") or nb_meta.get("title") or heading
+                  or nb_path.stem.replace("_", " ").replace("-", " ").capitalize())[:200],
+        summary=str(toml.get("summary") or nb_meta.get("summary") or paragraph)[:2000],
+        tags=[str(t) for t in tags if isinstance(t, str)][:20],
+        licence=str(toml.get("licence", "")),
+        slug=slugify(rel.with_suffix("").as_posix().replace("/", "-"))[:80],
+        data_links=toml.get("data", []), resources=toml.get("resources", {}),
+        authors=toml.get("authors") or authors, kernel=str(toml.get("kernel", "")),
+    )
+    staged = StagedFiles(notebook_name=nb_path.name, notebook=data,
+                         environment=(env_file.name, env_file.read_bytes()) if env_file else None,
+                         files=files)
+    return stage_submission(contributor=contributor, staged=staged, meta=meta)

@@ -101,6 +101,24 @@ except json.JSONDecodeError:
     raise ImproperlyConfigured("JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list") from None
 GALLERY_HUB_URL = env("GALLERY_HUB_URL", "http://127.0.0.1:8000")  # proxy, for user servers
 HUB_ENABLED = bool(JUPYTERHUB_API_URL)
+# --- notifications by email (off unless GALLERY_EMAIL_HOST is set) ---------------------------
+EMAIL_HOST = env("GALLERY_EMAIL_HOST")
+EMAIL_PORT = env_int("GALLERY_EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("GALLERY_EMAIL_USER")
+EMAIL_HOST_PASSWORD = env("GALLERY_EMAIL_PASSWORD")
+EMAIL_USE_TLS = env_bool("GALLERY_EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env("GALLERY_EMAIL_FROM", "gallery@localhost")
+# Users without an address in their account get username@this domain (empty: no email).
+GALLERY_EMAIL_DOMAIN = env("GALLERY_EMAIL_DOMAIN")
+# The gallery's address as people reach it, for links in emails, e.g.
+# https://hub.example.org/services/gallery
+GALLERY_PUBLIC_URL = env("GALLERY_PUBLIC_URL")
+# Bulk import: the contributor of imported notebooks (any reviewer may then review them).
+GALLERY_IMPORT_USER = env("GALLERY_IMPORT_USER", "gallery-import")
+# Folders (and local repositories) the reviewer's desk may import from; the command line may
+# import from anywhere.
+GALLERY_IMPORT_ROOTS = env_list("GALLERY_IMPORT_ROOTS")
 
 # --- Django --------------------------------------------------------------------------------
 DEBUG = env_bool("GALLERY_DEBUG", False)

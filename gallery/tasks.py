@@ -59,6 +59,13 @@ def run_use(self: Task, job_id: str) -> None:
     _run(self, job_id)
 
 
+@shared_task(base=JobTask, name="gallery.tasks.email_notification", autoretry_for=(Exception,),
+             retry_backoff=30, max_retries=6)
+def email_notification(notification_id: int) -> None:
+    """Mail one notification; the service makes a second delivery a no-op."""
+    services.email_notification(notification_id=notification_id)
+
+
 @shared_task(name="gallery.tasks.sweep_jobs", acks_late=False)
 def sweep_jobs() -> int:
     return services.sweep_jobs()
