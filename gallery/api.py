@@ -18,7 +18,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from ninja import NinjaAPI, Schema
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import SessionAuth
 from pydantic import Field
@@ -303,9 +303,9 @@ def job_out(job: Job) -> dict[str, Any]:
 
 
 @api.get("/examples", response=ExamplePage, summary="List and search examples")
-def list_examples(request: HttpRequest, q: str = Field("", max_length=200),
-                  tag: str = Field("", max_length=50), state: str = "",
-                  page: int = Field(1, ge=1, le=100000)) -> dict[str, Any]:
+def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
+                  tag: str = Query("", max_length=50), state: str = Query(""),
+                  page: int = Query(1, ge=1, le=100000)) -> dict[str, Any]:
     if state not in ("", "approved", "staged"):
         raise services.GalleryError("state must be 'approved' or 'staged'.")
     found = Example.objects.find(q=q, tag=tag, state=state)
@@ -341,7 +341,7 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
     example = get_object_or_404(Example, slug=slug)
     job = services.queue_use(example=example, user=request.auth,
                              folder_name=payload.folder if payload else "")
-    return 202, job_out(job)
+    return Status(202, job_out(job))
 
 
 @api.get("/examples/{slug}/use-plan", response={200: UsePlanOut, 400: ErrorOut, 404: ErrorOut,
@@ -482,7 +482,7 @@ def create_submission(request: HttpRequest) -> Any:
         raise services.GalleryError("Send multipart/form-data or application/json.", status=415)
     submission = services.stage_submission(contributor=request.auth, staged=staged,
                                            meta=to_meta(meta), example_slug=meta.example)
-    return 201, submission_out(submission)
+    return Status(201, submission_out(submission))
 
 
 @api.get("/submissions", response=list[SubmissionOut], summary="The caller's submissions")

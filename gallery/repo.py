@@ -51,7 +51,8 @@ def open_repo(path: Path) -> git.Repo:
 
 @contextmanager
 def _lock(path: Path, create: bool = False) -> Iterator[None]:
-    lock_path = path / ".git" / "gallery.lock" if not create else path / ".gallery-init.lock"
+    # Creating the repository is locked from beside it: there is no .git to hold a lock yet.
+    lock_path = path.parent / f".{path.name}.init-lock" if create else path / ".git" / "gallery.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,0 +1,133 @@
+"""The JSON API: staging, reading, Use and jobs, errors and the served schema."""
+
+import json
+
+from django.test import Client
+
+from gallery.models import Example, Job, Submission
+
+from .base import GalleryTestCase, notebook_bytes
+
+
+class ApiTests(GalleryTestCase):
+    def setUp(self):
+        self.client.force_login(self.contributor)
+
+    def post_json(self, path, body, client=None):
+        return (client or self.client).post(path, data=json.dumps(body),
+                                            content_type="application/json")
+
+    def test_it_stages_a_multipart_submission(self):
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post("/api/v1/submissions", {
+                "notebook": SimpleUploadedFile("demo.ipynb", notebook_bytes()),
+                "environment": SimpleUploadedFile("environment.yml",
+                                                  b"dependencies:\n  - numpy\n"),
+                "files": [SimpleUploadedFile("helper.py", b"X = 1\n")],
+                "title": "Demo", "summary": "A demo", "tags": "demo, python",
+                "data_links": json.dumps([{"name": "data", "target": "https://example.org/x"}]),
+            })
+        self.assertEqual(r.status_code, 201, r.content)
+        body = self.json(r)
+        self.assertEqual(body["state"], "staged")
+        r = self.client.get(f"/api/v1/submissions/{body['id']}")
+        self.assertEqual(self.json(r)["checks_state"], "done")
+        example = Example.objects.get(slug=body["example"])
+        self.assertEqual({f["path"] for f in example.latest_revision.files},
+                         {"demo.ipynb", "environment.yml", "helper.py", "example.toml"})
+
+    def test_it_stages_a_json_submission(self):
+        r = self.post_json("/api/v1/submissions", {
+            "title": "Json demo", "notebook": json.loads(notebook_bytes()),
+            "environment": {"path": "requirements.txt", "content": "numpy\n"},
+            "files": [{"path": "data/small.bin", "content_base64": "AAEC"}],
+        })
+        self.assertEqual(r.status_code, 201, r.content)
+        self.assertEqual(Submission.objects.count(), 1)
+
+    def test_it_refuses_an_invalid_notebook_with_the_validators_reason(self):
+        nb = json.loads(notebook_bytes())
+        nb["cells"][1]["execution_count"] = "one"
+        r = self.post_json("/api/v1/submissions", {"title": "Bad", "notebook": nb})
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("cell 2", self.json(r)["error"])
+        self.assertIn("execution_count", self.json(r)["error"])
+        self.assertEqual(Example.objects.count(), 0)
+
+    def test_it_refuses_an_upload_over_the_limit_while_streaming(self):
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        with self.settings(GALLERY_MAX_UPLOAD_BYTES=10_000):
+            r = self.client.post("/api/v1/submissions", {
+                "notebook": SimpleUploadedFile("big.ipynb", b"x" * 50_000), "title": "Big"})
+        self.assertEqual(r.status_code, 413)
+        self.assertIn("limit", self.json(r)["error"])
+        self.assertEqual(Example.objects.count(), 0)
+
+    def test_it_needs_a_login(self):
+        r = Client().get("/api/v1/examples")
+        self.assertEqual(r.status_code, 401)
+        self.assertIn("error", self.json(r))
+
+    def test_it_needs_the_csrf_token_for_browser_writes(self):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(self.contributor)
+        r = self.post_json("/api/v1/submissions", {"title": "x", "notebook": "{}"}, client)
+        self.assertEqual(r.status_code, 403)
+
+    def test_it_lists_and_details_examples(self):
+        submission = self.stage_and_approve(title="Listed thing")
+        r = self.client.get("/api/v1/examples?state=approved")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual([e["slug"] for e in self.json(r)["results"]], [submission.example.slug])
+        r = self.client.get("/api/v1/examples?q=listed")
+        self.assertEqual(self.json(r)["count"], 1)
+        r = self.client.get(f"/api/v1/examples/{submission.example.slug}")
+        detail = self.json(r)
+        self.assertEqual(detail["version"], 1)
+        self.assertEqual(len(detail["commit"]), 40)
+        self.assertEqual(detail["data_links"][0]["target"], "https://example.org/data")
+
+    def test_it_queues_a_use_and_reports_the_job(self):
+        submission = self.stage_and_approve()
+        self.client.force_login(self.user)
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.post_json(f"/api/v1/examples/{submission.example.slug}/use", {})
+        self.assertEqual(r.status_code, 202, r.content)
+        job_id = self.json(r)["id"]
+        r = self.client.get(f"/api/v1/jobs/{job_id}")
+        job = self.json(r)
+        self.assertEqual(job["state"], "done", job["message"])
+        self.assertEqual(job["target"], f"~/examples/{submission.example.slug}")
+        self.assertIn("/lab/tree/examples/", job["open_url"])
+
+    def test_it_hides_other_users_jobs(self):
+        submission = self.stage_and_approve()
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.post_json(f"/api/v1/examples/{submission.example.slug}/use", {})
+        self.client.force_login(self.user)
+        r = self.client.get(f"/api/v1/jobs/{self.json(r)['id']}")
+        self.assertEqual(r.status_code, 404)
+
+    def test_it_refuses_use_of_a_staged_example(self):
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.post_json("/api/v1/submissions", {"title": "Not yet",
+                                                       "notebook": json.loads(notebook_bytes())})
+        r = self.post_json(f"/api/v1/examples/{self.json(r)['example']}/use", {})
+        self.assertEqual(r.status_code, 409)
+        self.assertEqual(Job.objects.filter(kind="use").count(), 0)
+
+    def test_it_serves_an_openapi_schema_generated_from_the_code(self):
+        r = self.client.get("/api/v1/schema")
+        self.assertEqual(r.status_code, 200)
+        schema = self.json(r)
+        self.assertTrue(schema["openapi"].startswith("3."))
+        for path in ("/api/v1/examples", "/api/v1/examples/{slug}", "/api/v1/submissions",
+                     "/api/v1/submissions/{submission_id}", "/api/v1/examples/{slug}/use",
+                     "/api/v1/jobs/{job_id}"):
+            self.assertIn(path, schema["paths"])
+        body = schema["paths"]["/api/v1/submissions"]["post"]["requestBody"]["content"]
+        self.assertIn("multipart/form-data", body)
+        self.assertIn("title", json.dumps(body["application/json"]))
