@@ -114,6 +114,8 @@ def clean_relpath(name: str) -> str:
     if name.startswith("/"):
         raise NotebookError(f"The file name {name!r} is absolute; give a path relative to the example.")
     parts = PurePosixPath(name).parts
+    if "/".join(parts) != name:  # "dir/", "a//b", "./a": not one plain file name
+        raise NotebookError(f"The file name {name!r} is not a plain relative path.")
     if len(parts) > 5 or len(name) > 250:
         raise NotebookError(f"The file name {name!r} is too long or too deep.")
     for part in parts:

@@ -885,6 +885,11 @@ def _do_commit(job: Job) -> dict[str, Any]:
 # --- the index and the repository -----------------------------------------------------------
 
 
+REVIEW_PERMISSIONS = ["review_submission", "view_submission", "change_submission",
+                      "view_example", "change_example", "view_review", "view_job",
+                      "view_statechange"]
+
+
 def grant_review(user: AbstractBaseUser) -> None:
     """Make a user a reviewer: staff, with the permissions of the reviewer's desk."""
     from django.contrib.auth.models import Permission
@@ -892,10 +897,17 @@ def grant_review(user: AbstractBaseUser) -> None:
     user.is_staff = True  # type: ignore[attr-defined]
     user.save()
     user.user_permissions.add(*Permission.objects.filter(  # type: ignore[attr-defined]
-        content_type__app_label="gallery",
-        codename__in=["review_submission", "view_submission", "change_submission",
-                      "view_example", "change_example", "view_review", "view_job",
-                      "view_statechange"]))
+        content_type__app_label="gallery", codename__in=REVIEW_PERMISSIONS))
+
+
+def revoke_review(user: AbstractBaseUser) -> None:
+    """Take the reviewer's desk away again (the hub no longer says they review)."""
+    from django.contrib.auth.models import Permission
+
+    user.is_staff = False  # type: ignore[attr-defined]
+    user.save()
+    user.user_permissions.remove(*Permission.objects.filter(  # type: ignore[attr-defined]
+        content_type__app_label="gallery", codename__in=REVIEW_PERMISSIONS))
 
 
 def _user_for(person: repo.Person) -> AbstractBaseUser:

@@ -101,6 +101,16 @@ except json.JSONDecodeError:
     raise ImproperlyConfigured("JUPYTERHUB_OAUTH_ACCESS_SCOPES is not a JSON list") from None
 GALLERY_HUB_URL = env("GALLERY_HUB_URL", "http://127.0.0.1:8000")  # proxy, for user servers
 HUB_ENABLED = bool(JUPYTERHUB_API_URL)
+if HUB_ENABLED and not JUPYTERHUB_API_TOKEN:
+    raise ImproperlyConfigured("JUPYTERHUB_API_URL is set but JUPYTERHUB_API_TOKEN is empty")
+# Browser-facing hub, for the authorize step and logout; set only with subdomains.
+JUPYTERHUB_PUBLIC_HUB_URL = env("JUPYTERHUB_PUBLIC_HUB_URL")
+# Seconds between checks that a logged-in user's hub token still works (hub logout ends it).
+GALLERY_HUB_RECHECK_SECONDS = env_int("GALLERY_HUB_RECHECK_SECONDS", 300)
+# Seconds a hub token presented to the API is trusted before the hub is asked again.
+GALLERY_HUB_TOKEN_CACHE_SECONDS = env_int("GALLERY_HUB_TOKEN_CACHE_SECONDS", 60)
+# Seconds the contents backend waits for a user's server to start (keep below GALLERY_JOB_LEASE).
+GALLERY_HUB_SPAWN_TIMEOUT = env_int("GALLERY_HUB_SPAWN_TIMEOUT", 90)
 # --- notifications by email (off unless GALLERY_EMAIL_HOST is set) ---------------------------
 EMAIL_HOST = env("GALLERY_EMAIL_HOST")
 EMAIL_PORT = env_int("GALLERY_EMAIL_PORT", 25)
@@ -166,6 +176,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "gallery.hub.HubSessionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -215,11 +226,17 @@ USE_TZ = True
 SERVICE_PREFIX = JUPYTERHUB_SERVICE_PREFIX if JUPYTERHUB_SERVICE_PREFIX.endswith("/") else (
     JUPYTERHUB_SERVICE_PREFIX + "/"
 )
+# The redirect_uri registered with the hub; it must be sent byte for byte as the hub has it.
+JUPYTERHUB_OAUTH_CALLBACK_URL = JUPYTERHUB_OAUTH_CALLBACK_URL or SERVICE_PREFIX + "oauth_callback"
+if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
+    _service = JUPYTERHUB_CLIENT_ID.removeprefix("service-")
+    JUPYTERHUB_OAUTH_ACCESS_SCOPES = {"access:services", f"access:services!service={_service}"}
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("GALLERY_STATIC_ROOT", str(GALLERY_DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
-LOGIN_URL = "login"
+# Under a hub, people log in through the hub; without one, with Django's own form.
+LOGIN_URL = "hub-login" if HUB_ENABLED else "login"
 LOGIN_REDIRECT_URL = "index"
 LOGOUT_REDIRECT_URL = "index"
 

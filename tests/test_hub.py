@@ -1,0 +1,361 @@
+"""Hub login, hub tokens and the contents backend, without a hub.
+
+What needs a real JupyterHub (the whole OAuth flow, hub logout, spawning) is in
+tests/e2e/test_hub.py; the contents backend here writes into a real Jupyter server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from django.urls import set_script_prefix
+
+from gallery import hub, services
+
+from .base import GalleryTestCase, make_user
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "/services/gallery"
+# A hub that does not answer: a port nobody listens on.
+NO_HUB = {"HUB_ENABLED": True, "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
+          "JUPYTERHUB_API_TOKEN": "service-secret", "JUPYTERHUB_CLIENT_ID": "service-gallery",
+          "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{PREFIX}/oauth_callback",
+          "JUPYTERHUB_BASE_URL": "/", "LOGIN_URL": "hub-login"}
+
+
+class LoginWithoutHubTests(GalleryTestCase):
+    def test_it_keeps_djangos_own_login_without_a_hub(self) -> None:
+        response = self.client.get("/login/?next=/stage/")
+        self.assertEqual(response.status_code, 302)
+        self.assertEqual(response["Location"], "/accounts/login/?next=%2Fstage%2F")
+        response = self.client.post("/accounts/login/", {"username": "ursula",
+                                                         "password": "pw-" + "x" * 10})
+        self.assertEqual(response.status_code, 302)
+        self.assertEqual(self.client.get("/").status_code, 200)
+
+    def test_it_refuses_the_admin_to_a_normal_user_with_403(self) -> None:
+        self.client.force_login(self.user)
+        for path in ("/admin/", "/admin/login/?next=/admin/", "/admin/gallery/submission/"):
+            response = self.client.get(path)
+            self.assertEqual(response.status_code, 403, path)
+            self.assertContains(response, "for reviewers", status_code=403)
+
+    def test_it_lets_a_reviewer_into_the_admin(self) -> None:
+        self.client.force_login(self.reviewer)
+        self.assertEqual(self.client.get("/admin/").status_code, 200)
+
+    def test_it_shows_the_admin_login_form_to_strangers_without_a_hub(self) -> None:
+        response = self.client.get("/admin/", follow=True)
+        self.assertEqual(response.redirect_chain, [("/admin/login/?next=/admin/", 302)])
+        self.assertContains(response, 'name="password"')
+
+    def test_it_accepts_no_hub_token_without_a_hub(self) -> None:
+        response = self.client.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
+        self.assertEqual(response.status_code, 401)
+
+
+@override_settings(**NO_HUB)
+class LoginTests(GalleryTestCase):
+    def get(self, path: str, **extra: str):  # type: ignore[no-untyped-def]
+        # As gunicorn passes it: the prefix in SCRIPT_NAME, the rest in PATH_INFO. The test
+        # client, unlike Django's WSGI handler, does not set the script prefix itself.
+        set_script_prefix(PREFIX + "/")
+        try:
+            return self.client.get(path, SCRIPT_NAME=PREFIX, **extra)
+        finally:
+            set_script_prefix("/")
+
+    def start_login(self, next_url: str = f"{PREFIX}/stage/") -> dict[str, list[str]]:
+        response = self.get("/login/", data={"next": next_url})
+        self.assertEqual(response.status_code, 302)
+        location = urlsplit(response["Location"])
+        self.assertEqual(location.path, "/hub/api/oauth2/authorize")
+        return parse_qs(location.query)
+
+    def test_it_sends_strangers_to_the_hub_login(self) -> None:
+        response = self.get("/stage/")
+        self.assertEqual(response["Location"], f"{PREFIX}/login/?next={PREFIX}/stage/")
+
+    def test_it_asks_the_hub_with_state_and_pkce_kept_in_the_session(self) -> None:
+        query = self.start_login()
+        pending = self.client.session[hub.PENDING]
+        self.assertEqual(query["client_id"], ["service-gallery"])
+        self.assertEqual(query["redirect_uri"], [f"{PREFIX}/oauth_callback"])  # byte for byte
+        self.assertEqual(query["response_type"], ["code"])
+        self.assertEqual(query["state"], [pending["state"]])
+        self.assertEqual(query["code_challenge_method"], ["S256"])
+        self.assertEqual(query["code_challenge"], [hub.pkce_challenge(pending["verifier"])])
+        self.assertNotIn(pending["verifier"], json.dumps(query))
+        self.assertEqual(pending["next"], f"{PREFIX}/stage/")
+
+    def test_it_computes_the_pkce_challenge_of_rfc_7636(self) -> None:
+        # The example of RFC 7636, appendix B.
+        self.assertEqual(hub.pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+                         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
+
+    def test_it_never_sends_people_to_another_site_after_login(self) -> None:
+        for wanted in ("https://evil.example/", "//evil.example/x", "/hub/admin"):
+            self.start_login(wanted)
+            self.assertEqual(self.client.session[hub.PENDING]["next"], f"{PREFIX}/", wanted)
+
+    def test_it_refuses_a_forged_state(self) -> None:
+        self.start_login()
+        response = self.get("/oauth_callback", data={"code": "c0de", "state": "forged"})
+        self.assertEqual(response.status_code, 403)
+        self.assertNotIn("_auth_user_id", self.client.session)
+        self.assertNotIn(hub.PENDING, self.client.session)  # a state is good for one try
+
+    def test_it_refuses_a_callback_for_a_login_started_elsewhere(self) -> None:
+        response = self.get("/oauth_callback", data={"code": "c0de", "state": "whatever"})
+        self.assertEqual(response.status_code, 403)
+        self.assertContains(response, "did not start here", status_code=403)
+
+    def test_it_refuses_a_login_that_took_too_long(self) -> None:
+        state = self.start_login()["state"][0]
+        session = self.client.session
+        session[hub.PENDING] = {**session[hub.PENDING], "started": time.time() - 3600}
+        session.save()
+        response = self.get("/oauth_callback", data={"code": "c0de", "state": state})
+        self.assertContains(response, "took too long", status_code=403)
+
+    def test_it_says_so_when_the_hub_does_not_answer_and_logs_no_code(self) -> None:
+        state = self.start_login()["state"][0]
+        with self.assertLogs("gallery.hub", "WARNING") as logs:
+            response = self.get("/oauth_callback", data={"code": "c0de-s3cret", "state": state})
+        self.assertEqual(response.status_code, 503)
+        self.assertNotIn("c0de-s3cret", "\n".join(logs.output) + response.content.decode())
+        self.assertNotIn("_auth_user_id", self.client.session)
+
+    def test_it_keeps_a_session_while_the_hub_is_down_and_asks_again_later(self) -> None:
+        self.client.force_login(self.user)
+        session = self.client.session
+        session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
+        session.save()
+        response = self.get("/")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(self.client.session[hub.CHECKED], 0.0)  # not confirmed: ask next time
+
+    def test_it_sends_a_logged_in_non_reviewer_asking_for_the_admin_a_403_not_a_loop(self) -> None:
+        self.client.force_login(self.user)
+        for path in ("/admin/", "/admin/login/?next=/services/gallery/admin/"):
+            self.assertEqual(self.get(path).status_code, 403, path)
+        response = self.get("/login/", data={"next": f"{PREFIX}/admin/"})
+        self.assertEqual(response.status_code, 403)
+
+    def test_it_sends_the_admin_login_to_the_hub(self) -> None:
+        response = self.get("/admin/login/", data={"next": f"{PREFIX}/admin/"})
+        self.assertTrue(response["Location"].startswith("/hub/api/oauth2/authorize?"))
+        self.assertEqual(self.client.session[hub.PENDING]["next"], f"{PREFIX}/admin/")
+
+    def test_it_logs_out_of_the_gallery_and_then_of_the_hub(self) -> None:
+        self.client.force_login(self.user)
+        response = self.client.post("/logout/")
+        self.assertEqual(response["Location"], "/hub/logout")
+        self.assertNotIn("_auth_user_id", self.client.session)
+
+    def test_it_refuses_api_tokens_when_the_hub_does_not_answer(self) -> None:
+        response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
+        self.assertEqual(response.status_code, 401)
+
+
+class SyncUserTests(GalleryTestCase):
+    def model(self, name: str, scopes: list[str] = (), groups: list[str] = ()) -> dict:  # type: ignore[assignment]
+        return {"name": name, "kind": "user", "groups": list(groups),
+                "scopes": ["access:services!service=gallery", *scopes]}
+
+    def test_it_makes_holders_of_the_review_scope_reviewers(self) -> None:
+        user = hub.sync_user(self.model("hanna", scopes=["custom:gallery:review"]))
+        self.assertTrue(user.is_staff)
+        self.assertTrue(services.is_reviewer(user))
+        self.assertFalse(user.has_usable_password())
+
+    def test_it_falls_back_to_the_review_group(self) -> None:
+        user = hub.sync_user(self.model("gus", groups=["gallery-reviewers"]))
+        self.assertTrue(services.is_reviewer(user))
+
+    def test_it_takes_review_rights_away_when_the_hub_does(self) -> None:
+        hub.sync_user(self.model("hanna", scopes=["custom:gallery:review"]))
+        user = hub.sync_user(self.model("hanna"))
+        self.assertFalse(user.is_staff)
+        self.assertFalse(services.is_reviewer(user))
+
+    def test_it_leaves_a_local_superuser_alone(self) -> None:
+        get_user_model().objects.create_superuser("root-admin", password="x" * 12)
+        user = hub.sync_user(self.model("root-admin"))
+        self.assertTrue(user.is_staff)
+
+    def test_it_makes_an_ordinary_user_of_anyone_else(self) -> None:
+        user = hub.sync_user(self.model("olaf"))
+        self.assertFalse(user.is_staff)
+        self.assertFalse(services.is_reviewer(user))
+
+
+def test_it_reads_the_hub_environment_of_a_managed_service(tmp_path: Path) -> None:
+    env = {**os.environ, "JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api",
+           "JUPYTERHUB_API_TOKEN": "t", "JUPYTERHUB_SERVICE_PREFIX": "/services/gallery/",
+           "JUPYTERHUB_CLIENT_ID": "service-gallery", "GALLERY_DATA_DIR": str(tmp_path)}
+    for key in ("JUPYTERHUB_OAUTH_CALLBACK_URL", "JUPYTERHUB_OAUTH_ACCESS_SCOPES"):
+        env.pop(key, None)
+    code = ("from gallery import settings as s; import json; print(json.dumps([s.SESSION_COOKIE_NAME,"
+            " s.SESSION_COOKIE_PATH, s.CSRF_COOKIE_NAME, s.CSRF_COOKIE_PATH, s.LOGIN_URL,"
+            " s.JUPYTERHUB_OAUTH_CALLBACK_URL, sorted(s.JUPYTERHUB_OAUTH_ACCESS_SCOPES)]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert json.loads(out) == [
+        "gallery-sessionid", "/services/gallery/", "gallery-csrftoken", "/services/gallery/",
+        "hub-login", "/services/gallery/oauth_callback",
+        ["access:services", "access:services!service=gallery"]]
+    env.pop("JUPYTERHUB_API_TOKEN")
+    failed = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                            text=True)
+    assert failed.returncode != 0 and "JUPYTERHUB_API_TOKEN is empty" in failed.stderr
+
+
+# --- the contents backend, against a real Jupyter server -------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """A real Jupyter server (no hub) with a token; yields (base URL, token, root folder)."""
+    pytest.importorskip("jupyter_server", reason="the hub extra is not installed "
+                                                 "(pip install -e '.[hub]')")
+    root = tmp_path_factory.mktemp("home")
+    port, token = _free_port(), "test-token-" + os.urandom(8).hex()
+    log = (tmp_path_factory.mktemp("log") / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--ip=127.0.0.1", f"--port={port}",
+         "--no-browser", "--allow-root", f"--ServerApp.root_dir={root}",
+         f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(base + "api/status", headers={"Authorization": f"token {token}"},
+                                timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "no Jupyter server"
+            time.sleep(0.2)
+        yield base, token, root
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _example(tmp_path: Path) -> Path:
+    source = tmp_path / "export"
+    (source / "sub").mkdir(parents=True)
+    (source / "hello.ipynb").write_bytes(b'{"cells": [], "nbformat": 4}\n')
+    (source / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    return source
+
+
+def _visible(folder: Path) -> list[str]:
+    """What a person sees (the server keeps its own hidden checkpoints beside)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+LINKS = [{"name": "era5", "target": "/shared/era5", "description": "reanalysis"},
+         {"name": "docs", "target": "https://example.org/data"}]
+
+
+def test_it_copies_byte_for_byte_through_the_contents_api(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    contents = hub.Contents(base=base, token=token)
+    recorded: list[str] = []
+    name = hub.copy_folder(contents, source=_example(tmp_path), parent="examples/a",
+                           wanted="hello", job_id="job-one-1234", provenance={"slug": "hello"},
+                           data_links=LINKS, record=recorded.append)
+    target = root / "examples" / "a" / "hello"
+    assert name == "hello" and recorded == ["hello"]
+    assert (target / "sub" / "data.bin").read_bytes() == bytes(range(256))
+    assert (target / "hello.ipynb").read_bytes() == b'{"cells": [], "nbformat": 4}\n'
+    # This server hides dot files, so provenance goes to the visible name.
+    assert json.loads((target / "gallery-provenance.json").read_text())["job"] == "job-one-1234"
+    manifest = (target / "DATA.md").read_text()
+    assert "cannot make symbolic links" in manifest and "/shared/era5" in manifest
+    assert not (target / "data").exists()
+    assert _visible(target.parent) == ["hello"]  # no work folder left
+
+
+def test_it_never_overwrites_and_picks_the_next_free_name(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    mine = root / "examples" / "b" / "hello"
+    mine.mkdir(parents=True)
+    (mine / "hello.ipynb").write_text("my own work")
+    contents = hub.Contents(base=base, token=token)
+    source = _example(tmp_path)
+    names = [hub.copy_folder(contents, source=source, parent="examples/b",
+                             wanted="hello", job_id=job, provenance={}, data_links=[])
+             for job in ("job-two-aaaa", "job-three-bb")]
+    assert names == ["hello-2", "hello-3"]
+    assert (mine / "hello.ipynb").read_text() == "my own work"
+
+
+def test_it_finishes_the_same_copy_when_a_job_is_retried(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    contents = hub.Contents(base=base, token=token)
+    parent = root / "examples" / "c"
+    # An earlier attempt died after choosing the name, leaving a half-written work folder.
+    (parent / "hello.gallery-job-four").mkdir(parents=True)
+    (parent / "hello.gallery-job-four" / "hello.ipynb").write_text("half")
+    kwargs = {"source": _example(tmp_path), "parent": "examples/c", "wanted": "hello",
+              "job_id": "job-four-cccc", "provenance": {}, "data_links": []}
+    first = hub.copy_folder(contents, decided="hello", **kwargs)  # type: ignore[arg-type]
+    again = hub.copy_folder(contents, decided=first, **kwargs)  # type: ignore[arg-type]
+    assert first == again == "hello"
+    assert _visible(parent) == ["hello"]
+    assert (parent / "hello" / "hello.ipynb").read_bytes() == b'{"cells": [], "nbformat": 4}\n'
+
+
+def test_it_moves_on_when_the_decided_name_was_taken_meanwhile(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    taken = root / "examples" / "d" / "hello"
+    taken.mkdir(parents=True)
+    contents = hub.Contents(base=base, token=token)
+    recorded: list[str] = []
+    name = hub.copy_folder(contents, source=_example(tmp_path), parent="examples/d",
+                           wanted="hello", job_id="job-five-dddd", provenance={}, data_links=[],
+                           decided="hello", record=recorded.append)
+    assert name == "hello-2" and recorded == ["hello", "hello-2"]
+    assert list(taken.iterdir()) == []
+
+
+def test_it_explains_a_server_that_refuses_the_token(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = jupyter_server
+    contents = hub.Contents(base=base, token="wrong")
+    with pytest.raises(hub.ContentsError, match="not allowed to write"):
+        hub.copy_folder(contents, source=_example(tmp_path), parent="examples/e",
+                        wanted="hello", job_id="job-six-eeee", provenance={}, data_links=[])
+
+
+@pytest.mark.django_db
+def test_it_acts_only_for_the_user_who_asked(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gallery.models import Job
+
+    owner, other = make_user("owner"), make_user("other")
+    job = Job(kind=Job.Kind.USE, user=owner, params={"username": other.username,
+                                                      "folder": "x", "backend": "contents"})
+    with pytest.raises(hub.ContentsError, match="does not belong"):
+        hub.copy_through_contents(job=job, source=tmp_path, provenance={}, data_links=[])
