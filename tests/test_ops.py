@@ -360,7 +360,8 @@ def production_env(tmp: Path) -> dict[str, str]:
             env[key.strip()] = val.strip()
     for key in [k for k in env if k.endswith("_FILE")]:
         secret = tmp / key.lower()
-        secret.write_text(os.urandom(32).hex())
+        secret.write_text("postgres://gallery@127.0.0.1:5432/gallery" if "DATABASE" in key
+                          else os.urandom(32).hex())
         env[key] = str(secret)
     env["GALLERY_DATA_DIR"] = str(tmp / "data")
     return env
