@@ -14,6 +14,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -258,6 +259,17 @@ def store_folder(files: dict[str, bytes]) -> tuple[str, Path]:
     return digest, final
 
 
+@contextmanager
+def _removed_unless_used(folder: Path, digest: str) -> Iterator[None]:
+    """Remove a staged folder again when the submission that wrote it is refused."""
+    try:
+        yield
+    except BaseException:
+        if not Revision.objects.filter(content_hash=digest).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def staged_folder(revision: Revision) -> Path:
     return Path(settings.GALLERY_STAGING_DIR) / revision.content_hash
 
@@ -289,9 +301,9 @@ def stage_submission(
     except notebooks.NotebookError as exc:
         raise GalleryError(str(exc)) from None
     nb_name = next(iter(files))
-    digest, _ = store_folder(files)
+    digest, folder = store_folder(files)
 
-    with transaction.atomic():
+    with _removed_unless_used(folder, digest), transaction.atomic():
         if example_slug:
             example = Example.objects.select_for_update().filter(slug=example_slug).first()
             if example is None:
