@@ -341,8 +341,8 @@ class Contents:
             try:
                 response = requests.request(method, self._url(path), headers=headers, **kwargs)
             except requests.RequestException as exc:
-                raise ContentsError(f"Your Jupyter server could not be reached ({type(exc).__name__})."
-                                    " Try again in a minute.") from None
+                raise ContentsError("Your Jupyter server could not be reached "
+                                    f"({type(exc).__name__}). Try again in a minute.") from None
             if response.status_code not in (502, 503) or attempt == 2:
                 return response
             time.sleep(1 + attempt)

@@ -208,9 +208,10 @@ def test_it_reads_the_hub_environment_of_a_managed_service(tmp_path: Path) -> No
            "JUPYTERHUB_CLIENT_ID": "service-gallery", "GALLERY_DATA_DIR": str(tmp_path)}
     for key in ("JUPYTERHUB_OAUTH_CALLBACK_URL", "JUPYTERHUB_OAUTH_ACCESS_SCOPES"):
         env.pop(key, None)
-    code = ("from gallery import settings as s; import json; print(json.dumps([s.SESSION_COOKIE_NAME,"
-            " s.SESSION_COOKIE_PATH, s.CSRF_COOKIE_NAME, s.CSRF_COOKIE_PATH, s.LOGIN_URL,"
-            " s.JUPYTERHUB_OAUTH_CALLBACK_URL, sorted(s.JUPYTERHUB_OAUTH_ACCESS_SCOPES)]))")
+    code = ("from gallery import settings as s; import json; print(json.dumps(["
+            "s.SESSION_COOKIE_NAME, s.SESSION_COOKIE_PATH, s.CSRF_COOKIE_NAME,"
+            " s.CSRF_COOKIE_PATH, s.LOGIN_URL, s.JUPYTERHUB_OAUTH_CALLBACK_URL,"
+            " sorted(s.JUPYTERHUB_OAUTH_ACCESS_SCOPES)]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     assert json.loads(out) == [
@@ -329,7 +330,7 @@ def test_it_finishes_the_same_copy_when_a_job_is_retried(jupyter_server, tmp_pat
     assert (parent / "hello" / "hello.ipynb").read_bytes() == b'{"cells": [], "nbformat": 4}\n'
 
 
-def test_it_moves_on_when_the_decided_name_was_taken_meanwhile(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_it_moves_on_when_the_decided_name_was_taken(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, token, root = jupyter_server
     taken = root / "examples" / "d" / "hello"
     taken.mkdir(parents=True)
