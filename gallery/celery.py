@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gallery.settings")
 
@@ -21,3 +21,30 @@ def _sweep_on_start(**_: object) -> None:
         sweep_jobs.delay()
     except Exception:  # the broker may still be coming up; beat sweeps again soon
         pass
+
+
+_renders_previews = False
+
+
+@celeryd_after_setup.connect
+def _note_preview_queue(sender: str, instance: object, **_: object) -> None:
+    # Runs in the main worker process before the pool forks; its children inherit the flag.
+    global _renders_previews
+    route = app.conf.task_routes.get("gallery.tasks.render_preview", {})
+    consumed = app.amqp.queues.consume_from or {}
+    _renders_previews = not consumed or route.get("queue") in consumed
+
+
+@worker_process_init.connect
+def _warm_preview_exporter(**_: object) -> None:
+    # Each pool process of a preview worker builds its exporter once, before its first task.
+    if not _renders_previews:
+        return
+    import logging
+
+    from .notebooks import warm_exporter
+
+    try:
+        warm_exporter()
+    except Exception:  # a cold exporter still works; the first render just pays for it
+        logging.getLogger(__name__).exception("could not warm the preview exporter")

@@ -5,6 +5,7 @@ Everything here works on bytes and paths and is usable without a request or a da
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -319,6 +320,12 @@ def run_checks(folder: Path, meta: dict[str, Any]) -> list[dict[str, str]]:
 
 
 # --- previews ------------------------------------------------------------------------------
+#
+# A preview is another person's notebook shown to logged-in users, so it is made inert in
+# layers: a preprocessor keeps only an allowlist of output types (`strict_outputs`), our own
+# template (templates/nbconvert/gallery) escapes everything and loads nothing from outside,
+# HTML and markdown pass through nh3 (`sanitize_html`), and the page is served with a CSP
+# `sandbox` and no script. Rendering runs in a forked child with a time and a memory limit.
 
 ALLOWED_TAGS = {
     "a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details", "div",
@@ -334,102 +341,636 @@ ALLOWED_ATTRIBUTES = {
     "th": {"colspan", "rowspan", "align", "scope"},
     "ol": {"start"},
 }
-_IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
-KEPT_MIMES = {"text/plain", "text/html", "text/markdown", "text/latex", *_IMAGE_MIMES,
-              "image/svg+xml"}
+IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF"}
+TEXT_MIMES = ("text/html", "text/markdown", "text/latex", "text/plain")
+# What a preview shows of an output, best first; everything else is dropped.
+PREVIEW_MIMES = ("text/html", "text/markdown", "image/svg+xml", "image/png", "image/jpeg",
+                 "image/gif", "text/latex", "text/plain")
+SCRIPT_MIMES = ("application/javascript", "text/javascript", "application/x-javascript")
+WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
+                "application/vnd.jupyter.widget-state+json")
+MAX_IMAGE_SIDE = 10_000  # width/height metadata beyond this is dropped
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f\u200b-\u200f\u2028\u2029\ufeff]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_SAFE_LEXER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+#.-]{0,40}")
+_SAFE_CELL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class PreviewLimits:
+    """How much of a notebook a preview shows, and what one render may spend."""
+
+    max_cells: int = 10_000
+    max_output_bytes: int = 2 * 1024 * 1024  # text beyond this is cut with a visible note
+    max_image_pixels: int = 25_000_000
+    time_limit: float = 30.0  # seconds of wall time per render
+    memory_limit: int = 1024 * 1024 * 1024  # bytes of address space a render may add
+
+    @classmethod
+    def from_settings(cls) -> PreviewLimits:
+        from django.conf import settings
+
+        return cls(
+            max_cells=settings.GALLERY_MAX_CELLS,
+            max_output_bytes=settings.GALLERY_MAX_OUTPUT_BYTES,
+            max_image_pixels=settings.GALLERY_PREVIEW_MAX_IMAGE_PIXELS,
+            time_limit=settings.GALLERY_RENDER_TIME_LIMIT,
+            memory_limit=settings.GALLERY_RENDER_MEMORY_LIMIT * 1024 * 1024,
+        )
+
+
+class PreviewError(NotebookError):
+    """A notebook the preview cannot show; the message is the reason, in plain words."""
+
+
+# --- layer 1: nh3 ---------------------------------------------------------------------------
+
+_limits_for_filter = PreviewLimits()
 
 
 def sanitize_html(html: str) -> str:
-    """Untrusted HTML, reduced to an allowlist with nh3 (no script, no handlers, no styles)."""
-    import nh3
+    """Untrusted HTML, reduced to an allowlist with nh3 (no script, no handlers, no styles).
 
-    return nh3.clean(
-        html,
-        tags=ALLOWED_TAGS,
-        attributes=ALLOWED_ATTRIBUTES,
-        url_schemes={"http", "https", "mailto", "data"},
-        attribute_filter=_attribute_filter,
-        link_rel="noopener noreferrer nofollow",
-        strip_comments=True,
-    )
+    Relative URLs are dropped too: on the serving origin they would be requests the viewer's
+    browser makes on the author's behalf.
+    """
+    global _cleaner
+    if _cleaner is None:
+        import nh3
+
+        _cleaner = nh3.Cleaner(
+            tags=ALLOWED_TAGS,
+            attributes=ALLOWED_ATTRIBUTES,
+            url_schemes={"http", "https", "mailto", "data"},
+            url_relative="deny",
+            attribute_filter=_attribute_filter,
+            link_rel="noopener noreferrer nofollow",
+            strip_comments=True,
+        )
+    return _cleaner.clean(html)
+
+
+_cleaner: Any = None
 
 
 def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
     if attr in {"href", "src"}:
-        lowered = value.strip().lower()
-        if re.search(r"[\x00-\x20\u200b-\u200f\u2028\u2029\ufeff]", value.strip()):
+        if _BAD_URL_CHARS.search(value.strip()):
             return None
-        if lowered.startswith("data:") and not (
-            tag == "img" and lowered.startswith(("data:image/png", "data:image/jpeg", "data:image/gif"))
-        ):
+        if value.strip()[:5].lower() == "data:":
+            if tag != "img" or attr != "src":
+                return None
+            return value if _data_uri_image_ok(value.strip()) else None
+    if attr in {"width", "height"}:
+        if not value.isdigit() or not 0 < int(value) <= MAX_IMAGE_SIDE:
             return None
-    if attr in {"width", "height"} and not value.isdigit():
-        return None
     return value
 
 
-def strict_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Keep only inert output types; scripts and widgets become a plain notice."""
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        cell.metadata.pop("attachments", None)
-        for output in cell.get("outputs", []) or []:
-            output.get("metadata", {}).pop("filenames", None)
-            data = output.get("data")
-            if not data:
+def _data_uri_image_ok(uri: str) -> bool:
+    """A data: URI in HTML or markdown may only be a PNG, JPEG or GIF of sane size."""
+    head, _, payload = uri.partition(",")
+    mime = head[5:].split(";")[0].strip().lower()
+    if mime not in IMAGE_MIMES or not head.lower().endswith(";base64"):
+        return False
+    return _image_problem(mime, payload, _limits_for_filter) is None
+
+
+def _image_problem(mime: str, b64: str, limits: PreviewLimits) -> str | None:
+    """Why a base64 image cannot be shown, or None when it can (checks size, format, pixels)."""
+    import binascii
+    import io
+
+    from PIL import Image
+
+    b64 = "".join(b64.split())
+    if len(b64) > limits.max_output_bytes * 4 // 3:
+        return f"image larger than {limits.max_output_bytes // 1024:,} KiB"
+    if not _BASE64.fullmatch(b64):
+        return "image data that is not base64"
+    try:
+        raw = binascii.a2b_base64(b64)
+    except (binascii.Error, ValueError):
+        return "image data that is not base64"
+    try:
+        with Image.open(io.BytesIO(raw), formats=[IMAGE_MIMES[mime]]) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return "image with too many pixels (a decompression bomb)"
+    except Exception:  # Pillow raises assorted types on broken files
+        return f"image that is not a valid {IMAGE_MIMES[mime]}"
+    if width * height > limits.max_image_pixels:
+        return f"image of {width}x{height} pixels (the limit is {limits.max_image_pixels:,})"
+    return None
+
+
+# --- layer 2: the output allowlist ------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """Notebook text (a string or a list of strings), or None when it is something else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "".join(value)
+    return None
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return (text[:limit] + f"\n\n[… output truncated: {len(text) - limit:,} more characters "
+            "are not shown in the preview]")
+
+
+def _notice(message: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/plain": f"[{message}]"}, "gallery_notice": True}
+
+
+def _clean_data(data: Any, metadata: Any, limits: PreviewLimits) -> tuple[dict, dict, str]:
+    """The displayable part of an output's data, its image sizes, and a notice if needed."""
+    if not isinstance(data, dict):
+        return {}, {}, "output without data"
+    kept: dict[str, str] = {}
+    sizes: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    for mime in PREVIEW_MIMES:
+        if mime not in data:
+            continue
+        value = _text(data[mime])
+        if value is None:
+            continue
+        if mime in IMAGE_MIMES:
+            problem = _image_problem(mime, value, limits)
+            if problem:
+                problems.append(problem)
                 continue
-            dropped = [m for m in data if m not in KEPT_MIMES]
-            for mime in dropped:
-                del data[mime]
-            if dropped and not data:
-                data["text/plain"] = f"[{', '.join(sorted(dropped))} output not shown in the preview]"
-            meta = output.get("metadata") or {}
-            for mime in list(meta):
-                if isinstance(meta.get(mime), dict):
-                    for key in ("width", "height"):
-                        if key in meta[mime]:
-                            try:
-                                meta[mime][key] = max(1, int(float(meta[mime][key])))
-                            except (TypeError, ValueError):
-                                del meta[mime][key]
-    return nb
+            value = "".join(value.split())
+        elif len(value) > limits.max_output_bytes:
+            if mime in ("text/plain", "text/latex"):
+                value = _cut(value, limits.max_output_bytes)
+            else:
+                problems.append(f"{mime} output of {len(value):,} characters")
+                continue
+        kept[mime] = value
+        meta = metadata.get(mime) if isinstance(metadata, dict) else None
+        if mime in IMAGE_MIMES and isinstance(meta, dict):
+            size = {key: _side(meta.get(key)) for key in ("width", "height")}
+            sizes[mime] = {k: v for k, v in size.items() if v}
+    mermaid = _text(data.get("text/vnd.mermaid"))
+    if mermaid is not None and "text/plain" not in kept:
+        kept["text/plain"] = _cut(mermaid, limits.max_output_bytes)  # shown as source text
+    widget = any(m in data for m in WIDGET_MIMES)
+    script = any(m in data for m in SCRIPT_MIMES)
+    notice = ""
+    if widget:
+        kept, sizes = {}, {}
+        notice = "An interactive widget is not shown in the preview."
+    elif not kept:
+        if script:
+            notice = "JavaScript output is not run in the preview."
+        elif problems:
+            notice = "Not shown in the preview: " + "; ".join(problems) + "."
+        elif data:
+            notice = (f"{', '.join(sorted(str(m) for m in data)[:5])} output is not shown "
+                      "in the preview.")
+    return kept, sizes, notice
+
+
+def _side(value: Any) -> int | None:
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 < number <= MAX_IMAGE_SIDE else None
+
+
+def _clean_output(output: Any, limits: PreviewLimits) -> dict[str, Any] | None:
+    if not isinstance(output, dict):
+        return None
+    kind = output.get("output_type")
+    if kind == "stream":
+        text = _text(output.get("text"))
+        name = output.get("name")
+        if text is None or name not in ("stdout", "stderr"):
+            return None
+        return {"output_type": "stream", "name": name, "text": _cut(text, limits.max_output_bytes)}
+    if kind == "error":
+        lines = output.get("traceback")
+        lines = [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
+        if not lines:
+            lines = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        text = _cut("\n".join(lines), limits.max_output_bytes)
+        return {"output_type": "error", "ename": "", "evalue": "", "traceback": text.split("\n")}
+    if kind in ("display_data", "execute_result"):
+        data, sizes, notice = _clean_data(output.get("data"), output.get("metadata"), limits)
+        if notice:
+            return _notice(notice)
+        if not data:
+            return None
+        clean = {"output_type": kind, "data": data, "metadata": sizes}
+        if kind == "execute_result":
+            count = output.get("execution_count")
+            clean["execution_count"] = count if _is_count(count) else None
+        return clean
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
+
+
+def _clean_attachments(value: Any, limits: PreviewLimits) -> dict[str, dict[str, str]]:
+    clean: dict[str, dict[str, str]] = {}
+    if not isinstance(value, dict):
+        return clean
+    for name, bundle in value.items():
+        if not isinstance(name, str) or not isinstance(bundle, dict):
+            continue
+        for mime in IMAGE_MIMES:
+            data = _text(bundle.get(mime))
+            if data is not None and _image_problem(mime, data, limits) is None:
+                clean[name] = {mime: "".join(data.split())}
+                break
+    return clean
+
+
+def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.NotebookNode:
+    """The notebook reduced to what a preview may show, with every value of a safe type.
+
+    Only allowlisted output types stay; scripts and widgets become a plain notice; image
+    sizes become integers; file names, cell metadata and hide/remove flags are dropped, so
+    the preview shows every cell that a downloaded copy contains; long text is cut with a
+    visible note.
+    """
+    limits = limits or PreviewLimits()
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise PreviewError("The notebook has no list of cells.")
+    if len(nb["cells"]) > limits.max_cells:
+        raise PreviewError(f"The notebook has {len(nb['cells']):,} cells; previews show at most "
+                           f"{limits.max_cells:,}.")
+    metadata = nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
+    info = metadata.get("language_info")
+    lexer = ""
+    if isinstance(info, dict):
+        for key in ("pygments_lexer", "name"):
+            if isinstance(info.get(key), str) and _SAFE_LEXER.fullmatch(info[key]):
+                lexer = info[key]
+                break
+    title = metadata.get("title")
+    cells = []
+    for cell in nb["cells"]:
+        if not isinstance(cell, dict):
+            continue
+        kind = cell.get("cell_type")
+        source = _text(cell.get("source"))
+        if kind not in ("code", "markdown", "raw") or source is None:
+            continue
+        clean: dict[str, Any] = {"cell_type": kind, "metadata": {},
+                                 "source": _cut(source, limits.max_output_bytes)}
+        if isinstance(cell.get("id"), str) and _SAFE_CELL_ID.fullmatch(cell["id"]):
+            clean["id"] = cell["id"]
+        if kind == "markdown":
+            clean["attachments"] = _clean_attachments(cell.get("attachments"), limits)
+        if kind == "code":
+            count = cell.get("execution_count")
+            clean["execution_count"] = count if _is_count(count) else None
+            outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
+            clean["outputs"] = [o for o in (_clean_output(o, limits) for o in outputs) if o]
+        cells.append(clean)
+    return nbformat.from_dict({
+        "nbformat": 4, "nbformat_minor": 5, "cells": cells,
+        "metadata": {"language_info": {"name": lexer} if lexer else {},
+                     "title": title if isinstance(title, str) else ""},
+    })
+
+
+# --- layer 3: the exporter and our template --------------------------------------------------
+
+
+def _preview_exporter_class() -> type:
+    from jinja2 import pass_context
+    from markupsafe import Markup
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import (
+        InvalidNotebook,
+        IPythonRenderer,
+        MarkdownWithMath,
+    )
+
+    def markdown(attachments: dict[str, Any]) -> Any:
+        return MarkdownWithMath(renderer=IPythonRenderer(
+            escape=False, attachments=attachments, embed_images=False,
+            exclude_anchor_links=True))
+
+    class PreviewExporter(HTMLExporter):  # type: ignore[misc]
+        """nbconvert's HTML exporter with our template and filters, minus its slow passes.
+
+        The stock exporter deep-copies the notebook, runs a dozen preprocessors with a schema
+        validation after each, builds a Pygments formatter and a markdown parser per cell,
+        and re-parses its whole output with BeautifulSoup to add `alt` and `tabindex`. Our
+        template writes those attributes itself, `strict_outputs` has already made a fresh,
+        normalised notebook, and the formatter and parser are built once.
+        """
+
+        _plain_markdown: Any = None
+
+        @pass_context
+        def markdown2html(self, context: Any, source: str) -> str:
+            attachments = context.get("cell", {}).get("attachments") or {}
+            if not attachments:
+                if self._plain_markdown is None:
+                    self._plain_markdown = markdown({})
+                parser = self._plain_markdown
+            else:
+                parser = markdown(attachments)
+            try:
+                return parser.render(source)
+            except InvalidNotebook:  # a missing attachment: show the rest without it
+                return parser.render(source.replace("attachment:", "missing-attachment:"))
+
+        def from_notebook_node(self, nb: Any, resources: Any = None,
+                               **kw: Any) -> tuple[str, dict[str, Any]]:
+            lexer = nb.metadata.get("language_info", {}).get("name") or "python"
+            self.register_filter("highlight_code", lambda source, **_: highlight(source, lexer))
+            resources = self._init_resources(resources)
+            resources["global_content_filter"] = {
+                key: True for key in ("include_code", "include_markdown", "include_raw",
+                                      "include_unknown", "include_input", "include_output",
+                                      "include_input_prompt", "include_output_prompt")
+            }
+            resources["global_content_filter"].update(no_prompt=False,
+                                                      include_output_stdin=False)
+            resources.setdefault("raw_mimetypes", [])
+            resources.setdefault("output_mimetype", self.output_mimetype)
+            return self.template.render(nb=nb, resources=resources), resources
+
+    def prompt(count: Any) -> Markup:
+        return Markup(str(count)) if _is_count(count) else Markup("&nbsp;")
+
+    def preview_mime(data: Any) -> str:
+        return next((m for m in PREVIEW_MIMES if isinstance(data, dict) and m in data), "")
+
+    PreviewExporter.extra_filters = {"clean_html": sanitize_html, "prompt": prompt,
+                                     "preview_mime": preview_mime,
+                                     "strip_files_prefix": lambda s: s}
+    return PreviewExporter
+
+
+_highlighters: dict[str, tuple[Any, Any]] = {}
+
+
+def highlight(source: str, language: str) -> str:
+    """Code as Pygments HTML: token text escaped by Pygments, class names from a fixed set.
+
+    Its output needs no sanitiser pass (the language name is checked in `strict_outputs`).
+    """
+    import pygments
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
+    if language not in _highlighters:
+        try:
+            lexer = get_lexer_by_name("python" if language.startswith("ipython") else language)
+        except ClassNotFound:
+            lexer = get_lexer_by_name("text")
+        if len(_highlighters) > 200:
+            _highlighters.clear()
+        _highlighters[language] = (lexer, HtmlFormatter(cssclass=f"highlight hl-{language}"))
+    lexer, formatter = _highlighters[language]
+    return pygments.highlight(source, lexer, formatter)
 
 
 _exporter = None
 
 
 def _get_exporter():  # type: ignore[no-untyped-def]
-    """One warmed exporter per process; building one costs a template compile."""
+    """One exporter per process; building one costs a template compile (warm it early)."""
     global _exporter
     if _exporter is None:
-        from nbconvert import HTMLExporter
+        from django.conf import settings
 
-        _exporter = HTMLExporter(
-            template_name="basic",
+        cls = _preview_exporter_class()
+        exporter = cls(
+            template_name="gallery",
+            extra_template_basedirs=[str(Path(settings.BASE_DIR) / "templates" / "nbconvert")],
             sanitize_html=True,
-            optimistic_validation=True,
-            exclude_input_prompt=False,
+            exclude_anchor_links=True,
         )
-        _exporter.register_filter("clean_html", sanitize_html)
-        _exporter.register_filter("strip_files_prefix", lambda s: s)
+        for name, func in cls.extra_filters.items():
+            exporter.register_filter(name, func)
+        _exporter = exporter
     return _exporter
+
+
+def warm_exporter() -> None:
+    """Build the exporter and render a small notebook, so the first real render is fast."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    nb = new_notebook(cells=[new_markdown_cell("# warm\n\n*x* $y$"),
+                             new_code_cell("print(1)", execution_count=1,
+                                           outputs=[new_output("stream", text="1\n")])])
+    render_preview(nbformat.writes(nb).encode())
 
 
 PREVIEW_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="referrer" content="no-referrer">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Preview</title>
+<title>{title}</title>
 <link rel="stylesheet" href="{css}">
-</head><body class="jp-Notebook preview">
-<main>
+</head><body class="gallery-preview">
+<main class="jp-Notebook">
 {body}
 </main>
 </body></html>
 """
+# Repeated inside the file, so a preview stays inert even where a plain static server
+# sends it without our headers (frame-ancestors and sandbox only work as headers).
+PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
+            "form-action 'none'; base-uri 'none'")
+PREVIEW_CSS = Path(__file__).resolve().parent.parent / "static" / "gallery" / "preview.css"
 
 
-def render_preview(data: bytes, css_url: str = "preview.css") -> str:
-    """Render notebook bytes to a complete, sanitised, script-free HTML page."""
-    nb = strict_outputs(read_notebook(data))
+@functools.cache
+def preview_css_name() -> str:
+    """The shared stylesheet's file name, with its content hash (so it is cached for good)."""
+    return f"preview-{hashlib.sha256(PREVIEW_CSS.read_bytes()).hexdigest()[:12]}.css"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file that readers see whole or not at all."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_preview_css(directory: Path) -> Path:
+    """Put the shared stylesheet next to the previews (once), so the folder serves alone."""
+    path = directory / preview_css_name()
+    if not path.exists():
+        write_atomically(path, PREVIEW_CSS.read_bytes())
+    return path
+
+
+def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
+    """Parse notebook bytes without schema validation (staging validated them already)."""
+    from nbformat import reader
+
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PreviewError(f"The notebook is not UTF-8 text (byte {exc.start}).") from None
+    try:
+        nb = reader.reads(text)
+    except RecursionError:
+        raise PreviewError("The notebook's JSON is nested too deeply to read.") from None
+    except reader.NotJSONError as exc:
+        raise PreviewError(f"The notebook is not valid JSON: {str(exc)[:200]}") from None
+    except Exception as exc:  # nbformat raises assorted types on odd input
+        raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
+    if nb.get("nbformat") != 4:
+        try:
+            nb = nbformat.convert(nb, 4)
+        except Exception as exc:
+            raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
+    return nb
+
+
+def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None) -> str:
+    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process)."""
+    import html
+
+    global _limits_for_filter
+    limits = limits or PreviewLimits()
+    _limits_for_filter = limits
+    nb = strict_outputs(_read_for_preview(data), limits)
     body, _ = _get_exporter().from_notebook_node(nb)
-    return PREVIEW_PAGE.format(css=css_url, body=sanitize_html(body))
+    title = nb.metadata.get("title") or "Notebook preview"
+    return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
+                               css=html.escape(css_href or preview_css_name()), body=body)
+
+
+# --- limits: a forked child per render ------------------------------------------------------
+
+
+def failure_reason(exc: BaseException, limits: PreviewLimits) -> str:
+    """Any exception from a render, as a reason a contributor can act on."""
+    if isinstance(exc, NotebookError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "The notebook is nested too deeply to show (markdown, HTML or JSON)."
+    if isinstance(exc, MemoryError):
+        return (f"Rendering the preview needed more than {limits.memory_limit // 2**20:,} MB "
+                "of memory and was stopped; make the outputs smaller.")
+    if isinstance(exc, UnicodeError):
+        return "The notebook contains text that is not valid Unicode."
+    name = type(exc).__name__
+    if name == "InvalidNotebook":
+        return f"The notebook cannot be shown: {exc}"
+    return f"The preview could not be made ({name}: {str(exc)[:300]})."
+
+
+def render_isolated(data: bytes, *, limits: PreviewLimits | None = None,
+                    css_href: str = "") -> str:
+    """`render_preview` in a forked child with a wall-time and an address-space limit.
+
+    The child inherits the warm exporter of this process (a fork costs milliseconds), so a
+    notebook that loops, recurses or balloons takes down only the child; this process
+    reports why and carries on. Raises PreviewError with the reason.
+    """
+    import gc
+    import os
+    import select
+    import signal
+    import time
+
+    limits = limits or PreviewLimits()
+    if not hasattr(os, "fork"):
+        try:
+            return render_preview(data, css_href=css_href, limits=limits)
+        except Exception as exc:
+            raise PreviewError(failure_reason(exc, limits)) from exc
+    _get_exporter()  # build it here once, so every child starts warm
+    # Keep the collector off the inherited heap: a collection in the child would touch (and
+    # so copy) every page of this process.
+    gc.freeze()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, send the page or the reason, leave without cleanup
+        status = 0
+        try:
+            os.close(read_fd)
+            gc.disable()
+            _limit_child(limits)
+            try:
+                payload = b"K" + render_preview(data, css_href=css_href, limits=limits).encode()
+            except BaseException as exc:  # noqa: B036 - everything becomes a reason
+                payload = b"E" + failure_reason(exc, limits).encode()
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_fd, view):]
+        except BaseException:  # noqa: B036
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + limits.time_limit
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([read_fd], [], [], left)
+            if ready:
+                chunk = os.read(read_fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
+        _, wait_status = os.waitpid(pid, 0)
+    if timed_out:
+        raise PreviewError(f"Rendering the preview took longer than {limits.time_limit:g} s and "
+                           "was stopped; make the notebook or its outputs smaller.")
+    payload = b"".join(chunks)
+    if payload[:1] == b"K":
+        return payload[1:].decode()
+    if payload[:1] == b"E":
+        raise PreviewError(payload[1:].decode(errors="replace"))
+    if os.WIFSIGNALED(wait_status):
+        sig = signal.Signals(os.WTERMSIG(wait_status)).name
+        raise PreviewError(f"The preview renderer stopped on {sig}, most likely out of memory "
+                           f"(limit {limits.memory_limit // 2**20:,} MB) or on input nested too "
+                           "deeply; make the notebook or its outputs smaller.")
+    raise PreviewError("The preview renderer stopped without a result.")
+
+
+def _limit_child(limits: PreviewLimits) -> None:
+    import resource
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    # A second, independent stop in case the parent is gone.
+    signal.alarm(int(limits.time_limit) + 5)
+    with open("/proc/self/statm") as fh:
+        in_use = int(fh.read().split()[0]) * resource.getpagesize()
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    want = in_use + limits.memory_limit
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (want, hard))

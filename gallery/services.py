@@ -854,17 +854,15 @@ def _do_preview(job: Job) -> dict[str, Any]:
         data = (staged_folder(revision) / revision.notebook_name).read_bytes()
         started = time.monotonic()
         try:
-            html = notebooks.render_preview(data)
-        except Exception as exc:
-            Preview.objects.filter(sha256=sha).update(
-                state=Preview.State.FAILED, error=f"The preview could not be made: {exc}")
-            raise notebooks.NotebookError(f"The preview could not be made: {exc}") from exc
+            # In a forked child with time and memory limits; any failure is a plain reason.
+            html = notebooks.render_isolated(data, limits=notebooks.PreviewLimits.from_settings())
+        except notebooks.PreviewError as exc:
+            Preview.objects.filter(sha256=sha).update(state=Preview.State.FAILED, error=str(exc))
+            raise
         elapsed = int((time.monotonic() - started) * 1000)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
+        notebooks.write_atomically(path, html.encode("utf-8"))
         Preview.objects.filter(sha256=sha).update(render_ms=elapsed)
+    notebooks.write_preview_css(path.parent)
     Preview.objects.filter(sha256=sha).update(
         state=Preview.State.READY, size=path.stat().st_size, rendered_at=timezone.now(), error="")
     return {"sha256": sha}

@@ -77,14 +77,24 @@ GALLERY_COPY_DELAY = float(env("GALLERY_COPY_DELAY", "0") or 0)
 
 # Previews may be served from a separate origin (a registrable domain of their own, no
 # cookies); empty means they are served by the gallery itself under /previews/.
-GALLERY_PREVIEW_BASE_URL = env("GALLERY_PREVIEW_BASE_URL", "")
+GALLERY_PREVIEW_BASE_URL = env("GALLERY_PREVIEW_BASE_URL", "").rstrip("/")
+# Origins whose pages may show a preview in a frame (CSP frame-ancestors). With previews on
+# their own origin, name the gallery's origin here, e.g. "https://hub.example.org".
+GALLERY_PREVIEW_FRAME_ANCESTORS = env("GALLERY_PREVIEW_FRAME_ANCESTORS", "'self'")
+if any(c in GALLERY_PREVIEW_FRAME_ANCESTORS for c in ";,\r\n"):
+    raise ImproperlyConfigured("GALLERY_PREVIEW_FRAME_ANCESTORS is a space-separated list of "
+                               "origins, without ';' or ','")
 
 # --- limits --------------------------------------------------------------------------------
 GALLERY_MAX_UPLOAD_BYTES = env_int("GALLERY_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
 GALLERY_MAX_FILES = env_int("GALLERY_MAX_FILES", 50)
 GALLERY_MAX_OUTPUT_BYTES = env_int("GALLERY_MAX_OUTPUT_BYTES", 2 * 1024 * 1024)
 GALLERY_MAX_CELLS = env_int("GALLERY_MAX_CELLS", 10_000)
-GALLERY_RENDER_TIME_LIMIT = env_int("GALLERY_RENDER_TIME_LIMIT", 60)
+# One preview render: seconds of wall time, MiB of memory on top of the worker's own, and
+# the most pixels an image may have (bigger ones are shown as a notice, not decoded).
+GALLERY_RENDER_TIME_LIMIT = env_int("GALLERY_RENDER_TIME_LIMIT", 30)
+GALLERY_RENDER_MEMORY_LIMIT = env_int("GALLERY_RENDER_MEMORY_LIMIT", 1024)
+GALLERY_PREVIEW_MAX_IMAGE_PIXELS = env_int("GALLERY_PREVIEW_MAX_IMAGE_PIXELS", 25_000_000)
 
 # --- reviewers and the hub -----------------------------------------------------------------
 GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")
@@ -304,6 +314,14 @@ CELERY_TASK_DEFAULT_QUEUE = env("GALLERY_QUEUE_DEFAULT", "gallery")
 CELERY_TASK_ROUTES = {
     "gallery.tasks.render_preview": {"queue": env("GALLERY_QUEUE_PREVIEWS", "gallery-previews")},
     "gallery.tasks.run_use": {"queue": env("GALLERY_QUEUE_USE", "gallery-use")},
+}
+# A render stops itself at GALLERY_RENDER_TIME_LIMIT (in a forked child); this is the backstop
+# for the task around it, so a stuck pool process is replaced and the worker carries on.
+# Warming the preview exporter in each new pool process takes a second or two.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 30
+CELERY_TASK_ANNOTATIONS = {
+    "gallery.tasks.render_preview": {"soft_time_limit": GALLERY_RENDER_TIME_LIMIT + 30,
+                                     "time_limit": GALLERY_RENDER_TIME_LIMIT + 60},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Seconds between recovery sweeps (run by `celery beat`, or a worker started with -B).

@@ -10,17 +10,21 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.html import escape
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import forms, services
+from . import forms, notebooks, services
 from .api import job_out, preview_url, to_meta
 from .models import Example, IllegalTransition, Job, Submission, Tag
 from .uploads import UploadTooLarge
 
+# No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms,
+# popups or top navigation) even when a preview is opened directly rather than in the
+# page's <iframe sandbox>. 'self' is the preview's own origin: the shared stylesheet.
 PREVIEW_CSP = (
     "default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'; sandbox"
+    "form-action 'none'; base-uri 'none'; frame-ancestors {ancestors}; sandbox"
 )
 
 
@@ -157,32 +161,65 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def preview(request: HttpRequest, sha256: str) -> HttpResponse:
-    """A rendered preview: immutable, inert, sandboxed by its own headers."""
-    path = services.preview_path(sha256)
-    if not path.is_file():
-        raise Http404("No preview with this hash (yet).")
-    response = FileResponse(path.open("rb"), content_type="text/html; charset=utf-8")
-    _preview_headers(response)
-    response["Cache-Control"] = "public, max-age=31536000, immutable"
-    return response
+    """A rendered preview: an immutable file, inert, sandboxed by its own headers.
+
+    Nothing is rendered here: a preview that is not ready yet answers with a small page
+    saying why (still being prepared, or the reason it could not be made).
+    """
+    try:
+        response: HttpResponse = FileResponse(services.preview_path(sha256).open("rb"),
+                                              content_type="text/html; charset=utf-8")
+        response["Cache-Control"] = "public, max-age=31536000, immutable"
+    except FileNotFoundError:
+        from .models import Preview
+
+        state = Preview.objects.filter(sha256=sha256).values_list("state", "error").first()
+        message = ("There is no preview with this hash." if state is None
+                   else state[1] or "The preview could not be made."
+                   if state[0] == Preview.State.FAILED else "The preview is being prepared.")
+        response = HttpResponse(PREVIEW_STATUS_PAGE.format(message=escape(message)), status=404,
+                                content_type="text/html; charset=utf-8")
+        response["Cache-Control"] = "no-store"
+    return _preview_headers(response)
+
+
+PREVIEW_STATUS_PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Preview</title></head><body><p role="status">{message}</p></body></html>
+"""
 
 
 @require_GET
-def preview_css(request: HttpRequest) -> HttpResponse:
-    path = Path(settings.BASE_DIR) / "static" / "gallery" / "preview.css"
+def preview_css(request: HttpRequest, name: str) -> HttpResponse:
+    """The stylesheet every preview shares: one file, named by its hash, cached for good."""
+    path = Path(settings.GALLERY_PREVIEW_DIR) / name
+    if not path.is_file():
+        if name != notebooks.preview_css_name():
+            raise Http404("No such stylesheet.")
+        path = notebooks.write_preview_css(Path(settings.GALLERY_PREVIEW_DIR))
     response = FileResponse(path.open("rb"), content_type="text/css; charset=utf-8")
-    response["Cache-Control"] = "public, max-age=86400"
-    response["Access-Control-Allow-Origin"] = "*"
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    response["X-Content-Type-Options"] = "nosniff"
+    # Loaded by sandboxed (opaque-origin) documents, which count as cross-origin.
+    response["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response
 
 
-def _preview_headers(response: HttpResponse) -> None:
-    response["Content-Security-Policy"] = PREVIEW_CSP
+def _preview_headers(response: HttpResponse) -> HttpResponse:
+    ancestors = settings.GALLERY_PREVIEW_FRAME_ANCESTORS
+    response["Content-Security-Policy"] = PREVIEW_CSP.format(ancestors=ancestors)
     response["X-Content-Type-Options"] = "nosniff"
     response["Referrer-Policy"] = "no-referrer"
-    response["Cross-Origin-Resource-Policy"] = "same-site"
-    response["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), usb=()"
-    response["X-Frame-Options"] = "SAMEORIGIN"
+    response["Cross-Origin-Opener-Policy"] = "same-origin"
+    response["Permissions-Policy"] = (
+        "camera=(), microphone=(), geolocation=(), usb=(), payment=(), clipboard-write=(), "
+        "fullscreen=()")
+    if ancestors.strip() == "'self'":
+        response["X-Frame-Options"] = "SAMEORIGIN"
+        response["Cross-Origin-Resource-Policy"] = "same-site"
+    else:  # framed by the gallery's own origin: CSP frame-ancestors says which one
+        response.xframe_options_exempt = True  # type: ignore[attr-defined]
+        response["Cross-Origin-Resource-Policy"] = "cross-origin"
+    return response
 
 
 @never_cache
