@@ -121,16 +121,6 @@ GALLERY_HUB_RECHECK_SECONDS = env_int("GALLERY_HUB_RECHECK_SECONDS", 300)
 GALLERY_HUB_TOKEN_CACHE_SECONDS = env_int("GALLERY_HUB_TOKEN_CACHE_SECONDS", 60)
 # Seconds the contents backend waits for a user's server to start (keep below GALLERY_JOB_LEASE).
 GALLERY_HUB_SPAWN_TIMEOUT = env_int("GALLERY_HUB_SPAWN_TIMEOUT", 90)
-if HUB_ENABLED and not JUPYTERHUB_API_TOKEN:
-    raise ImproperlyConfigured("JUPYTERHUB_API_URL is set but JUPYTERHUB_API_TOKEN is empty")
-# Browser-facing hub, for the authorize step and logout; set only with subdomains.
-JUPYTERHUB_PUBLIC_HUB_URL = env("JUPYTERHUB_PUBLIC_HUB_URL")
-# Seconds between checks that a logged-in user's hub token still works (hub logout ends it).
-GALLERY_HUB_RECHECK_SECONDS = env_int("GALLERY_HUB_RECHECK_SECONDS", 300)
-# Seconds a hub token presented to the API is trusted before the hub is asked again.
-GALLERY_HUB_TOKEN_CACHE_SECONDS = env_int("GALLERY_HUB_TOKEN_CACHE_SECONDS", 60)
-# Seconds the contents backend waits for a user's server to start (keep below GALLERY_JOB_LEASE).
-GALLERY_HUB_SPAWN_TIMEOUT = env_int("GALLERY_HUB_SPAWN_TIMEOUT", 90)
 # --- notifications by email (off unless GALLERY_EMAIL_HOST is set) ---------------------------
 EMAIL_HOST = env("GALLERY_EMAIL_HOST")
 EMAIL_PORT = env_int("GALLERY_EMAIL_PORT", 25)
@@ -197,7 +187,6 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "gallery.hub.HubSessionMiddleware",
-    "gallery.hub.HubSessionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -247,11 +236,6 @@ USE_TZ = True
 SERVICE_PREFIX = JUPYTERHUB_SERVICE_PREFIX if JUPYTERHUB_SERVICE_PREFIX.endswith("/") else (
     JUPYTERHUB_SERVICE_PREFIX + "/"
 )
-# The redirect_uri registered with the hub; it must be sent byte for byte as the hub has it.
-JUPYTERHUB_OAUTH_CALLBACK_URL = JUPYTERHUB_OAUTH_CALLBACK_URL or SERVICE_PREFIX + "oauth_callback"
-if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
-    _service = JUPYTERHUB_CLIENT_ID.removeprefix("service-")
-    JUPYTERHUB_OAUTH_ACCESS_SCOPES = {"access:services", f"access:services!service={_service}"}
 # The redirect_uri registered with the hub; it must be sent byte for byte as the hub has it.
 JUPYTERHUB_OAUTH_CALLBACK_URL = JUPYTERHUB_OAUTH_CALLBACK_URL or SERVICE_PREFIX + "oauth_callback"
 if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
