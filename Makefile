@@ -18,8 +18,13 @@ venv: $(VENV)/.installed
 redis:
 	@scripts/ensure-redis
 
+# Every test on SQLite (the zero-setup default), then the tests with real worker processes
+# again on PostgreSQL.
+PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
+	@scripts/ensure-postgres
 	$(PY) -m pytest -q
+	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not e2e and not worker"
