@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from . import services
 from .api import SubmissionMetaIn
+from .models import Example
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -39,6 +40,19 @@ class StageForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=20000,
         help_text="One per line: name, then a path or URL, e.g. 'era5 /shared/data/era5'.")
     example = forms.SlugField(required=False, widget=forms.HiddenInput)
+
+    @classmethod
+    def initial_for(cls, example: Example) -> dict[str, Any]:
+        """The form filled in from an example's latest revision, for a new revision of it."""
+        revision = example.latest_revision
+        meta = revision.metadata if revision else {}
+        return {
+            "example": example.slug, "title": meta.get("title", example.title),
+            "summary": meta.get("summary", example.summary),
+            "tags": ", ".join(meta.get("tags", [])), "licence": meta.get("licence", ""),
+            "data_links": "\n".join(f"{d.get('name', '')} {d.get('target', '')}"
+                                    for d in meta.get("data", [])),
+        }
 
     def clean_data_links(self) -> list[dict[str, str]]:
         links = []

@@ -91,8 +91,18 @@ class ExampleQuerySet(models.QuerySet["Example"]):
             "tags").defer("search_text", "current_revision__metadata", "current_revision__files")
 
 
+class TagQuerySet(models.QuerySet["Tag"]):
+    def popular(self) -> TagQuerySet:
+        """Tags of curated examples, the most used first."""
+        return self.annotate(uses=models.Count(
+            "examples", filter=models.Q(examples__state=Example.State.APPROVED))).filter(
+            uses__gt=0).order_by("-uses", "name")
+
+
 class Tag(models.Model):
     name = models.SlugField(max_length=50, unique=True)
+
+    objects = TagQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -168,6 +178,19 @@ class Revision(models.Model):
     def approved(self) -> bool:
         return bool(self.git_commit)
 
+    def changes_from(self, previous: Revision | None) -> dict[str, Any]:
+        """What changed since an earlier revision: files added, removed and changed."""
+        if previous is None:
+            return {"first": True, "added": [], "removed": [], "changed": []}
+        before = {f["path"]: f["size"] for f in previous.files}
+        after = {f["path"]: f["size"] for f in self.files}
+        changed = sorted(p for p in after.keys() & before.keys() if after[p] != before[p])
+        if (self.notebook_name == previous.notebook_name and self.notebook_name not in changed
+                and self.notebook_sha256 != previous.notebook_sha256):
+            changed.append(self.notebook_name)
+        return {"first": False, "added": sorted(after.keys() - before.keys()),
+                "removed": sorted(before.keys() - after.keys()), "changed": changed}
+
 
 class DataLink(models.Model):
     """Data an example points at without carrying it: a shared path or a URL/DOI."""
@@ -241,6 +264,10 @@ class Submission(models.Model):
     @property
     def waiting_since(self) -> timezone.datetime:
         return self.created
+
+    @property
+    def failed_checks(self) -> list[dict[str, str]]:
+        return [c for c in self.checks if c.get("status") == "fail"]
 
 
 class Review(models.Model):

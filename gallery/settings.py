@@ -121,6 +121,7 @@ GALLERY_HUB_RECHECK_SECONDS = env_int("GALLERY_HUB_RECHECK_SECONDS", 300)
 GALLERY_HUB_TOKEN_CACHE_SECONDS = env_int("GALLERY_HUB_TOKEN_CACHE_SECONDS", 60)
 # Seconds the contents backend waits for a user's server to start (keep below GALLERY_JOB_LEASE).
 GALLERY_HUB_SPAWN_TIMEOUT = env_int("GALLERY_HUB_SPAWN_TIMEOUT", 90)
+
 # --- notifications by email (off unless GALLERY_EMAIL_HOST is set) ---------------------------
 EMAIL_HOST = env("GALLERY_EMAIL_HOST")
 EMAIL_PORT = env_int("GALLERY_EMAIL_PORT", 25)
@@ -204,6 +205,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "gallery.views.nav",
             ],
         },
     },

@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", views.job, name="job"),
     path("stage/", views.stage, name="stage"),
     path("submissions/", views.my_submissions, name="my-submissions"),
+    path("notifications/", views.notifications, name="notifications"),
     path("submissions/<int:pk>/", views.submission, name="submission"),
     path("submissions/<int:pk>/review", views.review, name="review"),
     re_path(r"^previews/(?P<sha256>[0-9a-f]{64})\.html$", views.preview, name="preview"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -10,14 +11,17 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.functional import SimpleLazyObject
 from django.utils.html import escape
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import forms, notebooks, services
 from .api import job_out, preview_url, to_meta
-from .models import Example, IllegalTransition, Job, Submission, Tag
+from .models import Example, IllegalTransition, Job, Notification, Revision, Submission, Tag
 from .uploads import UploadTooLarge
+
+PAGE_SIZE = 24  # cards per section and page
 
 # No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms,
 # popups or top navigation) even when a preview is opened directly rather than in the
@@ -31,41 +35,64 @@ PREVIEW_CSP = (
 @login_required
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
+    """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
     q = request.GET.get("q", "")[:200]
     tag = request.GET.get("tag", "")[:50]
     sections = []
     for state, title in (("approved", "Curated, reviewed examples"),
                          ("staged", "Staged examples still under review")):
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state), 24).get_page(
+        page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
             request.GET.get(f"{state}_page"))
         sections.append({"state": state, "title": title, "page": page})
     return render(request, "gallery/index.html", {
-        "sections": sections, "q": q, "tag": tag,
-        "tags": Tag.objects.filter(examples__state=Example.State.APPROVED).distinct()[:50],
+        "sections": sections, "q": q, "tag": tag, "tags": Tag.objects.popular()[:30],
     })
 
 
 @login_required
 @require_GET
 def example(request: HttpRequest, slug: str) -> HttpResponse:
+    """An example: preview, manifest, checks, versions, and Use with its plan."""
     item = get_object_or_404(Example.objects.select_related("current_revision", "contributor"),
                              slug=slug)
     revision = item.current_revision or item.latest_revision
-    submission = getattr(revision, "submission", None) if revision else None
+    if revision is None:
+        raise Http404("This example has no content.")
+    versions = list(item.revisions.exclude(git_commit="").select_related("submission")
+                    .prefetch_related("submission__reviews__reviewer").order_by("number"))
+    pending = item.submissions.filter(state__in=[
+        Submission.State.STAGED, Submission.State.IN_REVIEW]).select_related("revision").first()
     last_use = Job.objects.filter(user=request.user, kind=Job.Kind.USE, state=Job.State.DONE,
-                                  revision__example=item).order_by("-finished_at").first()
+                                  revision__example=item).select_related("revision").order_by(
+        "-finished_at").first()
+    usable = item.state == Example.State.APPROVED and item.current_revision is not None
     return render(request, "gallery/example.html", {
-        "example": item, "revision": revision, "submission": submission,
-        "data_links": revision.data_links.all() if revision else [],
-        "preview_url": preview_url(revision.notebook_sha256) if revision else None,
-        "versions": item.revisions.exclude(git_commit="").order_by("-number"),
+        "example": item, "revision": revision, "submission": getattr(revision, "submission", None),
+        "pending": pending if pending and pending.revision_id != revision.pk else None,
+        "data_links": revision.data_links.all(),
+        "environment": _environment_text(revision),
+        "preview_url": preview_url(revision.notebook_sha256),
+        "versions": [{"revision": v, "changes": v.changes_from(versions[i - 1] if i else None),
+                      "review": next(iter(v.submission.reviews.all()), None)
+                      if hasattr(v, "submission") else None}
+                     for i, v in enumerate(versions)][::-1],
         "history": item.history.select_related("actor")[:50],
-        "plan": services.use_plan(example=item, user=request.user)
-        if item.current_revision and item.state == Example.State.APPROVED else None,
-        "outdated_copy": last_use if last_use and item.current_revision
-        and last_use.revision_id != item.current_revision_id else None,
+        "plan": services.use_plan(example=item, user=request.user) if usable else None,
+        "outdated_copy": last_use if usable and last_use
+        and last_use.revision.number < item.current_revision.number else None,
         "use_form": forms.UseForm(initial={"folder": item.slug}),
+        "use_dir": f"~/{settings.GALLERY_USE_DIR}",
     })
+
+
+def _environment_text(revision: Revision, limit: int = 20_000) -> str:
+    """The environment spec of a revision, as text for the page (the first 20 kB)."""
+    name = revision.metadata.get("environment", "")
+    path = services.staged_folder(revision) / name if name else None
+    if path is None or not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        return fh.read(limit).decode("utf-8", "replace")
 
 
 @login_required
@@ -98,14 +125,18 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
 
 @login_required
 def stage(request: HttpRequest) -> HttpResponse:
-    form = forms.StageForm()
+    """Stage a notebook; with ?example=<slug>, a new revision of that example."""
+    revising = _revised_example(request)
+    form = forms.StageForm(initial=forms.StageForm.initial_for(revising) if revising else None)
+    context = {"form": form, "revising": revising}
     if request.method == "POST":
         try:
             form = forms.StageForm(request.POST, request.FILES)
             valid = form.is_valid()
         except UploadTooLarge as exc:
             messages.error(request, str(exc))
-            return render(request, "gallery/stage.html", {"form": forms.StageForm()}, status=413)
+            return render(request, "gallery/stage.html", context, status=413)
+        context["form"] = form
         if valid:
             try:
                 submission = services.stage_submission(
@@ -113,19 +144,52 @@ def stage(request: HttpRequest) -> HttpResponse:
                     meta=to_meta(form.meta()), example_slug=form.cleaned_data["example"])
             except services.GalleryError as exc:
                 form.add_error(None, str(exc))
-                return render(request, "gallery/stage.html", {"form": form}, status=exc.status)
+                return render(request, "gallery/stage.html", context, status=exc.status)
             messages.success(request, "Staged. The checks and the preview are being prepared.")
             return redirect("submission", pk=submission.pk)
-        return render(request, "gallery/stage.html", {"form": form}, status=400)
-    return render(request, "gallery/stage.html", {"form": form})
+        return render(request, "gallery/stage.html", context, status=400)
+    return render(request, "gallery/stage.html", context)
+
+
+def _revised_example(request: HttpRequest) -> Example | None:
+    slug = request.GET.get("example") or request.POST.get("example") or ""
+    if not slug:
+        return None
+    item = Example.objects.filter(slug=slug[:80]).select_related("current_revision").first()
+    if item is None:
+        raise Http404("There is no such example to revise.")
+    return item
 
 
 @login_required
 @require_GET
 def my_submissions(request: HttpRequest) -> HttpResponse:
+    """A contributor's submissions: state, checks, reviewers' comments, what to do next."""
     mine = Submission.objects.filter(contributor=request.user).select_related(
-        "example", "revision").prefetch_related("reviews")
-    return render(request, "gallery/my_submissions.html", {"submissions": mine})
+        "example", "revision").prefetch_related("reviews__reviewer")
+    page = Paginator(mine, 50).get_page(request.GET.get("page"))
+    return render(request, "gallery/my_submissions.html", {"page": page})
+
+
+@login_required
+def notifications(request: HttpRequest) -> HttpResponse:
+    """What happened to a person's submissions and to the examples they use; POST marks read."""
+    if request.method == "POST":
+        count = services.mark_notifications_read(user=request.user)
+        messages.success(request, f"{count} notification{'s' if count != 1 else ''} marked read.")
+        return redirect("notifications")
+    mine = Notification.objects.filter(user=request.user).select_related("example", "submission")
+    page = Paginator(mine, 50).get_page(request.GET.get("page"))
+    return render(request, "gallery/notifications.html", {"page": page})
+
+
+def nav(request: HttpRequest) -> dict[str, Any]:
+    """Template context of every page: the unread count, asked only when a page shows it."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    return {"unread_notifications": SimpleLazyObject(
+        lambda: Notification.objects.filter(user=user).unread().count())}
 
 
 @login_required

@@ -1,0 +1,201 @@
+"""The pages people use: the gallery, an example, staging, my submissions, notifications."""
+
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from gallery import services
+from gallery.models import Example, Job, Notification, Revision, Tag
+
+from .base import GalleryTestCase, notebook_bytes, stage
+
+
+def bulk_examples(n: int, *, state: str = "approved", prefix: str = "ex") -> None:
+    """Many examples at once, as a large centre has them (no files: the cards need none)."""
+    owner, _ = get_user_model().objects.get_or_create(username=f"{prefix}-owner")
+    tags = [Tag.objects.get_or_create(name=f"{prefix}-tag-{i}")[0] for i in range(3)]
+    made = Example.objects.bulk_create(
+        Example(slug=f"{prefix}-{i}", title=f"{prefix.title()} number {i}", state=state,
+                summary=f"Summary {i}", contributor=owner, search_text=f"words{i}")
+        for i in range(n))
+    through = Example.tags.through
+    through.objects.bulk_create(through(example=e, tag=tags[i % 3]) for i, e in enumerate(made))
+    revisions = Revision.objects.bulk_create(
+        Revision(example=e, number=1, content_hash=f"{i:064x}", notebook_sha256=f"{i:064x}",
+                 notebook_name="nb.ipynb", git_commit="a" * 40 if state == "approved" else "")
+        for i, e in enumerate(made))
+    for e, r in zip(made, revisions, strict=True):
+        e.current_revision = r if state == "approved" else None
+    Example.objects.bulk_update(made, ["current_revision"])
+
+
+class GalleryPageTests(GalleryTestCase):
+    def setUp(self) -> None:
+        self.client.force_login(self.user)
+
+    def test_it_shows_both_sections_with_preview_and_use_on_every_card(self):
+        approved = self.stage_and_approve(title="Broadcasting in NumPy")
+        stage(self.contributor, title="Dask on the cluster")
+        response = self.client.get(reverse("index"))
+        self.assertContains(response, "Curated, reviewed examples")
+        self.assertContains(response, "Staged examples still under review")
+        self.assertContains(response, "Broadcasting in NumPy")
+        self.assertContains(response, "Dask on the cluster")
+        html = response.content.decode()
+        self.assertEqual(html.count(">Preview</a>"), 2)
+        self.assertEqual(html.count(">Use</a>"), 2)
+        self.assertContains(response, "by connor")
+        self.assertContains(response, "used 0 times")
+        self.assertContains(response, f'href="/examples/{approved.example.slug}/#use"')
+        self.assertContains(response, 'href="?tag=demo"')
+
+    def test_it_searches_title_summary_tags_and_notebook_text(self):
+        self.stage_and_approve(title="Signal filtering",
+                               notebook=notebook_bytes(text="scipy.signal.butter(4, 0.1)"))
+        self.stage_and_approve(title="Time zones")
+        for q, expected in (("filtering", "Signal filtering"), ("butter", "Signal filtering"),
+                            ("zones", "Time zones"), ("demo", "Time zones")):
+            with self.subTest(q=q):
+                response = self.client.get(reverse("index"), {"q": q})
+                self.assertContains(response, expected)
+        response = self.client.get(reverse("index"), {"q": "butter"})
+        self.assertNotContains(response, "Time zones")
+        response = self.client.get(reverse("index"), {"q": "nothing-matches-this"})
+        self.assertContains(response, "Nothing here for this search.", count=2)
+
+    def test_it_filters_by_tag_and_pages(self):
+        bulk_examples(30)
+        response = self.client.get(reverse("index"), {"tag": "ex-tag-1"})
+        self.assertContains(response, "(10)")
+        response = self.client.get(reverse("index"), {"approved_page": "2"})
+        self.assertContains(response, "page 2 of 2")
+        self.assertContains(response, 'rel="prev"')
+        self.assertEqual(response.content.decode().count('class="card"'), 6)
+        # A bad page number shows a page, not an error.
+        self.assertEqual(self.client.get(reverse("index"), {"approved_page": "x"}).status_code,
+                         200)
+
+    def test_it_needs_a_fixed_number_of_queries_however_many_examples(self):
+        bulk_examples(30)
+        bulk_examples(30, state="staged", prefix="st")
+        self.client.get(reverse("index"))  # the session and the user, as on every later page
+        with self.assertNumQueries(10) as small:
+            self.client.get(reverse("index"), {"q": "number"})
+        bulk_examples(200, prefix="more")
+        with self.assertNumQueries(len(small.captured_queries)):
+            response = self.client.get(reverse("index"), {"q": "number"})
+        self.assertEqual(response.content.decode().count('class="card"'), 48)
+
+    def test_it_asks_for_a_login(self):
+        self.client.logout()
+        response = self.client.get(reverse("index"))
+        self.assertEqual(response.status_code, 302)
+
+
+class ExamplePageTests(GalleryTestCase):
+    def setUp(self) -> None:
+        self.client.force_login(self.user)
+
+    def test_it_shows_the_preview_manifest_checks_and_use_plan(self):
+        submission = self.stage_and_approve(data_links=[{
+            "name": "era5", "target": "https://example.org/era5", "size": 3_000_000_000,
+            "licence": "CC-BY-4.0", "description": "Reanalysis"}])
+        response = self.client.get(reverse("example", args=[submission.example.slug]))
+        self.assertContains(response, f"/previews/{submission.revision.notebook_sha256}.html")
+        self.assertContains(response, 'sandbox=""')
+        self.assertContains(response, "<code>hello.ipynb</code> (main notebook)")
+        self.assertContains(response, "numpy&gt;=1.24")  # the environment spec itself
+        self.assertContains(response, "2.8\xa0GB")
+        self.assertContains(response, "CC-BY-4.0")
+        self.assertContains(response, "✓ pass")
+        self.assertContains(response, "Use this example")
+        self.assertContains(response, "~/examples/hello-example")
+        self.assertContains(response, "Version 1")
+        self.assertContains(response, "First version.")
+
+    def test_it_says_what_changed_between_versions(self):
+        first = self.stage_and_approve()
+        self.stage_and_approve(example_slug=first.example.slug,
+                               notebook=notebook_bytes(5), files={"helper.py": b"x = 1\n"})
+        response = self.client.get(reverse("example", args=[first.example.slug]))
+        self.assertContains(response, "Version 2")
+        self.assertContains(response, "Changed: <code>hello.ipynb</code>")
+        self.assertContains(response, "Added: <code>helper.py</code>")
+
+    def test_it_tells_users_their_copy_is_older(self):
+        first = self.stage_and_approve()
+        Job.objects.create(kind="use", state="done", user=self.user, revision=first.revision,
+                           result={"path": "~/examples/hello-example"})
+        url = reverse("example", args=[first.example.slug])
+        self.assertNotContains(self.client.get(url), 'id="outdated"')
+        self.stage_and_approve(example_slug=first.example.slug, notebook=notebook_bytes(4))
+        response = self.client.get(url)
+        self.assertContains(response, 'id="outdated"')
+        self.assertContains(response, "is of version 1; version 2 is approved now")
+
+    def test_it_explains_that_a_staged_example_cannot_be_used_yet(self):
+        submission = stage(self.contributor)
+        response = self.client.get(reverse("example", args=[submission.example.slug]))
+        self.assertContains(response, "Use opens once a reviewer approves")
+        self.assertNotContains(response, "Use this example")
+
+    def test_it_queues_a_use_and_shows_its_progress_page(self):
+        first = self.stage_and_approve()
+        response = self.client.post(reverse("use", args=[first.example.slug]),
+                                    {"folder": "my-copy"})
+        job = Job.objects.get(kind="use")
+        self.assertRedirects(response, reverse("job", args=[job.pk]), fetch_redirect_response=False)
+        page = self.client.get(reverse("job", args=[job.pk]))
+        self.assertContains(page, "Use of “Hello example”")
+        self.assertEqual(self.client.get(reverse("job", args=[job.pk]),
+                                         HTTP_ACCEPT="application/json").json()["id"], str(job.pk))
+
+
+class ContributorPageTests(GalleryTestCase):
+    def setUp(self) -> None:
+        self.client.force_login(self.contributor)
+
+    def test_it_lists_submissions_with_checks_and_comments_and_offers_a_new_revision(self):
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = stage(self.contributor)
+        services.request_changes(submission=submission, reviewer=self.reviewer,
+                                 comment="Explain the second cell.")
+        response = self.client.get(reverse("my-submissions"))
+        self.assertContains(response, "changes requested")
+        self.assertContains(response, "rita: Explain the second cell.")
+        self.assertContains(response, "passed")
+        self.assertContains(response, f"/stage/?example={submission.example.slug}")
+
+    def test_it_prefills_the_stage_form_for_a_new_revision_and_stages_it(self):
+        submission = stage(self.contributor)
+        services.request_changes(submission=submission, reviewer=self.reviewer, comment="More.")
+        slug = submission.example.slug
+        page = self.client.get(reverse("stage"), {"example": slug})
+        self.assertContains(page, "New revision of “Hello example”")
+        self.assertContains(page, 'value="demo, python"')
+        self.assertContains(page, f'name="example" value="{slug}"')
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        response = self.client.post(reverse("stage") + f"?example={slug}", {
+            "notebook": SimpleUploadedFile("hello.ipynb", notebook_bytes(2)),
+            "title": "Hello example", "summary": "Better.", "tags": "demo", "licence": "MIT",
+            "example": slug, "data_links": ""})
+        self.assertEqual(response.status_code, 302, response.content[:2000])
+        self.assertEqual(submission.example.revisions.count(), 2)
+        self.assertEqual(submission.example.submissions.first().state, "staged")
+
+    def test_it_shows_and_clears_notifications(self):
+        submission = stage(self.contributor)
+        services.reject_submission(submission=submission, reviewer=self.reviewer,
+                                   comment="Out of scope.")
+        page = self.client.get(reverse("my-submissions"))
+        self.assertContains(page, '<span class="badge">')
+        response = self.client.get(reverse("notifications"))
+        self.assertContains(response, "rejected revision 1")
+        self.assertContains(response, "Out of scope.")
+        self.client.post(reverse("notifications"))
+        self.assertFalse(Notification.objects.filter(user=self.contributor).unread().exists())
+        self.assertNotContains(self.client.get(reverse("my-submissions")), 'class="badge"')
+
+    def test_it_hides_other_peoples_submissions(self):
+        other = stage(self.reviewer)
+        self.assertEqual(self.client.get(reverse("submission", args=[other.pk])).status_code, 404)
