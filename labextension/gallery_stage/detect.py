@@ -109,15 +109,16 @@ def string_literals(nb: dict[str, Any]) -> list[str]:
             continue
         fstring_parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr)
                          for v in n.values}
-        out += [n.value for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                and id(n) not in fstring_parts]
+        found = [n for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                 and isinstance(n.value, str) and id(n) not in fstring_parts]
+        found.sort(key=lambda n: (n.lineno, n.col_offset))  # in reading order
+        out += [n.value for n in found]
     return out
 
 
 def _link_name(target: str) -> str:
     if target.startswith("doi:"):
-        stem = target[4:]
+        stem = target[4:].split("/", 1)[-1]  # the registrant's own id, not the prefix
     else:
         path = target.split("://", 1)[-1].split("?", 1)[0].split("#", 1)[0].rstrip("/")
         stem = PurePosixPath(path).name or path

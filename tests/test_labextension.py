@@ -1,0 +1,420 @@
+"""The stage button's server part (labextension/gallery_stage): what the dialog offers, and the
+submission from a real Jupyter server with a real kernel to the real gallery.
+
+The hub is the one thing stood in for here: a tiny HTTP server answering the gallery's
+`GET /hub/api/user` for the single-user server's token. tests/e2e/test_stage_button.py runs
+the same path through a real JupyterHub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+import requests
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "labextension"))
+
+from gallery_stage import detect  # noqa: E402
+from gallery_stage.gallery import Config, StageError, explain, send_submission  # noqa: E402
+from gallery_stage.handlers import clean_relpath  # noqa: E402
+
+from gallery.models import Example, Submission  # noqa: E402
+
+pytest.importorskip("jupyter_server", reason="jupyterlab is in the test extras")
+
+HUB_TOKEN = "single-user-token-of-connor"
+JUPYTER_TOKEN = "jupyter-test-token"
+ACCESS = "access:services!service=gallery"
+
+
+def notebook(*code: str, heading: str = "# Sea ice extent") -> dict[str, Any]:
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                               "display_name": "Python 3"}})
+    nb.cells.append(new_markdown_cell(heading + "\n\nA small example."))
+    nb.cells += [new_code_cell(source) for source in code]
+    return nb
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+def test_it_finds_the_imports_even_around_magics_and_broken_cells() -> None:
+    nb = notebook("%matplotlib inline\nimport numpy as np, os.path\nfrom pandas.io import sql",
+                  "!pip install xarray\nfrom . import local\nimport __future__",
+                  "def broken(:\nimport scipy.stats\nfrom sklearn import svm")
+    assert detect.imports(nb) == ["numpy", "os", "pandas", "scipy", "sklearn"]
+
+
+def test_it_offers_absolute_paths_and_urls_in_the_code_as_data_links() -> None:
+    nb = notebook(
+        'ds = open("/shared/climate/era5/t2m.nc")\n'
+        'url = "https://example.org/data/ice.csv?raw=1"\n'
+        'tmp = "/tmp/scratch/x"; dev = "/dev/null"; rel = "data/local.csv"\n'
+        'f"/shared/{user}/x"  # an f-string is no fixed target\n'
+        '# see doi:10.5281/zenodo.12345 and https://example.org/data/ice.csv?raw=1\n',
+        "!wget -q https://example.org/archive/ice.tar.gz",
+    )
+    links = detect.data_links(nb)
+    assert [link["target"] for link in links] == [
+        "/shared/climate/era5/t2m.nc",
+        "https://example.org/data/ice.csv?raw=1",
+        "doi:10.5281/zenodo.12345",
+        "https://example.org/archive/ice.tar.gz",
+    ]
+    assert [link["name"] for link in links] == ["t2m", "ice", "zenodo-12345", "ice-2"]
+
+
+def test_it_marks_the_sibling_files_that_the_code_names() -> None:
+    nb = notebook('pd.read_csv("./data.csv")', 'open("sub/more.txt")')
+    found = detect.referenced_files(nb, ["data.csv", "sub/more.txt", "unused.txt"])
+    assert found == {"data.csv", "sub/more.txt"}
+
+
+def test_it_pins_the_draft_to_what_a_real_kernel_process_has_imported() -> None:
+    # The snippet runs in a real interpreter, the way the kernel runs it.
+    code = ("import yaml, json\n"
+            f"print(eval({detect.KERNEL_EXPRESSION!r}))\n"
+            "print('result' in globals(), 'found' in globals())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    report = detect.parse_kernel_report(repr(out[0]))
+    assert out[1] == "False False"  # nothing left in the kernel's namespace
+    assert report["modules"]["yaml"] == ["PyYAML", metadata.version("PyYAML")]
+    nb = notebook("import yaml\nimport json\nimport helpers\nimport not_installed_anywhere")
+    draft = detect.draft_requirements(nb, report, local_modules={"helpers"})
+    lines = [line for line in draft.splitlines() if not line.startswith("#")]
+    assert lines == [f"PyYAML=={metadata.version('PyYAML')}", "not_installed_anywhere"]
+    assert "Not imported by the kernel yet, so not pinned: not_installed_anywhere." in draft
+
+
+def test_it_drafts_unpinned_names_when_no_kernel_runs() -> None:
+    draft = detect.draft_requirements(notebook("import yaml\nimport os"), None)
+    assert [line for line in draft.splitlines() if not line.startswith("#")] == ["PyYAML"]
+    assert "kernel is not running" in draft
+
+
+def test_it_refuses_file_names_that_leave_the_notebooks_folder() -> None:
+    assert clean_relpath("sub/more.txt") == "sub/more.txt"
+    for bad in ["../x", "/etc/passwd", "sub/../../x", ".env", "sub/.git/config", "", "a//b"]:
+        with pytest.raises(StageError):
+            clean_relpath(bad)
+
+
+def test_it_explains_each_refusal_of_the_gallery_in_plain_words() -> None:
+    url = "http://gallery/"
+    assert (explain(401, None, url).status, explain(401, None, url).kind) == (403, "not-allowed")
+    assert explain(403, {"error": "Only rita may revise it."}, url).message.endswith(
+        "Only rita may revise it.")
+    assert explain(413, {"error": "The example is 30 MB."}, url).kind == "too-large"
+    assert explain(400, {"error": "A title is required."}, url).message == (
+        "The gallery found the submission invalid: A title is required.")
+    assert explain(404, {"error": "There is no example 'x' to revise."}, url).status == 404
+    assert explain(503, None, url).kind == "unreachable"
+
+
+def test_it_says_the_gallery_is_unreachable_when_nothing_answers() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the request
+    config = Config(gallery_url=f"http://127.0.0.1:{port}/", public_url="", token="t",
+                    max_bytes=1000, timeout=5)
+    with pytest.raises(StageError) as caught:
+        asyncio.run(send_submission(config, {"title": "x"}))
+    assert caught.value.kind == "unreachable" and caught.value.status == 502
+    assert f"127.0.0.1:{port}" in caught.value.message
+
+
+def test_it_refuses_early_without_a_gallery_address_or_a_hub_identity() -> None:
+    with pytest.raises(StageError) as caught:
+        Config.from_env({"JUPYTERHUB_API_TOKEN": "t"}).require()
+    assert caught.value.kind == "unreachable" and "GALLERY_URL" in caught.value.message
+    with pytest.raises(StageError) as caught:
+        Config.from_env({"GALLERY_URL": "http://g/"}).require()
+    assert caught.value.kind == "not-allowed"
+
+
+# --- a real Jupyter server against the real gallery ------------------------------------------
+
+
+class HubStub(ThreadingHTTPServer):
+    """Answers `GET /hub/api/user` for known tokens the way JupyterHub does."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.users: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: HubStub
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.calls += 1
+        token = self.headers.get("Authorization", "").partition(" ")[2]
+        model = self.server.users.get(token) if self.path == "/hub/api/user" else None
+        body = json.dumps(model or {"status": 403, "message": "not allowed"}).encode()
+        self.send_response(200 if model else 403)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubStub]:
+    stub = HubStub()
+    thread = threading.Thread(target=stub.serve_forever, daemon=True)
+    thread.start()
+    yield stub
+    stub.shutdown()
+    stub.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Jupyter:
+    def __init__(self, url: str, root: Path, runtime: Path) -> None:
+        self.url, self.root, self.runtime = url, root, runtime
+        self.headers = {"Authorization": f"token {JUPYTER_TOKEN}"}
+
+    def get(self, endpoint: str, **params: str) -> requests.Response:
+        return requests.get(self.url + endpoint, params=params, headers=self.headers, timeout=60)
+
+    def post(self, endpoint: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(self.url + endpoint, json=body, headers=self.headers, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def jupyter(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """A real `jupyter server` with gallery_stage enabled, pointed at the live gallery."""
+    base = tmp_path_factory.mktemp("jupyter")
+    root, runtime = base / "root", base / "runtime"
+    root.mkdir()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "labextension"), str(ROOT)]),
+        "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_RUNTIME_DIR": str(runtime), "IPYTHONDIR": str(base / "ipython"),
+        "GALLERY_URL": live_server.url + "/",
+        "JUPYTERHUB_API_TOKEN": HUB_TOKEN,
+    }
+    log = (base / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
+         f"--port={port}", "--port-retries=0", f"--ServerApp.root_dir={root}",
+         f"--IdentityProvider.token={JUPYTER_TOKEN}",
+         '--ServerApp.jpserver_extensions={"gallery_stage": True, "jupyterlab": False, '
+         '"jupyter_lsp": False, "jupyter_server_terminals": False, "notebook_shim": False}',
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Jupyter(f"http://127.0.0.1:{port}", root, runtime)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError((base / "server.log").read_text()[-3000:])
+            try:
+                if server.get("/api/status").status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("jupyter server did not start")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+            process.wait(20)
+        log.close()
+
+
+@pytest.fixture
+def gallery_hub(settings: Any, hub: HubStub) -> HubStub:
+    """The gallery validating tokens at the stub hub, which knows connor's server token."""
+    from django.core.cache import cache
+
+    settings.HUB_ENABLED = True
+    settings.JUPYTERHUB_API_URL = f"http://127.0.0.1:{hub.server_address[1]}/hub/api"
+    settings.JUPYTERHUB_API_TOKEN = "gallery-service-token"
+    settings.JUPYTERHUB_OAUTH_ACCESS_SCOPES = {ACCESS}
+    hub.users.clear()
+    hub.users[HUB_TOKEN] = {"kind": "user", "name": "connor", "groups": [],
+                            "scopes": [ACCESS, "access:servers!user=connor"]}
+    cache.clear()
+    return hub
+
+
+def write_folder(jupyter: Jupyter, name: str, nb: dict[str, Any],
+                 files: dict[str, str]) -> str:
+    folder = jupyter.root / name
+    (folder / "sub").mkdir(parents=True)
+    nbformat.write(nbformat.from_dict(nb), folder / "ice.ipynb")
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    return f"{name}/ice.ipynb"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_needs_jupyters_own_login_and_xsrf_for_every_call(jupyter: Jupyter) -> None:
+    path = write_folder(jupyter, "auth", notebook("print(1)"), {})
+    assert requests.get(f"{jupyter.url}/gallery-stage/context", params={"path": path},
+                        timeout=30).status_code == 403
+    # A browser session (cookie) without the XSRF header is refused, with it accepted.
+    session = requests.Session()
+    session.get(f"{jupyter.url}/login?next=/api/status", timeout=30)
+    login = session.post(f"{jupyter.url}/login", data={
+        "password": JUPYTER_TOKEN, "_xsrf": session.cookies.get("_xsrf")}, timeout=30)
+    assert login.status_code == 200
+    body = {"path": path, "title": ""}
+    assert session.post(f"{jupyter.url}/gallery-stage/submit", json=body,
+                        timeout=30).status_code == 403
+    answer = session.post(f"{jupyter.url}/gallery-stage/submit", json=body, timeout=30,
+                          headers={"X-XSRFToken": session.cookies.get("_xsrf")})
+    assert answer.status_code == 400 and answer.json()["kind"] == "invalid"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_offers_the_siblings_the_environment_file_and_the_data_links(
+        jupyter: Jupyter) -> None:
+    nb = notebook('import pandas as pd\ndf = pd.read_csv("data.csv")\n'
+                  'grid = "/shared/climate/grid.nc"')
+    nb.metadata["gallery"] = {"example": "sea-ice", "title": "Sea ice, v1"}
+    path = write_folder(jupyter, "ctx", nb, {
+        "data.csv": "a,b\n1,2\n", "helpers.py": "X = 1\n", "sub/more.txt": "more\n",
+        ".secret": "no", "requirements.txt": "pandas==2.2.2\n"})
+    answer = jupyter.get("/gallery-stage/context", path=path)
+    assert answer.status_code == 200, answer.text
+    context = answer.json()
+    assert context["configured"] is True
+    assert [(f["path"], f["referenced"]) for f in context["files"]] == [
+        ("data.csv", True), ("helpers.py", False), ("sub/more.txt", False)]
+    assert context["environment"] == {"source": "file", "name": "requirements.txt",
+                                      "content": "pandas==2.2.2\n"}
+    assert context["data_links"] == [{"name": "grid", "target": "/shared/climate/grid.nc"}]
+    assert context["previous"]["example"] == "sea-ice"
+    assert context["title"] == "Sea ice extent"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_drafts_the_environment_from_the_running_kernel(jupyter: Jupyter) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    path = write_folder(jupyter, "kern", notebook("import yaml\nimport helpers"),
+                        {"helpers.py": "X = 1\n"})
+    kernel = jupyter.post("/api/kernels", {"name": "python3"}).json()["id"]
+    client = BlockingKernelClient(connection_file=str(jupyter.runtime / f"kernel-{kernel}.json"))
+    client.load_connection_file()
+    client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+
+    def run(code: str, **options: Any) -> dict[str, Any]:
+        msg_id = client.execute(code, **options)
+        while True:  # the shell channel's reply, which (unlike iopub) cannot be missed
+            reply = client.get_shell_msg(timeout=60)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]
+
+    try:
+        assert run("import yaml")["status"] == "ok"
+        context = jupyter.get("/gallery-stage/context", path=path, kernel=kernel).json()
+        env = context["environment"]
+        assert env["source"] == "kernel" and env["name"] == "requirements.txt"
+        assert f"PyYAML=={metadata.version('PyYAML')}" in env["content"].splitlines()
+        assert "helpers" not in env["content"]
+        # The question left nothing in the user's namespace.
+        left = run("", user_expressions={"left": "'result' in globals() or 'found' in globals()"})
+        assert left["user_expressions"]["left"]["data"]["text/plain"] == "False"
+    finally:
+        client.stop_channels()
+        requests.delete(f"{jupyter.url}/api/kernels/{kernel}", headers=jupyter.headers,
+                        timeout=30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stages_the_saved_notebook_with_its_files_under_the_hub_identity(
+        jupyter: Jupyter, gallery_hub: HubStub) -> None:
+    path = write_folder(jupyter, "stage", notebook('import pandas\npandas.read_csv("data.csv")'),
+                        {"data.csv": "a,b\n1,2\n", "sub/more.txt": "more\n"})
+    form = {"path": path, "title": "Sea ice extent", "summary": "Arctic ice, 1979 on.",
+            "tags": ["climate", "Sea Ice"], "licence": "CC-BY-4.0", "example": "",
+            "files": ["data.csv", "sub/more.txt"],
+            "environment": {"name": "requirements.txt", "content": "pandas==2.2.2\n"},
+            "data_links": [{"name": "grid", "target": "/shared/climate/grid.nc"}]}
+    answer = jupyter.post("/gallery-stage/submit", form)
+    assert answer.status_code == 201, answer.text
+    reply = answer.json()
+    submission = Submission.objects.get(pk=reply["submission"]["id"])
+    assert submission.contributor.username == "connor"
+    assert submission.state == Submission.State.STAGED
+    assert {f["path"] for f in submission.revision.files} == {
+        "ice.ipynb", "data.csv", "sub/more.txt", "requirements.txt", "example.toml"}
+    assert submission.revision.metadata["environment"] == "requirements.txt"
+    assert list(submission.revision.data_links.values_list("target", flat=True)) == [
+        "/shared/climate/grid.nc"]
+    assert sorted(submission.example.tags.values_list("name", flat=True)) == [
+        "climate", "sea-ice"]
+    assert reply["url"] == f"/submissions/{submission.pk}/"
+    assert reply["metadata"]["example"] == submission.example.slug
+    assert reply["metadata"]["files"] == ["data.csv", "sub/more.txt"]
+
+    # Submitting again with the slug from the metadata makes revision 2 of the same example.
+    again = jupyter.post("/gallery-stage/submit", {**form, "example": reply["metadata"]["example"],
+                                                   "files": []})
+    assert again.status_code == 201, again.text
+    assert again.json()["submission"]["revision"] == 2
+    assert Example.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_says_not_allowed_too_large_and_invalid(jupyter: Jupyter, gallery_hub: HubStub,
+                                                    settings: Any) -> None:
+    path = write_folder(jupyter, "refuse", notebook("print(1)"), {"big.bin": "x" * 5000})
+    form = {"path": path, "title": "Refused", "files": [], "environment": None,
+            "data_links": []}
+
+    bad_link = jupyter.post("/gallery-stage/submit", {
+        **form, "data_links": [{"name": "x", "target": "relative/path"}]})
+    assert bad_link.status_code == 400 and bad_link.json()["kind"] == "invalid"
+    assert "absolute path" in bad_link.json()["message"]
+
+    outside = jupyter.post("/gallery-stage/submit", {**form, "files": ["../auth/ice.ipynb"]})
+    assert outside.status_code == 400 and "not inside" in outside.json()["message"]
+
+    settings.GALLERY_MAX_UPLOAD_BYTES = 4000
+    too_large = jupyter.post("/gallery-stage/submit", {**form, "files": ["big.bin"]})
+    assert too_large.status_code == 413 and too_large.json()["kind"] == "too-large"
+
+    not_mine = jupyter.post("/gallery-stage/submit", {**form, "example": "no-such-example"})
+    assert not_mine.status_code == 404 and "no-such-example" in not_mine.json()["message"]
+
+    from django.core.cache import cache
+
+    gallery_hub.users.clear()  # the hub no longer accepts the server's token
+    cache.clear()
+    refused = jupyter.post("/gallery-stage/submit", form)
+    assert refused.status_code == 403 and refused.json()["kind"] == "not-allowed"
+    assert Submission.objects.count() == 0
