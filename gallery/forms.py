@@ -105,3 +105,36 @@ class ReviewForm(forms.Form):
                                           ("reject", "Reject")])
     comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                               max_length=5000)
+
+
+class DecisionForm(forms.Form):
+    """A reviewer's decision on the reviewer's desk."""
+
+    DONE = {"start": "review started", "approve": "approved; it is being published",
+            "request_changes": "changes requested", "reject": "rejected"}
+    decision = forms.ChoiceField(choices=[("approve", "Approve"),
+                                          ("request_changes", "Request changes"),
+                                          ("reject", "Reject"), ("start", "Start the review")],
+                                 widget=forms.RadioSelect)
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 70}),
+                              required=False, max_length=5000,
+                              help_text="Shown to the contributor; required to request changes "
+                                        "or reject.")
+
+    def done_message(self) -> str:
+        return self.DONE[self.cleaned_data["decision"]]
+
+
+class RetireForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 70}),
+                             max_length=2000,
+                             help_text="Shown to the contributor and to people with a copy.")
+
+
+class ImportForm(forms.Form):
+    source = forms.CharField(
+        max_length=1000, label="Folder or git repository",
+        help_text="An absolute folder path under GALLERY_IMPORT_ROOTS, or a git URL "
+                  "(https://, ssh:// or git@).")
+    ref = forms.CharField(max_length=200, required=False, label="Branch or tag",
+                          help_text="For a git repository; empty for its default branch.")
