@@ -180,7 +180,8 @@ def _run_in_child(plan: CopyPlan, source_fd: int, account: pwd.struct_passwd | N
             and _is_plain_name(folder):
         return folder
     message = report.get("error")
-    raise CopyError(str(message)[:2000] if message else "The copy stopped unexpectedly; try again.")
+    raise CopyError(str(message)[:2000] if message
+                    else "The copy stopped unexpectedly; try again.")
 
 
 def _is_plain_name(name: str) -> bool:

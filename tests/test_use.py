@@ -96,7 +96,8 @@ class UseJobTests(UseTestCase):
         job = self.use("workshop")
         self.assertEqual(job.state, Job.State.DONE, job.message)
         self.assertEqual(job.result["path"], "~/examples/workshop")
-        self.assertEqual(job.result["lab_url"], "/user/ursula/lab/tree/examples/workshop/hello.ipynb")
+        self.assertEqual(job.result["lab_url"],
+                         "/user/ursula/lab/tree/examples/workshop/hello.ipynb")
         copy = homes.use_parent("ursula") / "workshop"
         provenance = json.loads((copy / homes.PROVENANCE_FILE).read_text())
         revision = self.example.current_revision
