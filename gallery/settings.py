@@ -267,7 +267,7 @@ if env_bool("GALLERY_BEHIND_TLS_PROXY", False):
 # HTTPS hardening for production (see `manage.py check --deploy`); all off by default so that
 # plain-HTTP development works. Health and metrics stay reachable over internal HTTP.
 SECURE_SSL_REDIRECT = env_bool("GALLERY_SSL_REDIRECT", False)
-SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"(^|/)health(/detail)?$", r"(^|/)metrics$"]  # with or without prefix
 SECURE_HSTS_SECONDS = env_int("GALLERY_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("GALLERY_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("GALLERY_HSTS_PRELOAD", False)

@@ -165,6 +165,15 @@ class HealthTests(GalleryTestCase):
         self.assertEqual(low["status"], "warning")
         self.assertEqual(out["status"], "error")
 
+    @override_settings(SECURE_SSL_REDIRECT=True)
+    def test_it_keeps_health_and_metrics_on_plain_http_when_pages_redirect(self):
+        for prefix in ("", "/services/gallery"):
+            self.assertEqual(self.client.get("/health", SCRIPT_NAME=prefix).status_code, 200)
+            self.assertEqual(self.client.get("/metrics", SCRIPT_NAME=prefix).status_code, 403)
+            self.assertEqual(self.client.get("/health/detail", SCRIPT_NAME=prefix).status_code,
+                             403)
+            self.assertEqual(self.client.get("/", SCRIPT_NAME=prefix).status_code, 301)
+
     def test_it_keeps_the_detail_from_users_and_strangers(self):
         self.assertEqual(self.client.get("/health/detail").status_code, 403)
         self.client.force_login(self.user)
@@ -383,3 +392,47 @@ def test_it_fails_check_deploy_with_the_development_defaults(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "SECURE_HSTS_SECONDS" in run.stderr + run.stdout
+
+
+def test_it_deploys_one_worker_per_queue_with_the_right_isolation():
+    import configparser
+
+    import yaml
+
+    known = (ROOT / "gallery" / "settings.py").read_text()
+    queues = {"default": "gallery", "previews": "gallery-previews", "use": "gallery-use"}
+    units = {}
+    for path in (ROOT / "deploy" / "systemd").glob("*.service"):
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment,method-assign]
+        unit.read_string(path.read_text().replace("\\\n", " "))
+        units[path.stem] = unit
+    for kind, queue in queues.items():
+        start = units[f"gallery-worker-{kind}"]["Service"]["ExecStart"].split()
+        assert start[start.index("-Q") + 1] == queue
+        assert start[start.index("-n") + 1].startswith(f"{kind}@")
+    previews = units["gallery-worker-previews"]["Service"]
+    assert previews["IPAddressDeny"] == "any"
+    assert previews["ProtectHome"] == "yes"
+    assert "/home" in units["gallery-worker-use"]["Unit"]["RequiresMountsFor"]
+    assert "gunicorn.conf.py" in units["gallery-web"]["Service"]["ExecStart"]
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "gallery.yaml").read_text()))
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for kind, queue in queues.items():
+        command = deployments[f"gallery-worker-{kind}"]["spec"]["template"]["spec"][
+            "containers"][0]["command"]
+        assert command[command.index("-Q") + 1] == queue
+    web = deployments["gallery-web"]["spec"]["template"]["spec"]["containers"][0]
+    assert web["readinessProbe"]["httpGet"]["path"] == "/services/gallery/health"
+    assert deployments["gallery-beat"]["spec"]["replicas"] == 1
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    assert "Egress" in policies["gallery-worker-previews"]["spec"]["policyTypes"]
+
+    # Every variable the deployment sets is one the settings read (a typo would be ignored).
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    env_file = [line.partition("=")[0] for line in
+                (ROOT / "deploy" / "gallery.env").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for name in [*config, *env_file]:
+        assert f'"{name.removesuffix("_FILE")}"' in known, name
