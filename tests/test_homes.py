@@ -28,29 +28,17 @@ from gallery import homes, services
 from gallery.models import Example, Job
 
 from .base import make_user, stage
+from .unixusers import TAG, Account, make_account, remove_account, run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="creating users and writing as them needs root")
 
-TAG = f"{os.getpid() % 100000}{os.urandom(2).hex()}"
 SOURCE_FILES = {"hello.ipynb": b'{"cells": []}', "requirements.txt": b"numpy\n",
                 "lib/helper.py": b"X = 1\n", "lib/deep/data.csv": b"a,b\n1,2\n",
                 "README.md": b"# Hello\n"}
 
 
 # --- the stage: a temporary root with homes, sentinels and real users ---------------------------
-
-
-@dataclass
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-    @property
-    def examples(self) -> Path:
-        return self.home / "examples"
 
 
 @dataclass
@@ -68,25 +56,6 @@ class Stage:
         return [self.rootonly, self.rootgroup, self.bob.home, self.shared]
 
 
-def _run(*cmd: str) -> None:
-    for _ in range(20):  # other processes may hold the lock on /etc/passwd for a moment
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode == 0:
-            return
-        if "lock" not in result.stderr.lower():
-            break
-        time.sleep(0.2)
-    raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
-
-
-def _make_account(root: Path, name: str, groups: str = "") -> Account:
-    home = root / "home" / name
-    _run("useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
-         "--user-group", *(["--groups", groups] if groups else []), name)
-    pw = pwd.getpwnam(name)
-    return Account(name, pw.pw_uid, pw.pw_gid, home)
-
-
 @pytest.fixture(scope="module")
 def stage_root() -> Iterator[Stage]:
     root = Path(tempfile.mkdtemp(prefix="gallery-homes-", dir="/tmp"))
@@ -94,11 +63,11 @@ def stage_root() -> Iterator[Stage]:
     (root / "home").mkdir(mode=0o755)
     team_name, made = f"gt{TAG}", []
     try:
-        _run("groupadd", team_name)
+        run("groupadd", team_name)
         team_gid = grp.getgrnam(team_name).gr_gid
-        alice = _make_account(root, f"ga{TAG}", team_name)
+        alice = make_account(root, f"ga{TAG}", team_name)
         made.append(alice.name)
-        bob = _make_account(root, f"gb{TAG}")
+        bob = make_account(root, f"gb{TAG}")
         made.append(bob.name)
         rootonly = root / "rootonly"
         rootonly.mkdir(mode=0o755)
@@ -117,7 +86,7 @@ def stage_root() -> Iterator[Stage]:
         yield Stage(root, alice, bob, team_gid, rootonly, rootgroup, team, shared)
     finally:
         for name in made:
-            subprocess.run(["userdel", name], capture_output=True)
+            remove_account(name)
         subprocess.run(["groupdel", team_name], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
