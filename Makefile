@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,hub]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -32,7 +32,8 @@ test-fast: venv redis
 lint: venv
 	$(VENV)/bin/ruff check gallery tests
 
-demo: venv redis
+# scripts/demo starts Redis itself when none answers, and stops it again at the end.
+demo: venv
 	scripts/demo
 
 clean:

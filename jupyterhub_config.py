@@ -66,6 +66,7 @@ c.ConfigurableHTTPProxy.command = [os.environ.get("GALLERY_CHP") or str(
 c.JupyterHub.db_url = f"sqlite:///{STATE / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(STATE / "jupyterhub.pid")
+c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 c.JupyterHub.default_url = "/hub/home"  # land on the page with the Services menu
 
 # --- login: one shared password (a test authenticator, never for production) ---------------
