@@ -308,7 +308,7 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
                   page: int = Query(1, ge=1, le=100000)) -> dict[str, Any]:
     if state not in ("", "approved", "staged"):
         raise services.GalleryError("state must be 'approved' or 'staged'.")
-    found = Example.objects.find(q=q, tag=tag, state=state)
+    found = Example.objects.find(q=q, tag=tag, state=state).with_latest()
     paginator = Paginator(found, 24)
     current = paginator.get_page(page)
     return {"count": paginator.count, "page": current.number, "pages": paginator.num_pages,

@@ -29,16 +29,18 @@ def search_words(q: str) -> list[str]:
 
 
 class StoredSearchVector(models.Expression):
-    """`gallery_example.search_vector`, a column only PostgreSQL has (see migration 0002)."""
+    """A tsvector column only PostgreSQL has: `search_vector` (everything, GIN-indexed, see
+    migration 0002) or `search_head` (title and summary, for ranking, migration 0004)."""
 
-    def __init__(self) -> None:
+    def __init__(self, column: str = "search_vector") -> None:
         from django.contrib.postgres.search import SearchVectorField
 
         super().__init__(output_field=SearchVectorField())
+        self.column = column
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         table = connection.ops.quote_name(Example._meta.db_table)
-        return f"{table}.{connection.ops.quote_name('search_vector')}", []
+        return f"{table}.{connection.ops.quote_name(self.column)}", []
 
 
 class ExampleQuerySet(models.QuerySet["Example"]):
@@ -57,9 +59,9 @@ class ExampleQuerySet(models.QuerySet["Example"]):
     def search(self, q: str) -> ExampleQuerySet:
         """Full-text search on PostgreSQL; word-by-word substring matching elsewhere.
 
-        On PostgreSQL every word must match (the last one as a prefix, for partial typing),
-        against the stored, GIN-indexed `search_vector` (title A, summary B, tags and
-        notebook text C); results come by rank.
+        On PostgreSQL every word must match, as a prefix (for partial typing), against the
+        stored, GIN-indexed `search_vector` (title, summary, tags and notebook text); results
+        come by their rank in title and summary, then newest first.
         """
         from django.db import connection
 
@@ -71,8 +73,10 @@ class ExampleQuerySet(models.QuerySet["Example"]):
 
             query = SearchQuery(" & ".join(f"{w}:*" for w in words), search_type="raw",
                                 config=SEARCH_CONFIG)
+            # Rank by title and summary only: the whole text's vector is large to read.
             return self.alias(vector=StoredSearchVector()).filter(vector=query).annotate(
-                rank=SearchRank(StoredSearchVector(), query)).order_by("-rank", "-updated")
+                rank=SearchRank(StoredSearchVector("search_head"), query)).order_by(
+                "-rank", "-updated")
         found = self
         for word in words:
             found = found.filter(
@@ -80,6 +84,12 @@ class ExampleQuerySet(models.QuerySet["Example"]):
                 | models.Q(search_text__icontains=word)
             )
         return found
+
+    def with_latest(self) -> ExampleQuerySet:
+        """Fetch the revisions of a page of examples at once (for `latest_revision`)."""
+        return self.prefetch_related(models.Prefetch(
+            "revisions", to_attr="recent_revisions",
+            queryset=Revision.objects.defer("metadata", "files").order_by("-number")))
 
     def find(self, *, q: str = "", tag: str = "", state: str = "") -> ExampleQuerySet:
         """What the gallery page and the list API show for a query, a tag and a section."""
@@ -149,6 +159,9 @@ class Example(models.Model):
 
     @property
     def latest_revision(self) -> Revision | None:
+        prefetched = getattr(self, "recent_revisions", None)  # ExampleQuerySet.with_latest
+        if prefetched is not None:
+            return prefetched[0] if prefetched else None
         return self.revisions.order_by("-number").first()
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.paginator import Paginator
+from django.db.models import Count, Max
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import escape
 from django.views.decorators.cache import never_cache
@@ -38,15 +42,40 @@ def index(request: HttpRequest) -> HttpResponse:
     """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
     q = request.GET.get("q", "")[:200]
     tag = request.GET.get("tag", "")[:50]
-    sections = []
-    for state, title in (("approved", "Curated, reviewed examples"),
-                         ("staged", "Staged examples still under review")):
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
-            request.GET.get(f"{state}_page"))
-        sections.append({"state": state, "title": title, "page": page})
+    pages = {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS}
     return render(request, "gallery/index.html", {
-        "sections": sections, "q": q, "tag": tag, "tags": Tag.objects.popular()[:30],
+        "q": q, "tag": tag, "sections_html": _sections_html(q, tag, pages),
+        # The same for everyone and slow to count over thousands of examples: a minute old
+        # is fresh enough.
+        "tags": cache.get_or_set("gallery:popular-tags",
+                                 lambda: list(Tag.objects.popular()[:30]), 60),
     })
+
+
+SECTIONS = {"approved": "Curated, reviewed examples",
+            "staged": "Staged examples still under review"}
+
+
+def _sections_html(q: str, tag: str, pages: dict[str, str]) -> str:
+    """The cards of both sections, the same for every user: rendered once per change.
+
+    The key holds the newest `updated` of all examples, so a staged, approved or retired
+    example shows at once; use counts may lag by up to a minute.
+    """
+    stamp = Example.objects.aggregate(last=Max("updated"), n=Count("pk"))
+    key = "gallery:sections:" + hashlib.sha256(
+        repr((stamp["last"], stamp["n"], q, tag, sorted(pages.items()))).encode()).hexdigest()
+    html = cache.get(key)
+    if html is None:
+        sections = []
+        for state, title in SECTIONS.items():
+            page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
+                pages[state])
+            sections.append({"state": state, "title": title, "page": page})
+        html = render_to_string("gallery/sections.html",
+                                {"sections": sections, "q": q, "tag": tag})
+        cache.set(key, html, 60)
+    return html
 
 
 @login_required

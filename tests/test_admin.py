@@ -10,7 +10,7 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery import diff, services
+from gallery import diff
 from gallery.models import Example, Notification, Submission
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage

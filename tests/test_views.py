@@ -1,6 +1,7 @@
 """The pages people use: the gallery, an example, staging, my submissions, notifications."""
 
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.urls import reverse
 
 from gallery import services
@@ -30,6 +31,7 @@ def bulk_examples(n: int, *, state: str = "approved", prefix: str = "ex") -> Non
 
 class GalleryPageTests(GalleryTestCase):
     def setUp(self) -> None:
+        cache.clear()
         self.client.force_login(self.user)
 
     def test_it_shows_both_sections_with_preview_and_use_on_every_card(self):
@@ -78,12 +80,24 @@ class GalleryPageTests(GalleryTestCase):
         bulk_examples(30)
         bulk_examples(30, state="staged", prefix="st")
         self.client.get(reverse("index"))  # the session and the user, as on every later page
-        with self.assertNumQueries(10) as small:
+        cache.clear()
+        with self.assertNumQueries(11) as small:
             self.client.get(reverse("index"), {"q": "number"})
         bulk_examples(200, prefix="more")
+        cache.clear()
         with self.assertNumQueries(len(small.captured_queries)):
             response = self.client.get(reverse("index"), {"q": "number"})
         self.assertEqual(response.content.decode().count('class="card"'), 48)
+        # The cards are rendered once for everyone until an example changes.
+        with self.assertNumQueries(4):
+            again = self.client.get(reverse("index"), {"q": "number"})
+        self.assertEqual(again.content, response.content)
+
+    def test_it_shows_a_change_at_once_despite_the_cached_cards(self):
+        self.stage_and_approve(title="First one")
+        self.assertNotContains(self.client.get(reverse("index")), "Second one")
+        stage(self.contributor, title="Second one")
+        self.assertContains(self.client.get(reverse("index")), "Second one")
 
     def test_it_asks_for_a_login(self):
         self.client.logout()
