@@ -25,7 +25,8 @@ job_id: ContextVar[str] = ContextVar("job_id", default="")
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = (
-    r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|api_token|"
+    r"password|passwd|pwd|secret|secret_key|client_secret|token|access_token|refresh_token|"
+    r"api_token|"
     r"api_key|apikey|sessionid|session_id|csrftoken|csrfmiddlewaretoken|code_verifier|"
     r"authorization_code|private_key"
 )
