@@ -24,7 +24,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Max, Q
+from django.db.models import Case, F, Max, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -676,8 +676,6 @@ def _do_use(job: Job) -> dict[str, Any]:
                                            data_links=links)
     else:
         shown = f"~/{settings.GALLERY_USE_DIR}"
-        Job.objects.filter(pk=job.pk, worker=job.worker).update(
-            message=f"Copying {len(revision.files)} files into {shown}.")
         plan = homes.CopyPlan(
             username=username, source=export, parent=homes.use_parent(username),
             folder_name=job.params["folder"], job_id=str(job.pk), provenance=provenance,
@@ -735,6 +733,10 @@ class LeaseLost(Exception):
     """Another worker took over a job whose lease this one failed to renew in time."""
 
 
+# What the job page says while a job runs (set by the claim itself: no extra write).
+RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home."}
+
+
 def claim_job(job_id: str, worker: str) -> Job | None:
     """Take a job for this worker, or None when it is finished or held by a live lease.
 
@@ -745,7 +747,9 @@ def claim_job(job_id: str, worker: str) -> Job | None:
     claimed = Job.objects.filter(pk=job_id).filter(
         Q(state=Job.State.QUEUED) | Q(state=Job.State.RUNNING, lease_until__lt=now)
     ).update(state=Job.State.RUNNING, worker=worker, lease_until=lease,
-             attempts=F("attempts") + 1, started_at=now)
+             attempts=F("attempts") + 1, started_at=now,
+             message=Case(*(When(kind=k, then=Value(m)) for k, m in RUNNING_MESSAGES.items()),
+                          default=F("message"), output_field=TextField()))
     if not claimed:
         return None
     return Job.objects.select_related("revision__example", "submission", "user").get(pk=job_id)
@@ -804,11 +808,13 @@ def _internal_message(job: Job, exc: Exception) -> str:
 
 def _finish(job: Job, state: str, *, result: dict[str, Any] | None = None,
             message: str = "") -> Job:
-    Job.objects.filter(pk=job.pk, worker=job.worker).update(
-        state=state, result=result if result is not None else job.result, message=message,
-        finished_at=timezone.now(), lease_until=None,
-    )
-    job.refresh_from_db()
+    fields = {"state": state, "result": result if result is not None else job.result,
+              "message": message, "finished_at": timezone.now(), "lease_until": None}
+    if Job.objects.filter(pk=job.pk, worker=job.worker).update(**fields):
+        for name, value in fields.items():
+            setattr(job, name, value)
+    else:  # another attempt holds the job now: report what it did
+        job.refresh_from_db()
     return job
 
 
