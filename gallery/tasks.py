@@ -32,6 +32,9 @@ class JobTask(DjangoTask):
         except OperationalError as exc:
             log.warning("broker unavailable, job %s stays queued for the sweep: %s", args, exc)
             return None
+        except Exception:  # e.g. a Redis still loading its data: same outcome, with a trace
+            log.exception("could not queue job %s; it stays queued for the sweep", args)
+            return None
 
 
 def _run(task: Task, job_id: str) -> None:
