@@ -182,6 +182,9 @@ MIDDLEWARE = [
     "gallery.logs.RequestLogMiddleware",
     "gallery.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from gunicorn itself (under the prefix): the demo and any deployment
+    # without a separate file server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "gallery.uploads.UploadLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -246,6 +249,8 @@ if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("GALLERY_STATIC_ROOT", str(GALLERY_DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve what collectstatic gathered, or straight from the source folders when it has not run.
+WHITENOISE_USE_FINDERS = True
 
 # Under a hub, people log in through the hub; without one, with Django's own form.
 LOGIN_URL = "hub-login" if HUB_ENABLED else "login"
