@@ -54,13 +54,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    run = subprocess.run([sys.executable, "manage.py", *args, "--skip-checks"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
-
-
 def login(base: str, username: str) -> requests.Session:
     session = requests.Session()
     session.get(f"{base}/accounts/login/", timeout=30).raise_for_status()
@@ -77,8 +70,13 @@ def stack(settings, tmp_path: Path, postgres_url: str) -> Iterator[dict[str, obj
     env = worker_env(settings, GALLERY_DATABASE_URL=postgres_url, GALLERY_DEMO_PASSWORD=PASSWORD,
                      GALLERY_METRICS_TOKEN=TOKEN,
                      PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "web-metrics"))
-    manage(env, "migrate", "--noinput")
-    manage(env, "setup_demo_users")
+    run = subprocess.run([sys.executable, "-c", (
+        "import django; django.setup()\n"
+        "from django.core.management import call_command\n"
+        "call_command('migrate', interactive=False, verbosity=0)\n"
+        "call_command('setup_demo_users')\n")], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
     redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
     hosts = {kind: f"{kind}@node-{kind}-{RUN_ID}" for kind in QUEUES}
     workers: list[Worker] = [
@@ -97,11 +95,13 @@ def stack(settings, tmp_path: Path, postgres_url: str) -> Iterator[dict[str, obj
         wait_for(lambda: _up(base), timeout=90, what="gunicorn to answer")
         yield {"base": base, "hosts": hosts, "db": postgres_url, "logs": tmp_path}
     finally:
-        if web.poll() is None:
-            os.killpg(web.pid, signal.SIGTERM)
-            web.wait(30)
+        # Stop all at once, then wait: the nodes shut down side by side, as they would.
+        for process in [web, *(w.process for w in workers)]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
         for worker in workers:
             worker.stop()
+        web.wait(30)
 
 
 def _up(base: str) -> bool:
