@@ -21,7 +21,8 @@ MAX_DATA_LINKS = 50
 SYSTEM_PREFIXES = ("/dev/", "/proc/", "/sys/", "/tmp/", "/usr/", "/etc/", "/bin/", "/sbin/",
                    "/lib/", "/lib64/", "/var/tmp/", "/run/", "/opt/conda/")
 _URL = re.compile(r"""(?:https?|s3)://[^\s'"<>()\[\]{}`\\]+|doi:10\.\d{4,9}/[^\s'"<>]+""")
-_IMPORT_LINE = re.compile(r"^\s*(?:from\s+([A-Za-z_]\w*)[\w.]*\s+import|import\s+([A-Za-z_][\w., ]*))")
+_IMPORT_LINE = re.compile(
+    r"^\s*(?:from\s+([A-Za-z_]\w*)[\w.]*\s+import|import\s+([A-Za-z_][\w., ]*))")
 _NAME = re.compile(r"[^a-z0-9]+")
 
 # Run inside the user's kernel (any Python >= 3.10) as one expression, in a namespace of its
@@ -39,7 +40,8 @@ found = {}
 for top in sorted(tops):
     for dist in owners.get(top, ())[:1]:
         try:
-            found[top] = [metadata.distribution(dist).metadata["Name"] or dist, metadata.version(dist)]
+            name = metadata.distribution(dist).metadata["Name"] or dist
+            found[top] = [name, metadata.version(dist)]
         except Exception:
             pass
 result = json.dumps({"python": sys.version.split()[0], "modules": found})
@@ -216,7 +218,8 @@ def draft_requirements(
                 unpinned.append(dist)
     header = ["# Draft made from the packages this notebook imports."]
     if kernel_report and kernel_report.get("python"):
-        header.append(f"# Versions as loaded by the running kernel (Python {kernel_report['python']}).")
+        header.append("# Versions as loaded by the running kernel "
+                      f"(Python {kernel_report['python']}).")
     else:
         header.append("# The kernel is not running, so versions are not pinned; run the notebook "
                       "and reopen this dialog to pin them.")

@@ -264,7 +264,9 @@ class SubmitHandler(StageHandler):
                 "title": body["title"], "summary": body["summary"], "tags": body["tags"],
                 "licence": body["licence"], "files": [f["path"] for f in files],
                 "data_links": body["data_links"],
-                "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                # timezone.utc, not datetime.UTC: single-user servers may run Python 3.10
+                "submitted": datetime.now(timezone.utc).isoformat(  # noqa: UP017
+                    timespec="seconds"),
             },
         }
 
