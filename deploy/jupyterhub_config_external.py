@@ -74,3 +74,11 @@ c.JupyterHub.extra_user_scopes = {"access:services!service=gallery"}
 #   {"name": "gallery-user", "scopes": ["access:services!service=gallery"],
 #    "groups": ["gallery-users"]}
 # to load_roles.
+
+# The "Submit to gallery" button (labextension/, `pip install ./labextension` into the
+# single-user image): each user's server sends notebooks with its own $JUPYTERHUB_API_TOKEN,
+# which therefore needs access to the gallery on top of the default 'server' role's scopes,
+# and it must know a URL of the gallery it can reach (the proxy's internal address will do).
+c.Spawner.server_token_scopes = [
+    "users:activity!user", "access:servers!server", "access:services!service=gallery"]
+c.Spawner.environment.update({"GALLERY_URL": "http://proxy-public/services/gallery/"})
