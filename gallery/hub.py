@@ -453,14 +453,20 @@ def free_name(contents: Contents, parent: str, wanted: str) -> str:
     raise ContentsError(f"Too many copies of {wanted} in ~/{parent}; remove some first.")
 
 
+def _no_beat() -> None:
+    pass
+
+
 def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, job_id: str,
                 provenance: dict[str, Any], data_links: list[dict[str, Any]],
-                decided: str = "", record: Callable[[str], None] = lambda name: None) -> str:
+                decided: str = "", record: Callable[[str], None] = lambda name: None,
+                beat: Callable[[], None] = _no_beat) -> str:
     """Copy a folder into `parent/<name>` through the contents API; returns the name.
 
     Never overwrites: the files go into a work folder first, which is then renamed to a name
     that is free (the server refuses to rename onto an existing one). `record` is told the name
     before the rename, and a retry with that name as `decided` finishes the same copy.
+    `beat` is called between requests (the job renews its lease there).
     """
     parent = parent.strip("/")
     if decided and copied_by(contents, f"{parent}/{decided}") == job_id:
@@ -472,11 +478,15 @@ def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, j
     work = f"{parent}/{wanted}.gallery-{job_id[:8]}"
     contents.mkdir(work)
     for rel, path_ in _walk(source):
+        beat()
         if path_.is_dir():
             contents.mkdir(f"{work}/{rel}")
         elif not contents.write(f"{work}/{rel}", path_.read_bytes()):
             raise ContentsError(f"Your Jupyter server refused the file name {rel}.")
     for name, data in _manifest(data_links).items():
+        if (source / name).exists():  # the example has a file of that name: keep it
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}.gallery{dot}{ext}"
         contents.write(f"{work}/{name}", data)
     stamp = json.dumps({**provenance, "job": job_id, "backend": "contents"}, indent=2).encode()
     if not contents.write(f"{work}/{homes.PROVENANCE_FILE}", stamp):
@@ -492,7 +502,7 @@ def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, j
     raise ContentsError(f"Could not find a free name for {wanted} in ~/{parent}.")
 
 
-def start_server(username: str, *, timeout: float) -> str:
+def start_server(username: str, *, timeout: float, beat: Callable[[], None] = _no_beat) -> str:
     """Start the user's default server if needed and wait until it is ready; returns its URL
     path (such as `/user/<name>/`)."""
     hub = _hub_session()
@@ -524,6 +534,7 @@ def start_server(username: str, *, timeout: float) -> str:
             raise ContentsError(
                 f"Your Jupyter server did not start within {timeout:.0f} seconds. Start it "
                 "from the hub's home page, then click Use again.")
+        beat()
         time.sleep(0.5)
 
 
@@ -538,7 +549,15 @@ def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
         raise ContentsError("This copy does not belong to the user who asked for it.")
     if not settings.HUB_ENABLED:
         raise ContentsError("The contents backend needs a hub (JUPYTERHUB_API_URL is not set).")
-    server = start_server(username, timeout=settings.GALLERY_HUB_SPAWN_TIMEOUT)
+    every, last = max(settings.GALLERY_JOB_LEASE / 3, 0.5), time.monotonic()
+
+    def beat() -> None:  # keep the job's lease while the server starts and files go over
+        nonlocal last
+        if time.monotonic() - last >= every:
+            services.renew_lease(job)
+            last = time.monotonic()
+
+    server = start_server(username, timeout=settings.GALLERY_HUB_SPAWN_TIMEOUT, beat=beat)
     contents = Contents(base=settings.GALLERY_HUB_URL.rstrip("/") + server,
                         token=settings.JUPYTERHUB_API_TOKEN)
 
@@ -548,4 +567,4 @@ def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
     return copy_folder(contents, source=source, parent=settings.GALLERY_USE_DIR,
                        wanted=job.params["folder"], job_id=str(job.pk), provenance=provenance,
                        data_links=data_links, decided=job.result.get("folder", ""),
-                       record=record)
+                       record=record, beat=beat)

@@ -119,7 +119,7 @@ JUPYTERHUB_PUBLIC_HUB_URL = env("JUPYTERHUB_PUBLIC_HUB_URL")
 GALLERY_HUB_RECHECK_SECONDS = env_int("GALLERY_HUB_RECHECK_SECONDS", 300)
 # Seconds a hub token presented to the API is trusted before the hub is asked again.
 GALLERY_HUB_TOKEN_CACHE_SECONDS = env_int("GALLERY_HUB_TOKEN_CACHE_SECONDS", 60)
-# Seconds the contents backend waits for a user's server to start (keep below GALLERY_JOB_LEASE).
+# Seconds the contents backend waits for a user's server to start (the job's lease is renewed).
 GALLERY_HUB_SPAWN_TIMEOUT = env_int("GALLERY_HUB_SPAWN_TIMEOUT", 90)
 
 # --- notifications by email (off unless GALLERY_EMAIL_HOST is set) ---------------------------

@@ -360,3 +360,18 @@ def test_it_acts_only_for_the_user_who_asked(settings, tmp_path: Path) -> None: 
                                                       "folder": "x", "backend": "contents"})
     with pytest.raises(hub.ContentsError, match="does not belong"):
         hub.copy_through_contents(job=job, source=tmp_path, provenance={}, data_links=[])
+
+
+def test_it_keeps_an_examples_own_data_md_and_beats_while_copying(jupyter_server,  # type: ignore[no-untyped-def]
+                                                                    tmp_path: Path) -> None:
+    base, token, root = jupyter_server
+    source = _example(tmp_path)
+    (source / "DATA.md").write_text("the author's own notes")
+    beats: list[int] = []
+    hub.copy_folder(hub.Contents(base=base, token=token), source=source, parent="examples/f",
+                    wanted="hello", job_id="job-seven-ff", provenance={}, data_links=LINKS,
+                    beat=lambda: beats.append(1))
+    target = root / "examples" / "f" / "hello"
+    assert (target / "DATA.md").read_text() == "the author's own notes"
+    assert "/shared/era5" in (target / "DATA.gallery.md").read_text()
+    assert len(beats) >= 4  # once per file or folder of the example
