@@ -9,11 +9,17 @@ gallery's data folder. The copy goes into a hidden temporary folder beside the t
 renamed into place without replacing anything, so a folder in a home is either whole or
 absent. A provenance file naming the job makes a repeated attempt find the copy it already
 made instead of making a second one.
+
+The copies are forked from a small helper: this module run as a script in a fresh
+interpreter, started by each worker process on its first copy and ended with it. Forking from
+the worker itself works too (it is the fallback), but costs CPU in proportion to the worker's
+memory, which is hundreds of MB; the helper holds a few.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import json
@@ -23,7 +29,11 @@ import re
 import select
 import shutil
 import signal
+import socket
 import stat
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,8 +130,11 @@ def copy_into_home(
     except OSError as exc:
         raise CopyError(f"The example's files are not available ({exc.strerror}); "
                         "try again later.") from exc
+    # NSS lookups may use threads and locks: resolve the groups before any fork.
+    ids = (account.pw_uid, account.pw_gid,
+           os.getgrouplist(account.pw_name, account.pw_gid)) if account else None
     try:
-        folder = _run_in_child(plan, source_fd, account, timeout, heartbeat, heartbeat_every)
+        folder = _run_in_child(plan, source_fd, ids, timeout, heartbeat, heartbeat_every)
     finally:
         os.close(source_fd)
     return plan.parent / folder
@@ -129,18 +142,12 @@ def copy_into_home(
 
 # --- the forked child ------------------------------------------------------------------------
 
+Ids = tuple[int, int, list[int]]  # uid, gid, groups
 
-def _run_in_child(plan: CopyPlan, source_fd: int, account: pwd.struct_passwd | None,
-                  timeout: float, heartbeat: Callable[[], object] | None,
-                  heartbeat_every: float) -> str:
-    # NSS lookups may use threads and locks: resolve the groups before forking.
-    groups = os.getgrouplist(account.pw_name, account.pw_gid) if account else []
-    r, w = os.pipe()
-    ppid = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        _child(plan, source_fd, w, account, groups, ppid)
-    os.close(w)
+
+def _run_in_child(plan: CopyPlan, source_fd: int, ids: Ids | None, timeout: float,
+                  heartbeat: Callable[[], object] | None, heartbeat_every: float) -> str:
+    copy, r = _start_copy(plan, source_fd, ids)
     out, finished = b"", False
     try:
         deadline = time.monotonic() + timeout
@@ -165,10 +172,9 @@ def _run_in_child(plan: CopyPlan, source_fd: int, account: pwd.struct_passwd | N
         finished = True
     finally:  # also on Celery's soft time limit or a lost lease
         os.close(r)
-        if not finished:
-            os.kill(pid, signal.SIGKILL)
-        status = os.waitpid(pid, 0)[1]
-    # The child ran as the user, who may have tampered with it: trust nothing it says.
+        copy.end(kill=not finished)
+    # The child ran as the user, who may have tampered with it: trust nothing it says. It
+    # writes a folder name only after the folder is in place.
     try:
         report = json.loads(out.decode())
     except (UnicodeDecodeError, ValueError):
@@ -176,8 +182,7 @@ def _run_in_child(plan: CopyPlan, source_fd: int, account: pwd.struct_passwd | N
     if not isinstance(report, dict):
         report = {}
     folder = report.get("folder")
-    if os.waitstatus_to_exitcode(status) == 0 and isinstance(folder, str) \
-            and _is_plain_name(folder):
+    if isinstance(folder, str) and _is_plain_name(folder):
         return folder
     message = report.get("error")
     raise CopyError(str(message)[:2000] if message
@@ -188,8 +193,156 @@ def _is_plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..")
 
 
-def _child(plan: CopyPlan, source_fd: int, w: int, account: pwd.struct_passwd | None,
-           groups: list[int], ppid: int) -> NoReturn:
+class _Copy:
+    """A running copy child: `end()` kills it (when asked) and waits until it is gone."""
+
+    def __init__(self, pid: int = 0, pidfd: int = -1) -> None:
+        self.pid, self.pidfd = pid, pidfd  # our own child, or one of the helper's
+
+    def end(self, *, kill: bool) -> None:
+        if self.pidfd < 0:
+            if kill:
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            return
+        try:
+            if kill:  # through the pidfd: never a recycled pid
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            select.select([self.pidfd], [], [], 10.0)  # readable once the process is gone
+        finally:
+            os.close(self.pidfd)
+
+
+def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy, int]:
+    """Start the copy child; returns it and the read end of the pipe it reports on.
+
+    Each try gets a fresh pipe, so a child of a failed try can never add to the report.
+    """
+    for _ in range(2):  # a helper that died is started again once
+        if not _helper.usable():
+            break
+        r, w = os.pipe()
+        try:
+            return _Copy(pidfd=_helper.fork_copy(plan, source_fd, w, ids)), r
+        except OSError as exc:
+            os.close(r)
+            _helper.failed(exc)
+        finally:
+            os.close(w)
+    r, w = os.pipe()
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _child(plan, source_fd, w, ids, me)
+    os.close(w)
+    return _Copy(pid=pid), r
+
+
+class _Helper:
+    """This module run as a script (`_serve`), one per process that copies, started lazily."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.failures = 0  # in a row; after a few, fork from the worker from then on
+
+    def usable(self) -> bool:
+        return self.failures < 3 and hasattr(os, "pidfd_open")
+
+    def fork_copy(self, plan: CopyPlan, source_fd: int, w: int, ids: Ids | None) -> int:
+        """Ask the helper to fork a copy child; returns a pidfd of that child."""
+        request = json.dumps({"plan": dataclasses.asdict(plan), "ids": ids}, default=str)
+        with self.lock:
+            if self.process is None or self.process.poll() is not None or self.sock is None:
+                self._start()
+            assert self.sock is not None
+            socket.send_fds(self.sock, [request.encode()], [w, source_fd])
+            _, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
+            if not fds:
+                raise OSError("the copy helper could not fork")
+            self.failures = 0
+            return fds[0]
+
+    def failed(self, exc: BaseException) -> None:
+        import logging
+
+        logging.getLogger(__name__).warning("copy helper: %s", exc)
+        self.failures += 1
+        with self.lock:
+            self._stop()
+
+    def _start(self) -> None:
+        self._stop()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), "serve",
+                 str(os.getpid()), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        finally:
+            theirs.close()
+        self.sock = mine
+
+    def _stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+_helper = _Helper()
+
+
+def _serve(parent: int, fd: int) -> None:
+    """The helper's loop: fork one copy child per request; ends when the worker does."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the worker process
+    if os.getppid() != parent:
+        return
+    sock = socket.socket(fileno=fd)
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap the copies that ended
+                pass
+        except ChildProcessError:
+            pass
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 2)
+        except OSError:
+            return
+        if not message:
+            return  # the worker closed its end
+        try:
+            request = json.loads(message)
+            plan = CopyPlan(**request["plan"])
+            plan.source, plan.parent = Path(plan.source), Path(plan.parent)
+            ids = request["ids"]
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                _child(plan, fds[1], fds[0], tuple(ids) if ids else None, me)  # type: ignore[arg-type]
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)  # never two children on one job's pipe
+                raise
+            try:
+                socket.send_fds(sock, [b"ok"], [pidfd])
+            finally:
+                os.close(pidfd)
+        except Exception:  # noqa: BLE001 - answer without a pidfd: the worker forks itself
+            sock.send(b"no")
+        finally:
+            for received in fds:
+                os.close(received)
+
+
+def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -> NoReturn:
     """Drop to the user (when given), copy, report as JSON on `w`; always leaves via _exit."""
     code, report = 1, {"error": "The copy stopped unexpectedly."}
     try:
@@ -202,12 +355,13 @@ def _child(plan: CopyPlan, source_fd: int, w: int, account: pwd.struct_passwd | 
         os.closerange(low, 65536)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
-        if account is not None:
+        if ids is not None:
+            uid, gid, groups = ids
             # Order matters: groups, then gid, then uid (real, effective and saved: no way back).
             os.setgroups(groups)
-            os.setgid(account.pw_gid)
-            os.setuid(account.pw_uid)
-            if os.getresuid() != (account.pw_uid,) * 3 or os.getresgid() != (account.pw_gid,) * 3:
+            os.setgid(gid)
+            os.setuid(uid)
+            if os.getresuid() != (uid,) * 3 or os.getresgid() != (gid,) * 3 or uid == 0:
                 raise CopyError("The gallery could not switch to your account.")
         _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # the user may not ptrace us or read memory
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
@@ -399,3 +553,7 @@ def _user_message(exc: BaseException, plan: CopyPlan) -> str:
     if isinstance(exc, OSError):
         return f"The copy into {where} failed: {exc.strerror or exc}. Try again."
     return f"The copy into {where} failed ({type(exc).__name__}); try again."
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    _serve(int(sys.argv[2]), int(sys.argv[3]))

@@ -515,3 +515,31 @@ def test_it_makes_a_use_as_the_user_through_the_service(
     assert os.readlink(copy / "data" / "big") == str(st.shared / "big.nc")
     assert homes.copied_by(copy) == str(job.pk)
     owners_are_right(st)
+
+
+# --- the helper that forks the copies --------------------------------------------------------
+
+
+def test_it_forks_copies_from_a_small_helper_and_restarts_it(writer: tuple[Account, bool],
+                                                            source: Path) -> None:
+    account, as_user = writer
+    homes.copy_into_home(_plan(account, source), as_user=as_user)
+    helper = homes._helper.process
+    assert helper is not None and helper.poll() is None
+    with open(f"/proc/{helper.pid}/status") as fh:
+        rss_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    assert rss_kb < 60_000  # a fresh interpreter, not a copy of this process
+    helper.kill()
+    helper.wait()
+    second = homes.copy_into_home(_plan(account, source), as_user=as_user)
+    assert second.name == "demo-2"
+    assert homes._helper.process is not None and homes._helper.process.pid != helper.pid
+
+
+def test_it_copies_without_the_helper(writer: tuple[Account, bool], source: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    account, as_user = writer
+    monkeypatch.setattr(homes._helper, "usable", lambda: False)
+    plan = _plan(account, source)
+    folder = homes.copy_into_home(plan, as_user=as_user)
+    assert_complete_copy(folder, account, plan.job_id)

@@ -169,6 +169,22 @@ def processes_of(uid: int) -> list[int]:
             and os.path.exists(f"/proc/{p}") and _uid_of(p) == uid]
 
 
+def copy_helpers_of(parents: list[int]) -> list[int]:
+    """Copy helpers (gallery/homes.py serve <parent> <fd>) started by these processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and any(a.endswith(b"homes.py") for a in argv):
+            parent = argv[argv.index(b"serve") + 1]
+            if parent.isdigit() and int(parent) in parents:
+                found.append(int(entry))
+    return found
+
+
 def _uid_of(pid: str) -> int | None:
     try:
         return os.stat(f"/proc/{pid}").st_uid
@@ -210,9 +226,11 @@ def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
         temps = wait_for(copying, timeout=90, what="the copy to be under way")
         # The whole worker dies at once; the copy's child (a grandchild) goes with its parent.
         pids = [first.process.pid, *children_of(first.process.pid)]
+        assert copy_helpers_of(pids)  # the copy runs in a child of a helper of a pool process
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         first.process.wait(20)
+        wait_for(lambda: not copy_helpers_of(pids), timeout=20, what="the helpers to end")
         if settings.GALLERY_USE_AS_USER:
             uid = pwd.getpwnam(user_name).pw_uid
             wait_for(lambda: not processes_of(uid), timeout=20, what="the copy to stop")
