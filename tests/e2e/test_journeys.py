@@ -27,17 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SHOTS = Path(os.environ.get("GALLERY_SCREENSHOTS", ROOT / "tests" / "e2e" / "screenshots"))
 
 
-def shot(page: Any, name: str, *, full: bool = True) -> None:
+def shot(tab: Any, name: str, *, full: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+    tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
 
 
-def log_in(page: Any, live_server: Any, user: Any) -> None:
+def log_in(tab: Any, live_server: Any, user: Any) -> None:
     """A logged-in browser: the session cookie of a real login, handed to Chromium."""
     client = Client()
     client.force_login(user)
     cookie = client.cookies["gallery-sessionid"]
-    page.context.add_cookies([{"name": "gallery-sessionid", "value": cookie.value,
+    tab.context.add_cookies([{"name": "gallery-sessionid", "value": cookie.value,
                                "url": live_server.url}])
 
 
@@ -196,19 +196,19 @@ def test_it_reads_without_javascript_and_works_with_the_keyboard(live_server, br
     user = make_user("ursula")
     example = approved(contributor, reviewer, title="Broadcasting in NumPy").example
     context = browser.new_context(java_script_enabled=False)
-    page = context.new_page()
-    log_in(page, live_server, user)
+    tab = context.new_page()
+    log_in(tab, live_server, user)
 
-    page.goto(live_server.url + "/")
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.textContent") == "Skip to content" or \
-        page.locator("a.skip:focus").count() == 1
-    page.goto(live_server.url + f"/examples/{example.slug}/")
-    expect(page.get_by_role("heading", name="What it contains")).to_be_visible()
-    # Use without JavaScript: the form posts, the job page says where the copy is.
-    page.get_by_label("Folder name in").focus()
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/jobs/**")
-    assert "Your copy is in" in page.locator("#job-result").inner_text()
-    shot(page, "use-without-javascript")
+    tab.goto(live_server.url + "/")
+    tab.keyboard.press("Tab")
+    assert tab.evaluate("document.activeElement.textContent") == "Skip to content" or \
+        tab.locator("a.skip:focus").count() == 1
+    tab.goto(live_server.url + f"/examples/{example.slug}/")
+    expect(tab.get_by_role("heading", name="What it contains")).to_be_visible()
+    # Use without JavaScript: the form posts, the job tab says where the copy is.
+    tab.get_by_label("Folder name in").focus()
+    tab.keyboard.press("Enter")
+    tab.wait_for_url("**/jobs/**")
+    assert "Your copy is in" in tab.locator("#job-result").inner_text()
+    shot(tab, "use-without-javascript")
     context.close()
