@@ -182,6 +182,8 @@ MIDDLEWARE = [
     "gallery.logs.RequestLogMiddleware",
     "gallery.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT (`manage.py collectstatic`), also under gunicorn.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Static files from gunicorn itself (under the prefix): the demo and any deployment
     # without a separate file server.
     "whitenoise.middleware.WhiteNoiseMiddleware",

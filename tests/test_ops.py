@@ -360,6 +360,20 @@ class LogTests(GalleryTestCase):
         self.assertIn("GALLERY_LOG_FORMAT", run.stderr)
 
 
+def test_it_serves_collected_static_files_without_debug(tmp_path, settings):
+    from django.core.management import call_command
+    from django.test import Client
+
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.DEBUG = False
+    call_command("collectstatic", interactive=False, verbosity=0)
+    response = Client().get("/static/gallery/gallery.css", SCRIPT_NAME="/services/gallery")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == (
+        ROOT / "static" / "gallery" / "gallery.css").read_bytes()
+    assert "max-age" in response["Cache-Control"]
+    assert Client().get("/static/gallery/missing.css").status_code == 404
+
 def production_env(tmp: Path) -> dict[str, str]:
     """deploy/gallery.env, the production settings the README shows, with its secret files."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GALLERY_", "JUPYTERHUB_"))}
