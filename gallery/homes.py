@@ -299,6 +299,16 @@ class _Helper:
 _helper = _Helper()
 
 
+def start_helper() -> None:
+    """Start this process's copy helper now rather than at its first copy."""
+    if _helper.usable():
+        try:
+            with _helper.lock:
+                _helper._start()
+        except OSError as exc:
+            _helper.failed(exc)
+
+
 def _serve(parent: int, fd: int) -> None:
     """The helper's loop: fork one copy child per request; ends when the worker does."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the worker process

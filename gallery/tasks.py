@@ -10,9 +10,10 @@ import logging
 
 from celery import Task, shared_task
 from celery.contrib.django.task import DjangoTask
+from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
-from . import logs, services
+from . import homes, logs, services
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ class JobTask(DjangoTask):
         except Exception:  # e.g. a Redis still loading its data: same outcome, with a trace
             log.exception("could not queue job %s; it stays queued for the sweep", args)
             return None
+
+
+@worker_process_init.connect
+def _start_copy_helper(**_: object) -> None:
+    # Started with the pool process, so that the first Use after a deployment does not wait.
+    homes.start_helper()
 
 
 def _run(task: Task, job_id: str) -> None:
