@@ -508,7 +508,8 @@ def notify(*, user: AbstractBaseUser, kind: str, message: str, example: Example 
 
 def _notify_decision(submission: Submission, review: Review) -> None:
     verb = {Review.Decision.APPROVE: "approved", Review.Decision.REJECT: "rejected",
-            Review.Decision.REQUEST_CHANGES: "asked for changes to"}[Review.Decision(review.decision)]
+            Review.Decision.REQUEST_CHANGES: "asked for changes to"}[
+        Review.Decision(review.decision)]
     text = (f"{review.reviewer.get_username()} {verb} revision {submission.revision.number} "
             f"of \u201c{submission.example.title}\u201d.")
     if review.comment:
