@@ -184,9 +184,6 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files from STATIC_ROOT (`manage.py collectstatic`), also under gunicorn.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # Static files from gunicorn itself (under the prefix): the demo and any deployment
-    # without a separate file server.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "gallery.uploads.UploadLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
