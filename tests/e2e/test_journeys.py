@@ -212,3 +212,24 @@ def test_it_reads_without_javascript_and_works_with_the_keyboard(live_server, br
     assert "Your copy is in" in tab.locator("#job-result").inner_text()
     shot(tab, "use-without-javascript")
     context.close()
+
+
+def test_it_shows_live_progress_until_the_copy_is_ready(live_server, page, settings):  # noqa: F811
+    from gallery.celery import app
+
+    contributor, reviewer = make_user("connor"), make_user("rita", reviewer=True)
+    user = make_user("ursula")
+    example = approved(contributor, reviewer, title="Broadcasting in NumPy").example
+    app.conf.task_always_eager = False  # the job waits in the queue, as behind a busy worker
+    try:
+        job = services.queue_use(example=example, user=user, folder_name="live")
+    finally:
+        app.conf.task_always_eager = True
+    log_in(page, live_server, user)
+    page.goto(live_server.url + f"/jobs/{job.pk}/")
+    expect(page.locator("#job-state")).to_have_text("queued")
+    assert page.get_by_role("link", name="Open in JupyterLab").count() == 0
+    services.perform_job(str(job.pk), worker="e2e")  # what a worker does
+    # The page notices by itself: no reload from the test.
+    expect(page.get_by_role("link", name="Open in JupyterLab")).to_be_visible(timeout=15_000)
+    expect(page.locator("#job-state")).to_have_text("done")
