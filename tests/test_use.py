@@ -183,3 +183,19 @@ class SweepTests(UseTestCase):
         self.assertEqual(job.state, Job.State.FAILED)
         self.assertIn("try again", job.message)
         self.assertFalse(Path(homes.use_parent("ursula")).exists())
+
+
+class UseCountTests(UseTestCase):
+    def test_it_counts_the_copies_made_not_the_clicks(self):
+        submission = self.stage_and_approve()
+        example = Example.objects.get(pk=submission.example_id)
+        for _ in range(2):
+            with self.captureOnCommitCallbacks(execute=True):
+                services.queue_use(example=example, user=self.user)
+        services.queue_use(example=example, user=self.user)  # not carried out yet
+        example.refresh_from_db()
+        self.assertEqual(example.use_count, 0)  # no write to the example at each click
+        self.assertEqual(services.count_uses(), 1)
+        example.refresh_from_db()
+        self.assertEqual(example.use_count, 2)
+        self.assertEqual(services.count_uses(), 0)  # nothing changed since
