@@ -239,7 +239,8 @@ def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy,
 
 
 class _Helper:
-    """This module run as a script (`_serve`), one per process that copies, started lazily."""
+    """This module run as a script (`_serve`): one per process that copies, started with a
+    Celery pool process or at the first copy, ended (by PDEATHSIG) when that process ends."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -375,7 +376,7 @@ def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -
                 raise CopyError("The gallery could not switch to your account.")
         _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # the user may not ptrace us or read memory
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
-        if os.getppid() != ppid:  # the worker died before the line above
+        if os.getppid() != ppid:  # the parent (worker or helper) died before the line above
             raise CopyError("The worker stopped; the copy will be retried.")
         os.umask(0o022)
         os.chdir("/")
