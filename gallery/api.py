@@ -25,7 +25,7 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from . import services
-from .models import Example, IllegalTransition, Job, Submission
+from .models import Example, IllegalTransition, Job, Preview, Submission
 from .uploads import UploadTooLarge
 
 
@@ -167,6 +167,11 @@ class ReviewOut(Schema):
     created: str
 
 
+class PreviewOut(Schema):
+    state: str = Field(description="pending, ready or failed")
+    error: str = Field(description="Why the preview could not be made, in plain words")
+
+
 class SubmissionOut(Schema):
     id: int
     example: str
@@ -176,6 +181,7 @@ class SubmissionOut(Schema):
     checks: list[CheckOut]
     reviews: list[ReviewOut]
     preview_url: str | None
+    preview: PreviewOut
     url: str
 
 
@@ -286,8 +292,14 @@ def submission_out(submission: Submission) -> dict[str, Any]:
                      "reviewer": r.reviewer.get_username(), "created": r.created.isoformat()}
                     for r in submission.reviews.all()],
         "preview_url": preview_url(submission.revision.notebook_sha256),
+        "preview": preview_out(submission.revision.notebook_sha256),
         "url": reverse("submission", args=[submission.pk]),
     }
+
+
+def preview_out(sha256: str) -> dict[str, str]:
+    found = Preview.objects.filter(sha256=sha256).values("state", "error").first()
+    return found or {"state": Preview.State.PENDING, "error": ""}
 
 
 def job_out(job: Job) -> dict[str, Any]:

@@ -171,7 +171,9 @@ _SECRET_PATTERNS = [
     ("Slack token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b")),
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
     ("OpenAI-style key", re.compile(r"\bsk-[A-Za-z0-9_-]{32,}\b")),
-    ("password in a URL", re.compile(r"[a-z][a-z0-9+.-]*://[^\s:/@'\"]+:[^\s@/'\"]+@[^\s'\"]+")),
+    # The scheme is bounded: unbounded, a long run of letters made this search quadratic.
+    ("password in a URL",
+     re.compile(r"\b[a-z][a-z0-9+.-]{0,30}://[^\s:/@'\"]+:[^\s@/'\"]+@[^\s'\"]+")),
     (
         "hard-coded secret",
         re.compile(
@@ -342,7 +344,6 @@ ALLOWED_ATTRIBUTES = {
     "ol": {"start"},
 }
 IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF"}
-TEXT_MIMES = ("text/html", "text/markdown", "text/latex", "text/plain")
 # What a preview shows of an output, best first; everything else is dropped.
 PREVIEW_MIMES = ("text/html", "text/markdown", "image/svg+xml", "image/png", "image/jpeg",
                  "image/gif", "text/latex", "text/plain")
@@ -407,20 +408,44 @@ def sanitize_html(html: str) -> str:
             link_rel="noopener noreferrer nofollow",
             strip_comments=True,
         )
+    if html.count("<") > MAX_HTML_DEPTH and _nesting_depth(html) > MAX_HTML_DEPTH:
+        # The HTML parser's time grows with the square of the depth.
+        return ('<p class="gallery-notice">[HTML nested more than '
+                f"{MAX_HTML_DEPTH:,} levels deep is not shown in the preview.]</p>")
     return _cleaner.clean(html)
 
 
 _cleaner: Any = None
+MAX_HTML_DEPTH = 1_500
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)")
+# Void elements never nest; these close themselves when a sibling opens.
+_FLAT_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+              "source", "track", "wbr", "p", "li", "td", "th", "tr", "dt", "dd", "option"}
+
+
+def _nesting_depth(html: str) -> int:
+    """How deep the tags of some HTML nest (an estimate that never underestimates much)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        if match.group(2).lower() in _FLAT_TAGS:
+            continue
+        if match.group(1):
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
 
 
 def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
     if attr in {"href", "src"}:
         if _BAD_URL_CHARS.search(value.strip()):
             return None
-        if value.strip()[:5].lower() == "data:":
-            if tag != "img" or attr != "src":
-                return None
-            return value if _data_uri_image_ok(value.strip()) else None
+        is_data = value.strip()[:5].lower() == "data:"
+        if tag == "img":  # images are inline data or nothing: no beacons, no internal URLs
+            return value if is_data and _data_uri_image_ok(value.strip()) else None
+        if is_data:
+            return None
     if attr in {"width", "height"}:
         if not value.isdigit() or not 0 < int(value) <= MAX_IMAGE_SIDE:
             return None
@@ -457,6 +482,8 @@ def _image_problem(mime: str, b64: str, limits: PreviewLimits) -> str | None:
             width, height = image.size
     except Image.DecompressionBombError:
         return "image with too many pixels (a decompression bomb)"
+    except MemoryError:
+        raise
     except Exception:  # Pillow raises assorted types on broken files
         return f"image that is not a valid {IMAGE_MIMES[mime]}"
     if width * height > limits.max_image_pixels:
@@ -527,11 +554,11 @@ def _clean_data(data: Any, metadata: Any, limits: PreviewLimits) -> tuple[dict, 
     if widget:
         kept, sizes = {}, {}
         notice = "An interactive widget is not shown in the preview."
+    elif problems:
+        notice = "Not shown in the preview: " + "; ".join(problems) + "."
     elif not kept:
         if script:
             notice = "JavaScript output is not run in the preview."
-        elif problems:
-            notice = "Not shown in the preview: " + "; ".join(problems) + "."
         elif data:
             notice = (f"{', '.join(sorted(str(m) for m in data)[:5])} output is not shown "
                       "in the preview.")
@@ -546,35 +573,59 @@ def _side(value: Any) -> int | None:
     return number if 0 < number <= MAX_IMAGE_SIDE else None
 
 
-def _clean_output(output: Any, limits: PreviewLimits) -> dict[str, Any] | None:
+def _clean_output(output: Any, limits: PreviewLimits) -> list[dict[str, Any]]:
+    """An output as the preview shows it: itself (cleaned), a notice, both, or nothing."""
     if not isinstance(output, dict):
-        return None
+        return []
     kind = output.get("output_type")
     if kind == "stream":
         text = _text(output.get("text"))
         name = output.get("name")
         if text is None or name not in ("stdout", "stderr"):
-            return None
-        return {"output_type": "stream", "name": name, "text": _cut(text, limits.max_output_bytes)}
+            return []
+        return [{"output_type": "stream", "name": name,
+                 "text": _cut(text, limits.max_output_bytes)}]
     if kind == "error":
         lines = output.get("traceback")
         lines = [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
         if not lines:
             lines = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
         text = _cut("\n".join(lines), limits.max_output_bytes)
-        return {"output_type": "error", "ename": "", "evalue": "", "traceback": text.split("\n")}
+        return [{"output_type": "error", "ename": "", "evalue": "",
+                 "traceback": text.split("\n")}]
     if kind in ("display_data", "execute_result"):
         data, sizes, notice = _clean_data(output.get("data"), output.get("metadata"), limits)
+        shown: list[dict[str, Any]] = []
+        if data:
+            clean = {"output_type": kind, "data": data, "metadata": sizes}
+            if kind == "execute_result":
+                count = output.get("execution_count")
+                clean["execution_count"] = count if _is_count(count) else None
+            shown.append(clean)
         if notice:
-            return _notice(notice)
-        if not data:
-            return None
-        clean = {"output_type": kind, "data": data, "metadata": sizes}
-        if kind == "execute_result":
-            count = output.get("execution_count")
-            clean["execution_count"] = count if _is_count(count) else None
-        return clean
-    return None
+            shown.append(_notice(notice))
+        return shown
+    return []
+
+
+def _merge_streams(outputs: list[dict[str, Any]], limits: PreviewLimits) -> list[dict[str, Any]]:
+    """Consecutive prints to one stream as one output, the way Jupyter shows them."""
+    merged: list[dict[str, Any]] = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (last is not None and output["output_type"] == "stream"
+                and last["output_type"] == "stream" and last["name"] == output["name"]):
+            last["parts"].append(output["text"])
+            continue
+        if output["output_type"] == "stream":
+            output = {**output, "parts": [output["text"]]}
+        merged.append(output)
+    for output in merged:
+        if "parts" in output:
+            parts = output.pop("parts")
+            output["text"] = parts[0] if len(parts) == 1 else _cut("".join(parts),
+                                                                    limits.max_output_bytes)
+    return merged
 
 
 def _is_count(value: Any) -> bool:
@@ -637,7 +688,8 @@ def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.Not
             count = cell.get("execution_count")
             clean["execution_count"] = count if _is_count(count) else None
             outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
-            clean["outputs"] = [o for o in (_clean_output(o, limits) for o in outputs) if o]
+            clean["outputs"] = _merge_streams(
+                [kept for o in outputs for kept in _clean_output(o, limits)], limits)
         cells.append(clean)
     return nbformat.from_dict({
         "nbformat": 4, "nbformat_minor": 5, "cells": cells,
@@ -650,6 +702,8 @@ def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.Not
 
 
 def _preview_exporter_class() -> type:
+    import html
+
     from jinja2 import pass_context
     from markupsafe import Markup
     from nbconvert import HTMLExporter
@@ -689,6 +743,9 @@ def _preview_exporter_class() -> type:
                 return parser.render(source)
             except InvalidNotebook:  # a missing attachment: show the rest without it
                 return parser.render(source.replace("attachment:", "missing-attachment:"))
+            except RecursionError:  # nested too deeply for the parser: show the source
+                return ('<p class="gallery-notice">[This markdown is nested too deeply to '
+                        f"render; its source:]</p><pre>{html.escape(source)}</pre>")
 
         def from_notebook_node(self, nb: Any, resources: Any = None,
                                **kw: Any) -> tuple[str, dict[str, Any]]:
@@ -835,11 +892,15 @@ def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
         raise PreviewError("The notebook's JSON is nested too deeply to read.") from None
     except reader.NotJSONError as exc:
         raise PreviewError(f"The notebook is not valid JSON: {str(exc)[:200]}") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # nbformat raises assorted types on odd input
         raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
     if nb.get("nbformat") != 4:
         try:
             nb = nbformat.convert(nb, 4)
+        except MemoryError:
+            raise
         except Exception as exc:
             raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
     return nb

@@ -1,0 +1,317 @@
+"""Previews: rendered once per notebook, inert, served with a sandbox, and bounded in time,
+memory and size. The hostile corpus (tests/corpus) goes through the real API here; the
+browser half of that test is tests/e2e/test_preview_browser.py."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from gallery import notebooks, services
+from gallery.models import Job, Preview, Submission
+
+from . import corpus
+from .base import GalleryTestCase, notebook_bytes, stage
+from .corpus import latent
+
+LIMITS = notebooks.PreviewLimits()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def case(name: str) -> corpus.Case:
+    return next(c for c in corpus.cases() if c.name == name)
+
+
+def nb(*cells: dict, metadata: dict | None = None) -> bytes:
+    return json.dumps(new_notebook(cells=list(cells), metadata=metadata or {})).encode()
+
+
+def outputs(*items: dict) -> bytes:
+    return nb(new_code_cell("x", execution_count=1, outputs=list(items)))
+
+
+def display(data: dict, metadata: dict | None = None) -> dict:
+    return new_output("display_data", data=data, metadata=metadata or {})
+
+
+# --- the renderer, without a database --------------------------------------------------------
+
+
+def test_it_renders_a_whole_page_that_loads_only_its_stylesheet():
+    page = notebooks.render_preview(notebook_bytes(2))
+    found, text = latent(page)
+    assert found == []
+    assert "print('hello')" in text
+    assert f'<link rel="stylesheet" href="{notebooks.preview_css_name()}">' in page
+    assert "<style" not in page and "<script" not in page
+    assert 'alt="' not in page or "Output image" in page
+    assert text.count("hello") >= 2
+
+
+def test_it_turns_scripts_and_widgets_into_a_plain_notice():
+    clean = notebooks.strict_outputs(json.loads(outputs(
+        display({"application/javascript": "alert(1)"}),
+        display({"application/vnd.jupyter.widget-view+json": {"model_id": "m"},
+                 "text/plain": "IntSlider()"}),
+        display({"text/html": "<b>t</b>", "application/javascript": "alert(1)"}),
+        display({"text/vnd.mermaid": "graph TD; A-->B"}),
+        display({"application/pdf": "JVBERi0="}),
+    )))
+    shown = [o["data"] for o in clean.cells[0].outputs]
+    assert shown[0] == {"text/plain": "[JavaScript output is not run in the preview.]"}
+    assert shown[1] == {"text/plain": "[An interactive widget is not shown in the preview.]"}
+    assert shown[2] == {"text/html": "<b>t</b>"}
+    assert shown[3] == {"text/plain": "graph TD; A-->B"}
+    assert "application/pdf output is not shown" in shown[4]["text/plain"]
+
+
+def test_it_forces_image_sizes_to_integers_and_drops_file_names():
+    png = corpus.png()
+    clean = notebooks.strict_outputs(json.loads(outputs(
+        display({"image/png": png}, {"image/png": {"width": "12.7", "height": "1 onload=x"},
+                                     "filenames": {"image/png": "../../etc/passwd"}}),
+        display({"image/png": png}, {"image/png": {"width": 10**9}}),
+    )))
+    first, second = clean.cells[0].outputs
+    assert first["metadata"] == {"image/png": {"width": 12}}
+    assert second["metadata"] == {"image/png": {}}
+    page = notebooks.render_preview(outputs(
+        display({"image/png": png}, {"image/png": {"width": "1 onload=alert(1)"}})))
+    assert "onload" not in page
+    assert latent(page)[0] == []
+
+
+def test_it_refuses_images_that_are_bombs_broken_or_not_what_they_claim():
+    assert "decompression bomb" in notebooks._image_problem("image/png", corpus.png_bomb(), LIMITS)
+    assert "not base64" in notebooks._image_problem("image/png", '"><img src=x>', LIMITS)
+    assert "not a valid JPEG" in notebooks._image_problem("image/jpeg", corpus.png(), LIMITS)
+    small = notebooks.PreviewLimits(max_image_pixels=10)
+    assert "4x3 pixels" in notebooks._image_problem("image/png", corpus.png(), small)
+    assert notebooks._image_problem("image/png", corpus.png(), LIMITS) is None
+
+
+def test_it_truncates_huge_outputs_with_a_visible_note():
+    limits = notebooks.PreviewLimits(max_output_bytes=1000)
+    page = notebooks.render_preview(outputs(
+        new_output("stream", name="stdout", text="a" * 5000),
+        display({"text/html": "<p>" + "b" * 5000 + "</p>", "text/plain": "short"}),
+    ), limits=limits)
+    assert "a" * 1000 in page and "a" * 1001 not in page
+    assert "output truncated: 4,000 more characters" in page
+    assert "short" in page and "b" * 1000 not in page
+    assert "Not shown in the preview: text/html output of 5,007 characters" in page
+
+
+def test_it_merges_consecutive_prints_like_jupyter_does():
+    clean = notebooks.strict_outputs(json.loads(outputs(
+        *[new_output("stream", name="stdout", text=f"{i}\n") for i in range(5)],
+        new_output("stream", name="stderr", text="warn\n"),
+    )))
+    assert [(o["name"], o["text"]) for o in clean.cells[0].outputs] == [
+        ("stdout", "0\n1\n2\n3\n4\n"), ("stderr", "warn\n")]
+
+
+def test_it_shows_cells_that_the_author_marked_hidden():
+    page = notebooks.render_preview(nb(
+        new_code_cell("hidden_code()", metadata={"jupyter": {"source_hidden": True},
+                                                 "tags": ["remove_input"],
+                                                 "transient": {"remove_source": True}}),
+        new_markdown_cell("hidden words", metadata={"transient": {"remove_source": True}})))
+    assert "hidden_code" in page and "hidden words" in page
+
+
+def test_it_keeps_math_as_escaped_tex_and_loads_no_mathjax():
+    page = notebooks.render_preview(nb(new_markdown_cell(
+        "$a<b$ and $$\\frac{1}{2}</p><script>x</script>$$")))
+    assert "$a&lt;b$" in page
+    assert "&lt;script&gt;" in page or "<script" not in page
+    assert "mathjax" not in page.lower()
+    assert latent(page)[0] == []
+
+
+def test_it_limits_how_deep_html_may_nest():
+    assert notebooks._nesting_depth("<div>" * 10 + "<br><p><p>" + "</div>" * 10) == 10
+    deep = "<div>" * (notebooks.MAX_HTML_DEPTH + 1) + "x"
+    assert "nested more than" in notebooks.sanitize_html(deep)
+    assert notebooks.sanitize_html("<table>" + "<tr><td>1</td></tr>" * 5000 + "</table>") \
+        .count("<td>") == 5000
+
+
+def test_it_stops_a_render_that_takes_too_long_and_carries_on():
+    slow = case("dos-10k-cells").data
+    with pytest.raises(notebooks.PreviewError, match="took longer than 0.5 s"):
+        notebooks.render_isolated(slow, limits=notebooks.PreviewLimits(time_limit=0.5))
+    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+
+
+def test_it_stops_a_render_that_needs_too_much_memory_and_carries_on(tmp_path):
+    # In a fresh process, as in a worker: the limit is on address space a render adds, and
+    # this test process has a large, reusable heap from the tests before it.
+    (tmp_path / "big.ipynb").write_bytes(case("dos-10k-cells").data)
+    script = """
+import sys, django
+django.setup()
+from gallery import notebooks
+from tests.base import notebook_bytes
+data = open(sys.argv[1], "rb").read()
+try:
+    notebooks.render_isolated(data, limits=notebooks.PreviewLimits(memory_limit=4 * 2**20))
+    print("RENDERED")
+except notebooks.PreviewError as exc:
+    print("REFUSED", exc)
+print("NEXT", "hello" in notebooks.render_isolated(notebook_bytes(1)))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big.ipynb")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "REFUSED" in done.stdout and "memory" in done.stdout, done.stdout + done.stderr
+    assert "NEXT True" in done.stdout, done.stdout + done.stderr
+
+
+def test_it_reports_a_renderer_that_crashes(monkeypatch):
+    # A real crash of the child (as a stack overflow in native code would be).
+    def crash(*args: object, **kwargs: object) -> None:
+        faulthandler.disable()  # pytest's handler would print the child's stack
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(notebooks, "render_preview", crash)
+    with pytest.raises(notebooks.PreviewError, match="SIGSEGV"):
+        notebooks.render_isolated(notebook_bytes(1))
+
+
+@pytest.mark.parametrize(("exc", "words"), [
+    (RecursionError(), "nested too deeply"),
+    (MemoryError(), "more than 1,024 MB"),
+    (UnicodeDecodeError("utf-8", b"", 0, 1, "x"), "not valid Unicode"),
+    (KeyError("cells"), "could not be made (KeyError"),
+    (notebooks.PreviewError("Own words."), "Own words."),
+])
+def test_it_turns_every_exception_into_a_plain_reason(exc, words):
+    assert words in notebooks.failure_reason(exc, LIMITS)
+
+
+# --- staging, rendering once, serving -----------------------------------------------------------
+
+
+class PreviewServiceTests(GalleryTestCase):
+    def staged(self, data: bytes | None = None) -> Submission:
+        with self.captureOnCommitCallbacks(execute=True):
+            return stage(self.contributor, notebook=data or notebook_bytes(2))
+
+    def test_it_renders_once_per_notebook_content_at_staging(self):
+        data = notebook_bytes(2)
+        first = self.staged(data)
+        self.staged(data)  # the same notebook again, as a new example
+        sha = first.revision.notebook_sha256
+        self.assertEqual(Job.objects.filter(kind=Job.Kind.PREVIEW).count(), 1)
+        preview = Preview.objects.get(sha256=sha)
+        self.assertEqual(preview.state, Preview.State.READY)
+        self.assertEqual(preview.size, services.preview_path(sha).stat().st_size)
+        css = Path(services.preview_path(sha).parent) / notebooks.preview_css_name()
+        self.assertTrue(css.is_file())
+
+    def test_it_renders_again_at_approval_when_the_file_is_gone(self):
+        submission = self.staged()
+        path = services.preview_path(submission.revision.notebook_sha256)
+        path.unlink()
+        with self.captureOnCommitCallbacks(execute=True):
+            services.approve_submission(submission=submission, reviewer=self.reviewer)
+        self.assertTrue(path.is_file())
+        self.assertEqual(Job.objects.filter(kind=Job.Kind.PREVIEW).count(), 2)
+
+    def test_it_serves_a_preview_immutable_and_sandboxed(self):
+        sha = self.staged().revision.notebook_sha256
+        r = self.client.get(f"/previews/{sha}.html")
+        self.assertEqual(r.status_code, 200)
+        csp = r["Content-Security-Policy"]
+        for directive in ("default-src 'none'", "img-src data:", "style-src 'self'",
+                          "form-action 'none'", "base-uri 'none'", "frame-ancestors 'self'"):
+            self.assertIn(directive, csp)
+        self.assertTrue(csp.endswith("; sandbox"), csp)
+        self.assertNotIn("script-src", csp)
+        self.assertEqual(r["Cache-Control"], "public, max-age=31536000, immutable")
+        self.assertEqual(r["X-Frame-Options"], "SAMEORIGIN")
+        self.assertEqual(r["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(r["Referrer-Policy"], "no-referrer")
+        page = b"".join(r.streaming_content).decode()
+        self.assertEqual(latent(page)[0], [])
+
+    def test_it_serves_the_shared_stylesheet_as_one_cached_file(self):
+        self.staged()
+        name = notebooks.preview_css_name()
+        r = self.client.get(f"/previews/{name}")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r["Content-Type"], "text/css; charset=utf-8")
+        self.assertEqual(r["Cache-Control"], "public, max-age=31536000, immutable")
+        self.assertIn(b".jp-Cell", b"".join(r.streaming_content))
+        self.assertEqual(self.client.get("/previews/preview-000000000000.css").status_code, 404)
+
+    @override_settings(GALLERY_PREVIEW_FRAME_ANCESTORS="https://hub.example.org",
+                       GALLERY_PREVIEW_BASE_URL="https://previews.example.net/previews")
+    def test_it_lets_the_configured_gallery_origin_frame_previews_from_their_own_origin(self):
+        submission = self.staged()
+        sha = submission.revision.notebook_sha256
+        r = self.client.get(f"/previews/{sha}.html")
+        self.assertIn("frame-ancestors https://hub.example.org; sandbox",
+                      r["Content-Security-Policy"])
+        self.assertNotIn("X-Frame-Options", r)
+        self.client.force_login(self.contributor)
+        body = self.client.get(f"/api/v1/submissions/{submission.pk}").json()
+        self.assertEqual(body["preview_url"], f"https://previews.example.net/previews/{sha}.html")
+
+    def test_it_never_renders_on_a_click_and_says_why_there_is_no_preview(self):
+        with self.captureOnCommitCallbacks(execute=False):  # the worker has not run yet
+            submission = stage(self.contributor)
+        sha = submission.revision.notebook_sha256
+        r = self.client.get(f"/previews/{sha}.html")
+        self.assertEqual(r.status_code, 404)
+        self.assertIn(b"being prepared", r.content)
+        self.assertEqual(r["Cache-Control"], "no-store")
+        self.assertIn("sandbox", r["Content-Security-Policy"])
+        self.assertFalse(services.preview_path(sha).exists())
+        Preview.objects.filter(sha256=sha).update(state=Preview.State.FAILED,
+                                                  error="The notebook <b>is</b> odd.")
+        r = self.client.get(f"/previews/{sha}.html")
+        self.assertIn(b"The notebook &lt;b&gt;is&lt;/b&gt; odd.", r.content)
+        self.assertIn(b"no preview with this hash",
+                      self.client.get(f"/previews/{'0' * 64}.html").content)
+
+    @override_settings(GALLERY_RENDER_TIME_LIMIT=1)
+    def test_it_records_why_a_preview_failed_on_the_submission(self):
+        submission = self.staged(case("dos-10k-cells").data)
+        job = Job.objects.get(kind=Job.Kind.PREVIEW)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn("took longer than 1 s", job.message)
+        self.client.force_login(self.contributor)
+        body = self.client.get(f"/api/v1/submissions/{submission.pk}").json()
+        self.assertEqual(body["preview"]["state"], "failed")
+        self.assertIn("took longer than 1 s", body["preview"]["error"])
+
+
+def test_it_refuses_or_renders_every_notebook_of_the_hostile_corpus():
+    """The corpus without the web layer (tests/e2e/test_preview_browser.py stages it through
+    the API and opens every page in Chromium): what staging refuses, and inert pages."""
+    cases = corpus.cases()
+    assert len(cases) >= 40
+    for item in cases:
+        if item.expect == 413:
+            assert len(item.data) > corpus.OVERSIZED_LIMIT
+            continue
+        if item.expect != "render":
+            with pytest.raises(notebooks.NotebookError):
+                notebooks.read_notebook(item.data)
+            continue
+        notebooks.read_notebook(item.data)
+        found, text = latent(notebooks.render_isolated(item.data))
+        assert found == [], item.name
+        for words in item.shows:
+            assert words in text, (item.name, words)
