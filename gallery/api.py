@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -320,11 +322,18 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
                   page: int = Query(1, ge=1, le=100000)) -> dict[str, Any]:
     if state not in ("", "approved", "staged"):
         raise services.GalleryError("state must be 'approved' or 'staged'.")
-    found = Example.objects.find(q=q, tag=tag, state=state).with_latest()
-    paginator = Paginator(found, 24)
-    current = paginator.get_page(page)
-    return {"count": paginator.count, "page": current.number, "pages": paginator.num_pages,
-            "results": [example_out(e) for e in current.object_list]}
+
+    def build() -> dict[str, Any]:
+        found = Example.objects.find(q=q, tag=tag, state=state).with_latest()
+        paginator = Paginator(found, 24)
+        current = paginator.get_page(page)
+        return {"count": paginator.count, "page": current.number, "pages": paginator.num_pages,
+                "results": [example_out(e) for e in current.object_list]}
+
+    # The same for every caller until an example changes (use counts may lag a minute).
+    key = "gallery:list:" + hashlib.sha256(
+        repr((Example.objects.stamp(), q, tag, state, page)).encode()).hexdigest()
+    return cache.get_or_set(key, build, 60)
 
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")

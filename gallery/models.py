@@ -85,6 +85,12 @@ class ExampleQuerySet(models.QuerySet["Example"]):
             )
         return found
 
+    def stamp(self) -> tuple[Any, ...]:
+        """Changes whenever an example is added or changes state or content (not use counts):
+        the key of what pages render once for everyone."""
+        found = self.aggregate(last=models.Max("updated"), n=models.Count("pk"))
+        return (found["last"], found["n"])
+
     def with_latest(self) -> ExampleQuerySet:
         """Fetch the revisions of a page of examples at once (for `latest_revision`)."""
         return self.prefetch_related(models.Prefetch(

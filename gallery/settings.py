@@ -141,6 +141,15 @@ GALLERY_IMPORT_USER = env("GALLERY_IMPORT_USER", "gallery-import")
 # import from anywhere.
 GALLERY_IMPORT_ROOTS = env_list("GALLERY_IMPORT_ROOTS")
 
+# A cache shared by the web processes (cards of the gallery page, the JSON list, hub token
+# checks), e.g. redis://127.0.0.1:6379/1; empty means one in each process's memory.
+GALLERY_CACHE_URL = env("GALLERY_CACHE_URL")
+CACHES = {"default": (
+    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": GALLERY_CACHE_URL,
+     "KEY_PREFIX": "gallery", "TIMEOUT": 300}
+    if GALLERY_CACHE_URL else
+    {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "gallery"})}
+
 # --- Django --------------------------------------------------------------------------------
 DEBUG = env_bool("GALLERY_DEBUG", False)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Count, Max
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -62,9 +63,8 @@ def _sections_html(q: str, tag: str, pages: dict[str, str]) -> str:
     The key holds the newest `updated` of all examples, so a staged, approved or retired
     example shows at once; use counts may lag by up to a minute.
     """
-    stamp = Example.objects.aggregate(last=Max("updated"), n=Count("pk"))
     key = "gallery:sections:" + hashlib.sha256(
-        repr((stamp["last"], stamp["n"], q, tag, sorted(pages.items()))).encode()).hexdigest()
+        repr((Example.objects.stamp(), q, tag, sorted(pages.items()))).encode()).hexdigest()
     html = cache.get(key)
     if html is None:
         sections = []
@@ -289,30 +289,88 @@ def preview_css(request: HttpRequest, name: str) -> HttpResponse:
         if name != notebooks.preview_css_name():
             raise Http404("No such stylesheet.")
         path = notebooks.write_preview_css(Path(settings.GALLERY_PREVIEW_DIR))
-    response = FileResponse(path.open("rb"), content_type="text/css; charset=utf-8")
-    response["Cache-Control"] = "public, max-age=31536000, immutable"
-    response["X-Content-Type-Options"] = "nosniff"
+    response = FileResponse(path.open("rb"))
     # Loaded by sandboxed (opaque-origin) documents, which count as cross-origin.
-    response["Cross-Origin-Resource-Policy"] = "cross-origin"
+    for name, value in CSS_HEADERS:
+        response[name] = value
     return response
+
+
+def preview_headers() -> dict[str, str]:
+    """The headers of every preview response: no script, nothing remote, a sandbox."""
+    ancestors = settings.GALLERY_PREVIEW_FRAME_ANCESTORS
+    headers = {
+        "Content-Security-Policy": PREVIEW_CSP.format(ancestors=ancestors),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=(), usb=(), payment=(), "
+                              "clipboard-write=(), fullscreen=()",
+    }
+    if ancestors.strip() == "'self'":
+        headers["X-Frame-Options"] = "SAMEORIGIN"
+        headers["Cross-Origin-Resource-Policy"] = "same-site"
+    else:  # framed by the gallery's own origin: CSP frame-ancestors says which one
+        headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    return headers
 
 
 def _preview_headers(response: HttpResponse) -> HttpResponse:
-    ancestors = settings.GALLERY_PREVIEW_FRAME_ANCESTORS
-    response["Content-Security-Policy"] = PREVIEW_CSP.format(ancestors=ancestors)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Referrer-Policy"] = "no-referrer"
-    response["Cross-Origin-Opener-Policy"] = "same-origin"
-    response["Permissions-Policy"] = (
-        "camera=(), microphone=(), geolocation=(), usb=(), payment=(), clipboard-write=(), "
-        "fullscreen=()")
-    if ancestors.strip() == "'self'":
-        response["X-Frame-Options"] = "SAMEORIGIN"
-        response["Cross-Origin-Resource-Policy"] = "same-site"
-    else:  # framed by the gallery's own origin: CSP frame-ancestors says which one
+    for name, value in preview_headers().items():
+        response[name] = value
+    if "X-Frame-Options" not in response:
         response.xframe_options_exempt = True  # type: ignore[attr-defined]
-        response["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response
+
+
+CSS_HEADERS = [("Content-Type", "text/css; charset=utf-8"),
+               ("Cache-Control", "public, max-age=31536000, immutable"),
+               ("X-Content-Type-Options", "nosniff"),
+               ("Cross-Origin-Resource-Policy", "cross-origin")]
+_PREVIEW_FILE = re.compile(r"/previews/(?:[0-9a-f]{64}\.html|preview-[0-9a-f]{12}\.css)")
+
+
+class PreviewFiles:
+    """WSGI: rendered previews and their stylesheet straight from disk, ahead of Django.
+
+    They are immutable files that every viewer of an example fetches; this answers them in a
+    fraction of a Django request, with the same headers as `preview` and `preview_css`.
+    Anything else, and a preview that is not there yet (the view then says why), goes on to
+    the gallery. gallery/wsgi.py puts it in front of the application.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD")
+        if not (path.startswith("/previews/") and method in ("GET", "HEAD")
+                and _PREVIEW_FILE.fullmatch(path)):
+            return self.app(environ, start_response)
+        try:
+            fh = open(Path(settings.GALLERY_PREVIEW_DIR) / path[len("/previews/"):], "rb")
+        except OSError:
+            return self.app(environ, start_response)
+        if path.endswith(".css"):
+            headers = list(CSS_HEADERS)
+        else:
+            headers = [("Content-Type", "text/html; charset=utf-8"),
+                       ("Cache-Control", "public, max-age=31536000, immutable"),
+                       *preview_headers().items()]
+        headers.append(("Content-Length", str(os.fstat(fh.fileno()).st_size)))
+        start_response("200 OK", headers)
+        if method == "HEAD":
+            fh.close()
+            return []
+        wrapper = environ.get("wsgi.file_wrapper")
+        return wrapper(fh, 1 << 16) if wrapper else _chunks(fh)
+
+
+def _chunks(fh: Any) -> Any:
+    with fh:
+        while chunk := fh.read(1 << 16):
+            yield chunk
 
 
 @never_cache

@@ -99,6 +99,16 @@ class GalleryPageTests(GalleryTestCase):
         stage(self.contributor, title="Second one")
         self.assertContains(self.client.get(reverse("index")), "Second one")
 
+    def test_it_lists_a_change_in_the_json_list_at_once_despite_the_cache(self):
+        self.stage_and_approve(title="First one")
+        url = "/api/v1/examples"
+        self.assertEqual(self.client.get(url).json()["count"], 1)
+        with self.assertNumQueries(3):  # session, user, the stamp: the page itself is cached
+            self.client.get(url)
+        stage(self.contributor, title="Second one")
+        titles = [e["title"] for e in self.client.get(url).json()["results"]]
+        self.assertEqual(titles, ["Second one", "First one"])
+
     def test_it_asks_for_a_login(self):
         self.client.logout()
         response = self.client.get(reverse("index"))
