@@ -352,7 +352,6 @@ WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
                 "application/vnd.jupyter.widget-state+json")
 MAX_IMAGE_SIDE = 10_000  # width/height metadata beyond this is dropped
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f\u200b-\u200f\u2028\u2029\ufeff]")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _SAFE_LEXER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+#.-]{0,40}")
 _SAFE_CELL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -463,32 +462,49 @@ def _data_uri_image_ok(uri: str) -> bool:
 
 def _image_problem(mime: str, b64: str, limits: PreviewLimits) -> str | None:
     """Why a base64 image cannot be shown, or None when it can (checks size, format, pixels)."""
+    return _clean_image(mime, b64, limits)[1]
+
+
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _clean_image(mime: str, b64: str, limits: PreviewLimits) -> tuple[str, str | None]:
+    """A base64 image without whitespace, and why it cannot be shown (None when it can).
+
+    Only the header is decoded for PNG and GIF, where the size is; the pixel count is checked
+    before any browser would decode it (a small file can be a decompression bomb).
+    """
     import binascii
     import io
 
     from PIL import Image
 
-    b64 = "".join(b64.split())
-    if len(b64) > limits.max_output_bytes * 4 // 3:
-        return f"image larger than {limits.max_output_bytes // 1024:,} KiB"
-    if not _BASE64.fullmatch(b64):
-        return "image data that is not base64"
     try:
-        raw = binascii.a2b_base64(b64)
-    except (binascii.Error, ValueError):
-        return "image data that is not base64"
+        raw = b64.encode("ascii")
+    except UnicodeEncodeError:
+        return "", "image data that is not base64"
+    if b"\n" in raw or b" " in raw or b"\r" in raw or b"\t" in raw:
+        raw = raw.translate(None, b" \t\r\n")
+    if len(raw) > limits.max_output_bytes * 4 // 3:
+        return "", f"image larger than {limits.max_output_bytes // 1024:,} KiB"
+    if not raw or raw.rstrip(b"=").translate(None, _B64_CHARS) or len(raw) - len(
+            raw.rstrip(b"=")) > 2:
+        return "", "image data that is not base64"
+    clean = raw.decode("ascii")
+    kind = IMAGE_MIMES[mime]
     try:
-        with Image.open(io.BytesIO(raw), formats=[IMAGE_MIMES[mime]]) as image:
+        head = binascii.a2b_base64(raw if kind == "JPEG" else raw[:1024])
+        with Image.open(io.BytesIO(head), formats=[kind]) as image:
             width, height = image.size
     except Image.DecompressionBombError:
-        return "image with too many pixels (a decompression bomb)"
+        return "", "image with too many pixels (a decompression bomb)"
     except MemoryError:
         raise
-    except Exception:  # Pillow raises assorted types on broken files
-        return f"image that is not a valid {IMAGE_MIMES[mime]}"
+    except Exception:  # Pillow and binascii raise assorted types on broken data
+        return "", f"image that is not a valid {kind}"
     if width * height > limits.max_image_pixels:
-        return f"image of {width}x{height} pixels (the limit is {limits.max_image_pixels:,})"
-    return None
+        return "", f"image of {width}x{height} pixels (the limit is {limits.max_image_pixels:,})"
+    return clean, None
 
 
 # --- layer 2: the output allowlist ------------------------------------------------------------
@@ -529,11 +545,10 @@ def _clean_data(data: Any, metadata: Any, limits: PreviewLimits) -> tuple[dict, 
         if value is None:
             continue
         if mime in IMAGE_MIMES:
-            problem = _image_problem(mime, value, limits)
+            value, problem = _clean_image(mime, value, limits)
             if problem:
                 problems.append(problem)
                 continue
-            value = "".join(value.split())
         elif len(value) > limits.max_output_bytes:
             if mime in ("text/plain", "text/latex"):
                 value = _cut(value, limits.max_output_bytes)
@@ -641,9 +656,11 @@ def _clean_attachments(value: Any, limits: PreviewLimits) -> dict[str, dict[str,
             continue
         for mime in IMAGE_MIMES:
             data = _text(bundle.get(mime))
-            if data is not None and _image_problem(mime, data, limits) is None:
-                clean[name] = {mime: "".join(data.split())}
-                break
+            if data is not None:
+                data, problem = _clean_image(mime, data, limits)
+                if problem is None:
+                    clean[name] = {mime: data}
+                    break
     return clean
 
 

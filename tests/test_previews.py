@@ -5,12 +5,14 @@ browser half of that test is tests/e2e/test_preview_browser.py."""
 from __future__ import annotations
 
 import faulthandler
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -254,6 +256,56 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertEqual(r["Cache-Control"], "public, max-age=31536000, immutable")
         self.assertIn(b".jp-Cell", b"".join(r.streaming_content))
         self.assertEqual(self.client.get("/previews/preview-000000000000.css").status_code, 404)
+
+    def test_it_answers_preview_files_ahead_of_django_with_the_same_headers(self):
+        from django.http.response import HttpResponseBase
+        from django.test.client import ClientHandler
+
+        from gallery.views import PreviewFiles
+
+        sha = self.staged().revision.notebook_sha256
+        django_handler = ClientHandler()  # Django's handler, as the test client runs it
+
+        def gallery(environ: dict, start_response: Any) -> Any:
+            response = django_handler(environ)
+            start_response(f"{response.status_code} {response.reason_phrase}",
+                           list(response.items()))
+            return response
+
+        app = PreviewFiles(gallery)
+
+        def get(path: str, method: str = "GET") -> tuple[str, dict[str, str], bytes]:
+            seen: dict[str, Any] = {}
+            environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "testserver",
+                       "SERVER_PORT": "80", "HTTP_HOST": "testserver", "QUERY_STRING": "",
+                       "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+                       "wsgi.errors": io.StringIO()}
+            body = app(environ, lambda status, headers: seen.update(status=status,
+                                                                    headers=dict(headers)))
+            data = b"".join(body)
+            if not isinstance(body, HttpResponseBase):  # closing one ends the test's database
+                getattr(body, "close", lambda: None)()
+            return seen["status"], seen["headers"], data
+
+        status, headers, body = get(f"/previews/{sha}.html")
+        self.assertEqual(status, "200 OK")
+        self.assertEqual(body, services.preview_path(sha).read_bytes())
+        view = self.client.get(f"/previews/{sha}.html")
+        for name in ("Content-Security-Policy", "Cache-Control", "X-Frame-Options",
+                     "X-Content-Type-Options", "Referrer-Policy", "Content-Type",
+                     "Cross-Origin-Resource-Policy", "Permissions-Policy"):
+            self.assertEqual(headers[name], view[name], name)
+        self.assertEqual(headers["Content-Length"], str(len(body)))
+        status, headers, body = get(f"/previews/{sha}.html", "HEAD")
+        self.assertEqual((status, body), ("200 OK", b""))
+        status, headers, body = get(f"/previews/{notebooks.preview_css_name()}")
+        self.assertEqual(headers["Content-Type"], "text/css; charset=utf-8")
+        self.assertIn(b".jp-Cell", body)
+        # Not there (yet): Django answers and says why.
+        status, headers, body = get(f"/previews/{'0' * 64}.html")
+        self.assertEqual(status, "404 Not Found")
+        self.assertIn(b"no preview with this hash", body)
+        self.assertNotEqual(get(f"/previews/{sha}.html", "POST")[0], "200 OK")
 
     @override_settings(GALLERY_PREVIEW_FRAME_ANCESTORS="https://hub.example.org",
                        GALLERY_PREVIEW_BASE_URL="https://previews.example.net/previews")
