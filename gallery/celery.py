@@ -41,10 +41,15 @@ def _warm_preview_exporter(**_: object) -> None:
     if not _renders_previews:
         return
     import logging
+    import time
 
     from .notebooks import warm_exporter
 
+    log = logging.getLogger(__name__)
+    started = time.monotonic()
     try:
         warm_exporter()
     except Exception:  # a cold exporter still works; the first render just pays for it
-        logging.getLogger(__name__).exception("could not warm the preview exporter")
+        log.exception("could not warm the preview exporter")
+        return
+    log.info("preview exporter warmed in %.0f ms", (time.monotonic() - started) * 1000)

@@ -367,3 +367,39 @@ def test_it_refuses_or_renders_every_notebook_of_the_hostile_corpus():
         assert found == [], item.name
         for words in item.shows:
             assert words in text, (item.name, words)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_it_renders_in_a_worker_that_outlives_a_notebook_too_slow_to_render(settings, tmp_path):
+    """A real worker on the previews queue: the slow render is stopped with its reason, and
+    the same worker goes on rendering."""
+    import redis
+
+    from .base import make_user
+    from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
+
+    redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
+    worker = start_worker(worker_env(settings, GALLERY_RENDER_TIME_LIMIT="1"),
+                          tmp_path / "worker.log")
+    try:
+        contributor = make_user("carla")
+        slow = stage(contributor, notebook=case("dos-10k-cells").data, title="Slow")
+        fine = stage(contributor, notebook=notebook_bytes(2), title="Fine")
+
+        def state(submission: Submission) -> str:
+            return Preview.objects.get(sha256=submission.revision.notebook_sha256).state
+
+        wait_for(lambda: state(fine) == Preview.State.READY, 120, "the preview")
+        wait_for(lambda: state(slow) == Preview.State.FAILED, 120, "the slow preview to fail")
+        error = Preview.objects.get(sha256=slow.revision.notebook_sha256).error
+        assert "took longer than 1 s" in error
+        job = Job.objects.get(kind=Job.Kind.PREVIEW, revision=slow.revision)
+        assert job.state == Job.State.FAILED and job.message == error
+        after = stage(contributor, notebook=notebook_bytes(1), title="After")
+        wait_for(lambda: state(after) == Preview.State.READY, 120, "the next preview")
+        assert worker.process.poll() is None
+        page = services.preview_path(after.revision.notebook_sha256).read_text()
+        assert latent(page)[0] == []
+    finally:
+        worker.stop()
