@@ -118,7 +118,7 @@ def user_name(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def example(settings) -> Example:  # type: ignore[no-untyped-def]
+def example(settings) -> Iterator[Example]:  # type: ignore[no-untyped-def]
     """An approved example of 21 files and two data links, made in this process."""
     shared = Path(tempfile.mkdtemp(prefix="gallery-shared-", dir="/tmp"))
     shared.chmod(0o755)
@@ -130,11 +130,13 @@ def example(settings) -> Example:  # type: ignore[no-untyped-def]
             {"name": "docs", "target": "https://example.org/docs"}])
         services.approve_submission(submission=submission,
                                     reviewer=make_user("rita", reviewer=True))
+        app.conf.task_always_eager = eager
+        found = Example.objects.get(pk=submission.example_id)
+        assert found.current_revision is not None
+        yield found
     finally:
         app.conf.task_always_eager = eager
-    found = Example.objects.get(pk=submission.example_id)
-    assert found.current_revision is not None
-    return found
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def start_worker(settings, broker: PrivateRedis, name: str, **env: str) -> Worker:  # type: ignore[no-untyped-def]
