@@ -113,7 +113,8 @@ def clean_relpath(name: str) -> str:
     if "\\" in name:
         raise NotebookError(f"The file name {name!r} contains a backslash; use '/'.")
     if name.startswith("/"):
-        raise NotebookError(f"The file name {name!r} is absolute; give a path relative to the example.")
+        raise NotebookError(
+            f"The file name {name!r} is absolute; give a path relative to the example.")
     parts = PurePosixPath(name).parts
     if "/".join(parts) != name:  # "dir/", "a//b", "./a": not one plain file name
         raise NotebookError(f"The file name {name!r} is not a plain relative path.")
@@ -278,11 +279,13 @@ def run_checks(folder: Path, meta: dict[str, Any]) -> list[dict[str, str]]:
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     limit = settings.GALLERY_MAX_UPLOAD_BYTES
     results.append(
-        Check("size", "pass" if total <= limit else "fail", f"{total:,} bytes in all (limit {limit:,}).")
+        Check("size", "pass" if total <= limit else "fail",
+              f"{total:,} bytes in all (limit {limit:,}).")
     )
 
     env_name = meta.get("environment")
-    env_data = (folder / env_name).read_bytes() if env_name and (folder / env_name).is_file() else None
+    env_path = folder / env_name if env_name else None
+    env_data = env_path.read_bytes() if env_path and env_path.is_file() else None
     results.append(check_environment(env_name, env_data))
     results.append(check_data_links(meta.get("data", [])))
 

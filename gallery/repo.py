@@ -52,7 +52,8 @@ def open_repo(path: Path) -> git.Repo:
 @contextmanager
 def _lock(path: Path, create: bool = False) -> Iterator[None]:
     # Creating the repository is locked from beside it: there is no .git to hold a lock yet.
-    lock_path = path.parent / f".{path.name}.init-lock" if create else path / ".git" / "gallery.lock"
+    lock_path = (path.parent / f".{path.name}.init-lock" if create
+                 else path / ".git" / "gallery.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -124,7 +125,7 @@ def export_example(repo_path: Path, commit: str, slug: str, dest: Path) -> Path:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp / rel, "wb") as fh:
                     item.stream_data(fh)
-        for root, dirs, files in os.walk(tmp):
+        for root, _dirs, files in os.walk(tmp):
             os.chmod(root, 0o755)
             for name in files:
                 os.chmod(os.path.join(root, name), 0o644)

@@ -391,7 +391,8 @@ def _decide(submission: Submission, reviewer: AbstractBaseUser, decision: str, t
             _queue(Job.Kind.COMMIT, submission=submission, revision=submission.revision,
                    user=reviewer, params={"review": review.pk})
             _queue_preview(submission.revision)
-        elif decision == Review.Decision.REJECT and submission.example.state == Example.State.STAGED:
+        elif (decision == Review.Decision.REJECT
+              and submission.example.state == Example.State.STAGED):
             _move_example(submission.example, Example.State.REJECTED, actor=reviewer,
                           reason=comment, allowed_from={Example.State.STAGED})
     return review

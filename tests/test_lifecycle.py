@@ -94,7 +94,7 @@ def test_it_goes_from_stage_to_use_through_http(live_server, celery_worker):
     assert (copy / "requirements.txt").is_file()
     assert (copy / "data" / "table").resolve() == shared
     assert "https://example.org/docs" in (copy / "DATA.md").read_text()
-    assert '"commit": "%s"' % detail["commit"] in (copy / ".gallery-provenance.json").read_text()
+    assert f'"commit": "{detail["commit"]}"' in (copy / ".gallery-provenance.json").read_text()
 
     # A second Use never overwrites: it gets a new folder, and the job says which.
     r = user.post(f"{base}/api/v1/examples/{slug}/use", json={})

@@ -27,7 +27,8 @@ class StageTests(GalleryTestCase):
         self.assertEqual(submission.example.state, Example.State.STAGED)
 
     def test_it_refuses_an_invalid_notebook_and_stores_nothing(self):
-        bad = b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code"}]}'
+        bad = (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, '
+               b'"cells": [{"cell_type": "code"}]}')
         with self.assertRaises(services.GalleryError) as ctx:
             stage(self.contributor, notebook=bad)
         self.assertIn("cell 1", str(ctx.exception))
