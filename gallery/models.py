@@ -24,8 +24,9 @@ SEARCH_CONFIG = "english"  # the text search configuration of the stored search_
 
 
 def search_words(q: str) -> list[str]:
-    """The words of a query, at most ten, without the punctuation of any query syntax."""
-    return re.findall(r"\w+", q.lower())[:10]
+    """The words of a query, at most ten, split at punctuation and underscores as the
+    indexed notebook text is (migration 0005), without any query syntax."""
+    return re.findall(r"[^\W_]+", q.lower())[:10]
 
 
 class StoredSearchVector(models.Expression):

@@ -64,6 +64,26 @@ class GalleryPageTests(GalleryTestCase):
         response = self.client.get(reverse("index"), {"q": "nothing-matches-this"})
         self.assertContains(response, "Nothing here for this search.", count=2)
 
+    def test_it_searches_with_postgresql_full_text_search(self):
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            self.skipTest("PostgreSQL full-text search needs a PostgreSQL database "
+                          "(GALLERY_DATABASE_URL); SQLite uses the substring fallback")
+        bulk_examples(5)
+        Example.objects.filter(slug="ex-1").update(title="Filtering signals",
+                                                   search_text="butterworth lowpass")
+        Example.objects.filter(slug="ex-2").update(summary="How signals are filtered",
+                                                   search_text="")
+        Example.objects.filter(slug="ex-3").update(search_text="a filter in passing")
+        found = list(Example.objects.find(q="filter").values_list("slug", flat=True))
+        # Stems and prefixes match ("filtering", "filtered"); title outranks summary and text.
+        self.assertEqual(found, ["ex-1", "ex-2", "ex-3"])
+        self.assertEqual(list(Example.objects.find(q="butter low").values_list(
+            "slug", flat=True)), ["ex-1"])
+        self.assertEqual(list(Example.objects.find(q="(! & |").values_list("slug", flat=True)),
+                         list(Example.objects.find().values_list("slug", flat=True)))
+
     def test_it_filters_by_tag_and_pages(self):
         bulk_examples(30)
         response = self.client.get(reverse("index"), {"tag": "ex-tag-1"})
