@@ -18,13 +18,14 @@ venv: $(VENV)/.installed
 redis:
 	@scripts/ensure-redis
 
-# Every test on SQLite (the zero-setup default), then the tests with real worker processes
-# again on PostgreSQL.
+# Every test on SQLite (the zero-setup default), then the tests with real worker processes,
+# the pages and the API (full-text search) again on PostgreSQL.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
 	@scripts/ensure-postgres
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
+	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not e2e and not worker"
