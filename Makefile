@@ -23,6 +23,7 @@ redis:
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
 	@scripts/ensure-postgres
+	@scripts/ensure-browser
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py
