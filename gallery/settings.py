@@ -254,6 +254,10 @@ JUPYTERHUB_OAUTH_CALLBACK_URL = JUPYTERHUB_OAUTH_CALLBACK_URL or SERVICE_PREFIX 
 if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
     _service = JUPYTERHUB_CLIENT_ID.removeprefix("service-")
     JUPYTERHUB_OAUTH_ACCESS_SCOPES = {"access:services", f"access:services!service={_service}"}
+# Under a prefix, Django knows it from the start (not only inside a request): WhiteNoise and
+# Django read STATIC_URL once at start-up, and it must carry the prefix the proxy routes on.
+if SERVICE_PREFIX != "/":
+    FORCE_SCRIPT_NAME = SERVICE_PREFIX.rstrip("/")
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("GALLERY_STATIC_ROOT", str(GALLERY_DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
