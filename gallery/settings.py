@@ -258,7 +258,7 @@ if not JUPYTERHUB_OAUTH_ACCESS_SCOPES:
 # Django read STATIC_URL once at start-up, and it must carry the prefix the proxy routes on.
 if SERVICE_PREFIX != "/":
     FORCE_SCRIPT_NAME = SERVICE_PREFIX.rstrip("/")
-STATIC_URL = "static/"
+STATIC_URL = SERVICE_PREFIX + "static/"  # absolute: read before any request sets the prefix
 STATIC_ROOT = Path(env("GALLERY_STATIC_ROOT", str(GALLERY_DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve what collectstatic gathered, or straight from the source folders when it has not run.
