@@ -26,7 +26,7 @@ from ninja.security import SessionAuth
 from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
-from . import services
+from . import caching, services
 from .models import Example, IllegalTransition, Job, Preview, Submission
 from .uploads import UploadTooLarge
 
@@ -332,7 +332,7 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
 
     # The same for every caller until an example changes (use counts may lag a minute).
     key = "gallery:list:" + hashlib.sha256(
-        repr((Example.objects.stamp(), q, tag, state, page)).encode()).hexdigest()
+        repr((caching.gallery_stamp(), q, tag, state, page)).encode()).hexdigest()
     return cache.get_or_set(key, build, 60)
 
 

@@ -7,3 +7,8 @@ class GalleryConfig(AppConfig):
     name = "gallery"
     default_auto_field = "django.db.models.BigAutoField"
     verbose_name = "Examples gallery"
+
+    def ready(self) -> None:
+        from . import caching
+
+        caching.connect()

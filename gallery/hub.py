@@ -263,7 +263,7 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
     if model is None:
         return _refused(request, "Your hub account may not use the gallery. Ask the centre "
                                  "for access.")
-    auth_login(request, sync_user(model), backend="django.contrib.auth.backends.ModelBackend")
+    auth_login(request, sync_user(model), backend=settings.AUTHENTICATION_BACKENDS[0])
     request.session[TOKEN] = token
     request.session[CHECKED] = time.time()
     return redirect(_safe_next(request, pending.get("next", "")))

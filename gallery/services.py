@@ -28,7 +28,7 @@ from django.db.models import Case, Count, F, Max, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import homes, notebooks, repo
+from . import caching, homes, notebooks, repo
 from .models import (
     DataLink,
     Example,
@@ -530,6 +530,7 @@ def _notify_users_of(example: Example, *, kind: str, message: str,
     users = set(used.values_list("user", flat=True)) - {example.contributor_id}
     Notification.objects.bulk_create(
         Notification(user_id=pk, kind=kind, message=message, example=example) for pk in users)
+    caching.forget_unread(users)  # bulk_create sends no signal
     return len(users)
 
 
@@ -538,7 +539,9 @@ def mark_notifications_read(*, user: AbstractBaseUser, ids: list[int] | None = N
     unread = Notification.objects.filter(user=user).unread()  # type: ignore[misc]
     if ids is not None:
         unread = unread.filter(pk__in=ids)
-    return unread.update(read_at=timezone.now())
+    marked = unread.update(read_at=timezone.now())
+    caching.forget_unread([user.pk])  # update sends no signal
+    return marked
 
 
 def email_address(user: AbstractBaseUser) -> str:

@@ -145,7 +145,7 @@ GALLERY_IMPORT_ROOTS = env_list("GALLERY_IMPORT_ROOTS")
 # checks), e.g. redis://127.0.0.1:6379/1; empty means one in each process's memory.
 GALLERY_CACHE_URL = env("GALLERY_CACHE_URL")
 CACHES = {"default": (
-    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": GALLERY_CACHE_URL,
+    {"BACKEND": "gallery.redis_cache.RedisCache", "LOCATION": GALLERY_CACHE_URL,
      "KEY_PREFIX": "gallery", "TIMEOUT": 300}
     if GALLERY_CACHE_URL else
     {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "gallery"})}
@@ -269,6 +269,10 @@ LOGIN_URL = "hub-login" if HUB_ENABLED else "login"
 LOGIN_REDIRECT_URL = "index"
 LOGOUT_REDIRECT_URL = "index"
 
+# Sessions and the user of a session are read from the cache (written through to the
+# database), so a page costs no query before its view runs (see gallery/caching.py).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+AUTHENTICATION_BACKENDS = ["gallery.caching.CachedModelBackend"]
 SESSION_COOKIE_NAME = "gallery-sessionid"
 SESSION_COOKIE_PATH = SERVICE_PREFIX
 SESSION_COOKIE_HTTPONLY = True

@@ -21,7 +21,7 @@ from django.utils.html import escape
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import forms, notebooks, services
+from . import caching, forms, notebooks, services
 from .api import job_out, preview_url, to_meta
 from .models import Example, IllegalTransition, Job, Notification, Revision, Submission, Tag
 from .uploads import UploadTooLarge
@@ -44,27 +44,23 @@ def index(request: HttpRequest) -> HttpResponse:
     q = request.GET.get("q", "")[:200]
     tag = request.GET.get("tag", "")[:50]
     pages = {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS}
-    return render(request, "gallery/index.html", {
-        "q": q, "tag": tag, "sections_html": _sections_html(q, tag, pages),
-        # The same for everyone and slow to count over thousands of examples: a minute old
-        # is fresh enough.
-        "tags": cache.get_or_set("gallery:popular-tags",
-                                 lambda: list(Tag.objects.popular()[:30]), 60),
-    })
+    return render(request, "gallery/index.html",
+                  {"q": q, "gallery_html": _gallery_html(q, tag, pages)})
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
             "staged": "Staged examples still under review"}
 
 
-def _sections_html(q: str, tag: str, pages: dict[str, str]) -> str:
-    """The cards of both sections, the same for every user: rendered once per change.
+def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
+    """Search, tag filters and the cards of both sections, the same for every user: rendered
+    once per change.
 
-    The key holds the newest `updated` of all examples, so a staged, approved or retired
-    example shows at once; use counts may lag by up to a minute.
+    The key holds the gallery's change stamp, so a staged, approved or retired example shows
+    at once; use counts and the popular tags may lag by up to a minute.
     """
-    key = "gallery:sections:" + hashlib.sha256(
-        repr((Example.objects.stamp(), q, tag, sorted(pages.items()))).encode()).hexdigest()
+    key = "gallery:page:" + hashlib.sha256(
+        repr((caching.gallery_stamp(), q, tag, sorted(pages.items()))).encode()).hexdigest()
     html = cache.get(key)
     if html is None:
         sections = []
@@ -72,8 +68,11 @@ def _sections_html(q: str, tag: str, pages: dict[str, str]) -> str:
             page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
                 pages[state])
             sections.append({"state": state, "title": title, "page": page})
-        html = render_to_string("gallery/sections.html",
-                                {"sections": sections, "q": q, "tag": tag})
+        # Slow to count over thousands of examples, and the same for everyone.
+        tags = cache.get_or_set("gallery:popular-tags",
+                                lambda: list(Tag.objects.popular()[:30]), 60)
+        html = render_to_string("gallery/gallery.html",
+                                {"sections": sections, "q": q, "tag": tag, "tags": tags})
         cache.set(key, html, 60)
     return html
 
@@ -217,8 +216,7 @@ def nav(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    return {"unread_notifications": SimpleLazyObject(
-        lambda: Notification.objects.filter(user=user).unread().count())}
+    return {"unread_notifications": SimpleLazyObject(lambda: caching.unread_count(user.pk))}
 
 
 @login_required

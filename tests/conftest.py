@@ -54,6 +54,9 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
     settings.GALLERY_PREVIEW_DIR = tmp_path / "data" / "previews"
     settings.GALLERY_HOME_TEMPLATE = str(tmp_path / "homes" / "{username}")
     settings.GALLERY_USE_AS_USER = False
+    from django.core.cache import cache
+
+    cache.clear()  # nothing cached by an earlier test (users, stamps, pages) leaks into this one
     from gallery.celery import app
 
     # Unit tests run jobs inline when their transaction commits; worker tests use the broker.

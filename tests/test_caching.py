@@ -1,0 +1,127 @@
+"""What the pages read from the cache instead of the database, and the writes that forget it."""
+
+import os
+
+import pytest
+import redis
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db import transaction
+from django.test import TestCase, override_settings
+from django.urls import reverse
+
+from gallery import caching, services
+from gallery.models import Example, Job, Notification
+
+from .base import GalleryTestCase, stage
+from .conftest import REDIS_URL
+
+
+class WarmPagesTests(GalleryTestCase):
+    def setUp(self) -> None:
+        cache.clear()
+        self.client.force_login(self.user)
+        self.approved = self.stage_and_approve(title="Broadcasting in NumPy")
+
+    def test_a_warm_gallery_page_and_list_ask_the_database_nothing(self):
+        for url in (reverse("index"), reverse("index") + "?q=numpy", "/api/v1/examples?q=numpy"):
+            with self.subTest(url=url):
+                self.client.get(url)
+                with self.assertNumQueries(0):
+                    response = self.client.get(url)
+                self.assertContains(response, "Broadcasting in NumPy")
+
+    def test_a_new_example_shows_at_once_on_a_warm_page(self):
+        self.client.get(reverse("index"))
+        with self.captureOnCommitCallbacks(execute=True):
+            stage(self.contributor, title="Dask on the cluster")
+        self.assertContains(self.client.get(reverse("index")), "Dask on the cluster")
+        self.assertEqual(self.json(self.client.get("/api/v1/examples?state=staged"))["count"], 1)
+
+    def test_a_retired_example_leaves_a_warm_page_at_once(self):
+        self.client.get(reverse("index"))
+        example = self.approved.example
+        services.retire_example(example=example, actor=self.reviewer, reason="Superseded.")
+        self.assertNotContains(self.client.get(reverse("index")), "Broadcasting in NumPy")
+
+    def test_the_unread_count_follows_notifications_made_and_read(self):
+        badge = 'class="badge"'
+        self.assertNotContains(self.client.get(reverse("index")), badge)
+        services.notify(user=self.user, kind=Notification.Kind.REVIEW, message="Hello.")
+        self.assertContains(self.client.get(reverse("index")), "1<span class=\"visually-hidden\">")
+        # Users of an example hear of a new version through bulk_create, which sends no signal.
+        Job.objects.create(kind=Job.Kind.USE, state=Job.State.DONE, user=self.user,
+                           revision=self.approved.revision)
+        services._notify_users_of(self.approved.example, kind=Notification.Kind.UPDATED,
+                                  message="A newer version.")
+        self.assertContains(self.client.get(reverse("index")), "2<span class=\"visually-hidden\">")
+        services.mark_notifications_read(user=self.user)  # an update: no signal either
+        self.assertNotContains(self.client.get(reverse("index")), badge)
+
+    def test_a_change_to_the_user_applies_on_the_next_request(self):
+        self.assertNotContains(self.client.get(reverse("index")), "Reviewer's desk")
+        user = get_user_model().objects.get(pk=self.user.pk)
+        user.is_staff = True
+        user.save()
+        self.assertContains(self.client.get(reverse("index")), "Reviewer's desk")
+        user.is_active = False
+        user.save()
+        response = self.client.get(reverse("index"))
+        self.assertEqual(response.status_code, 302)
+        self.assertIn("login", response["Location"])
+
+    def test_a_new_password_ends_sessions_made_with_the_old_one(self):
+        self.client.get(reverse("index"))
+        user = get_user_model().objects.get(pk=self.user.pk)
+        user.set_password("another-" + "y" * 12)
+        user.save()
+        self.assertEqual(self.client.get(reverse("index")).status_code, 302)
+
+
+class CommitTests(TestCase):
+    def test_an_answer_read_before_the_commit_is_forgotten_when_it_commits(self):
+        owner = get_user_model().objects.create_user("olga")
+        with self.captureOnCommitCallbacks(execute=True):
+            with transaction.atomic():
+                Example.objects.create(slug="late", title="Late", contributor=owner)
+                # Another process reads the stamp before this transaction commits ...
+                cache.set(caching.STAMP_KEY, ("stale", 0), 60)
+        # ... and the commit forgets it.
+        self.assertIsNone(cache.get(caching.STAMP_KEY))
+        self.assertEqual(caching.gallery_stamp()[1], 1)
+
+
+def redis_cache_settings(db: int) -> dict:
+    return {"default": {"BACKEND": "gallery.redis_cache.RedisCache",
+                        "LOCATION": f"{REDIS_URL}/{db}", "KEY_PREFIX": "gallery-test"}}
+
+
+@pytest.mark.django_db
+def test_the_redis_cache_keeps_one_client_and_works_after_a_fork():
+    db = int(os.environ.get("GALLERY_TEST_REDIS_DB", "9")) + 1
+    try:
+        redis.Redis.from_url(f"{REDIS_URL}/{db}").ping()
+    except redis.RedisError:
+        pytest.skip("no Redis")
+    with override_settings(CACHES=redis_cache_settings(db)):
+        from django.core.cache import caches
+
+        shared = caches["default"]
+        client = shared._cache.get_client()
+        assert shared._cache.get_client() is client
+        assert shared._cache.get_client(write=True) is client  # one server: one pool
+        shared.set("k", {"a": 1}, 30)
+        shared.set_many({"x": 1, "y": 2}, 30)
+        assert shared.get("k") == {"a": 1}
+        assert shared.get_many(["x", "y"]) == {"x": 1, "y": 2}
+        shared.delete_many(["x", "y"])
+        assert shared.get("x") is None
+        pid = os.fork()
+        if pid == 0:  # the child uses the inherited client: redis-py gives it new connections
+            ok = shared.get("k") == {"a": 1} and shared.add("from-child", 1, 30)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert shared.get("from-child") == 1
+        assert shared.get("k") == {"a": 1}  # the parent's connections still answer
+        shared.delete_many(["k", "from-child"])
