@@ -1,17 +1,20 @@
 """What every page asks and rarely changes, read from the shared cache instead of the database.
 
 A logged-in page used to cost four queries before its view ran: the session, the user, the
-gallery's change stamp and the unread count. Each is kept in the cache (the shared Redis of
-GALLERY_CACHE_URL in production) and forgotten by the writes that change it: at once, so the
-writing process sees its own change, and again on commit, so no other process keeps an
-answer it read before the commit. A short expiry bounds what a write that bypasses the
-model signals (a queryset `update`) can leave behind.
+gallery's change stamp and the unread count. With a cache shared by all processes
+(GALLERY_CACHE_URL, Redis) each is kept there and forgotten by the writes that change it: at
+once, so the writing process sees its own change, and again on commit, so no other process
+keeps an answer it read before the commit. A short expiry bounds what a write that bypasses
+the model signals (a queryset `update`) can leave behind. Without a shared cache nothing of
+this is kept: a process's own memory would keep a logged-out user logged in, or a change made
+elsewhere unseen, in the other processes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
@@ -24,7 +27,13 @@ USER_SECONDS = 30
 UNREAD_SECONDS = 300
 
 
+def shared() -> bool:
+    return bool(settings.GALLERY_CACHE_URL)
+
+
 def forget(*keys: str) -> None:
+    if not keys:
+        return
     cache.delete_many(keys)
     transaction.on_commit(lambda: cache.delete_many(keys))
 
@@ -33,11 +42,9 @@ def gallery_stamp() -> tuple[Any, ...]:
     """`Example.objects.stamp()`, the key of what pages render once for everyone."""
     from .models import Example
 
-    found = cache.get(STAMP_KEY)
-    if found is None:
-        found = Example.objects.stamp()
-        cache.set(STAMP_KEY, found, STAMP_SECONDS)
-    return found
+    if not shared():
+        return Example.objects.stamp()
+    return cache.get_or_set(STAMP_KEY, Example.objects.stamp, STAMP_SECONDS)
 
 
 def _user_key(pk: Any) -> str:
@@ -51,12 +58,10 @@ def _unread_key(user_id: Any) -> str:
 def unread_count(user_id: int) -> int:
     from .models import Notification
 
-    key = _unread_key(user_id)
-    found = cache.get(key)
-    if found is None:
-        found = Notification.objects.filter(user_id=user_id).unread().count()
-        cache.set(key, found, UNREAD_SECONDS)
-    return found
+    def count() -> int:
+        return Notification.objects.filter(user_id=user_id).unread().count()
+
+    return cache.get_or_set(_unread_key(user_id), count, UNREAD_SECONDS) if shared() else count()
 
 
 def forget_unread(user_ids: Any) -> None:
@@ -71,6 +76,8 @@ class CachedModelBackend(ModelBackend):
     """
 
     def get_user(self, user_id: Any) -> Any:
+        if not shared():
+            return super().get_user(user_id)
         key = _user_key(user_id)
         user = cache.get(key)
         if user is None:

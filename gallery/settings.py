@@ -269,9 +269,10 @@ LOGIN_URL = "hub-login" if HUB_ENABLED else "login"
 LOGIN_REDIRECT_URL = "index"
 LOGOUT_REDIRECT_URL = "index"
 
-# Sessions and the user of a session are read from the cache (written through to the
-# database), so a page costs no query before its view runs (see gallery/caching.py).
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# With a shared cache, sessions and the user of a session are read from it (written through
+# to the database), so a page costs no query before its view runs (see gallery/caching.py).
+SESSION_ENGINE = ("django.contrib.sessions.backends.cached_db" if GALLERY_CACHE_URL
+                  else "django.contrib.sessions.backends.db")
 AUTHENTICATION_BACKENDS = ["gallery.caching.CachedModelBackend"]
 SESSION_COOKIE_NAME = "gallery-sessionid"
 SESSION_COOKIE_PATH = SERVICE_PREFIX

@@ -1,4 +1,5 @@
-"""What the pages read from the cache instead of the database, and the writes that forget it."""
+"""What the pages read from a shared cache instead of the database, and the writes that
+forget it; without a shared cache, nothing of it is kept."""
 
 import os
 
@@ -16,7 +17,16 @@ from gallery.models import Example, Job, Notification
 from .base import GalleryTestCase, stage
 from .conftest import REDIS_URL
 
+# A Redis database of its own, next to the broker's of this run (conftest.BROKER_URL).
+SHARED_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9')) + 1}"
+shared_cache = override_settings(
+    GALLERY_CACHE_URL=SHARED_URL,
+    CACHES={"default": {"BACKEND": "gallery.redis_cache.RedisCache", "LOCATION": SHARED_URL,
+                        "KEY_PREFIX": "gallery-test"}},
+    SESSION_ENGINE="django.contrib.sessions.backends.cached_db")
 
+
+@shared_cache
 class WarmPagesTests(GalleryTestCase):
     def setUp(self) -> None:
         cache.clear()
@@ -78,7 +88,11 @@ class WarmPagesTests(GalleryTestCase):
         self.assertEqual(self.client.get(reverse("index")).status_code, 302)
 
 
+@shared_cache
 class CommitTests(TestCase):
+    def setUp(self) -> None:
+        cache.clear()
+
     def test_an_answer_read_before_the_commit_is_forgotten_when_it_commits(self):
         owner = get_user_model().objects.create_user("olga")
         with self.captureOnCommitCallbacks(execute=True):
@@ -91,37 +105,49 @@ class CommitTests(TestCase):
         self.assertEqual(caching.gallery_stamp()[1], 1)
 
 
-def redis_cache_settings(db: int) -> dict:
-    return {"default": {"BACKEND": "gallery.redis_cache.RedisCache",
-                        "LOCATION": f"{REDIS_URL}/{db}", "KEY_PREFIX": "gallery-test"}}
+class UnsharedCacheTests(GalleryTestCase):
+    """The default: each process has its own memory, so the answers come from the database."""
+
+    def setUp(self) -> None:
+        self.client.force_login(self.user)
+
+    def test_a_change_made_elsewhere_applies_at_once(self):
+        self.client.get(reverse("index"))
+        # As another process would: no signal reaches this one.
+        get_user_model().objects.filter(pk=self.user.pk).update(is_active=False)
+        self.assertEqual(self.client.get(reverse("index")).status_code, 302)
+
+    def test_a_notification_made_elsewhere_shows_at_once(self):
+        self.client.get(reverse("index"))
+        Notification.objects.bulk_create([Notification(user=self.user, kind="review",
+                                                       message="Hello.")])
+        self.assertContains(self.client.get(reverse("index")), 'class="badge"')
 
 
-@pytest.mark.django_db
+@shared_cache
 def test_the_redis_cache_keeps_one_client_and_works_after_a_fork():
-    db = int(os.environ.get("GALLERY_TEST_REDIS_DB", "9")) + 1
+    from django.core.cache import caches
+
     try:
-        redis.Redis.from_url(f"{REDIS_URL}/{db}").ping()
+        redis.Redis.from_url(SHARED_URL).ping()
     except redis.RedisError:
         pytest.skip("no Redis")
-    with override_settings(CACHES=redis_cache_settings(db)):
-        from django.core.cache import caches
-
-        shared = caches["default"]
-        client = shared._cache.get_client()
-        assert shared._cache.get_client() is client
-        assert shared._cache.get_client(write=True) is client  # one server: one pool
-        shared.set("k", {"a": 1}, 30)
-        shared.set_many({"x": 1, "y": 2}, 30)
-        assert shared.get("k") == {"a": 1}
-        assert shared.get_many(["x", "y"]) == {"x": 1, "y": 2}
-        shared.delete_many(["x", "y"])
-        assert shared.get("x") is None
-        pid = os.fork()
-        if pid == 0:  # the child uses the inherited client: redis-py gives it new connections
-            ok = shared.get("k") == {"a": 1} and shared.add("from-child", 1, 30)
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.WEXITSTATUS(status) == 0
-        assert shared.get("from-child") == 1
-        assert shared.get("k") == {"a": 1}  # the parent's connections still answer
-        shared.delete_many(["k", "from-child"])
+    shared = caches["default"]
+    client = shared._cache.get_client()
+    assert shared._cache.get_client() is client
+    assert shared._cache.get_client(write=True) is client  # one server: one pool
+    shared.set("k", {"a": 1}, 30)
+    shared.set_many({"x": 1, "y": 2}, 30)
+    assert shared.get("k") == {"a": 1}
+    assert shared.get_many(["x", "y"]) == {"x": 1, "y": 2}
+    shared.delete_many(["x", "y"])
+    assert shared.get("x") is None
+    pid = os.fork()
+    if pid == 0:  # the child uses the inherited client: redis-py gives it new connections
+        ok = shared.get("k") == {"a": 1} and shared.add("from-child", 1, 30)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert shared.get("from-child") == 1
+    assert shared.get("k") == {"a": 1}  # the parent's connections still answer
+    shared.delete_many(["k", "from-child"])
