@@ -319,21 +319,23 @@ def job_out(job: Job) -> dict[str, Any]:
 @api.get("/examples", response=ExamplePage, summary="List and search examples")
 def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
                   tag: str = Query("", max_length=50), state: str = Query(""),
-                  page: int = Query(1, ge=1, le=100000)) -> dict[str, Any]:
+                  page: int = Query(1, ge=1, le=100000)) -> HttpResponse:
     if state not in ("", "approved", "staged"):
         raise services.GalleryError("state must be 'approved' or 'staged'.")
 
-    def build() -> dict[str, Any]:
+    def build() -> str:
         found = Example.objects.find(q=q, tag=tag, state=state).with_latest()
         paginator = Paginator(found, 24)
         current = paginator.get_page(page)
-        return {"count": paginator.count, "page": current.number, "pages": paginator.num_pages,
-                "results": [example_out(e) for e in current.object_list]}
+        return ExamplePage.model_validate({
+            "count": paginator.count, "page": current.number, "pages": paginator.num_pages,
+            "results": [example_out(e) for e in current.object_list]}).model_dump_json()
 
-    # The same for every caller until an example changes (use counts may lag a minute).
-    key = "gallery:list:" + hashlib.sha256(
+    # The same for every caller until an example changes (use counts may lag a minute):
+    # checked against the schema and written as JSON once.
+    key = "gallery:list-json:" + hashlib.sha256(
         repr((caching.gallery_stamp(), q, tag, state, page)).encode()).hexdigest()
-    return cache.get_or_set(key, build, 60)
+    return HttpResponse(cache.get_or_set(key, build, 60), content_type="application/json")
 
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
