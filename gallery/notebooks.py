@@ -5,12 +5,19 @@ Everything here works on bytes and paths and is usable without a request or a da
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import gc
 import hashlib
 import json
+import os
 import re
+import signal
+import socket
+import threading
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -880,8 +887,6 @@ def preview_css_name() -> str:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write a file that readers see whole or not at all."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
@@ -940,7 +945,7 @@ def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | N
                                css=html.escape(css_href or preview_css_name()), body=body)
 
 
-# --- limits: a forked child per render ------------------------------------------------------
+# --- limits: a forked render child ---------------------------------------------------------
 
 
 def failure_reason(exc: BaseException, limits: PreviewLimits) -> str:
@@ -960,98 +965,201 @@ def failure_reason(exc: BaseException, limits: PreviewLimits) -> str:
     return f"The preview could not be made ({name}: {str(exc)[:300]})."
 
 
+MAX_CHILD_RENDERS = 500  # renders per child; then a fresh one, so that slow leaks never add up
+MAX_CHILD_GROWTH = 64 * 2**20  # bytes of address space a child may keep beyond its start
+_child_lock = threading.Lock()
+_child: _RenderChild | None = None
+
+
 def render_isolated(data: bytes, *, limits: PreviewLimits | None = None,
                     css_href: str = "") -> str:
     """`render_preview` in a forked child with a wall-time and an address-space limit.
 
-    The child inherits the warm exporter of this process (a fork costs milliseconds), so a
+    The child is forked from this warm process and then serves render after render (a fork
+    per render cost more than most renders: copy-on-write faults, a cold heap), so a
     notebook that loops, recurses or balloons takes down only the child; this process
-    reports why and carries on. Raises PreviewError with the reason.
+    reports why and forks a fresh child for the next render. Raises PreviewError with the
+    reason.
     """
-    import gc
-    import os
-    import select
-    import signal
-    import time
-
+    global _child
     limits = limits or PreviewLimits()
     if not hasattr(os, "fork"):
         try:
             return render_preview(data, css_href=css_href, limits=limits)
         except Exception as exc:
             raise PreviewError(failure_reason(exc, limits)) from exc
-    _get_exporter()  # build it here once, so every child starts warm
-    # Keep the collector off the inherited heap: a collection in the child would touch (and
-    # so copy) every page of this process.
-    gc.freeze()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: render, send the page or the reason, leave without cleanup
-        status = 0
-        try:
-            os.close(read_fd)
-            gc.disable()
-            _limit_child(limits)
-            try:
-                payload = b"K" + render_preview(data, css_href=css_href, limits=limits).encode()
-            except BaseException as exc:  # noqa: B036 - everything becomes a reason
-                payload = b"E" + failure_reason(exc, limits).encode()
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(write_fd, view):]
-        except BaseException:  # noqa: B036
+    with _child_lock:
+        if _child is not None and not _child.serves(limits):
+            _child.stop()
+            _child = None
+        child, _child = _child or _RenderChild(limits.memory_limit), None
+        page, grown = child.render(data, css_href, limits)  # a child that failed is stopped
+        # What the child keeps is missing from the address space the next render may add.
+        if (child.renders < MAX_CHILD_RENDERS
+                and grown <= min(MAX_CHILD_GROWTH, limits.memory_limit // 4)):
+            _child = child
+        else:
+            child.stop()
+    return page
+
+
+def stop_render_child() -> None:
+    """Stop and reap this process's render child, if it has one (at exit, and in tests)."""
+    global _child
+    with _child_lock:
+        if _child is not None:
+            _child.stop()
+            _child = None
+
+
+atexit.register(stop_render_child)
+
+
+class _RenderChild:
+    """A child forked from this warm process that renders notebooks one after another.
+
+    It is replaced whenever its state is in doubt: after a render that failed (a MemoryError
+    can strike halfway through any update), ran out of time or crashed, after
+    MAX_CHILD_RENDERS, when it has grown, for another memory limit, and in a process forked
+    from the one that started it.
+    """
+
+    def __init__(self, memory_limit: int) -> None:
+        _get_exporter()  # build it here once, so every child starts warm
+        # Keep the collector off the inherited heap: a collection in the child would touch (and
+        # so copy) every page of this process.
+        gc.freeze()
+        self.sock, theirs = socket.socketpair()
+        self.owner, self.memory_limit, self.renders = os.getpid(), memory_limit, 0
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: serve until the parent goes, leave without cleanup
             status = 1
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + limits.time_limit
-    timed_out = False
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([read_fd], [], [], left)
-            if ready:
-                chunk = os.read(read_fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        if timed_out:
-            os.kill(pid, signal.SIGKILL)
-        _, wait_status = os.waitpid(pid, 0)
-    if timed_out:
-        raise PreviewError(f"Rendering the preview took longer than {limits.time_limit:g} s and "
-                           "was stopped; make the notebook or its outputs smaller.")
-    payload = b"".join(chunks)
-    if payload[:1] == b"K":
-        return payload[1:].decode()
-    if payload[:1] == b"E":
-        raise PreviewError(payload[1:].decode(errors="replace"))
-    if os.WIFSIGNALED(wait_status):
-        sig = signal.Signals(os.WTERMSIG(wait_status)).name
-        raise PreviewError(f"The preview renderer stopped on {sig}, most likely out of memory "
-                           f"(limit {limits.memory_limit // 2**20:,} MB) or on input nested too "
-                           "deeply; make the notebook or its outputs smaller.")
-    raise PreviewError("The preview renderer stopped without a result.")
+            try:
+                self.sock.close()
+                _serve(theirs, memory_limit)
+                status = 0
+            finally:
+                os._exit(status)
+        theirs.close()
+
+    def serves(self, limits: PreviewLimits) -> bool:
+        # A process forked from ours inherits this object but not the child: their requests
+        # and ours would mix on one socket.
+        return self.owner == os.getpid() and self.memory_limit == limits.memory_limit
+
+    def render(self, data: bytes, css_href: str, limits: PreviewLimits) -> tuple[str, int]:
+        """The page and how much the child has grown; when the render fails, runs out of time
+        or the child dies, the child is stopped and PreviewError says why."""
+        try:
+            self.sock.settimeout(limits.time_limit)
+            with contextlib.suppress(OSError):  # a child that is gone shows as EOF below
+                _send(self.sock, [css_href, asdict(limits)], data)
+            (reason, grown), page = _receive(self.sock)
+            if not reason:
+                self.renders += 1
+                return page.decode(), grown
+        except TimeoutError:
+            reason = (f"Rendering the preview took longer than {limits.time_limit:g} s and was "
+                      "stopped; make the notebook or its outputs smaller.")
+        except (EOFError, OSError):  # the child died; its exit status says how
+            reason = ""
+        except BaseException:  # e.g. the task's own time limit, with the child mid-render
+            self.stop()
+            raise
+        status = self.stop()
+        if not reason and os.WIFSIGNALED(status):
+            reason = (f"The preview renderer stopped on {signal.Signals(os.WTERMSIG(status)).name}"
+                      f", most likely out of memory (limit {limits.memory_limit // 2**20:,} MB) "
+                      "or on input nested too deeply; make the notebook or its outputs smaller.")
+        raise PreviewError(reason or "The preview renderer stopped without a result.")
+
+    def stop(self) -> int:
+        """Close the socket, kill the child and reap it; returns its wait status.
+
+        A process that inherited this object across a fork only closes its copy of the
+        socket: the child is not its own.
+        """
+        self.sock.close()
+        if self.owner != os.getpid():
+            return 0
+        os.kill(self.pid, signal.SIGKILL)  # a child that already exited keeps its status
+        return os.waitpid(self.pid, 0)[1]
 
 
-def _limit_child(limits: PreviewLimits) -> None:
+def _serve(sock: socket.socket, memory_limit: int) -> None:
+    """The child: its limits once, then a reply to each request until the parent's end closes.
+
+    A reply is ["", growth] and the page, or [reason, 0] and nothing; after a failure the
+    child leaves, as its state may be damaged. The parent's end also closes when it dies; for
+    a parent that dies mid-render an alarm stops the render a little after the parent would
+    have (PR_SET_PDEATHSIG would not do: it fires when the thread that forked ends).
+    """
+    start = _limit_child(memory_limit)
+    limits = PreviewLimits(memory_limit=memory_limit)
+    while True:
+        try:
+            try:
+                (css_href, fields), data = _receive(sock)
+            except EOFError:
+                return
+            limits = PreviewLimits(**fields)
+            signal.alarm(int(limits.time_limit) + 5)
+            page = render_preview(data, css_href=css_href, limits=limits).encode()
+            signal.alarm(0)
+            _send(sock, ["", _address_space() - start], page)
+        except BaseException as exc:  # noqa: B036 - everything becomes a reason
+            _send(sock, [failure_reason(exc, limits), 0], b"")
+            return
+
+
+def _send(sock: socket.socket, head: Any, body: bytes) -> None:
+    """One message: the sizes, a JSON head, and the notebook or the page as it is.
+
+    JSON rather than pickle, as this process reads what a child that parsed hostile input
+    wrote; raw bytes rather than multiprocessing's Connection, which is several times slower
+    for megabytes.
+    """
+    text = json.dumps(head).encode()
+    sock.sendall(len(text).to_bytes(4, "big") + len(body).to_bytes(8, "big") + text)
+    sock.sendall(body)
+
+
+def _receive(sock: socket.socket) -> tuple[Any, bytearray]:
+    """A message from `_send`; EOFError when the other end has closed."""
+    sizes = _read(sock, 12)
+    head = json.loads(_read(sock, int.from_bytes(sizes[:4], "big")))
+    return head, _read(sock, int.from_bytes(sizes[4:], "big"))
+
+
+def _read(sock: socket.socket, size: int) -> bytearray:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    while view:
+        got = sock.recv_into(view)
+        if not got:
+            raise EOFError
+        view = view[got:]
+    return buf
+
+
+def _limit_child(memory_limit: int) -> int:
+    """Default signal handling and the address-space limit; returns the address space in use."""
     import resource
-    import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    # A second, independent stop in case the parent is gone.
-    signal.alarm(int(limits.time_limit) + 5)
-    with open("/proc/self/statm") as fh:
-        in_use = int(fh.read().split()[0]) * resource.getpagesize()
+    in_use = _address_space()
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    want = in_use + limits.memory_limit
+    want = in_use + memory_limit
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)
     resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    return in_use
+
+
+def _address_space() -> int:
+    """Bytes of address space this process has mapped: what RLIMIT_AS counts."""
+    import resource
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * resource.getpagesize()

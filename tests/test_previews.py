@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,14 @@ def outputs(*items: dict) -> bytes:
 
 def display(data: dict, metadata: dict | None = None) -> dict:
     return new_output("display_data", data=data, metadata=metadata or {})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_render_child() -> Iterator[None]:
+    """Each test forks its own render child, so that the child sees the test's monkeypatches."""
+    notebooks.stop_render_child()
+    yield
+    notebooks.stop_render_child()
 
 
 # --- the renderer, without a database --------------------------------------------------------
@@ -199,6 +209,169 @@ def test_it_reports_a_renderer_that_crashes(monkeypatch):
 ])
 def test_it_turns_every_exception_into_a_plain_reason(exc, words):
     assert words in notebooks.failure_reason(exc, LIMITS)
+
+
+# --- the render child: forked once, serves render after render --------------------------------
+
+
+def child_pid() -> int:
+    assert notebooks._child is not None, "no render child"
+    return notebooks._child.pid
+
+
+def reaped(pid: int) -> bool:
+    """Neither running nor a zombie."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def running(pid: int) -> bool:
+    """Neither gone nor a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def test_one_render_child_serves_render_after_render():
+    first = notebooks.render_isolated(nb(new_markdown_cell("first page")))
+    pid = child_pid()
+    second = notebooks.render_isolated(nb(new_markdown_cell("second page")))
+    assert "first page" in first and "second page" in second and "first page" not in second
+    assert child_pid() == pid
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # our child, and still running
+
+
+def test_a_render_that_takes_too_long_costs_its_child_and_the_next_gets_a_new_one():
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    with pytest.raises(notebooks.PreviewError, match="took longer than 0.5 s"):
+        notebooks.render_isolated(case("dos-10k-cells").data,
+                                  limits=notebooks.PreviewLimits(time_limit=0.5))
+    assert notebooks._child is None and reaped(pid)
+    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+    assert child_pid() != pid
+
+
+def test_a_render_that_needs_too_much_memory_costs_its_child_and_the_next_gets_a_new_one(
+        monkeypatch):
+    real = notebooks.render_preview
+
+    def balloon(data: bytes, **kwargs: Any) -> str:
+        if b"balloon" in data:
+            bytearray(256 * 2**20)  # far more than the limit, and than any free heap
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(notebooks, "render_preview", balloon)
+    limits = notebooks.PreviewLimits(memory_limit=64 * 2**20)
+    notebooks.render_isolated(notebook_bytes(1), limits=limits)
+    pid = child_pid()
+    with pytest.raises(notebooks.PreviewError, match="more than 64 MB of memory"):
+        notebooks.render_isolated(nb(new_markdown_cell("balloon")), limits=limits)
+    assert notebooks._child is None and reaped(pid)
+    assert "hello" in notebooks.render_isolated(notebook_bytes(1), limits=limits)
+    assert child_pid() != pid
+
+
+def test_a_render_child_is_replaced_after_many_renders_or_for_another_memory_limit(
+        monkeypatch):
+    monkeypatch.setattr(notebooks, "MAX_CHILD_RENDERS", 2)
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    notebooks.render_isolated(notebook_bytes(1))
+    assert notebooks._child is None and reaped(pid)
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(
+        memory_limit=512 * 2**20))
+    assert reaped(pid) and child_pid() != pid
+
+
+def test_a_render_child_that_has_grown_is_replaced(monkeypatch):
+    real = notebooks.render_preview
+    kept = []
+
+    def hoard(data: bytes, **kwargs: Any) -> str:
+        if b"hoard" in data:
+            kept.append(bytearray(48 * 2**20))  # held by the child after the render
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(notebooks, "render_preview", hoard)
+    monkeypatch.setattr(notebooks, "MAX_CHILD_GROWTH", 16 * 2**20)
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    assert "hoard" in notebooks.render_isolated(nb(new_markdown_cell("hoard")))
+    assert notebooks._child is None and reaped(pid)
+
+
+def test_a_forked_process_renders_with_a_render_child_of_its_own():
+    # A Celery pool process inherits the render child of the process it was forked from;
+    # using it would mix the requests of two processes on one socket.
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    read_fd, write_fd = os.pipe()
+    forked = os.fork()
+    if forked == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            page = notebooks.render_isolated(nb(new_markdown_cell("in the fork")))
+            own = os.waitpid(child_pid(), os.WNOHANG) == (0, 0)  # only a child of ours
+            os.write(write_fd, f"{child_pid()} {own} {'in the fork' in page}".encode())
+            notebooks.stop_render_child()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        report = fh.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(forked, 0)[1]) == 0, report
+    theirs, own, shown = report.split()
+    assert int(theirs) != pid and own == "True" and shown == "True"
+    # Ours is untouched: no reply of theirs waits on its socket, and it was not stopped.
+    assert "after the fork" in notebooks.render_isolated(nb(new_markdown_cell("after the fork")))
+    assert child_pid() == pid
+
+
+def test_a_render_child_whose_parent_dies_mid_render_stops_on_its_own():
+    # A worker killed mid-render (a hard task time limit, the OOM killer) cannot stop its
+    # child, and a child that is rendering does not notice that its socket closed.
+    script = """
+import os, django
+django.setup()
+from gallery import notebooks
+from tests.base import notebook_bytes
+
+def forever(data, **kwargs):
+    print(os.getpid(), flush=True)
+    while True:
+        pass
+
+notebooks.render_preview = forever
+notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(time_limit=2))
+"""
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) as parent:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        parent.kill()
+    try:
+        deadline = time.monotonic() + 30
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(pid)
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stopping_the_render_child_leaves_no_zombie():
+    notebooks.render_isolated(notebook_bytes(1))
+    pid = child_pid()
+    notebooks.stop_render_child()
+    assert notebooks._child is None and reaped(pid)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 # --- staging, rendering once, serving -----------------------------------------------------------
