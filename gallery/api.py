@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -333,9 +332,8 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
 
     # The same for every caller until an example changes (use counts may lag a minute):
     # checked against the schema and written as JSON once.
-    key = "gallery:list-json:" + hashlib.sha256(
-        repr((caching.gallery_stamp(), q, tag, state, page)).encode()).hexdigest()
-    return HttpResponse(cache.get_or_set(key, build, 60), content_type="application/json")
+    key = "gallery:list-json:" + hashlib.sha256(repr((q, tag, state, page)).encode()).hexdigest()
+    return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")
 
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")

@@ -12,7 +12,8 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,6 +26,9 @@ STAMP_KEY = "gallery:stamp"
 STAMP_SECONDS = 2  # the longest a change made behind the signals' back stays unseen
 USER_SECONDS = 30
 UNREAD_SECONDS = 300
+PAGE_SECONDS = 60  # use counts and popular tags shown on cached pages are at most this old
+
+T = TypeVar("T")
 
 
 def shared() -> bool:
@@ -39,12 +43,32 @@ def forget(*keys: str) -> None:
 
 
 def gallery_stamp() -> tuple[Any, ...]:
-    """`Example.objects.stamp()`, the key of what pages render once for everyone."""
+    """`Example.objects.stamp()`: changes whenever what pages show for everyone changes."""
     from .models import Example
 
     if not shared():
         return Example.objects.stamp()
     return cache.get_or_set(STAMP_KEY, Example.objects.stamp, STAMP_SECONDS)
+
+
+def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
+                ) -> tuple[T, int | None]:
+    """What a page shows for everyone, rendered once per change of the gallery's stamp (so a
+    staged, approved or retired example shows at once), and the unread count of `user_id`.
+
+    The stamp, the page and the count come in one round trip to a warm shared cache.
+    """
+    wanted = [key] if user_id is None else [key, _unread_key(user_id)]
+    found = cache.get_many([STAMP_KEY, *wanted] if shared() else wanted[:1])
+    stamp = found.get(STAMP_KEY) or gallery_stamp()
+    page = found.get(key)
+    if page is None or page[0] != stamp:
+        page = (stamp, render())
+        cache.set(key, page, PAGE_SECONDS)
+    if user_id is None:
+        return page[1], None
+    unread = found.get(_unread_key(user_id))
+    return page[1], unread_count(user_id) if unread is None else unread
 
 
 def _user_key(pk: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -16,6 +17,8 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.templatetags.static import static
+from django.urls import get_script_prefix, reverse
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import escape
 from django.views.decorators.cache import never_cache
@@ -44,8 +47,11 @@ def index(request: HttpRequest) -> HttpResponse:
     q = request.GET.get("q", "")[:200]
     tag = request.GET.get("tag", "")[:50]
     pages = {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS}
-    return render(request, "gallery/index.html",
-                  {"q": q, "gallery_html": _gallery_html(q, tag, pages)})
+    key = "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()))).encode()
+                                           ).hexdigest()
+    html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
+        key, lambda: _gallery_html(q, tag, pages), user_id=request.user.pk)
+    return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
@@ -53,28 +59,17 @@ SECTIONS = {"approved": "Curated, reviewed examples",
 
 
 def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
-    """Search, tag filters and the cards of both sections, the same for every user: rendered
-    once per change.
-
-    The key holds the gallery's change stamp, so a staged, approved or retired example shows
-    at once; use counts and the popular tags may lag by up to a minute.
-    """
-    key = "gallery:page:" + hashlib.sha256(
-        repr((caching.gallery_stamp(), q, tag, sorted(pages.items()))).encode()).hexdigest()
-    html = cache.get(key)
-    if html is None:
-        sections = []
-        for state, title in SECTIONS.items():
-            page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
-                pages[state])
-            sections.append({"state": state, "title": title, "page": page})
-        # Slow to count over thousands of examples, and the same for everyone.
-        tags = cache.get_or_set("gallery:popular-tags",
-                                lambda: list(Tag.objects.popular()[:30]), 60)
-        html = render_to_string("gallery/gallery.html",
-                                {"sections": sections, "q": q, "tag": tag, "tags": tags})
-        cache.set(key, html, 60)
-    return html
+    """Search, tag filters and the cards of both sections: the same for every user."""
+    sections = []
+    for state, title in SECTIONS.items():
+        page = Paginator(Example.objects.find(q=q, tag=tag, state=state), PAGE_SIZE).get_page(
+            pages[state])
+        sections.append({"state": state, "title": title, "page": page})
+    # Slow to count over thousands of examples, and the same for everyone.
+    tags = cache.get_or_set("gallery:popular-tags",
+                            lambda: list(Tag.objects.popular()[:30]), caching.PAGE_SECONDS)
+    return render_to_string("gallery/gallery.html",
+                            {"sections": sections, "q": q, "tag": tag, "tags": tags})
 
 
 @login_required
@@ -212,11 +207,25 @@ def notifications(request: HttpRequest) -> HttpResponse:
 
 
 def nav(request: HttpRequest) -> dict[str, Any]:
-    """Template context of every page: the unread count, asked only when a page shows it."""
+    """Template context of every page: the links of the header, and the unread count (read
+    with the page where the view did, else asked only when a page shows it)."""
+    context: dict[str, Any] = {"nav": nav_links(get_script_prefix())}
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return {}
-    return {"unread_notifications": SimpleLazyObject(lambda: caching.unread_count(user.pk))}
+        return context
+    unread = getattr(request, "unread_notifications", None)
+    context["unread_notifications"] = SimpleLazyObject(
+        lambda: caching.unread_count(user.pk)) if unread is None else unread
+    return context
+
+
+@functools.cache
+def nav_links(prefix: str) -> dict[str, str]:
+    """The header's links under a script prefix: the same on every page, so reversed once."""
+    return {"index": reverse("index"), "stage": reverse("stage"),
+            "my_submissions": reverse("my-submissions"), "notifications": reverse("notifications"),
+            "desk": reverse("admin:gallery_submission_changelist"),
+            "css": static("gallery/gallery.css")}
 
 
 @login_required
