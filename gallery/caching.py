@@ -12,6 +12,7 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ STAMP_SECONDS = 2  # the longest a change made behind the signals' back stays un
 USER_SECONDS = 30
 UNREAD_SECONDS = 300
 PAGE_SECONDS = 60  # use counts and popular tags shown on cached pages are at most this old
+PAGE_KEEP_SECONDS = 600  # a page nobody asked for in this long is dropped
 
 T = TypeVar("T")
 
@@ -56,19 +58,22 @@ def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
     """What a page shows for everyone, rendered once per change of the gallery's stamp (so a
     staged, approved or retired example shows at once), and the unread count of `user_id`.
 
-    The stamp, the page and the count come in one round trip to a warm shared cache.
+    The stamp, the page and the count come in one round trip to a warm shared cache. A page
+    older than PAGE_SECONDS (its use counts) is rendered again by one request while the
+    others still get it, so pages never all expire at once under load.
     """
     wanted = [key] if user_id is None else [key, _unread_key(user_id)]
     found = cache.get_many([STAMP_KEY, *wanted] if shared() else wanted[:1])
     stamp = found.get(STAMP_KEY) or gallery_stamp()
     page = found.get(key)
-    if page is None or page[0] != stamp:
-        page = (stamp, render())
-        cache.set(key, page, PAGE_SECONDS)
+    if (page is None or page[0] != stamp or time.time() - page[1] > PAGE_SECONDS
+            and cache.add(f"{key}:refreshing", 1, PAGE_SECONDS)):
+        page = (stamp, time.time(), render())
+        cache.set(key, page, PAGE_KEEP_SECONDS)
     if user_id is None:
-        return page[1], None
+        return page[2], None
     unread = found.get(_unread_key(user_id))
-    return page[1], unread_count(user_id) if unread is None else unread
+    return page[2], unread_count(user_id) if unread is None else unread
 
 
 def _user_key(pk: Any) -> str:

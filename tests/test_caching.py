@@ -2,6 +2,7 @@
 forget it; without a shared cache, nothing of it is kept."""
 
 import os
+import time
 
 import pytest
 import redis
@@ -103,6 +104,39 @@ class CommitTests(TestCase):
         # ... and the commit forgets it.
         self.assertIsNone(cache.get(caching.STAMP_KEY))
         self.assertEqual(caching.gallery_stamp()[1], 1)
+
+
+@shared_cache
+class PageAgeTests(TestCase):
+    def setUp(self) -> None:
+        cache.clear()
+        self.renders = 0
+
+    def page(self) -> str:
+        def render() -> str:
+            self.renders += 1
+            return f"render {self.renders}"
+
+        return caching.cached_page("gallery:page:test", render)[0]
+
+    def test_an_old_page_is_rendered_again_by_one_request_while_others_get_it(self):
+        from unittest import mock
+
+        self.assertEqual([self.page(), self.page()], ["render 1", "render 1"])
+        later = time.time() + caching.PAGE_SECONDS + 1
+        with mock.patch("gallery.caching.time.time", return_value=later):
+            cache.add("gallery:page:test:refreshing", 1, 30)  # another request is at it
+            self.assertEqual(self.page(), "render 1")
+            cache.delete("gallery:page:test:refreshing")
+            self.assertEqual([self.page(), self.page()], ["render 2", "render 2"])
+        self.assertEqual(self.renders, 2)
+
+    def test_a_change_renders_the_page_again_at_once(self):
+        self.assertEqual(self.page(), "render 1")
+        Example.objects.create(slug="new", title="New",
+                               contributor=get_user_model().objects.create_user("nina"))
+        cache.add("gallery:page:test:refreshing", 1, 30)  # no waiting for anyone
+        self.assertEqual(self.page(), "render 2")
 
 
 class UnsharedCacheTests(GalleryTestCase):
