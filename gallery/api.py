@@ -330,7 +330,7 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
             "count": paginator.count, "page": current.number, "pages": paginator.num_pages,
             "results": [example_out(e) for e in current.object_list]}).model_dump_json()
 
-    # The same for every caller until an example changes (use counts may lag a minute):
+    # The same for every caller until an example changes (use counts may lag five minutes):
     # checked against the schema and written as JSON once.
     key = "gallery:list-json:" + hashlib.sha256(repr((q, tag, state, page)).encode()).hexdigest()
     return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")

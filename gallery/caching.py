@@ -12,6 +12,7 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,8 +28,8 @@ STAMP_KEY = "gallery:stamp"
 STAMP_SECONDS = 2  # the longest a change made behind the signals' back stays unseen
 USER_SECONDS = 30
 UNREAD_SECONDS = 300
-PAGE_SECONDS = 60  # use counts and popular tags shown on cached pages are at most this old
-PAGE_KEEP_SECONDS = 600  # a page nobody asked for in this long is dropped
+PAGE_SECONDS = 300  # use counts and popular tags shown on cached pages are at most this old
+PAGE_KEEP_SECONDS = 3600  # a page nobody asked for in this long is dropped
 
 T = TypeVar("T")
 
@@ -59,16 +60,17 @@ def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
     staged, approved or retired example shows at once), and the unread count of `user_id`.
 
     The stamp, the page and the count come in one round trip to a warm shared cache. A page
-    older than PAGE_SECONDS (its use counts) is rendered again by one request while the
-    others still get it, so pages never all expire at once under load.
+    is rendered again for its use counts after 80-100% of PAGE_SECONDS (spread, so pages
+    rendered together are not all due together), by one request while the others still get
+    it: a search page over thousands of examples takes some 100 ms to render.
     """
     wanted = [key] if user_id is None else [key, _unread_key(user_id)]
     found = cache.get_many([STAMP_KEY, *wanted] if shared() else wanted[:1])
     stamp = found.get(STAMP_KEY) or gallery_stamp()
     page = found.get(key)
-    if (page is None or page[0] != stamp or time.time() - page[1] > PAGE_SECONDS
+    if (page is None or page[0] != stamp or time.time() > page[1]
             and cache.add(f"{key}:refreshing", 1, PAGE_SECONDS)):
-        page = (stamp, time.time(), render())
+        page = (stamp, time.time() + PAGE_SECONDS * random.uniform(0.8, 1.0), render())
         cache.set(key, page, PAGE_KEEP_SECONDS)
     if user_id is None:
         return page[2], None

@@ -123,7 +123,7 @@ class PageAgeTests(TestCase):
         from unittest import mock
 
         self.assertEqual([self.page(), self.page()], ["render 1", "render 1"])
-        later = time.time() + caching.PAGE_SECONDS + 1
+        later = time.time() + caching.PAGE_SECONDS + 1  # due by then, whatever the spread
         with mock.patch("gallery.caching.time.time", return_value=later):
             cache.add("gallery:page:test:refreshing", 1, 30)  # another request is at it
             self.assertEqual(self.page(), "render 1")
