@@ -891,7 +891,7 @@ def _do_preview(job: Job) -> dict[str, Any]:
             Preview.objects.filter(sha256=sha).update(state=Preview.State.FAILED, error=str(exc))
             raise
         elapsed = int((time.monotonic() - started) * 1000)
-        notebooks.write_atomically(path, html.encode("utf-8"))
+        notebooks.write_preview_file(path, html.encode("utf-8"))
         Preview.objects.filter(sha256=sha).update(render_ms=elapsed)
     notebooks.write_preview_css(path.parent)
     Preview.objects.filter(sha256=sha).update(

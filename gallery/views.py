@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -355,8 +356,14 @@ class PreviewFiles:
         if not (path.startswith("/previews/") and method in ("GET", "HEAD")
                 and _PREVIEW_FILE.fullmatch(path)):
             return self.app(environ, start_response)
+        file = Path(settings.GALLERY_PREVIEW_DIR) / path[len("/previews/"):]
+        fh, encoding = None, []
+        if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            with contextlib.suppress(OSError):
+                fh, encoding = open(file.with_name(file.name + ".gz"), "rb"), [
+                    ("Content-Encoding", "gzip")]
         try:
-            fh = open(Path(settings.GALLERY_PREVIEW_DIR) / path[len("/previews/"):], "rb")
+            fh = fh or open(file, "rb")
         except OSError:
             return self.app(environ, start_response)
         if path.endswith(".css"):
@@ -365,13 +372,27 @@ class PreviewFiles:
             headers = [("Content-Type", "text/html; charset=utf-8"),
                        ("Cache-Control", "public, max-age=31536000, immutable"),
                        *preview_headers().items()]
-        headers.append(("Content-Length", str(os.fstat(fh.fileno()).st_size)))
+        headers += [*encoding, ("Vary", "Accept-Encoding"),
+                    ("Content-Length", str(os.fstat(fh.fileno()).st_size))]
         start_response("200 OK", headers)
         if method == "HEAD":
             fh.close()
             return []
         wrapper = environ.get("wsgi.file_wrapper")
         return wrapper(fh, 1 << 16) if wrapper else _chunks(fh)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip: named, or `*`, with a weight above 0."""
+    weights = {}
+    for item in header.lower().split(","):
+        name, _, params = item.partition(";")
+        params = params.strip()
+        try:
+            weights[name.strip()] = float(params[2:]) if params.startswith("q=") else 1.0
+        except ValueError:
+            weights[name.strip()] = 0.0
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
 def _chunks(fh: Any) -> Any:

@@ -5,6 +5,7 @@ browser half of that test is tests/e2e/test_preview_browser.py."""
 from __future__ import annotations
 
 import faulthandler
+import gzip
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
@@ -430,14 +432,16 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertIn(b".jp-Cell", b"".join(r.streaming_content))
         self.assertEqual(self.client.get("/previews/preview-000000000000.css").status_code, 404)
 
-    def test_it_answers_preview_files_ahead_of_django_with_the_same_headers(self):
+    def wsgi_get(self, path: str, method: str = "GET", **extra: str
+                 ) -> tuple[str, dict[str, str], bytes]:
+        """A request to the gallery's WSGI application as gunicorn serves it: the preview
+        files layer in front of Django's handler (the one the test client runs)."""
         from django.http.response import HttpResponseBase
         from django.test.client import ClientHandler
 
         from gallery.views import PreviewFiles
 
-        sha = self.staged().revision.notebook_sha256
-        django_handler = ClientHandler()  # Django's handler, as the test client runs it
+        django_handler = ClientHandler()
 
         def gallery(environ: dict, start_response: Any) -> Any:
             response = django_handler(environ)
@@ -445,21 +449,21 @@ class PreviewServiceTests(GalleryTestCase):
                            list(response.items()))
             return response
 
-        app = PreviewFiles(gallery)
+        seen: dict[str, Any] = {}
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "testserver",
+                   "SERVER_PORT": "80", "HTTP_HOST": "testserver", "QUERY_STRING": "",
+                   "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+                   "wsgi.errors": io.StringIO(), **extra}
+        body = PreviewFiles(gallery)(environ, lambda status, headers: seen.update(
+            status=status, headers=dict(headers)))
+        data = b"".join(body)
+        if not isinstance(body, HttpResponseBase):  # closing one ends the test's database
+            getattr(body, "close", lambda: None)()
+        return seen["status"], seen["headers"], data
 
-        def get(path: str, method: str = "GET") -> tuple[str, dict[str, str], bytes]:
-            seen: dict[str, Any] = {}
-            environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "testserver",
-                       "SERVER_PORT": "80", "HTTP_HOST": "testserver", "QUERY_STRING": "",
-                       "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
-                       "wsgi.errors": io.StringIO()}
-            body = app(environ, lambda status, headers: seen.update(status=status,
-                                                                    headers=dict(headers)))
-            data = b"".join(body)
-            if not isinstance(body, HttpResponseBase):  # closing one ends the test's database
-                getattr(body, "close", lambda: None)()
-            return seen["status"], seen["headers"], data
-
+    def test_it_answers_preview_files_ahead_of_django_with_the_same_headers(self):
+        sha = self.staged().revision.notebook_sha256
+        get = self.wsgi_get
         status, headers, body = get(f"/previews/{sha}.html")
         self.assertEqual(status, "200 OK")
         self.assertEqual(body, services.preview_path(sha).read_bytes())
@@ -479,6 +483,40 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertEqual(status, "404 Not Found")
         self.assertIn(b"no preview with this hash", body)
         self.assertNotEqual(get(f"/previews/{sha}.html", "POST")[0], "200 OK")
+
+    def test_it_sends_previews_gzipped_to_clients_that_accept_it(self):
+        sha = self.staged(notebook_bytes(40)).revision.notebook_sha256
+        plain = services.preview_path(sha).read_bytes()
+        _, identity, _ = self.wsgi_get(f"/previews/{sha}.html")
+        status, headers, body = self.wsgi_get(f"/previews/{sha}.html",
+                                              HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+        self.assertEqual((status, headers["Content-Encoding"]), ("200 OK", "gzip"))
+        self.assertEqual(gzip.decompress(body), plain)
+        self.assertLess(len(body), len(plain) / 3)
+        self.assertEqual(headers["Content-Length"], str(len(body)))
+        for name in ("Content-Security-Policy", "Cache-Control", "Content-Type",
+                     "X-Content-Type-Options", "Vary"):
+            self.assertEqual(headers[name], identity[name], name)
+        self.assertEqual(headers["Vary"], "Accept-Encoding")
+        for header, gzipped in (("", False), ("identity", False), ("gzip;q=0", False),
+                                ("br", False), ("*;q=0", False), ("*", True),
+                                ("deflate, GZIP;q=0.5", True), ("gzip;q=x", False)):
+            with self.subTest(header=header):
+                _, headers, body = self.wsgi_get(f"/previews/{sha}.html",
+                                                 HTTP_ACCEPT_ENCODING=header)
+                self.assertEqual("Content-Encoding" in headers, gzipped)
+                self.assertEqual(gzip.decompress(body) if gzipped else body, plain)
+        _, headers, body = self.wsgi_get(f"/previews/{notebooks.preview_css_name()}",
+                                         HTTP_ACCEPT_ENCODING="gzip")
+        self.assertEqual(headers["Content-Encoding"], "gzip")
+        self.assertIn(b".jp-Cell", gzip.decompress(body))
+
+    def test_it_keeps_no_gzip_twin_that_would_save_little(self):
+        folder = Path(settings.GALLERY_PREVIEW_DIR)
+        notebooks.write_preview_file(folder / "noise.html", os.urandom(50_000))
+        notebooks.write_preview_file(folder / "text.html", b"<p>hello</p>" * 5_000)
+        self.assertEqual(sorted(p.name for p in folder.iterdir()),
+                         ["noise.html", "text.html", "text.html.gz"])
 
     @override_settings(GALLERY_PREVIEW_FRAME_ANCESTORS="https://hub.example.org",
                        GALLERY_PREVIEW_BASE_URL="https://previews.example.net/previews")
