@@ -306,7 +306,11 @@ def preview_css(request: HttpRequest, name: str) -> HttpResponse:
 
 def preview_headers() -> dict[str, str]:
     """The headers of every preview response: no script, nothing remote, a sandbox."""
-    ancestors = settings.GALLERY_PREVIEW_FRAME_ANCESTORS
+    return dict(_preview_header_items(settings.GALLERY_PREVIEW_FRAME_ANCESTORS))
+
+
+@functools.lru_cache(maxsize=8)
+def _preview_header_items(ancestors: str) -> tuple[tuple[str, str], ...]:
     headers = {
         "Content-Security-Policy": PREVIEW_CSP.format(ancestors=ancestors),
         "X-Content-Type-Options": "nosniff",
@@ -320,7 +324,7 @@ def preview_headers() -> dict[str, str]:
         headers["Cross-Origin-Resource-Policy"] = "same-site"
     else:  # framed by the gallery's own origin: CSP frame-ancestors says which one
         headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    return headers
+    return tuple(headers.items())
 
 
 def _preview_headers(response: HttpResponse) -> HttpResponse:
@@ -342,7 +346,8 @@ class PreviewFiles:
     """WSGI: rendered previews and their stylesheet straight from disk, ahead of Django.
 
     They are immutable files that every viewer of an example fetches; this answers them in a
-    fraction of a Django request, with the same headers as `preview` and `preview_css`.
+    fraction of a Django request, with the same headers as `preview` and `preview_css`, the
+    gzip twin to clients that accept it, and small files from memory once read.
     Anything else, and a preview that is not there yet (the view then says why), goes on to
     the gallery. gallery/wsgi.py puts it in front of the application.
     """
@@ -356,32 +361,51 @@ class PreviewFiles:
         if not (path.startswith("/previews/") and method in ("GET", "HEAD")
                 and _PREVIEW_FILE.fullmatch(path)):
             return self.app(environ, start_response)
-        file = Path(settings.GALLERY_PREVIEW_DIR) / path[len("/previews/"):]
-        fh, encoding = None, []
-        if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            with contextlib.suppress(OSError):
-                fh, encoding = open(file.with_name(file.name + ".gz"), "rb"), [
-                    ("Content-Encoding", "gzip")]
-        try:
-            fh = fh or open(file, "rb")
-        except OSError:
+        found = _preview_file(os.path.join(settings.GALLERY_PREVIEW_DIR, path[len("/previews/"):]),
+                              gzip=accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")))
+        if found is None:
             return self.app(environ, start_response)
+        body, encoding = found
         if path.endswith(".css"):
             headers = list(CSS_HEADERS)
         else:
             headers = [("Content-Type", "text/html; charset=utf-8"),
                        ("Cache-Control", "public, max-age=31536000, immutable"),
-                       *preview_headers().items()]
-        headers += [*encoding, ("Vary", "Accept-Encoding"),
-                    ("Content-Length", str(os.fstat(fh.fileno()).st_size))]
-        start_response("200 OK", headers)
+                       *_preview_header_items(settings.GALLERY_PREVIEW_FRAME_ANCESTORS)]
+        size = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+        start_response("200 OK", [*headers, *encoding, ("Vary", "Accept-Encoding"),
+                                  ("Content-Length", str(size))])
+        if isinstance(body, bytes):
+            return [] if method == "HEAD" else [body]
         if method == "HEAD":
-            fh.close()
+            body.close()
             return []
         wrapper = environ.get("wsgi.file_wrapper")
-        return wrapper(fh, 1 << 16) if wrapper else _chunks(fh)
+        return wrapper(body, 1 << 16) if wrapper else _chunks(body)
 
 
+SMALL_PREVIEW_FILE = 64 * 1024  # most previews gzip to a few kB; larger ones are sent from disk
+
+
+@functools.lru_cache(maxsize=512)
+def _small_file(path: str) -> bytes | None:
+    """A small preview file's bytes, read once per process: previews are named by their
+    content and never change. None for a larger one. Raises OSError when there is none."""
+    with open(path, "rb") as fh:
+        return fh.read() if os.fstat(fh.fileno()).st_size <= SMALL_PREVIEW_FILE else None
+
+
+def _preview_file(path: str, *, gzip: bool) -> tuple[Any, list[tuple[str, str]]] | None:
+    """The gzip twin (when taken) or the file itself, as bytes or an open file, with its
+    Content-Encoding header; None when neither is there."""
+    twins = [(path + ".gz", [("Content-Encoding", "gzip")])] if gzip else []
+    for name, encoding in [*twins, (path, [])]:
+        with contextlib.suppress(OSError):
+            return _small_file(name) or open(name, "rb"), encoding
+    return None
+
+
+@functools.lru_cache(maxsize=64)  # browsers send a handful of different headers
 def accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding header takes gzip: named, or `*`, with a weight above 0."""
     weights = {}

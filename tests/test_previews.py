@@ -511,6 +511,19 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertEqual(headers["Content-Encoding"], "gzip")
         self.assertIn(b".jp-Cell", gzip.decompress(body))
 
+    def test_it_sends_large_files_from_disk_and_small_ones_from_memory_alike(self):
+        folder = Path(settings.GALLERY_PREVIEW_DIR)
+        for size in (100, 200_000):  # below and above SMALL_PREVIEW_FILE, incompressible
+            data = os.urandom(size)
+            name = notebooks.sha256(data) + ".html"
+            notebooks.write_preview_file(folder / name, data)
+            for method, expected in (("GET", data), ("HEAD", b"")):
+                status, headers, body = self.wsgi_get(f"/previews/{name}", method,
+                                                      HTTP_ACCEPT_ENCODING="gzip")
+                self.assertEqual((status, body), ("200 OK", expected))
+                self.assertEqual(headers["Content-Length"], str(size))
+                self.assertNotIn("Content-Encoding", headers)
+
     def test_it_keeps_no_gzip_twin_that_would_save_little(self):
         folder = Path(settings.GALLERY_PREVIEW_DIR)
         notebooks.write_preview_file(folder / "noise.html", os.urandom(50_000))
