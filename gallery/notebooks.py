@@ -1065,7 +1065,8 @@ class _RenderChild:
             self.sock.settimeout(limits.time_limit)
             with contextlib.suppress(OSError):  # a child that is gone shows as EOF below
                 _send(self.sock, [css_href, asdict(limits)], data)
-            (reason, grown), page = _receive(self.sock)
+            # A page cannot outgrow the child's memory: a larger size is a broken child.
+            (reason, grown), page = _receive(self.sock, limit=limits.memory_limit)
             if not reason:
                 self.renders += 1
                 return page.decode(), grown
@@ -1135,11 +1136,14 @@ def _send(sock: socket.socket, head: Any, body: bytes) -> None:
     sock.sendall(body)
 
 
-def _receive(sock: socket.socket) -> tuple[Any, bytearray]:
-    """A message from `_send`; EOFError when the other end has closed."""
+def _receive(sock: socket.socket, limit: int | None = None) -> tuple[Any, bytearray]:
+    """A message from `_send`; EOFError when the other end has closed or announces more than
+    `limit` bytes."""
     sizes = _read(sock, 12)
-    head = json.loads(_read(sock, int.from_bytes(sizes[:4], "big")))
-    return head, _read(sock, int.from_bytes(sizes[4:], "big"))
+    head_size, body_size = int.from_bytes(sizes[:4], "big"), int.from_bytes(sizes[4:], "big")
+    if limit is not None and head_size + body_size > limit:
+        raise EOFError
+    return json.loads(_read(sock, head_size)), _read(sock, body_size)
 
 
 def _read(sock: socket.socket, size: int) -> bytearray:

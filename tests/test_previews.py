@@ -367,6 +367,21 @@ notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(time
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_render_child_announcing_more_than_its_memory_is_not_believed(monkeypatch):
+    parent, real = os.getpid(), notebooks._send
+
+    def lying(sock: Any, head: Any, body: bytes) -> None:
+        if os.getpid() == parent:
+            return real(sock, head, body)
+        sock.sendall((2).to_bytes(4, "big") + (2**40).to_bytes(8, "big") + b"[]")
+
+    monkeypatch.setattr(notebooks, "_send", lying)  # the child is forked with it
+    with pytest.raises(notebooks.PreviewError, match="The preview renderer stopped"):
+        notebooks.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(notebooks, "_send", real)
+    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+
+
 def test_stopping_the_render_child_leaves_no_zombie():
     notebooks.render_isolated(notebook_bytes(1))
     pid = child_pid()
