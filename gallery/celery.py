@@ -37,18 +37,19 @@ def _note_preview_queue(sender: str, instance: object, **_: object) -> None:
 
 @worker_process_init.connect
 def _warm_preview_exporter(**_: object) -> None:
-    # Each pool process of a preview worker builds its exporter once, before its first task.
+    # Each pool process of a preview worker builds its exporter and starts its render child
+    # once, before its first task.
     if not _renders_previews:
         return
     import logging
     import time
 
-    from .notebooks import warm_exporter
+    from .notebooks import PreviewLimits, warm_exporter
 
     log = logging.getLogger(__name__)
     started = time.monotonic()
     try:
-        warm_exporter()
+        warm_exporter(PreviewLimits.from_settings())
     except Exception:  # a cold exporter still works; the first render just pays for it
         log.exception("could not warm the preview exporter")
         return

@@ -850,14 +850,18 @@ def _get_exporter():  # type: ignore[no-untyped-def]
     return _exporter
 
 
-def warm_exporter() -> None:
-    """Build the exporter and render a small notebook, so the first real render is fast."""
+def warm_exporter(limits: PreviewLimits | None = None) -> None:
+    """Build the exporter and render a small notebook, so the first real render is fast; with
+    `limits`, also start the render child `render_isolated` will use with them."""
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
     nb = new_notebook(cells=[new_markdown_cell("# warm\n\n*x* $y$"),
                              new_code_cell("print(1)", execution_count=1,
                                            outputs=[new_output("stream", text="1\n")])])
-    render_preview(nbformat.writes(nb).encode())
+    data = nbformat.writes(nb).encode()
+    render_preview(data)
+    if limits is not None:
+        render_isolated(data, limits=limits)
 
 
 PREVIEW_PAGE = """<!DOCTYPE html>

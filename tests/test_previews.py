@@ -382,6 +382,15 @@ def test_a_render_child_announcing_more_than_its_memory_is_not_believed(monkeypa
     assert "hello" in notebooks.render_isolated(notebook_bytes(1))
 
 
+def test_warming_up_starts_the_render_child_the_first_render_uses():
+    limits = notebooks.PreviewLimits(time_limit=30)
+    notebooks.warm_exporter(limits)
+    warm = notebooks._child
+    assert warm is not None and os.waitpid(warm.pid, os.WNOHANG) == (0, 0)  # alive
+    notebooks.render_isolated(notebook_bytes(1), limits=limits)
+    assert notebooks._child is warm
+
+
 def test_stopping_the_render_child_leaves_no_zombie():
     notebooks.render_isolated(notebook_bytes(1))
     pid = child_pid()
