@@ -12,6 +12,7 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 STAMP_KEY = "gallery:stamp"
 STAMP_SECONDS = 2  # the longest a change made behind the signals' back stays unseen
@@ -39,10 +43,18 @@ def shared() -> bool:
 
 
 def forget(*keys: str) -> None:
-    if not keys:
-        return
-    cache.delete_many(keys)
-    transaction.on_commit(lambda: cache.delete_many(keys))
+    """Drop cached answers now and when the transaction commits. A write goes ahead while the
+    cache is away: what it would have dropped expires on its own (STAMP_SECONDS,
+    USER_SECONDS, UNREAD_SECONDS)."""
+    def drop() -> None:
+        try:
+            cache.delete_many(keys)
+        except RedisError as exc:
+            log.warning("cache unreachable, %d answers left to expire: %s", len(keys), exc)
+
+    if keys:
+        drop()
+        transaction.on_commit(drop)
 
 
 def gallery_stamp() -> tuple[Any, ...]:

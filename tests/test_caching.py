@@ -139,6 +139,28 @@ class PageAgeTests(TestCase):
         self.assertEqual(self.page(), "render 2")
 
 
+cache_away = override_settings(
+    GALLERY_CACHE_URL="redis://127.0.0.1:1/0",  # nothing listens there
+    CACHES={"default": {"BACKEND": "gallery.redis_cache.RedisCache",
+                        "LOCATION": "redis://127.0.0.1:1/0"}},
+    SESSION_ENGINE="django.contrib.sessions.backends.cached_db")
+
+
+class CacheAwayTests(GalleryTestCase):
+    def test_pages_and_changes_go_on_from_the_database_while_the_cache_is_away(self):
+        self.client.force_login(self.user)  # sessions are in the database, the cache only reads
+        with cache_away:
+            self.stage_and_approve(title="Broadcasting in NumPy")  # saves forget into the void
+            services.notify(user=self.user, kind=Notification.Kind.REVIEW, message="Hello.")
+            with self.assertLogs("gallery.redis_cache", "WARNING"):
+                page = self.client.get(reverse("index"))
+            self.assertContains(page, "Broadcasting in NumPy")
+            self.assertContains(page, 'class="badge"')
+            self.assertEqual(self.json(self.client.get("/api/v1/examples"))["count"], 1)
+            self.assertEqual(self.client.get(
+                reverse("example", args=["broadcasting-in-numpy"])).status_code, 200)
+
+
 class UnsharedCacheTests(GalleryTestCase):
     """The default: each process has its own memory, so the answers come from the database."""
 
