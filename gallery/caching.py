@@ -24,6 +24,8 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,29 @@ def forget(*keys: str) -> None:
     if keys:
         drop()
         transaction.on_commit(drop)
+
+
+class CacheAwayMiddleware:
+    """A view stopped by an unreachable cache (a logout or login, whose session deletes must
+    not half-happen: see `gallery.sessions`) answers 503 with a page asking to try again."""
+
+    RETRY_SECONDS = 30
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception
+                          ) -> HttpResponse | None:
+        if not isinstance(exception, RedisError):
+            return None
+        log.warning("cache unreachable, %s %s refused with 503: %s", request.method,
+                    request.path, exception)
+        response = render(request, "gallery/unavailable.html", status=503)
+        response["Retry-After"] = str(self.RETRY_SECONDS)
+        return response
 
 
 def gallery_stamp() -> tuple[Any, ...]:

@@ -195,6 +195,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gallery.uploads.UploadLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "gallery.caching.CacheAwayMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -271,8 +272,7 @@ LOGOUT_REDIRECT_URL = "index"
 
 # With a shared cache, sessions and the user of a session are read from it (written through
 # to the database), so a page costs no query before its view runs (see gallery/caching.py).
-SESSION_ENGINE = ("django.contrib.sessions.backends.cached_db" if GALLERY_CACHE_URL
-                  else "django.contrib.sessions.backends.db")
+SESSION_ENGINE = "gallery.sessions" if GALLERY_CACHE_URL else "django.contrib.sessions.backends.db"
 AUTHENTICATION_BACKENDS = ["gallery.caching.CachedModelBackend"]
 SESSION_COOKIE_NAME = "gallery-sessionid"
 SESSION_COOKIE_PATH = SERVICE_PREFIX

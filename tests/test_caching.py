@@ -6,12 +6,14 @@ import time
 
 import redis
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
 from django.core.cache import cache
 from django.db import transaction
 from django.test import TestCase, override_settings
 from django.urls import reverse
 
 from gallery import caching, services
+from gallery.sessions import SessionStore
 from gallery.models import Example, Job, Notification
 
 from .base import GalleryTestCase, stage
@@ -23,7 +25,7 @@ shared_cache = override_settings(
     GALLERY_CACHE_URL=SHARED_URL,
     CACHES={"default": {"BACKEND": "gallery.redis_cache.RedisCache", "LOCATION": SHARED_URL,
                         "KEY_PREFIX": "gallery-test"}},
-    SESSION_ENGINE="django.contrib.sessions.backends.cached_db")
+    SESSION_ENGINE="gallery.sessions")
 
 
 @shared_cache
@@ -142,7 +144,7 @@ cache_away = override_settings(
     GALLERY_CACHE_URL="redis://127.0.0.1:1/0",  # nothing listens there
     CACHES={"default": {"BACKEND": "gallery.redis_cache.RedisCache",
                         "LOCATION": "redis://127.0.0.1:1/0"}},
-    SESSION_ENGINE="django.contrib.sessions.backends.cached_db")
+    SESSION_ENGINE="gallery.sessions")
 
 
 class CacheAwayTests(GalleryTestCase):
@@ -158,6 +160,44 @@ class CacheAwayTests(GalleryTestCase):
             self.assertEqual(self.json(self.client.get("/api/v1/examples"))["count"], 1)
             self.assertEqual(self.client.get(
                 reverse("example", args=["broadcasting-in-numpy"])).status_code, 200)
+
+
+class SessionsWhileTheCacheIsAwayTests(GalleryTestCase):
+    """A logout or login the cache cannot record does not half-happen: a session deleted from
+    the database alone would come back from the cache's copy once Redis answers again."""
+
+    def session_is_cached(self, key: str) -> bool:
+        return cache.get(f"{SessionStore.cache_key_prefix}{key}") is not None
+
+    def test_a_logout_is_refused_whole_and_works_once_the_cache_is_back(self):
+        with shared_cache:
+            self.client.force_login(self.user)
+            key = self.client.session.session_key
+            self.client.get(reverse("index"))
+            self.assertTrue(self.session_is_cached(key))
+        with cache_away, self.assertLogs("gallery", "WARNING"):
+            response = self.client.post(reverse("logout"))
+        self.assertContains(response, "try again", status_code=503)
+        self.assertEqual(response["Retry-After"], "30")
+        self.assertTrue(Session.objects.filter(session_key=key).exists())
+        with shared_cache:
+            self.assertEqual(self.client.get(reverse("index")).context["user"], self.user)
+            self.client.post(reverse("logout"))
+            self.assertFalse(Session.objects.filter(session_key=key).exists())
+            self.assertFalse(self.session_is_cached(key))
+            self.assertFalse(self.client.get(reverse("index")).wsgi_request.user.is_authenticated)
+
+    def test_a_login_is_refused_with_a_clear_answer(self):
+        with shared_cache:
+            session = self.client.session  # a session of its own before logging in
+            session["seen"] = True
+            session.save()
+        with cache_away, self.assertLogs("gallery", "WARNING"):
+            response = self.client.post(reverse("login"), {"username": "ursula",
+                                                           "password": "pw-" + "x" * 10})
+        self.assertContains(response, "try again", status_code=503)
+        with shared_cache:
+            self.assertFalse(self.client.get(reverse("index")).wsgi_request.user.is_authenticated)
 
 
 class UnsharedCacheTests(GalleryTestCase):
