@@ -13,8 +13,8 @@ from django.test import TestCase, override_settings
 from django.urls import reverse
 
 from gallery import caching, services
-from gallery.sessions import SessionStore
 from gallery.models import Example, Job, Notification
+from gallery.sessions import SessionStore
 
 from .base import GalleryTestCase, stage
 from .conftest import REDIS_URL
