@@ -980,6 +980,7 @@ def failure_reason(exc: BaseException, limits: PreviewLimits) -> str:
     return f"The preview could not be made ({name}: {str(exc)[:300]})."
 
 
+MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 MAX_CHILD_RENDERS = 500  # renders per child; then a fresh one, so that slow leaks never add up
 MAX_CHILD_GROWTH = 64 * 2**20  # bytes of address space a child may keep beyond its start
 _child_lock = threading.Lock()
@@ -1050,7 +1051,10 @@ class _RenderChild:
         if self.pid == 0:  # the child: serve until the parent goes, leave without cleanup
             status = 1
             try:
-                self.sock.close()
+                # Keep only stdio and our socket: the parent's broker and database sockets and
+                # the pipes of whatever started it are not the child's to hold open.
+                os.closerange(3, theirs.fileno())
+                os.closerange(theirs.fileno() + 1, MAX_FD)
                 _serve(theirs, memory_limit)
                 status = 0
             finally:

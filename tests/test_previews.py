@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -252,6 +253,24 @@ def test_one_render_child_serves_render_after_render():
     assert "first page" in first and "second page" in second and "first page" not in second
     assert child_pid() == pid
     assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # our child, and still running
+
+
+def test_the_render_child_keeps_none_of_its_parents_files_or_sockets(tmp_path):
+    """A worker's broker and database sockets, and the pipes of whatever started it, stay
+    with the worker: a child holding a pipe open would keep the other end waiting for EOF."""
+    notebooks.stop_render_child()
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "open.txt", "w"), socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        notebooks.render_isolated(notebook_bytes(1))
+        held = {int(fd): os.readlink(f"/proc/{child_pid()}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{child_pid()}/fd")}
+    os.close(read_end)
+    os.close(write_end)
+    assert set(held) - {0, 1, 2} and all(
+        held[fd].startswith("socket:") for fd in set(held) - {0, 1, 2}), held
+    assert len(set(held) - {0, 1, 2}) == 1, held  # the one to this process
 
 
 def test_a_render_that_takes_too_long_costs_its_child_and_the_next_gets_a_new_one():
