@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -662,18 +663,20 @@ def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "")
     }
 
 
-def environment_instructions(env_file: str, name: str) -> dict[str, str]:
-    """The exact commands that turn the copied spec into a kernel."""
+def environment_instructions(env_file: str, name: str, folder: str = "") -> dict[str, str]:
+    """The exact commands that turn the copied spec into a kernel; with the copy's `folder`
+    (relative to the home), they start by going there, so they run from anywhere."""
     env = f"~/envs/{name}"
     kernel = f'python -m ipykernel install --user --name {name} --display-name "{name}"'
+    go = f"cd ~/{shlex.quote(folder)} && " if folder else ""
     if env_file.startswith("environment"):
-        return {"conda": f"conda env create -p {env} -f {env_file} && "
+        return {"conda": f"{go}conda env create -p {env} -f {env_file} && "
                          f"conda run -p {env} {kernel}",
                 "pip": ""}
     if env_file:
         return {"conda": "",
-                "pip": f"python3 -m venv {env} && {env}/bin/pip install -r {env_file} ipykernel "
-                       f"&& {env}/bin/{kernel}"}
+                "pip": f"{go}python3 -m venv {env} && {env}/bin/pip install -r {env_file} "
+                       f"ipykernel && {env}/bin/{kernel}"}
     return {"conda": "", "pip": ""}
 
 
@@ -719,7 +722,8 @@ def _do_use(job: Job) -> dict[str, Any]:
         "path": f"~/{rel}",
         "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
             username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
-        "environment": {"file": env_file, **environment_instructions(env_file, example.slug)},
+        "environment": {"file": env_file,
+                        **environment_instructions(env_file, example.slug, rel)},
         "data_links": [d["name"] for d in links],
         "version": revision.number,
     }

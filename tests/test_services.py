@@ -141,6 +141,9 @@ class UseTests(GalleryTestCase):
         self.assertIn("https://example.org/data", (copy / "DATA.md").read_text())
         self.assertEqual(job.result["folder"], example.slug)
         self.assertIn("pip install -r requirements.txt", job.result["environment"]["pip"])
+        # Run from anywhere: the commands go to the copy first.
+        self.assertTrue(job.result["environment"]["pip"].startswith(
+            f"cd ~/examples/{example.slug} && python3 -m venv"))
 
     def test_it_never_overwrites_and_names_the_second_copy(self):
         submission = self.stage_and_approve()
