@@ -73,13 +73,16 @@ class CacheAwayMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception
                           ) -> HttpResponse | None:
-        if not isinstance(exception, RedisError):
-            return None
-        log.warning("cache unreachable, %s %s refused with 503: %s", request.method,
-                    request.path, exception)
-        response = render(request, "gallery/unavailable.html", status=503)
-        response["Retry-After"] = str(self.RETRY_SECONDS)
-        return response
+        return unavailable(request, exception) if isinstance(exception, RedisError) else None
+
+
+def unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """503 with a page asking to try again shortly, for a request the cache stopped."""
+    log.warning("cache unreachable, %s %s refused with 503: %s", request.method, request.path,
+                exc)
+    response = render(request, "gallery/unavailable.html", status=503)
+    response["Retry-After"] = str(CacheAwayMiddleware.RETRY_SECONDS)
+    return response
 
 
 def gallery_stamp() -> tuple[Any, ...]:

@@ -40,8 +40,9 @@ from django.utils.crypto import constant_time_compare
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from ninja.security import APIKeyHeader
+from redis.exceptions import RedisError
 
-from . import homes, services
+from . import caching, homes, services
 
 if TYPE_CHECKING:
     from .models import Job
@@ -287,7 +288,10 @@ class HubSessionMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if settings.HUB_ENABLED and request.session.get(TOKEN):
-            self._recheck(request)
+            try:
+                self._recheck(request)
+            except RedisError as exc:  # a session to end that the cache cannot drop
+                return caching.unavailable(request, exc)
         user = request.user
         if (user.is_authenticated and not user.is_staff
                 and request.path.startswith(reverse("admin:index"))):

@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 WARN_EVERY = 10.0  # seconds between warnings while Redis stays away
-_warned_at = 0.0
+_warned_at = -WARN_EVERY  # so the first failure is always told
 
 
 class RedisCacheClient(django_redis.RedisCacheClient):

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.test import TestCase, override_settings
 from django.urls import reverse
 
-from gallery import caching, services
+from gallery import caching, redis_cache, services
 from gallery.models import Example, Job, Notification
 from gallery.sessions import SessionStore
 
@@ -148,6 +148,9 @@ cache_away = override_settings(
 
 
 class CacheAwayTests(GalleryTestCase):
+    def setUp(self) -> None:
+        redis_cache._warned_at = -redis_cache.WARN_EVERY  # a warning of an earlier test is not ours
+
     def test_pages_and_changes_go_on_from_the_database_while_the_cache_is_away(self):
         self.client.force_login(self.user)  # sessions are in the database, the cache only reads
         with cache_away:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -146,6 +147,20 @@ class LoginTests(GalleryTestCase):
         response = self.get("/")
         self.assertEqual(response.status_code, 200)
         self.assertEqual(self.client.session[hub.CHECKED], 0.0)  # not confirmed: ask next time
+
+    def test_it_answers_503_when_the_session_it_must_end_cannot_leave_the_cache(self) -> None:
+        from .test_caching import cache_away
+
+        self.client.force_login(self.user)
+        session = self.client.session
+        session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
+        session.save()
+        with mock.patch.object(hub, "fetch_user", return_value=None), cache_away, \
+                self.assertLogs("gallery", "WARNING"):
+            response = self.get("/")
+        self.assertContains(response, "try again", status_code=503)
+        with mock.patch.object(hub, "fetch_user", return_value=None):
+            self.assertEqual(self.get("/").status_code, 302)  # once it can, the session ends
 
     def test_it_sends_a_logged_in_non_reviewer_asking_for_the_admin_a_403_not_a_loop(self) -> None:
         self.client.force_login(self.user)
