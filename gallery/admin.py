@@ -71,6 +71,11 @@ class OpenFilter(admin.SimpleListFilter):
         return queryset if self.value() == "all" else queryset.filter(state__in=OPEN)
 
 
+admin.site.site_header = "Reviewer's desk · Examples gallery"
+admin.site.site_title = "Reviewer's desk"
+admin.site.index_title = "The queue, examples and jobs"
+
+
 @admin.register(Submission)
 class SubmissionAdmin(admin.ModelAdmin):
     list_display = ["id", "example_title", "revision_number", "contributor", "state",

@@ -62,6 +62,7 @@ class DeskTests(GalleryTestCase):
         self.assertLess(html.index("Older one"), html.index("Newer one"))
         self.assertNotIn("Already approved", html)
         self.assertIn("3\xa0days", html)
+        self.assertIn("Reviewer&#x27;s desk · Examples gallery", html)  # not Django's name
         everything = self.client.get(reverse("admin:gallery_submission_changelist"),
                                      {"queue": "all"})
         self.assertContains(everything, done.example.title)
