@@ -1052,7 +1052,9 @@ class _RenderChild:
             status = 1
             try:
                 # Keep only stdio and our socket: the parent's broker and database sockets and
-                # the pipes of whatever started it are not the child's to hold open.
+                # the pipes of whatever started it are not the child's to hold open. (The
+                # objects that held them stay referenced until the child leaves by _exit.)
+                self.sock.close()
                 os.closerange(3, theirs.fileno())
                 os.closerange(theirs.fileno() + 1, MAX_FD)
                 _serve(theirs, memory_limit)

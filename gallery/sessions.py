@@ -20,3 +20,10 @@ class SessionStore(cached_db.SessionStore):
             return
         self._cache.delete(self.cache_key_prefix + key)
         super(cached_db.SessionStore, self).delete(key)
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        key = session_key or self.session_key
+        if key is None:
+            return
+        await self._cache.adelete(self.cache_key_prefix + key)
+        await super(cached_db.SessionStore, self).adelete(key)

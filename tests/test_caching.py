@@ -5,6 +5,7 @@ import os
 import time
 
 import redis
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.core.cache import cache
@@ -201,6 +202,18 @@ class SessionsWhileTheCacheIsAwayTests(GalleryTestCase):
         self.assertContains(response, "try again", status_code=503)
         with shared_cache:
             self.assertFalse(self.client.get(reverse("index")).wsgi_request.user.is_authenticated)
+
+
+    def test_the_async_delete_drops_the_cache_first_too(self):
+        store = SessionStore()
+        store["seen"] = True
+        store.create()
+        with cache_away:
+            with self.assertRaises(redis.RedisError):
+                async_to_sync(SessionStore(store.session_key).adelete)()
+        self.assertTrue(Session.objects.filter(session_key=store.session_key).exists())
+        async_to_sync(SessionStore(store.session_key).adelete)()
+        self.assertFalse(Session.objects.filter(session_key=store.session_key).exists())
 
 
 class UnsharedCacheTests(GalleryTestCase):
