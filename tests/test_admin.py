@@ -6,7 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -139,6 +141,22 @@ class DeskTests(GalleryTestCase):
         self.client.post(url, {"action": "restore", "_selected_action": [example.pk]})
         example.refresh_from_db()
         self.assertEqual(example.state, "approved")
+
+    def test_it_lists_examples_without_reading_their_notebook_text(self):
+        # search_text holds up to 100 kB an example: a page of 100 would read 10 MB.
+        example = self.stage_and_approve().example
+        url = reverse("admin:gallery_example_changelist")
+        with CaptureQueriesContext(connection) as queries:
+            self.assertContains(self.client.get(url), example.title)
+        reads = [q["sql"] for q in queries if '"gallery_example"."title"' in q["sql"]]
+        self.assertTrue(reads)
+        self.assertFalse([sql for sql in reads if "search_text" in sql])
+        # The actions still work on the examples so listed.
+        self.client.post(url, {"action": "retire", "_selected_action": [example.pk],
+                               "reason": "Replaced."})
+        example.refresh_from_db()
+        self.assertEqual(example.state, "retired")
+        self.assertTrue(example.search_text)  # kept, as a retired example may come back
 
     def test_it_imports_a_folder_into_the_queue(self):
         root = Path(settings.GALLERY_DATA_DIR).parent / "to-import"
