@@ -33,6 +33,10 @@ PORT = int(os.environ.get("GALLERY_DEMO_PORT") or 8000)
 HUB_PORT = int(os.environ.get("GALLERY_DEMO_HUB_PORT") or 8081)
 PROXY_API_PORT = int(os.environ.get("GALLERY_DEMO_PROXY_API_PORT") or 8001)
 SERVICE_PORT = int(os.environ.get("GALLERY_DEMO_SERVICE_PORT") or 8010)
+if len({PORT, HUB_PORT, PROXY_API_PORT, SERVICE_PORT}) < 4:
+    sys.exit(f"The demo's ports must differ: GALLERY_DEMO_PORT={PORT}, GALLERY_DEMO_HUB_PORT="
+             f"{HUB_PORT}, GALLERY_DEMO_PROXY_API_PORT={PROXY_API_PORT}, "
+             f"GALLERY_DEMO_SERVICE_PORT={SERVICE_PORT}.")
 REVIEW_SCOPE = os.environ.get("GALLERY_REVIEW_SCOPE") or "custom:gallery:review"
 REVIEW_GROUP = os.environ.get("GALLERY_REVIEW_GROUP") or "gallery-reviewers"
 ACCESS_GROUP = os.environ.get("GALLERY_HUB_ACCESS_GROUP", "")
