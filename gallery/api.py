@@ -332,8 +332,25 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
 
     # The same for every caller until an example changes (use counts may lag five minutes):
     # checked against the schema and written as JSON once.
-    key = "gallery:list-json:" + hashlib.sha256(repr((q, tag, state, page)).encode()).hexdigest()
+    key = _list_key(q, tag, state, page)
     return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")
+
+
+def _list_key(q: str, tag: str, state: str, page: int) -> str:
+    return "gallery:list-json:" + hashlib.sha256(repr((q, tag, state, page)).encode()).hexdigest()
+
+
+def _list_key_of_request(request: HttpRequest) -> str:
+    """The key `list_examples` will ask for, or "" for a page number it will refuse."""
+    get = request.GET
+    try:
+        page = int(get.get("page", "1"))
+    except ValueError:
+        return ""
+    return _list_key(get.get("q", ""), get.get("tag", ""), get.get("state", ""), page)
+
+
+caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")

@@ -292,9 +292,9 @@ class HubSessionMiddleware:
                 self._recheck(request)
             except RedisError as exc:  # a session to end that the cache cannot drop
                 return caching.unavailable(request, exc)
-        user = request.user
-        if (user.is_authenticated and not user.is_staff
-                and request.path.startswith(reverse("admin:index"))):
+        # The path first: other pages load the user later (caching.PrefetchMiddleware).
+        if request.path.startswith(reverse("admin:index")) and (
+                request.user.is_authenticated and not request.user.is_staff):
             return _admin_refused(request)
         return self.get_response(request)
 

@@ -45,18 +45,27 @@ PREVIEW_CSP = (
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
-    q = request.GET.get("q", "")[:200]
-    tag = request.GET.get("tag", "")[:50]
-    pages = {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS}
-    key = "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()))).encode()
-                                           ).hexdigest()
+    q, tag, pages = _gallery_query(request)
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
-        key, lambda: _gallery_html(q, tag, pages), user_id=request.user.pk)
+        _gallery_key(request), lambda: _gallery_html(q, tag, pages), user_id=request.user.pk)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
+
+
+def _gallery_query(request: HttpRequest) -> tuple[str, str, dict[str, str]]:
+    """The search, the tag and the page of each section that the gallery page shows."""
+    return (request.GET.get("q", "")[:200], request.GET.get("tag", "")[:50],
+            {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS})
+
+
+def _gallery_key(request: HttpRequest) -> str:
+    q, tag, pages = _gallery_query(request)
+    return "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()))).encode()
+                                            ).hexdigest()
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
             "staged": "Staged examples still under review"}
+caching.PAGE_KEYS["index"] = _gallery_key
 
 
 def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:

@@ -3,6 +3,8 @@ forget it; without a shared cache, nothing of it is kept."""
 
 import os
 import time
+from typing import Any
+from unittest import mock
 
 import redis
 from asgiref.sync import async_to_sync
@@ -29,6 +31,37 @@ shared_cache = override_settings(
     SESSION_ENGINE="gallery.sessions")
 
 
+class CountedCacheReads:
+    """The keys of each read from the shared cache (one list per round trip) while open."""
+
+    def __enter__(self) -> list[list[str]]:
+        self.reads: list[list[str]] = []
+        client = redis_cache.RedisCacheClient
+        self.patches = [
+            mock.patch.object(client, "get", autospec=True, side_effect=self._one(client.get)),
+            mock.patch.object(client, "get_many", autospec=True,
+                              side_effect=self._many(client.get_many))]
+        for patch in self.patches:
+            patch.start()
+        return self.reads
+
+    def _one(self, real: Any) -> Any:
+        def get(client: Any, key: str, default: Any = None) -> Any:
+            self.reads.append([key])
+            return real(client, key, default)
+        return get
+
+    def _many(self, real: Any) -> Any:
+        def get_many(client: Any, keys: Any) -> Any:
+            self.reads.append(list(keys))
+            return real(client, keys)
+        return get_many
+
+    def __exit__(self, *exc: Any) -> None:
+        for patch in self.patches:
+            patch.stop()
+
+
 @shared_cache
 class WarmPagesTests(GalleryTestCase):
     def setUp(self) -> None:
@@ -43,6 +76,18 @@ class WarmPagesTests(GalleryTestCase):
                 with self.assertNumQueries(0):
                     response = self.client.get(url)
                 self.assertContains(response, "Broadcasting in NumPy")
+
+    def test_a_warm_gallery_page_and_list_take_two_round_trips_to_the_cache(self):
+        # The session, then the user, the stamp, the page and the unread count at once.
+        for url in (reverse("index"), reverse("index") + "?q=numpy&approved_page=1",
+                    "/api/v1/examples?q=numpy&page=1", "/api/v1/examples?state=staged"):
+            with self.subTest(url=url):
+                self.client.get(url)
+                with CountedCacheReads() as reads:
+                    self.assertEqual(self.client.get(url).status_code, 200)
+                self.assertEqual(len(reads), 2, reads)
+                self.assertEqual(len(reads[1]), 4, reads)
+        self.assertIsNone(caching._prefetched.get())  # nothing of a request outlives it
 
     def test_a_new_example_shows_at_once_on_a_warm_page(self):
         self.client.get(reverse("index"))
