@@ -37,6 +37,7 @@ USER_SECONDS = 30
 UNREAD_SECONDS = 300
 PAGE_SECONDS = 300  # use counts and popular tags shown on cached pages are at most this old
 PAGE_KEEP_SECONDS = 3600  # a page nobody asked for in this long is dropped
+RETRY_SECONDS = 30  # what a 503 asks to wait while the cache is away
 
 T = TypeVar("T")
 
@@ -64,8 +65,6 @@ class CacheAwayMiddleware:
     """A view stopped by an unreachable cache (a logout or login, whose session deletes must
     not half-happen: see `gallery.sessions`) answers 503 with a page asking to try again."""
 
-    RETRY_SECONDS = 30
-
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
@@ -82,7 +81,7 @@ def unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
     log.warning("cache unreachable, %s %s refused with 503: %s", request.method, request.path,
                 exc)
     response = render(request, "gallery/unavailable.html", status=503)
-    response["Retry-After"] = str(CacheAwayMiddleware.RETRY_SECONDS)
+    response["Retry-After"] = str(RETRY_SECONDS)
     return response
 
 

@@ -75,7 +75,6 @@ class RedisCacheClient(django_redis.RedisCacheClient):
         return _tolerant(False, super().touch, key, timeout)
 
 
-
 def _tolerant(missing: Any, call: Callable[..., Any], *args: Any) -> Any:
     global _warned_at
     try:

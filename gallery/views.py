@@ -45,9 +45,9 @@ PREVIEW_CSP = (
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
-    q, tag, pages = _gallery_query(request)
+    q, tag, pages = query = _gallery_query(request)
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
-        _gallery_key(request), lambda: _gallery_html(q, tag, pages), user_id=request.user.pk)
+        _page_key(*query), lambda: _gallery_html(q, tag, pages), user_id=request.user.pk)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
 
@@ -57,15 +57,14 @@ def _gallery_query(request: HttpRequest) -> tuple[str, str, dict[str, str]]:
             {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS})
 
 
-def _gallery_key(request: HttpRequest) -> str:
-    q, tag, pages = _gallery_query(request)
+def _page_key(q: str, tag: str, pages: dict[str, str]) -> str:
     return "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()))).encode()
                                             ).hexdigest()
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
             "staged": "Staged examples still under review"}
-caching.PAGE_KEYS["index"] = _gallery_key
+caching.PAGE_KEYS["index"] = lambda request: _page_key(*_gallery_query(request))
 
 
 def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
