@@ -26,7 +26,7 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, services
-from .models import Example, IllegalTransition, Job, Preview, Submission
+from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
 from .uploads import UploadTooLarge
 
 
@@ -355,7 +355,11 @@ caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
 def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
-    example = get_object_or_404(Example.objects.visible(), slug=slug)
+    with snapshot():
+        return _example_detail(get_object_or_404(Example.objects.visible(), slug=slug))
+
+
+def _example_detail(example: Example) -> dict[str, Any]:
     revision = example.current_revision or example.latest_revision
     meta = revision.metadata if revision else {}
     return {

@@ -8,16 +8,36 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 
 class IllegalTransition(Exception):
     """A state change the life of an example does not allow."""
+
+
+@contextmanager
+def snapshot() -> Iterator[None]:
+    """Reads inside see the database at one moment, as one transaction's snapshot.
+
+    Without it, a page that reads an example and then its revisions may read the example
+    before a worker's commit and the revision after it (an approved commit on a staged
+    example). PostgreSQL's default isolation gives each statement its own snapshot, so the
+    reads share one in REPEATABLE READ; SQLite's read transaction holds writers off until it
+    ends. Inside an outer transaction the outer one decides.
+    """
+    outer = connection.in_atomic_block
+    with transaction.atomic():
+        if not outer and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
 
 
 SEARCH_CONFIG = "english"  # the text search configuration of the stored search_vector

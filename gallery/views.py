@@ -27,7 +27,16 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import caching, forms, notebooks, services
 from .api import job_out, preview_url, to_meta
-from .models import Example, IllegalTransition, Job, Notification, Revision, Submission, Tag
+from .models import (
+    Example,
+    IllegalTransition,
+    Job,
+    Notification,
+    Revision,
+    Submission,
+    Tag,
+    snapshot,
+)
 from .uploads import UploadTooLarge
 
 PAGE_SIZE = 24  # cards per section and page
@@ -83,6 +92,7 @@ def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
 
 @login_required
 @require_GET
+@snapshot()
 def example(request: HttpRequest, slug: str) -> HttpResponse:
     """An example: preview, manifest, checks, versions, and Use with its plan."""
     item = get_object_or_404(Example.objects.select_related("current_revision", "contributor"),
