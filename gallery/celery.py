@@ -44,7 +44,7 @@ def _warm_preview_exporter(**_: object) -> None:
     import logging
     import time
 
-    from .notebooks import PreviewLimits, warm_exporter
+    from .previews import PreviewLimits, warm_exporter
 
     log = logging.getLogger(__name__)
     started = time.monotonic()

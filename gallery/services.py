@@ -29,7 +29,7 @@ from django.db.models import Case, Count, F, Max, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import caching, homes, notebooks, repo
+from . import caching, homes, notebooks, previews, repo
 from .models import (
     DataLink,
     Example,
@@ -890,14 +890,14 @@ def _do_preview(job: Job) -> dict[str, Any]:
         started = time.monotonic()
         try:
             # In a forked child with time and memory limits; any failure is a plain reason.
-            html = notebooks.render_isolated(data, limits=notebooks.PreviewLimits.from_settings())
-        except notebooks.PreviewError as exc:
+            html = previews.render_isolated(data, limits=previews.PreviewLimits.from_settings())
+        except previews.PreviewError as exc:
             Preview.objects.filter(sha256=sha).update(state=Preview.State.FAILED, error=str(exc))
             raise
         elapsed = int((time.monotonic() - started) * 1000)
-        notebooks.write_preview_file(path, html.encode("utf-8"))
+        previews.write_preview_file(path, html.encode("utf-8"))
         Preview.objects.filter(sha256=sha).update(render_ms=elapsed)
-    notebooks.write_preview_css(path.parent)
+    previews.write_preview_css(path.parent)
     Preview.objects.filter(sha256=sha).update(
         state=Preview.State.READY, size=path.stat().st_size, rendered_at=timezone.now(), error="")
     return {"sha256": sha}

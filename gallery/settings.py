@@ -295,7 +295,7 @@ SECURE_HSTS_SECONDS = env_int("GALLERY_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("GALLERY_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("GALLERY_HSTS_PRELOAD", False)
 
-# Uploads stream to disk past 1 MB; the hard limit is enforced while streaming (notebooks.py).
+# Uploads stream to disk past 1 MB; the hard limit is enforced while streaming (uploads.py).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 # JSON submissions carry files inline (base64 grows them by a third).
 DATA_UPLOAD_MAX_MEMORY_SIZE = GALLERY_MAX_UPLOAD_BYTES * 4 // 3 + 1024 * 1024

@@ -25,7 +25,7 @@ from django.utils.html import escape
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import caching, forms, notebooks, services
+from . import caching, forms, previews, services
 from .api import job_out, preview_url, to_meta
 from .models import (
     Example,
@@ -312,9 +312,9 @@ def preview_css(request: HttpRequest, name: str) -> HttpResponse:
     """The stylesheet every preview shares: one file, named by its hash, cached for good."""
     path = Path(settings.GALLERY_PREVIEW_DIR) / name
     if not path.is_file():
-        if name != notebooks.preview_css_name():
+        if name != previews.preview_css_name():
             raise Http404("No such stylesheet.")
-        path = notebooks.write_preview_css(Path(settings.GALLERY_PREVIEW_DIR))
+        path = previews.write_preview_css(Path(settings.GALLERY_PREVIEW_DIR))
     response = FileResponse(path.open("rb"))
     # Loaded by sandboxed (opaque-origin) documents, which count as cross-origin.
     for name, value in CSS_HEADERS:

@@ -23,14 +23,14 @@ from django.conf import settings
 from django.test import override_settings
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from gallery import notebooks, services
+from gallery import notebooks, previews, services
 from gallery.models import Job, Preview, Submission
 
 from . import corpus
 from .base import GalleryTestCase, notebook_bytes, stage
 from .corpus import latent
 
-LIMITS = notebooks.PreviewLimits()
+LIMITS = previews.PreviewLimits()
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,27 +63,27 @@ def display(data: dict, metadata: dict | None = None) -> dict:
 @pytest.fixture(autouse=True)
 def _fresh_render_child() -> Iterator[None]:
     """Each test forks its own render child, so that the child sees the test's monkeypatches."""
-    notebooks.stop_render_child()
+    previews.stop_render_child()
     yield
-    notebooks.stop_render_child()
+    previews.stop_render_child()
 
 
 # --- the renderer, without a database --------------------------------------------------------
 
 
 def test_it_renders_a_whole_page_that_loads_only_its_stylesheet():
-    page = notebooks.render_preview(notebook_bytes(2))
+    page = previews.render_preview(notebook_bytes(2))
     found, text = latent(page)
     assert found == []
     assert "print('hello')" in text
-    assert f'<link rel="stylesheet" href="{notebooks.preview_css_name()}">' in page
+    assert f'<link rel="stylesheet" href="{previews.preview_css_name()}">' in page
     assert "<style" not in page and "<script" not in page
     assert 'alt="' not in page or "Output image" in page
     assert text.count("hello") >= 2
 
 
 def test_it_turns_scripts_and_widgets_into_a_plain_notice():
-    clean = notebooks.strict_outputs(json.loads(outputs(
+    clean = previews.strict_outputs(json.loads(outputs(
         display({"application/javascript": "alert(1)"}),
         display({"application/vnd.jupyter.widget-view+json": {"model_id": "m"},
                  "text/plain": "IntSlider()"}),
@@ -101,7 +101,7 @@ def test_it_turns_scripts_and_widgets_into_a_plain_notice():
 
 def test_it_forces_image_sizes_to_integers_and_drops_file_names():
     png = corpus.png()
-    clean = notebooks.strict_outputs(json.loads(outputs(
+    clean = previews.strict_outputs(json.loads(outputs(
         display({"image/png": png}, {"image/png": {"width": "12.7", "height": "1 onload=x"},
                                      "filenames": {"image/png": "../../etc/passwd"}}),
         display({"image/png": png}, {"image/png": {"width": 10**9}}),
@@ -109,24 +109,24 @@ def test_it_forces_image_sizes_to_integers_and_drops_file_names():
     first, second = clean.cells[0].outputs
     assert first["metadata"] == {"image/png": {"width": 12}}
     assert second["metadata"] == {"image/png": {}}
-    page = notebooks.render_preview(outputs(
+    page = previews.render_preview(outputs(
         display({"image/png": png}, {"image/png": {"width": "1 onload=alert(1)"}})))
     assert "onload" not in page
     assert latent(page)[0] == []
 
 
 def test_it_refuses_images_that_are_bombs_broken_or_not_what_they_claim():
-    assert "decompression bomb" in notebooks._image_problem("image/png", corpus.png_bomb(), LIMITS)
-    assert "not base64" in notebooks._image_problem("image/png", '"><img src=x>', LIMITS)
-    assert "not a valid JPEG" in notebooks._image_problem("image/jpeg", corpus.png(), LIMITS)
-    small = notebooks.PreviewLimits(max_image_pixels=10)
-    assert "4x3 pixels" in notebooks._image_problem("image/png", corpus.png(), small)
-    assert notebooks._image_problem("image/png", corpus.png(), LIMITS) is None
+    assert "decompression bomb" in previews._image_problem("image/png", corpus.png_bomb(), LIMITS)
+    assert "not base64" in previews._image_problem("image/png", '"><img src=x>', LIMITS)
+    assert "not a valid JPEG" in previews._image_problem("image/jpeg", corpus.png(), LIMITS)
+    small = previews.PreviewLimits(max_image_pixels=10)
+    assert "4x3 pixels" in previews._image_problem("image/png", corpus.png(), small)
+    assert previews._image_problem("image/png", corpus.png(), LIMITS) is None
 
 
 def test_it_truncates_huge_outputs_with_a_visible_note():
-    limits = notebooks.PreviewLimits(max_output_bytes=1000)
-    page = notebooks.render_preview(outputs(
+    limits = previews.PreviewLimits(max_output_bytes=1000)
+    page = previews.render_preview(outputs(
         new_output("stream", name="stdout", text="a" * 5000),
         display({"text/html": "<p>" + "b" * 5000 + "</p>", "text/plain": "short"}),
     ), limits=limits)
@@ -137,7 +137,7 @@ def test_it_truncates_huge_outputs_with_a_visible_note():
 
 
 def test_it_merges_consecutive_prints_like_jupyter_does():
-    clean = notebooks.strict_outputs(json.loads(outputs(
+    clean = previews.strict_outputs(json.loads(outputs(
         *[new_output("stream", name="stdout", text=f"{i}\n") for i in range(5)],
         new_output("stream", name="stderr", text="warn\n"),
     )))
@@ -146,7 +146,7 @@ def test_it_merges_consecutive_prints_like_jupyter_does():
 
 
 def test_it_shows_cells_that_the_author_marked_hidden():
-    page = notebooks.render_preview(nb(
+    page = previews.render_preview(nb(
         new_code_cell("hidden_code()", metadata={"jupyter": {"source_hidden": True},
                                                  "tags": ["remove_input"],
                                                  "transient": {"remove_source": True}}),
@@ -155,7 +155,7 @@ def test_it_shows_cells_that_the_author_marked_hidden():
 
 
 def test_it_keeps_math_as_escaped_tex_and_loads_no_mathjax():
-    page = notebooks.render_preview(nb(new_markdown_cell(
+    page = previews.render_preview(nb(new_markdown_cell(
         "$a<b$ and $$\\frac{1}{2}</p><script>x</script>$$")))
     assert "$a&lt;b$" in page
     assert "&lt;script&gt;" in page or "<script" not in page
@@ -164,18 +164,18 @@ def test_it_keeps_math_as_escaped_tex_and_loads_no_mathjax():
 
 
 def test_it_limits_how_deep_html_may_nest():
-    assert notebooks._nesting_depth("<div>" * 10 + "<br><p><p>" + "</div>" * 10) == 10
-    deep = "<div>" * (notebooks.MAX_HTML_DEPTH + 1) + "x"
-    assert "nested more than" in notebooks.sanitize_html(deep)
-    assert notebooks.sanitize_html("<table>" + "<tr><td>1</td></tr>" * 5000 + "</table>") \
+    assert previews._nesting_depth("<div>" * 10 + "<br><p><p>" + "</div>" * 10) == 10
+    deep = "<div>" * (previews.MAX_HTML_DEPTH + 1) + "x"
+    assert "nested more than" in previews.sanitize_html(deep)
+    assert previews.sanitize_html("<table>" + "<tr><td>1</td></tr>" * 5000 + "</table>") \
         .count("<td>") == 5000
 
 
 def test_it_stops_a_render_that_takes_too_long_and_carries_on():
     slow = too_slow_to_render()
-    with pytest.raises(notebooks.PreviewError, match="took longer than 0.5 s"):
-        notebooks.render_isolated(slow, limits=notebooks.PreviewLimits(time_limit=0.5))
-    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+    with pytest.raises(previews.PreviewError, match="took longer than 0.5 s"):
+        previews.render_isolated(slow, limits=previews.PreviewLimits(time_limit=0.5))
+    assert "hello" in previews.render_isolated(notebook_bytes(1))
 
 
 def test_it_stops_a_render_that_needs_too_much_memory_and_carries_on(tmp_path):
@@ -185,15 +185,15 @@ def test_it_stops_a_render_that_needs_too_much_memory_and_carries_on(tmp_path):
     script = """
 import sys, django
 django.setup()
-from gallery import notebooks
+from gallery import previews
 from tests.base import notebook_bytes
 data = open(sys.argv[1], "rb").read()
 try:
-    notebooks.render_isolated(data, limits=notebooks.PreviewLimits(memory_limit=4 * 2**20))
+    previews.render_isolated(data, limits=previews.PreviewLimits(memory_limit=4 * 2**20))
     print("RENDERED")
-except notebooks.PreviewError as exc:
+except previews.PreviewError as exc:
     print("REFUSED", exc)
-print("NEXT", "hello" in notebooks.render_isolated(notebook_bytes(1)))
+print("NEXT", "hello" in previews.render_isolated(notebook_bytes(1)))
 """
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big.ipynb")],
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
@@ -208,9 +208,9 @@ def test_it_reports_a_renderer_that_crashes(monkeypatch):
         faulthandler.disable()  # pytest's handler would print the child's stack
         os.kill(os.getpid(), signal.SIGSEGV)
 
-    monkeypatch.setattr(notebooks, "render_preview", crash)
-    with pytest.raises(notebooks.PreviewError, match="SIGSEGV"):
-        notebooks.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(previews, "render_preview", crash)
+    with pytest.raises(previews.PreviewError, match="SIGSEGV"):
+        previews.render_isolated(notebook_bytes(1))
 
 
 @pytest.mark.parametrize(("exc", "words"), [
@@ -218,18 +218,18 @@ def test_it_reports_a_renderer_that_crashes(monkeypatch):
     (MemoryError(), "more than 1,024 MB"),
     (UnicodeDecodeError("utf-8", b"", 0, 1, "x"), "not valid Unicode"),
     (KeyError("cells"), "could not be made (KeyError"),
-    (notebooks.PreviewError("Own words."), "Own words."),
+    (previews.PreviewError("Own words."), "Own words."),
 ])
 def test_it_turns_every_exception_into_a_plain_reason(exc, words):
-    assert words in notebooks.failure_reason(exc, LIMITS)
+    assert words in previews.failure_reason(exc, LIMITS)
 
 
 # --- the render child: forked once, serves render after render --------------------------------
 
 
 def child_pid() -> int:
-    assert notebooks._child is not None, "no render child"
-    return notebooks._child.pid
+    assert previews._child is not None, "no render child"
+    return previews._child.pid
 
 
 def reaped(pid: int) -> bool:
@@ -247,9 +247,9 @@ def running(pid: int) -> bool:
 
 
 def test_one_render_child_serves_render_after_render():
-    first = notebooks.render_isolated(nb(new_markdown_cell("first page")))
+    first = previews.render_isolated(nb(new_markdown_cell("first page")))
     pid = child_pid()
-    second = notebooks.render_isolated(nb(new_markdown_cell("second page")))
+    second = previews.render_isolated(nb(new_markdown_cell("second page")))
     assert "first page" in first and "second page" in second and "first page" not in second
     assert child_pid() == pid
     assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # our child, and still running
@@ -258,12 +258,12 @@ def test_one_render_child_serves_render_after_render():
 def test_the_render_child_keeps_none_of_its_parents_files_or_sockets(tmp_path):
     """A worker's broker and database sockets, and the pipes of whatever started it, stay
     with the worker: a child holding a pipe open would keep the other end waiting for EOF."""
-    notebooks.stop_render_child()
+    previews.stop_render_child()
     read_end, write_end = os.pipe()
     with open(tmp_path / "open.txt", "w"), socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
-        notebooks.render_isolated(notebook_bytes(1))
+        previews.render_isolated(notebook_bytes(1))
         held = {int(fd): os.readlink(f"/proc/{child_pid()}/fd/{fd}")
                 for fd in os.listdir(f"/proc/{child_pid()}/fd")}
     os.close(read_end)
@@ -274,52 +274,52 @@ def test_the_render_child_keeps_none_of_its_parents_files_or_sockets(tmp_path):
 
 
 def test_a_render_that_takes_too_long_costs_its_child_and_the_next_gets_a_new_one():
-    notebooks.render_isolated(notebook_bytes(1))
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
-    with pytest.raises(notebooks.PreviewError, match="took longer than 0.5 s"):
-        notebooks.render_isolated(too_slow_to_render(),
-                                  limits=notebooks.PreviewLimits(time_limit=0.5))
-    assert notebooks._child is None and reaped(pid)
-    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+    with pytest.raises(previews.PreviewError, match="took longer than 0.5 s"):
+        previews.render_isolated(too_slow_to_render(),
+                                  limits=previews.PreviewLimits(time_limit=0.5))
+    assert previews._child is None and reaped(pid)
+    assert "hello" in previews.render_isolated(notebook_bytes(1))
     assert child_pid() != pid
 
 
 def test_a_render_that_needs_too_much_memory_costs_its_child_and_the_next_gets_a_new_one(
         monkeypatch):
-    real = notebooks.render_preview
+    real = previews.render_preview
 
     def balloon(data: bytes, **kwargs: Any) -> str:
         if b"balloon" in data:
             bytearray(256 * 2**20)  # far more than the limit, and than any free heap
         return real(data, **kwargs)
 
-    monkeypatch.setattr(notebooks, "render_preview", balloon)
-    limits = notebooks.PreviewLimits(memory_limit=64 * 2**20)
-    notebooks.render_isolated(notebook_bytes(1), limits=limits)
+    monkeypatch.setattr(previews, "render_preview", balloon)
+    limits = previews.PreviewLimits(memory_limit=64 * 2**20)
+    previews.render_isolated(notebook_bytes(1), limits=limits)
     pid = child_pid()
-    with pytest.raises(notebooks.PreviewError, match="more than 64 MB of memory"):
-        notebooks.render_isolated(nb(new_markdown_cell("balloon")), limits=limits)
-    assert notebooks._child is None and reaped(pid)
-    assert "hello" in notebooks.render_isolated(notebook_bytes(1), limits=limits)
+    with pytest.raises(previews.PreviewError, match="more than 64 MB of memory"):
+        previews.render_isolated(nb(new_markdown_cell("balloon")), limits=limits)
+    assert previews._child is None and reaped(pid)
+    assert "hello" in previews.render_isolated(notebook_bytes(1), limits=limits)
     assert child_pid() != pid
 
 
 def test_a_render_child_is_replaced_after_many_renders_or_for_another_memory_limit(
         monkeypatch):
-    monkeypatch.setattr(notebooks, "MAX_CHILD_RENDERS", 2)
-    notebooks.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(previews, "MAX_CHILD_RENDERS", 2)
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
-    notebooks.render_isolated(notebook_bytes(1))
-    assert notebooks._child is None and reaped(pid)
-    notebooks.render_isolated(notebook_bytes(1))
+    previews.render_isolated(notebook_bytes(1))
+    assert previews._child is None and reaped(pid)
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
-    notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(
+    previews.render_isolated(notebook_bytes(1), limits=previews.PreviewLimits(
         memory_limit=512 * 2**20))
     assert reaped(pid) and child_pid() != pid
 
 
 def test_a_render_child_that_has_grown_is_replaced(monkeypatch):
-    real = notebooks.render_preview
+    real = previews.render_preview
     kept = []
 
     def hoard(data: bytes, **kwargs: Any) -> str:
@@ -327,18 +327,18 @@ def test_a_render_child_that_has_grown_is_replaced(monkeypatch):
             kept.append(bytearray(48 * 2**20))  # held by the child after the render
         return real(data, **kwargs)
 
-    monkeypatch.setattr(notebooks, "render_preview", hoard)
-    monkeypatch.setattr(notebooks, "MAX_CHILD_GROWTH", 16 * 2**20)
-    notebooks.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(previews, "render_preview", hoard)
+    monkeypatch.setattr(previews, "MAX_CHILD_GROWTH", 16 * 2**20)
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
-    assert "hoard" in notebooks.render_isolated(nb(new_markdown_cell("hoard")))
-    assert notebooks._child is None and reaped(pid)
+    assert "hoard" in previews.render_isolated(nb(new_markdown_cell("hoard")))
+    assert previews._child is None and reaped(pid)
 
 
 def test_a_forked_process_renders_with_a_render_child_of_its_own():
     # A Celery pool process inherits the render child of the process it was forked from;
     # using it would mix the requests of two processes on one socket.
-    notebooks.render_isolated(notebook_bytes(1))
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
     read_fd, write_fd = os.pipe()
     forked = os.fork()
@@ -346,10 +346,10 @@ def test_a_forked_process_renders_with_a_render_child_of_its_own():
         code = 1
         try:
             os.close(read_fd)
-            page = notebooks.render_isolated(nb(new_markdown_cell("in the fork")))
+            page = previews.render_isolated(nb(new_markdown_cell("in the fork")))
             own = os.waitpid(child_pid(), os.WNOHANG) == (0, 0)  # only a child of ours
             os.write(write_fd, f"{child_pid()} {own} {'in the fork' in page}".encode())
-            notebooks.stop_render_child()
+            previews.stop_render_child()
             code = 0
         finally:
             os._exit(code)
@@ -360,7 +360,7 @@ def test_a_forked_process_renders_with_a_render_child_of_its_own():
     theirs, own, shown = report.split()
     assert int(theirs) != pid and own == "True" and shown == "True"
     # Ours is untouched: no reply of theirs waits on its socket, and it was not stopped.
-    assert "after the fork" in notebooks.render_isolated(nb(new_markdown_cell("after the fork")))
+    assert "after the fork" in previews.render_isolated(nb(new_markdown_cell("after the fork")))
     assert child_pid() == pid
 
 
@@ -370,7 +370,7 @@ def test_a_render_child_whose_parent_dies_mid_render_stops_on_its_own():
     script = """
 import os, django
 django.setup()
-from gallery import notebooks
+from gallery import previews
 from tests.base import notebook_bytes
 
 def forever(data, **kwargs):
@@ -378,8 +378,8 @@ def forever(data, **kwargs):
     while True:
         pass
 
-notebooks.render_preview = forever
-notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(time_limit=2))
+previews.render_preview = forever
+previews.render_isolated(notebook_bytes(1), limits=previews.PreviewLimits(time_limit=2))
 """
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) as parent:
@@ -397,34 +397,34 @@ notebooks.render_isolated(notebook_bytes(1), limits=notebooks.PreviewLimits(time
 
 
 def test_a_render_child_announcing_more_than_its_memory_is_not_believed(monkeypatch):
-    parent, real = os.getpid(), notebooks._send
+    parent, real = os.getpid(), previews._send
 
     def lying(sock: Any, head: Any, body: bytes) -> None:
         if os.getpid() == parent:
             return real(sock, head, body)
         sock.sendall((2).to_bytes(4, "big") + (2**40).to_bytes(8, "big") + b"[]")
 
-    monkeypatch.setattr(notebooks, "_send", lying)  # the child is forked with it
-    with pytest.raises(notebooks.PreviewError, match="The preview renderer stopped"):
-        notebooks.render_isolated(notebook_bytes(1))
-    monkeypatch.setattr(notebooks, "_send", real)
-    assert "hello" in notebooks.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(previews, "_send", lying)  # the child is forked with it
+    with pytest.raises(previews.PreviewError, match="The preview renderer stopped"):
+        previews.render_isolated(notebook_bytes(1))
+    monkeypatch.setattr(previews, "_send", real)
+    assert "hello" in previews.render_isolated(notebook_bytes(1))
 
 
 def test_warming_up_starts_the_render_child_the_first_render_uses():
-    limits = notebooks.PreviewLimits(time_limit=30)
-    notebooks.warm_exporter(limits)
-    warm = notebooks._child
+    limits = previews.PreviewLimits(time_limit=30)
+    previews.warm_exporter(limits)
+    warm = previews._child
     assert warm is not None and os.waitpid(warm.pid, os.WNOHANG) == (0, 0)  # alive
-    notebooks.render_isolated(notebook_bytes(1), limits=limits)
-    assert notebooks._child is warm
+    previews.render_isolated(notebook_bytes(1), limits=limits)
+    assert previews._child is warm
 
 
 def test_stopping_the_render_child_leaves_no_zombie():
-    notebooks.render_isolated(notebook_bytes(1))
+    previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
-    notebooks.stop_render_child()
-    assert notebooks._child is None and reaped(pid)
+    previews.stop_render_child()
+    assert previews._child is None and reaped(pid)
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -446,7 +446,7 @@ class PreviewServiceTests(GalleryTestCase):
         preview = Preview.objects.get(sha256=sha)
         self.assertEqual(preview.state, Preview.State.READY)
         self.assertEqual(preview.size, services.preview_path(sha).stat().st_size)
-        css = Path(services.preview_path(sha).parent) / notebooks.preview_css_name()
+        css = Path(services.preview_path(sha).parent) / previews.preview_css_name()
         self.assertTrue(css.is_file())
 
     def test_it_renders_again_at_approval_when_the_file_is_gone(self):
@@ -477,7 +477,7 @@ class PreviewServiceTests(GalleryTestCase):
 
     def test_it_serves_the_shared_stylesheet_as_one_cached_file(self):
         self.staged()
-        name = notebooks.preview_css_name()
+        name = previews.preview_css_name()
         r = self.client.get(f"/previews/{name}")
         self.assertEqual(r.status_code, 200)
         self.assertEqual(r["Content-Type"], "text/css; charset=utf-8")
@@ -528,7 +528,7 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertEqual(headers["Content-Length"], str(len(body)))
         status, headers, body = get(f"/previews/{sha}.html", "HEAD")
         self.assertEqual((status, body), ("200 OK", b""))
-        status, headers, body = get(f"/previews/{notebooks.preview_css_name()}")
+        status, headers, body = get(f"/previews/{previews.preview_css_name()}")
         self.assertEqual(headers["Content-Type"], "text/css; charset=utf-8")
         self.assertIn(b".jp-Cell", body)
         # Not there (yet): Django answers and says why.
@@ -559,7 +559,7 @@ class PreviewServiceTests(GalleryTestCase):
                                                  HTTP_ACCEPT_ENCODING=header)
                 self.assertEqual("Content-Encoding" in headers, gzipped)
                 self.assertEqual(gzip.decompress(body) if gzipped else body, plain)
-        _, headers, body = self.wsgi_get(f"/previews/{notebooks.preview_css_name()}",
+        _, headers, body = self.wsgi_get(f"/previews/{previews.preview_css_name()}",
                                          HTTP_ACCEPT_ENCODING="gzip")
         self.assertEqual(headers["Content-Encoding"], "gzip")
         self.assertIn(b".jp-Cell", gzip.decompress(body))
@@ -569,7 +569,7 @@ class PreviewServiceTests(GalleryTestCase):
         for size in (100, 200_000):  # below and above SMALL_PREVIEW_FILE, incompressible
             data = os.urandom(size)
             name = notebooks.sha256(data) + ".html"
-            notebooks.write_preview_file(folder / name, data)
+            previews.write_preview_file(folder / name, data)
             for method, expected in (("GET", data), ("HEAD", b"")):
                 status, headers, body = self.wsgi_get(f"/previews/{name}", method,
                                                       HTTP_ACCEPT_ENCODING="gzip")
@@ -579,8 +579,8 @@ class PreviewServiceTests(GalleryTestCase):
 
     def test_it_keeps_no_gzip_twin_that_would_save_little(self):
         folder = Path(settings.GALLERY_PREVIEW_DIR)
-        notebooks.write_preview_file(folder / "noise.html", os.urandom(50_000))
-        notebooks.write_preview_file(folder / "text.html", b"<p>hello</p>" * 5_000)
+        previews.write_preview_file(folder / "noise.html", os.urandom(50_000))
+        previews.write_preview_file(folder / "text.html", b"<p>hello</p>" * 5_000)
         self.assertEqual(sorted(p.name for p in folder.iterdir()),
                          ["noise.html", "text.html", "text.html.gz"])
 
@@ -640,7 +640,7 @@ def test_it_refuses_or_renders_every_notebook_of_the_hostile_corpus():
                 notebooks.read_notebook(item.data)
             continue
         notebooks.read_notebook(item.data)
-        found, text = latent(notebooks.render_isolated(item.data))
+        found, text = latent(previews.render_isolated(item.data))
         assert found == [], item.name
         for words in item.shows:
             assert words in text, (item.name, words)

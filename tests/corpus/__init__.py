@@ -21,7 +21,7 @@ from html.parser import HTMLParser
 
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output, new_raw_cell
 
-from gallery.notebooks import ALLOWED_TAGS
+from gallery.previews import ALLOWED_TAGS
 
 CANARY = "http://canary.invalid"
 JS = f"alert(1);document.title='PWNED';fetch('{CANARY}/js')"
