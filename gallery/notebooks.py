@@ -1,5 +1,5 @@
 """Notebooks: reading and validating them, and checking a staged folder (previews are in
-`previews.py`).
+`previews/`).
 
 Everything here works on bytes and paths and is usable without a request or a database.
 """

@@ -116,12 +116,13 @@ def test_it_forces_image_sizes_to_integers_and_drops_file_names():
 
 
 def test_it_refuses_images_that_are_bombs_broken_or_not_what_they_claim():
-    assert "decompression bomb" in previews._image_problem("image/png", corpus.png_bomb(), LIMITS)
-    assert "not base64" in previews._image_problem("image/png", '"><img src=x>', LIMITS)
-    assert "not a valid JPEG" in previews._image_problem("image/jpeg", corpus.png(), LIMITS)
+    image_problem = previews.sanitise._image_problem
+    assert "decompression bomb" in image_problem("image/png", corpus.png_bomb(), LIMITS)
+    assert "not base64" in image_problem("image/png", '"><img src=x>', LIMITS)
+    assert "not a valid JPEG" in image_problem("image/jpeg", corpus.png(), LIMITS)
     small = previews.PreviewLimits(max_image_pixels=10)
-    assert "4x3 pixels" in previews._image_problem("image/png", corpus.png(), small)
-    assert previews._image_problem("image/png", corpus.png(), LIMITS) is None
+    assert "4x3 pixels" in image_problem("image/png", corpus.png(), small)
+    assert image_problem("image/png", corpus.png(), LIMITS) is None
 
 
 def test_it_truncates_huge_outputs_with_a_visible_note():
@@ -164,7 +165,7 @@ def test_it_keeps_math_as_escaped_tex_and_loads_no_mathjax():
 
 
 def test_it_limits_how_deep_html_may_nest():
-    assert previews._nesting_depth("<div>" * 10 + "<br><p><p>" + "</div>" * 10) == 10
+    assert previews.sanitise._nesting_depth("<div>" * 10 + "<br><p><p>" + "</div>" * 10) == 10
     deep = "<div>" * (previews.MAX_HTML_DEPTH + 1) + "x"
     assert "nested more than" in previews.sanitize_html(deep)
     assert previews.sanitize_html("<table>" + "<tr><td>1</td></tr>" * 5000 + "</table>") \
@@ -208,7 +209,7 @@ def test_it_reports_a_renderer_that_crashes(monkeypatch):
         faulthandler.disable()  # pytest's handler would print the child's stack
         os.kill(os.getpid(), signal.SIGSEGV)
 
-    monkeypatch.setattr(previews, "render_preview", crash)
+    monkeypatch.setattr(previews.child, "render_preview", crash)
     with pytest.raises(previews.PreviewError, match="SIGSEGV"):
         previews.render_isolated(notebook_bytes(1))
 
@@ -228,8 +229,8 @@ def test_it_turns_every_exception_into_a_plain_reason(exc, words):
 
 
 def child_pid() -> int:
-    assert previews._child is not None, "no render child"
-    return previews._child.pid
+    assert previews.child._child is not None, "no render child"
+    return previews.child._child.pid
 
 
 def reaped(pid: int) -> bool:
@@ -279,7 +280,7 @@ def test_a_render_that_takes_too_long_costs_its_child_and_the_next_gets_a_new_on
     with pytest.raises(previews.PreviewError, match="took longer than 0.5 s"):
         previews.render_isolated(too_slow_to_render(),
                                   limits=previews.PreviewLimits(time_limit=0.5))
-    assert previews._child is None and reaped(pid)
+    assert previews.child._child is None and reaped(pid)
     assert "hello" in previews.render_isolated(notebook_bytes(1))
     assert child_pid() != pid
 
@@ -293,24 +294,24 @@ def test_a_render_that_needs_too_much_memory_costs_its_child_and_the_next_gets_a
             bytearray(256 * 2**20)  # far more than the limit, and than any free heap
         return real(data, **kwargs)
 
-    monkeypatch.setattr(previews, "render_preview", balloon)
+    monkeypatch.setattr(previews.child, "render_preview", balloon)
     limits = previews.PreviewLimits(memory_limit=64 * 2**20)
     previews.render_isolated(notebook_bytes(1), limits=limits)
     pid = child_pid()
     with pytest.raises(previews.PreviewError, match="more than 64 MB of memory"):
         previews.render_isolated(nb(new_markdown_cell("balloon")), limits=limits)
-    assert previews._child is None and reaped(pid)
+    assert previews.child._child is None and reaped(pid)
     assert "hello" in previews.render_isolated(notebook_bytes(1), limits=limits)
     assert child_pid() != pid
 
 
 def test_a_render_child_is_replaced_after_many_renders_or_for_another_memory_limit(
         monkeypatch):
-    monkeypatch.setattr(previews, "MAX_CHILD_RENDERS", 2)
+    monkeypatch.setattr(previews.child, "MAX_CHILD_RENDERS", 2)
     previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
     previews.render_isolated(notebook_bytes(1))
-    assert previews._child is None and reaped(pid)
+    assert previews.child._child is None and reaped(pid)
     previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
     previews.render_isolated(notebook_bytes(1), limits=previews.PreviewLimits(
@@ -327,12 +328,12 @@ def test_a_render_child_that_has_grown_is_replaced(monkeypatch):
             kept.append(bytearray(48 * 2**20))  # held by the child after the render
         return real(data, **kwargs)
 
-    monkeypatch.setattr(previews, "render_preview", hoard)
-    monkeypatch.setattr(previews, "MAX_CHILD_GROWTH", 16 * 2**20)
+    monkeypatch.setattr(previews.child, "render_preview", hoard)
+    monkeypatch.setattr(previews.child, "MAX_CHILD_GROWTH", 16 * 2**20)
     previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
     assert "hoard" in previews.render_isolated(nb(new_markdown_cell("hoard")))
-    assert previews._child is None and reaped(pid)
+    assert previews.child._child is None and reaped(pid)
 
 
 def test_a_forked_process_renders_with_a_render_child_of_its_own():
@@ -378,7 +379,7 @@ def forever(data, **kwargs):
     while True:
         pass
 
-previews.render_preview = forever
+previews.child.render_preview = forever
 previews.render_isolated(notebook_bytes(1), limits=previews.PreviewLimits(time_limit=2))
 """
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -397,34 +398,34 @@ previews.render_isolated(notebook_bytes(1), limits=previews.PreviewLimits(time_l
 
 
 def test_a_render_child_announcing_more_than_its_memory_is_not_believed(monkeypatch):
-    parent, real = os.getpid(), previews._send
+    parent, real = os.getpid(), previews.child._send
 
     def lying(sock: Any, head: Any, body: bytes) -> None:
         if os.getpid() == parent:
             return real(sock, head, body)
         sock.sendall((2).to_bytes(4, "big") + (2**40).to_bytes(8, "big") + b"[]")
 
-    monkeypatch.setattr(previews, "_send", lying)  # the child is forked with it
+    monkeypatch.setattr(previews.child, "_send", lying)  # the child is forked with it
     with pytest.raises(previews.PreviewError, match="The preview renderer stopped"):
         previews.render_isolated(notebook_bytes(1))
-    monkeypatch.setattr(previews, "_send", real)
+    monkeypatch.setattr(previews.child, "_send", real)
     assert "hello" in previews.render_isolated(notebook_bytes(1))
 
 
 def test_warming_up_starts_the_render_child_the_first_render_uses():
     limits = previews.PreviewLimits(time_limit=30)
     previews.warm_exporter(limits)
-    warm = previews._child
+    warm = previews.child._child
     assert warm is not None and os.waitpid(warm.pid, os.WNOHANG) == (0, 0)  # alive
     previews.render_isolated(notebook_bytes(1), limits=limits)
-    assert previews._child is warm
+    assert previews.child._child is warm
 
 
 def test_stopping_the_render_child_leaves_no_zombie():
     previews.render_isolated(notebook_bytes(1))
     pid = child_pid()
     previews.stop_render_child()
-    assert previews._child is None and reaped(pid)
+    assert previews.child._child is None and reaped(pid)
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 

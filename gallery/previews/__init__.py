@@ -1,0 +1,35 @@
+"""Previews: an untrusted notebook made into an inert, sanitised HTML page.
+
+A preview is another person's notebook shown to logged-in users, so it is made inert in
+layers: a preprocessor keeps only an allowlist of output types and nh3 cleans HTML and
+markdown (`sanitise`), our own nbconvert template escapes everything and loads nothing from
+outside (`render`), and the page is served with a CSP `sandbox` and no script. Rendering runs
+in a forked child with a time and a memory limit (`child`).
+"""
+
+from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
+from .render import (
+    PAGE_CSP,
+    PREVIEW_CSS,
+    preview_css_name,
+    render_preview,
+    write_atomically,
+    write_preview_css,
+    write_preview_file,
+)
+from .sanitise import (
+    ALLOWED_ATTRIBUTES,
+    ALLOWED_TAGS,
+    MAX_HTML_DEPTH,
+    PreviewError,
+    PreviewLimits,
+    sanitize_html,
+    strict_outputs,
+)
+
+__all__ = [
+    "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
+    "PreviewError", "PreviewLimits", "failure_reason", "preview_css_name", "render_isolated",
+    "render_preview", "sanitize_html", "stop_render_child", "strict_outputs", "warm_exporter",
+    "write_atomically", "write_preview_css", "write_preview_file",
+]

@@ -1,0 +1,240 @@
+"""Layer 3 of a preview: our nbconvert exporter and template, the page around it, and the
+files a preview is stored as (with a gzip twin)."""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .sanitise import (
+    PREVIEW_MIMES,
+    PreviewError,
+    PreviewLimits,
+    _is_count,
+    sanitize_html,
+    strict_outputs,
+)
+
+# --- layer 3: the exporter and our template --------------------------------------------------
+
+
+def _preview_exporter_class() -> type:
+    import html
+
+    from jinja2 import pass_context
+    from markupsafe import Markup
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import (
+        InvalidNotebook,
+        IPythonRenderer,
+        MarkdownWithMath,
+    )
+
+    def markdown(attachments: dict[str, Any]) -> Any:
+        return MarkdownWithMath(renderer=IPythonRenderer(
+            escape=False, attachments=attachments, embed_images=False,
+            exclude_anchor_links=True))
+
+    class PreviewExporter(HTMLExporter):  # type: ignore[misc]
+        """nbconvert's HTML exporter with our template and filters, minus its slow passes.
+
+        The stock exporter deep-copies the notebook, runs a dozen preprocessors with a schema
+        validation after each, builds a Pygments formatter and a markdown parser per cell,
+        and re-parses its whole output with BeautifulSoup to add `alt` and `tabindex`. Our
+        template writes those attributes itself, `strict_outputs` has already made a fresh,
+        normalised notebook, and the formatter and parser are built once.
+        """
+
+        _plain_markdown: Any = None
+
+        @pass_context
+        def markdown2html(self, context: Any, source: str) -> str:
+            attachments = context.get("cell", {}).get("attachments") or {}
+            if not attachments:
+                if self._plain_markdown is None:
+                    self._plain_markdown = markdown({})
+                parser = self._plain_markdown
+            else:
+                parser = markdown(attachments)
+            try:
+                return parser.render(source)
+            except InvalidNotebook:  # a missing attachment: show the rest without it
+                return parser.render(source.replace("attachment:", "missing-attachment:"))
+            except RecursionError:  # nested too deeply for the parser: show the source
+                return ('<p class="gallery-notice">[This markdown is nested too deeply to '
+                        f"render; its source:]</p><pre>{html.escape(source)}</pre>")
+
+        def from_notebook_node(self, nb: Any, resources: Any = None,
+                               **kw: Any) -> tuple[str, dict[str, Any]]:
+            lexer = nb.metadata.get("language_info", {}).get("name") or "python"
+            self.register_filter("highlight_code", lambda source, **_: highlight(source, lexer))
+            resources = self._init_resources(resources)
+            resources["global_content_filter"] = {
+                key: True for key in ("include_code", "include_markdown", "include_raw",
+                                      "include_unknown", "include_input", "include_output",
+                                      "include_input_prompt", "include_output_prompt")
+            }
+            resources["global_content_filter"].update(no_prompt=False,
+                                                      include_output_stdin=False)
+            resources.setdefault("raw_mimetypes", [])
+            resources.setdefault("output_mimetype", self.output_mimetype)
+            return self.template.render(nb=nb, resources=resources), resources
+
+    def prompt(count: Any) -> Markup:
+        return Markup(str(count)) if _is_count(count) else Markup("&nbsp;")
+
+    def preview_mime(data: Any) -> str:
+        return next((m for m in PREVIEW_MIMES if isinstance(data, dict) and m in data), "")
+
+    PreviewExporter.extra_filters = {"clean_html": sanitize_html, "prompt": prompt,
+                                     "preview_mime": preview_mime,
+                                     "strip_files_prefix": lambda s: s}
+    return PreviewExporter
+
+
+_highlighters: dict[str, tuple[Any, Any]] = {}
+
+
+def highlight(source: str, language: str) -> str:
+    """Code as Pygments HTML: token text escaped by Pygments, class names from a fixed set.
+
+    Its output needs no sanitiser pass (the language name is checked in `strict_outputs`).
+    """
+    import pygments
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
+    if language not in _highlighters:
+        try:
+            lexer = get_lexer_by_name("python" if language.startswith("ipython") else language)
+        except ClassNotFound:
+            lexer = get_lexer_by_name("text")
+        if len(_highlighters) > 200:
+            _highlighters.clear()
+        _highlighters[language] = (lexer, HtmlFormatter(cssclass=f"highlight hl-{language}"))
+    lexer, formatter = _highlighters[language]
+    return pygments.highlight(source, lexer, formatter)
+
+
+_exporter = None
+
+
+def _get_exporter():  # type: ignore[no-untyped-def]
+    """One exporter per process; building one costs a template compile (warm it early)."""
+    global _exporter
+    if _exporter is None:
+        from django.conf import settings
+
+        cls = _preview_exporter_class()
+        exporter = cls(
+            template_name="gallery",
+            extra_template_basedirs=[str(Path(settings.BASE_DIR) / "templates" / "nbconvert")],
+            sanitize_html=True,
+            exclude_anchor_links=True,
+        )
+        for name, func in cls.extra_filters.items():
+            exporter.register_filter(name, func)
+        _exporter = exporter
+    return _exporter
+
+
+PREVIEW_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="referrer" content="no-referrer">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="stylesheet" href="{css}">
+</head><body class="gallery-preview">
+<main class="jp-Notebook">
+{body}
+</main>
+</body></html>
+"""
+# Repeated inside the file, so a preview stays inert even where a plain static server
+# sends it without our headers (frame-ancestors and sandbox only work as headers).
+PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
+            "form-action 'none'; base-uri 'none'")
+PREVIEW_CSS = Path(__file__).resolve().parents[2] / "static" / "gallery" / "preview.css"
+
+
+@functools.cache
+def preview_css_name() -> str:
+    """The shared stylesheet's file name, with its content hash (so it is cached for good)."""
+    return f"preview-{hashlib.sha256(PREVIEW_CSS.read_bytes()).hexdigest()[:12]}.css"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file that readers see whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_preview_file(path: Path, data: bytes) -> None:
+    """Write a preview file and, where it saves a tenth or more, its gzip twin `<name>.gz`
+    (served to clients that accept gzip: most previews shrink five to fifty times). The twin
+    comes first, so a reader that finds the file finds its twin too."""
+    packed = gzip.compress(data, 9, mtime=0)
+    if len(packed) <= len(data) * 0.9:
+        write_atomically(path.with_name(path.name + ".gz"), packed)
+    write_atomically(path, data)
+
+
+def write_preview_css(directory: Path) -> Path:
+    """Put the shared stylesheet next to the previews (once), so the folder serves alone."""
+    path = directory / preview_css_name()
+    if not path.exists():
+        write_preview_file(path, PREVIEW_CSS.read_bytes())
+    return path
+
+
+def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
+    """Parse notebook bytes without schema validation (staging validated them already)."""
+    from nbformat import reader
+
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PreviewError(f"The notebook is not UTF-8 text (byte {exc.start}).") from None
+    try:
+        nb = reader.reads(text)
+    except RecursionError:
+        raise PreviewError("The notebook's JSON is nested too deeply to read.") from None
+    except reader.NotJSONError as exc:
+        raise PreviewError(f"The notebook is not valid JSON: {str(exc)[:200]}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # nbformat raises assorted types on odd input
+        raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
+    if nb.get("nbformat") != 4:
+        try:
+            nb = nbformat.convert(nb, 4)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
+    return nb
+
+
+def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None) -> str:
+    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process)."""
+    import html
+
+    global _limits_for_filter
+    limits = limits or PreviewLimits()
+    _limits_for_filter = limits
+    nb = strict_outputs(_read_for_preview(data), limits)
+    body, _ = _get_exporter().from_notebook_node(nb)
+    title = nb.metadata.get("title") or "Notebook preview"
+    return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
+                               css=html.escape(css_href or preview_css_name()), body=body)

@@ -1,0 +1,400 @@
+"""Layers 1 and 2 of a preview: nh3 over HTML and markdown, and the allowlist of outputs.
+
+Everything a notebook carries is dropped unless it is known to be inert: output types
+outside the allowlist, script and widget outputs, images that do not decode or are too big,
+attributes and URLs nh3 would not keep.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import nbformat
+
+from ..notebooks import NotebookError
+
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details", "div",
+    "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd",
+    "li", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strong", "sub", "summary",
+    "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul", "var",
+}
+ALLOWED_ATTRIBUTES = {
+    "*": {"class", "title", "lang", "dir"},
+    "a": {"href"},
+    "img": {"src", "alt", "width", "height"},
+    "td": {"colspan", "rowspan", "align"},
+    "th": {"colspan", "rowspan", "align", "scope"},
+    "ol": {"start"},
+}
+IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF"}
+# What a preview shows of an output, best first; everything else is dropped.
+PREVIEW_MIMES = ("text/html", "text/markdown", "image/svg+xml", "image/png", "image/jpeg",
+                 "image/gif", "text/latex", "text/plain")
+SCRIPT_MIMES = ("application/javascript", "text/javascript", "application/x-javascript")
+WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
+                "application/vnd.jupyter.widget-state+json")
+MAX_IMAGE_SIDE = 10_000  # width/height metadata beyond this is dropped
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f\u200b-\u200f\u2028\u2029\ufeff]")
+_SAFE_LEXER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+#.-]{0,40}")
+_SAFE_CELL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class PreviewLimits:
+    """How much of a notebook a preview shows, and what one render may spend."""
+
+    max_cells: int = 10_000
+    max_output_bytes: int = 2 * 1024 * 1024  # text beyond this is cut with a visible note
+    max_image_pixels: int = 25_000_000
+    time_limit: float = 30.0  # seconds of wall time per render
+    memory_limit: int = 1024 * 1024 * 1024  # bytes of address space a render may add
+
+    @classmethod
+    def from_settings(cls) -> PreviewLimits:
+        from django.conf import settings
+
+        return cls(
+            max_cells=settings.GALLERY_MAX_CELLS,
+            max_output_bytes=settings.GALLERY_MAX_OUTPUT_BYTES,
+            max_image_pixels=settings.GALLERY_PREVIEW_MAX_IMAGE_PIXELS,
+            time_limit=settings.GALLERY_RENDER_TIME_LIMIT,
+            memory_limit=settings.GALLERY_RENDER_MEMORY_LIMIT * 1024 * 1024,
+        )
+
+
+class PreviewError(NotebookError):
+    """A notebook the preview cannot show; the message is the reason, in plain words."""
+
+
+# --- layer 1: nh3 ---------------------------------------------------------------------------
+
+_limits_for_filter = PreviewLimits()
+
+
+def sanitize_html(html: str) -> str:
+    """Untrusted HTML, reduced to an allowlist with nh3 (no script, no handlers, no styles).
+
+    Relative URLs are dropped too: on the serving origin they would be requests the viewer's
+    browser makes on the author's behalf.
+    """
+    global _cleaner
+    if _cleaner is None:
+        import nh3
+
+        _cleaner = nh3.Cleaner(
+            tags=ALLOWED_TAGS,
+            attributes=ALLOWED_ATTRIBUTES,
+            url_schemes={"http", "https", "mailto", "data"},
+            url_relative="deny",
+            attribute_filter=_attribute_filter,
+            link_rel="noopener noreferrer nofollow",
+            strip_comments=True,
+        )
+    if html.count("<") > MAX_HTML_DEPTH and _nesting_depth(html) > MAX_HTML_DEPTH:
+        # The HTML parser's time grows with the square of the depth.
+        return ('<p class="gallery-notice">[HTML nested more than '
+                f"{MAX_HTML_DEPTH:,} levels deep is not shown in the preview.]</p>")
+    return _cleaner.clean(html)
+
+
+_cleaner: Any = None
+MAX_HTML_DEPTH = 1_500
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)")
+# Void elements never nest; these close themselves when a sibling opens.
+_FLAT_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+              "source", "track", "wbr", "p", "li", "td", "th", "tr", "dt", "dd", "option"}
+
+
+def _nesting_depth(html: str) -> int:
+    """How deep the tags of some HTML nest (an estimate that never underestimates much)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        if match.group(2).lower() in _FLAT_TAGS:
+            continue
+        if match.group(1):
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
+    if attr in {"href", "src"}:
+        if _BAD_URL_CHARS.search(value.strip()):
+            return None
+        is_data = value.strip()[:5].lower() == "data:"
+        if tag == "img":  # images are inline data or nothing: no beacons, no internal URLs
+            return value if is_data and _data_uri_image_ok(value.strip()) else None
+        if is_data:
+            return None
+    if attr in {"width", "height"}:
+        if not value.isdigit() or not 0 < int(value) <= MAX_IMAGE_SIDE:
+            return None
+    return value
+
+
+def _data_uri_image_ok(uri: str) -> bool:
+    """A data: URI in HTML or markdown may only be a PNG, JPEG or GIF of sane size."""
+    head, _, payload = uri.partition(",")
+    mime = head[5:].split(";")[0].strip().lower()
+    if mime not in IMAGE_MIMES or not head.lower().endswith(";base64"):
+        return False
+    return _image_problem(mime, payload, _limits_for_filter) is None
+
+
+def _image_problem(mime: str, b64: str, limits: PreviewLimits) -> str | None:
+    """Why a base64 image cannot be shown, or None when it can (checks size, format, pixels)."""
+    return _clean_image(mime, b64, limits)[1]
+
+
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _clean_image(mime: str, b64: str, limits: PreviewLimits) -> tuple[str, str | None]:
+    """A base64 image without whitespace, and why it cannot be shown (None when it can).
+
+    Only the header is decoded for PNG and GIF, where the size is; the pixel count is checked
+    before any browser would decode it (a small file can be a decompression bomb).
+    """
+    import binascii
+    import io
+
+    from PIL import Image
+
+    try:
+        raw = b64.encode("ascii")
+    except UnicodeEncodeError:
+        return "", "image data that is not base64"
+    if b"\n" in raw or b" " in raw or b"\r" in raw or b"\t" in raw:
+        raw = raw.translate(None, b" \t\r\n")
+    if len(raw) > limits.max_output_bytes * 4 // 3:
+        return "", f"image larger than {limits.max_output_bytes // 1024:,} KiB"
+    if not raw or raw.rstrip(b"=").translate(None, _B64_CHARS) or len(raw) - len(
+            raw.rstrip(b"=")) > 2:
+        return "", "image data that is not base64"
+    clean = raw.decode("ascii")
+    kind = IMAGE_MIMES[mime]
+    try:
+        head = binascii.a2b_base64(raw if kind == "JPEG" else raw[:1024])
+        with Image.open(io.BytesIO(head), formats=[kind]) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return "", "image with too many pixels (a decompression bomb)"
+    except MemoryError:
+        raise
+    except Exception:  # Pillow and binascii raise assorted types on broken data
+        return "", f"image that is not a valid {kind}"
+    if width * height > limits.max_image_pixels:
+        return "", f"image of {width}x{height} pixels (the limit is {limits.max_image_pixels:,})"
+    return clean, None
+
+
+# --- layer 2: the output allowlist ------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """Notebook text (a string or a list of strings), or None when it is something else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "".join(value)
+    return None
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return (text[:limit] + f"\n\n[… output truncated: {len(text) - limit:,} more characters "
+            "are not shown in the preview]")
+
+
+def _notice(message: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/plain": f"[{message}]"}, "gallery_notice": True}
+
+
+def _clean_data(data: Any, metadata: Any, limits: PreviewLimits) -> tuple[dict, dict, str]:
+    """The displayable part of an output's data, its image sizes, and a notice if needed."""
+    if not isinstance(data, dict):
+        return {}, {}, "output without data"
+    kept: dict[str, str] = {}
+    sizes: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    for mime in PREVIEW_MIMES:
+        if mime not in data:
+            continue
+        value = _text(data[mime])
+        if value is None:
+            continue
+        if mime in IMAGE_MIMES:
+            value, problem = _clean_image(mime, value, limits)
+            if problem:
+                problems.append(problem)
+                continue
+        elif len(value) > limits.max_output_bytes:
+            if mime in ("text/plain", "text/latex"):
+                value = _cut(value, limits.max_output_bytes)
+            else:
+                problems.append(f"{mime} output of {len(value):,} characters")
+                continue
+        kept[mime] = value
+        meta = metadata.get(mime) if isinstance(metadata, dict) else None
+        if mime in IMAGE_MIMES and isinstance(meta, dict):
+            size = {key: _side(meta.get(key)) for key in ("width", "height")}
+            sizes[mime] = {k: v for k, v in size.items() if v}
+    mermaid = _text(data.get("text/vnd.mermaid"))
+    if mermaid is not None and "text/plain" not in kept:
+        kept["text/plain"] = _cut(mermaid, limits.max_output_bytes)  # shown as source text
+    widget = any(m in data for m in WIDGET_MIMES)
+    script = any(m in data for m in SCRIPT_MIMES)
+    notice = ""
+    if widget:
+        kept, sizes = {}, {}
+        notice = "An interactive widget is not shown in the preview."
+    elif problems:
+        notice = "Not shown in the preview: " + "; ".join(problems) + "."
+    elif not kept:
+        if script:
+            notice = "JavaScript output is not run in the preview."
+        elif data:
+            notice = (f"{', '.join(sorted(str(m) for m in data)[:5])} output is not shown "
+                      "in the preview.")
+    return kept, sizes, notice
+
+
+def _side(value: Any) -> int | None:
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 < number <= MAX_IMAGE_SIDE else None
+
+
+def _clean_output(output: Any, limits: PreviewLimits) -> list[dict[str, Any]]:
+    """An output as the preview shows it: itself (cleaned), a notice, both, or nothing."""
+    if not isinstance(output, dict):
+        return []
+    kind = output.get("output_type")
+    if kind == "stream":
+        text = _text(output.get("text"))
+        name = output.get("name")
+        if text is None or name not in ("stdout", "stderr"):
+            return []
+        return [{"output_type": "stream", "name": name,
+                 "text": _cut(text, limits.max_output_bytes)}]
+    if kind == "error":
+        lines = output.get("traceback")
+        lines = [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
+        if not lines:
+            lines = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        text = _cut("\n".join(lines), limits.max_output_bytes)
+        return [{"output_type": "error", "ename": "", "evalue": "",
+                 "traceback": text.split("\n")}]
+    if kind in ("display_data", "execute_result"):
+        data, sizes, notice = _clean_data(output.get("data"), output.get("metadata"), limits)
+        shown: list[dict[str, Any]] = []
+        if data:
+            clean = {"output_type": kind, "data": data, "metadata": sizes}
+            if kind == "execute_result":
+                count = output.get("execution_count")
+                clean["execution_count"] = count if _is_count(count) else None
+            shown.append(clean)
+        if notice:
+            shown.append(_notice(notice))
+        return shown
+    return []
+
+
+def _merge_streams(outputs: list[dict[str, Any]], limits: PreviewLimits) -> list[dict[str, Any]]:
+    """Consecutive prints to one stream as one output, the way Jupyter shows them."""
+    merged: list[dict[str, Any]] = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (last is not None and output["output_type"] == "stream"
+                and last["output_type"] == "stream" and last["name"] == output["name"]):
+            last["parts"].append(output["text"])
+            continue
+        if output["output_type"] == "stream":
+            output = {**output, "parts": [output["text"]]}
+        merged.append(output)
+    for output in merged:
+        if "parts" in output:
+            parts = output.pop("parts")
+            output["text"] = parts[0] if len(parts) == 1 else _cut("".join(parts),
+                                                                    limits.max_output_bytes)
+    return merged
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
+
+
+def _clean_attachments(value: Any, limits: PreviewLimits) -> dict[str, dict[str, str]]:
+    clean: dict[str, dict[str, str]] = {}
+    if not isinstance(value, dict):
+        return clean
+    for name, bundle in value.items():
+        if not isinstance(name, str) or not isinstance(bundle, dict):
+            continue
+        for mime in IMAGE_MIMES:
+            data = _text(bundle.get(mime))
+            if data is not None:
+                data, problem = _clean_image(mime, data, limits)
+                if problem is None:
+                    clean[name] = {mime: data}
+                    break
+    return clean
+
+
+def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.NotebookNode:
+    """The notebook reduced to what a preview may show, with every value of a safe type.
+
+    Only allowlisted output types stay; scripts and widgets become a plain notice; image
+    sizes become integers; file names, cell metadata and hide/remove flags are dropped, so
+    the preview shows every cell that a downloaded copy contains; long text is cut with a
+    visible note.
+    """
+    limits = limits or PreviewLimits()
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise PreviewError("The notebook has no list of cells.")
+    if len(nb["cells"]) > limits.max_cells:
+        raise PreviewError(f"The notebook has {len(nb['cells']):,} cells; previews show at most "
+                           f"{limits.max_cells:,}.")
+    metadata = nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
+    info = metadata.get("language_info")
+    lexer = ""
+    if isinstance(info, dict):
+        for key in ("pygments_lexer", "name"):
+            if isinstance(info.get(key), str) and _SAFE_LEXER.fullmatch(info[key]):
+                lexer = info[key]
+                break
+    title = metadata.get("title")
+    cells = []
+    for cell in nb["cells"]:
+        if not isinstance(cell, dict):
+            continue
+        kind = cell.get("cell_type")
+        source = _text(cell.get("source"))
+        if kind not in ("code", "markdown", "raw") or source is None:
+            continue
+        clean: dict[str, Any] = {"cell_type": kind, "metadata": {},
+                                 "source": _cut(source, limits.max_output_bytes)}
+        if isinstance(cell.get("id"), str) and _SAFE_CELL_ID.fullmatch(cell["id"]):
+            clean["id"] = cell["id"]
+        if kind == "markdown":
+            clean["attachments"] = _clean_attachments(cell.get("attachments"), limits)
+        if kind == "code":
+            count = cell.get("execution_count")
+            clean["execution_count"] = count if _is_count(count) else None
+            outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
+            clean["outputs"] = _merge_streams(
+                [kept for o in outputs for kept in _clean_output(o, limits)], limits)
+        cells.append(clean)
+    return nbformat.from_dict({
+        "nbformat": 4, "nbformat_minor": 5, "cells": cells,
+        "metadata": {"language_info": {"name": lexer} if lexer else {},
+                     "title": title if isinstance(title, str) else ""},
+    })
