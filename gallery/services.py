@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, F, Max, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
@@ -363,6 +363,20 @@ def _unique_slug(base: str) -> str:
     return slug
 
 
+def _create_example(meta: ExampleMeta, contributor: AbstractBaseUser) -> Example:
+    """A new example under the first free slug. Another staging may take the same slug
+    between the look and the insert; its row commits first and the next try skips it."""
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                return Example.objects.create(
+                    slug=_unique_slug(meta.slug or slugify(meta.title)[:80]), title=meta.title,
+                    summary=meta.summary, contributor=contributor)
+        except IntegrityError:
+            continue
+    raise Conflict("Other examples with this name are being staged right now; try again.")
+
+
 def _example_to_revise(slug: str, contributor: AbstractBaseUser, *, lock: bool) -> Example:
     examples = Example.objects.select_for_update() if lock else Example.objects
     example = examples.filter(slug=slug).first()
@@ -402,10 +416,7 @@ def stage_submission(
         if example_slug:
             example = _example_to_revise(example_slug, contributor, lock=True)
         else:
-            example = Example.objects.create(
-                slug=_unique_slug(meta.slug or slugify(meta.title)[:80]), title=meta.title,
-                summary=meta.summary, contributor=contributor,
-            )
+            example = _create_example(meta, contributor)
             _record(example=example, subject="example", from_state="", to_state=example.state,
                     actor=contributor, reason="staged")
         if example.state != Example.State.APPROVED:

@@ -65,6 +65,15 @@ class StageTests(GalleryTestCase):
         self.assertFalse(Path(settings.GALLERY_STAGING_DIR).exists()
                          and any(Path(settings.GALLERY_STAGING_DIR).iterdir()))
 
+    def test_it_takes_the_next_slug_when_another_staging_took_it_meanwhile(self):
+        first = stage(self.contributor)
+        looks = iter([first.example.slug])  # the first look misses the other's new row
+        real = services._unique_slug
+        with mock.patch.object(services, "_unique_slug", lambda base: next(looks, real(base))):
+            second = stage(self.user, notebook=notebook_bytes(5))
+        self.assertEqual(second.example.slug, f"{first.example.slug}-2")
+        self.assertEqual(Example.objects.count(), 2)
+
     def test_it_upgrades_a_version_3_notebook(self):
         v3 = (b'{"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": '
               b'[{"cell_type": "code", "input": "1+1", "language": "python", "outputs": []}]}]}')
