@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -137,9 +138,22 @@ def clean_relpath(name: str) -> str:
                 "use letters, digits and . _ - + @ or space."
             )
     clean = "/".join(parts)
-    if clean in RESERVED_NAMES:
+    if parts[0] in RESERVED_NAMES:
         raise NotebookError(f"The file name {clean!r} is reserved for the gallery.")
     return clean
+
+
+def check_folder_tree(paths: Iterable[str]) -> None:
+    """Refuse paths that cannot all be written into one folder: a path that is a file and
+    also, as a prefix of another path, a folder ("a" and "a/b")."""
+    names = set(paths)
+    for name in sorted(names):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in names:
+                raise NotebookError(f"{folder!r} is a file, so {name!r} cannot be inside it; "
+                                    "a path cannot be both a file and a folder.")
 
 
 # --- example.toml ---------------------------------------------------------------------------

@@ -232,6 +232,7 @@ def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
                  for link in meta.data_links],
     }
     files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(toml_meta)
+    notebooks.check_folder_tree(files)
     return files
 
 

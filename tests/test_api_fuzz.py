@@ -23,6 +23,13 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )
+# Files that cannot all be written into one folder: one path is a file and another's folder.
+CLASHING_FILES = [
+    [("a", None), ("a/b", None)], [("a/b", None), ("a", None)], [("a/b/c", None), ("a/b", None)],
+    [("notebook.ipynb/x", None)], [("example.toml/x", None)],
+    [("requirements.txt/x", "requirements.txt")], [("environment.yml/x", "environment.yml")],
+    [("data/x.csv", None), ("data", None)],
+]
 not_a_string = st.none() | st.booleans() | st.integers() | st.lists(st.integers(), max_size=3) \
     | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
 
@@ -38,7 +45,7 @@ def malformed_json(draw):  # type: ignore[no-untyped-def]
     kind = draw(st.sampled_from([
         "title-type", "title-empty", "title-huge", "tags", "notebook", "notebook-string",
         "file-path", "file-base64", "file-both", "data-link", "environment", "summary-huge",
-        "extra-nesting", "resources",
+        "extra-nesting", "resources", "file-clash",
     ]))
     if kind == "title-type":
         body["title"] = draw(not_a_string)
@@ -74,6 +81,10 @@ def malformed_json(draw):  # type: ignore[no-untyped-def]
             {"path": "setup.py", "content": "x"}, {"path": "../requirements.txt", "content": "x"},
             {"path": "requirements.txt"}, "requirements.txt",
         ]))
+    elif kind == "file-clash":
+        clash = draw(st.sampled_from(CLASHING_FILES))
+        body["files"] = [{"path": path, "content": "x"} for path, _ in clash]
+        body["environment"] = {"path": clash[0][1] or "requirements.txt", "content": "numpy\n"}
     elif kind == "summary-huge":
         body["summary"] = "s" * draw(st.integers(5001, 50_000))
     elif kind == "extra-nesting":  # deeper than any JSON library recurses

@@ -65,6 +65,16 @@ class StageTests(GalleryTestCase):
         self.assertFalse(Path(settings.GALLERY_STAGING_DIR).exists()
                          and any(Path(settings.GALLERY_STAGING_DIR).iterdir()))
 
+    def test_it_refuses_a_path_that_is_a_file_and_a_folder_at_once(self):
+        for files in ({"a": b"x", "a/b": b"y"}, {"a/b/c": b"x", "a/b": b"y"},
+                      {"hello.ipynb/x": b"x"}, {"requirements.txt/x": b"x"},
+                      {"example.toml/x": b"x"}):
+            with self.subTest(files=files), self.assertRaises(services.GalleryError) as ctx:
+                stage(self.contributor, files=files)
+            self.assertRegex(str(ctx.exception), "both a file and a folder|reserved")
+        self.assertEqual(Example.objects.count(), 0)
+        self.assertEqual(staging_entries(), [])
+
     def test_it_takes_the_next_slug_when_another_staging_took_it_meanwhile(self):
         first = stage(self.contributor)
         looks = iter([first.example.slug])  # the first look misses the other's new row
