@@ -75,6 +75,34 @@ class StageTests(GalleryTestCase):
         self.assertEqual(Example.objects.count(), 0)
         self.assertEqual(staging_entries(), [])
 
+    def test_it_refuses_a_notebook_with_half_a_character_and_stores_nothing(self):
+        good = notebook_bytes(text="HALF")
+        for place in (b'"x = \\ud800"', b'"\\udfff tail"', b'"a\\udc00\\ud800b"'):
+            bad = good.replace(b'"HALF"', place)
+            with self.subTest(place=place), self.assertRaises(services.GalleryError) as ctx:
+                stage(self.contributor, notebook=bad)
+            self.assertIn("not valid Unicode", str(ctx.exception))
+        in_metadata = good.replace(b'"metadata": {', b'"metadata": {"\\ud800": 1, ', 1)
+        with self.assertRaises(services.GalleryError):
+            stage(self.contributor, notebook=in_metadata)
+        self.assertEqual(Example.objects.count(), 0)
+        self.assertEqual(staging_entries(), [])
+
+    def test_it_accepts_a_character_written_as_a_pair_of_escapes(self):
+        nb = notebook_bytes(text="SMILE").replace(b'"SMILE"', b'"print(\\"\\ud83d\\ude00\\")"')
+        submission = stage(self.contributor, notebook=nb)
+        self.assertIn("print(\"\U0001f600\")", submission.example.search_text)
+
+    def test_it_indexes_a_notebook_whose_cells_hold_nul_characters(self):
+        nb = notebook_bytes(text="NUL").replace(b'"NUL"', b'"before\\u0000after"')
+        submission = self.stage_and_approve(notebook=nb)
+        example = Example.objects.get(pk=submission.example_id)
+        self.assertEqual(example.current_revision, submission.revision)
+        self.assertNotIn("\x00", example.search_text)
+        self.assertIn("before after", example.search_text)
+        stored = services.staged_folder(submission.revision) / "hello.ipynb"
+        self.assertEqual(stored.read_bytes(), nb)  # the notebook itself is kept as sent
+
     def test_it_takes_the_next_slug_when_another_staging_took_it_meanwhile(self):
         first = stage(self.contributor)
         looks = iter([first.example.slug])  # the first look misses the other's new row
