@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -48,6 +49,9 @@ def read_notebook(data: bytes) -> nbformat.NotebookNode:
         raise NotebookError(f"The notebook is not valid JSON: {exc}.") from None
     if not isinstance(raw, dict):
         raise NotebookError("The notebook's JSON must be an object with 'cells' and 'metadata'.")
+    if _LONE_SURROGATE_ESCAPE.search(text) and not _is_unicode(raw):
+        raise NotebookError("The notebook contains text that is not valid Unicode (an escape "
+                            "such as \\ud800 that stands for half a character).")
     major = raw.get("nbformat")
     if not isinstance(major, int) or major < 1 or major > 4:
         raise NotebookError(
@@ -72,6 +76,20 @@ def read_notebook(data: bytes) -> nbformat.NotebookNode:
     return nb
 
 
+# Decoded as UTF-8, the text holds no surrogates; a JSON escape (\ud800) can still make one.
+_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string of parsed JSON can be written as UTF-8: a lone surrogate cannot,
+    so it would fail later, when the notebook's text is indexed, rendered or stored."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def plain_validation_message(exc: nbformat.ValidationError) -> str:
     """The validator's reason in plain words: where, and what is wrong."""
     where = []
@@ -87,9 +105,12 @@ def plain_validation_message(exc: nbformat.ValidationError) -> str:
 
 
 def notebook_text(nb: nbformat.NotebookNode, limit: int = 100_000) -> str:
-    """The words of a notebook (markdown and code), for search."""
+    """The words of a notebook (markdown and code), for search.
+
+    Without NUL characters: a cell may hold one, a PostgreSQL text column cannot.
+    """
     text = "\n".join(str(cell.get("source", "")) for cell in nb.cells)
-    return text[:limit]
+    return text.replace("\x00", " ")[:limit]
 
 
 def sha256(data: bytes) -> str:
@@ -129,9 +150,22 @@ def clean_relpath(name: str) -> str:
                 "use letters, digits and . _ - + @ or space."
             )
     clean = "/".join(parts)
-    if clean in RESERVED_NAMES:
+    if parts[0] in RESERVED_NAMES:
         raise NotebookError(f"The file name {clean!r} is reserved for the gallery.")
     return clean
+
+
+def check_folder_tree(paths: Iterable[str]) -> None:
+    """Refuse paths that cannot all be written into one folder: a path that is a file and
+    also, as a prefix of another path, a folder ("a" and "a/b")."""
+    names = set(paths)
+    for name in sorted(names):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in names:
+                raise NotebookError(f"{folder!r} is a file, so {name!r} cannot be inside it; "
+                                    "a path cannot be both a file and a folder.")
 
 
 # --- example.toml ---------------------------------------------------------------------------

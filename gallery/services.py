@@ -15,7 +15,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, F, Max, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
@@ -233,18 +232,39 @@ def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
                  for link in meta.data_links],
     }
     files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(toml_meta)
+    notebooks.check_folder_tree(files)
     return files
 
 
+# How long a staged folder that no Revision names is kept after it was last stored. Far
+# longer than any request takes, and than the clocks of the machines sharing it disagree.
+STAGING_GRACE = timedelta(days=1)
+_TMP_PREFIX = ".tmp-"  # a folder being written, renamed into place when complete
+_TRASH_PREFIX = ".trash-"  # a folder the sweep took out of reach before deciding on it
+
+
 def store_folder(files: dict[str, bytes]) -> tuple[str, Path]:
-    """Write a folder under the staging dir, named by its content hash (atomic, write-once)."""
+    """Write a folder under the staging dir, named by its content hash (atomic, write-once).
+
+    The folder is shared by every request that stores the same content, and a request's
+    Revision naming it is invisible to the others until it commits, so no request ever
+    removes one. A folder already there is touched instead: `sweep_staging` leaves recently
+    stored folders alone.
+    """
     digest = notebooks.folder_hash(files)
-    base = Path(settings.GALLERY_STAGING_DIR)
-    final = base / digest
-    if final.is_dir():
-        return digest, final
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+    final = Path(settings.GALLERY_STAGING_DIR) / digest
+    for _ in range(3):
+        try:
+            os.utime(final)
+            return digest, final
+        except FileNotFoundError:
+            _write_folder(final, files)
+    raise OSError(f"the staged folder {final} keeps disappearing")
+
+
+def _write_folder(final: Path, files: dict[str, bytes]) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
     try:
         for name, data in files.items():
             path = tmp / name
@@ -253,22 +273,82 @@ def store_folder(files: dict[str, bytes]) -> tuple[str, Path]:
         try:
             os.rename(tmp, final)
         except OSError:
-            if not final.is_dir():
+            if not final.is_dir():  # else another request stored the same content first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return digest, final
 
 
-@contextmanager
-def _removed_unless_used(folder: Path, digest: str) -> Iterator[None]:
-    """Remove a staged folder again when the submission that wrote it is refused."""
+def sweep_staging(*, grace: timedelta = STAGING_GRACE) -> int:
+    """Remove staged folders that no Revision names and nobody stored for `grace`, and
+    half-written ones; returns how many. Celery beat runs it every hour.
+
+    This is how the folders of submissions refused after storing them, of deleted examples
+    and of interrupted writes go away, without ever taking one from a request that shares it.
+    """
+    base = Path(settings.GALLERY_STAGING_DIR)
+    cutoff = time.time() - grace.total_seconds()
     try:
-        yield
-    except BaseException:
-        if not Revision.objects.filter(content_hash=digest).exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return 0
+    removed, unused = 0, []
+    for entry in entries:
+        try:
+            old = entry.stat(follow_symlinks=False).st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        if entry.name.startswith(_TRASH_PREFIX):
+            removed += _remove_unless_needed(base, Path(entry.path), cutoff)
+        elif old and entry.name.startswith(_TMP_PREFIX):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        elif old and _is_digest(entry.name):
+            unused.append(entry.name)
+    for start in range(0, len(unused), 500):
+        chunk = unused[start:start + 500]
+        used = set(Revision.objects.filter(content_hash__in=chunk).values_list(
+            "content_hash", flat=True))
+        for digest in chunk:
+            if digest not in used:
+                removed += _remove_unless_needed(base, base / digest, cutoff)
+    return removed
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _remove_unless_needed(base: Path, path: Path, cutoff: float) -> bool:
+    """Take a staged folder (or one an interrupted sweep took) out of reach by renaming it,
+    then decide: a request that stored it before the rename made it recent, a Revision
+    committed meanwhile names it; either way it goes back, else it is removed.
+
+    After the rename, a request storing the same content writes it anew; the rename is the
+    one step that only one process can win, so two sweeps never remove what the other keeps.
+    """
+    digest = path.name.removeprefix(_TRASH_PREFIX).split("-")[0]
+    if not _is_digest(digest):
+        return False
+    mine = base / f"{_TRASH_PREFIX}{digest}-{os.urandom(6).hex()}"
+    try:
+        os.rename(path, mine)
+    except FileNotFoundError:  # removed or taken by another sweep
+        return False
+    try:
+        recent = mine.stat().st_mtime >= cutoff
+    except FileNotFoundError:  # another sweep took it from us: it decides
+        return False
+    if recent or Revision.objects.filter(content_hash=digest).exists():
+        try:
+            os.rename(mine, base / digest)
+        except OSError:
+            if not (base / digest).is_dir():
+                raise
+            shutil.rmtree(mine, ignore_errors=True)  # stored anew meanwhile: the same content
+        return False
+    shutil.rmtree(mine, ignore_errors=True)
+    return True
 
 
 def staged_folder(revision: Revision) -> Path:
@@ -284,14 +364,41 @@ def _unique_slug(base: str) -> str:
     return slug
 
 
+def _create_example(meta: ExampleMeta, contributor: AbstractBaseUser) -> Example:
+    """A new example under the first free slug. Another staging may take the same slug
+    between the look and the insert; its row commits first and the next try skips it."""
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                return Example.objects.create(
+                    slug=_unique_slug(meta.slug or slugify(meta.title)[:80]), title=meta.title,
+                    summary=meta.summary, contributor=contributor)
+        except IntegrityError:
+            continue
+    raise Conflict("Other examples with this name are being staged right now; try again.")
+
+
+def _example_to_revise(slug: str, contributor: AbstractBaseUser, *, lock: bool) -> Example:
+    examples = Example.objects.select_for_update() if lock else Example.objects
+    example = examples.filter(slug=slug).first()
+    if example is None:
+        raise NotFound(f"There is no example {slug!r} to revise.")
+    if example.contributor_id != contributor.pk and not is_reviewer(contributor):
+        raise NotAllowed(f"Only {example.contributor} or a reviewer may revise it.")
+    if example.state == Example.State.RETIRED:
+        raise Conflict(f"{example.slug} is retired; ask a reviewer to restore it first.")
+    return example
+
+
 def stage_submission(
     *, contributor: AbstractBaseUser, staged: StagedFiles, meta: ExampleMeta,
     example_slug: str = "",
 ) -> Submission:
     """Validate and store a notebook with its files; queue checks and the preview.
 
-    With `example_slug`, the submission is a new revision of that example. Nothing is stored
-    when anything is refused.
+    With `example_slug`, the submission is a new revision of that example. A refused
+    submission writes nothing, with one exception: refused only under the lock (the example
+    changed meanwhile), it leaves its staged folder, which may be shared, to `sweep_staging`.
     """
     if not contributor.is_authenticated:
         raise NotAllowed("Log in to stage an example.")
@@ -301,23 +408,16 @@ def stage_submission(
         files = _folder_files(staged, meta)
     except notebooks.NotebookError as exc:
         raise GalleryError(str(exc)) from None
+    if example_slug:
+        _example_to_revise(example_slug, contributor, lock=False)
     nb_name = next(iter(files))
-    digest, folder = store_folder(files)
+    digest, _ = store_folder(files)
 
-    with _removed_unless_used(folder, digest), transaction.atomic():
+    with transaction.atomic():
         if example_slug:
-            example = Example.objects.select_for_update().filter(slug=example_slug).first()
-            if example is None:
-                raise NotFound(f"There is no example {example_slug!r} to revise.")
-            if example.contributor_id != contributor.pk and not is_reviewer(contributor):
-                raise NotAllowed(f"Only {example.contributor} or a reviewer may revise it.")
-            if example.state == Example.State.RETIRED:
-                raise Conflict(f"{example.slug} is retired; ask a reviewer to restore it first.")
+            example = _example_to_revise(example_slug, contributor, lock=True)
         else:
-            example = Example.objects.create(
-                slug=_unique_slug(meta.slug or slugify(meta.title)[:80]), title=meta.title,
-                summary=meta.summary, contributor=contributor,
-            )
+            example = _create_example(meta, contributor)
             _record(example=example, subject="example", from_state="", to_state=example.state,
                     actor=contributor, reason="staged")
         if example.state != Example.State.APPROVED:

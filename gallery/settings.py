@@ -337,6 +337,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 GALLERY_SWEEP_INTERVAL = env_int("GALLERY_SWEEP_INTERVAL", 10)
 CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": GALLERY_SWEEP_INTERVAL},
+    # Staged folders no revision names, kept a day after they were last stored.
+    "sweep-staging": {"task": "gallery.tasks.sweep_staging", "schedule": 3600},
 }
 # A job untouched this long after being queued is handed to the broker again by the sweep.
 GALLERY_REQUEUE_AFTER = env_int("GALLERY_REQUEUE_AFTER", 15)

@@ -23,6 +23,15 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )
+# Files that cannot all be written into one folder: one path is a file and another's folder.
+CLASHING_FILES = [
+    [("a", None), ("a/b", None)], [("a/b", None), ("a", None)], [("a/b/c", None), ("a/b", None)],
+    [("notebook.ipynb/x", None)], [("example.toml/x", None)],
+    [("requirements.txt/x", "requirements.txt")], [("environment.yml/x", "environment.yml")],
+    [("data/x.csv", None), ("data", None)],
+]
+# A lone surrogate, which JSON can carry as an escape (\ud800) but UTF-8 cannot hold.
+half_characters = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 not_a_string = st.none() | st.booleans() | st.integers() | st.lists(st.integers(), max_size=3) \
     | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
 
@@ -38,7 +47,7 @@ def malformed_json(draw):  # type: ignore[no-untyped-def]
     kind = draw(st.sampled_from([
         "title-type", "title-empty", "title-huge", "tags", "notebook", "notebook-string",
         "file-path", "file-base64", "file-both", "data-link", "environment", "summary-huge",
-        "extra-nesting", "resources",
+        "extra-nesting", "resources", "file-clash", "half-character",
     ]))
     if kind == "title-type":
         body["title"] = draw(not_a_string)
@@ -74,6 +83,13 @@ def malformed_json(draw):  # type: ignore[no-untyped-def]
             {"path": "setup.py", "content": "x"}, {"path": "../requirements.txt", "content": "x"},
             {"path": "requirements.txt"}, "requirements.txt",
         ]))
+    elif kind == "file-clash":
+        clash = draw(st.sampled_from(CLASHING_FILES))
+        body["files"] = [{"path": path, "content": "x"} for path, _ in clash]
+        body["environment"] = {"path": clash[0][1] or "requirements.txt", "content": "numpy\n"}
+    elif kind == "half-character":
+        body["notebook"] = notebook_with(draw(half_characters), draw(st.text(max_size=10)),
+                                         draw(st.sampled_from(["source", "output", "key"])))
     elif kind == "summary-huge":
         body["summary"] = "s" * draw(st.integers(5001, 50_000))
     elif kind == "extra-nesting":  # deeper than any JSON library recurses
@@ -85,6 +101,19 @@ def malformed_json(draw):  # type: ignore[no-untyped-def]
                                            st.dictionaries(st.text(max_size=3), st.lists(
                                                st.integers(), min_size=1), min_size=1)))
     return json.dumps(body).encode()
+
+
+def notebook_with(half: str, text: str, where: str) -> dict:
+    """The valid notebook with a lone surrogate in a cell's source, an output or a key."""
+    nb = json.loads(json.dumps(VALID_NB))
+    code = nb["cells"][1]
+    if where == "source":
+        code["source"] = text + half + text
+    elif where == "output":
+        code["outputs"][0]["text"] = half + text
+    else:
+        nb["metadata"][text + half] = text
+    return nb
 
 
 def _is_b64(text: str) -> bool:
@@ -146,6 +175,17 @@ class MalformedSubmissionTests(TestCase):
             "utf-8", "replace"), notebook)
         self.assert_refused(self.post("/api/v1/submissions",
                                              {"notebook": upload, "title": title}))
+
+    @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(half=half_characters, text=st.text(max_size=10),
+           where=st.sampled_from(["source", "output", "key"]))
+    def test_it_refuses_multipart_notebooks_with_half_a_character(self, half, text, where):
+        # ensure_ascii writes the surrogate as an escape: the file itself is plain UTF-8.
+        upload = SimpleUploadedFile("nb.ipynb", json.dumps(notebook_with(half, text, where))
+                                    .encode())
+        response = self.post("/api/v1/submissions", {"notebook": upload, "title": "Half"})
+        self.assert_refused(response)
+        self.assertIn("not valid Unicode", json.loads(response.content)["error"])
 
     def test_it_refuses_a_wrong_content_type(self):
         self.assert_refused(self.post("/api/v1/submissions", data=b"title=x",
