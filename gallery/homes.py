@@ -10,6 +10,12 @@ renamed into place without replacing anything, so a folder in a home is either w
 absent. A provenance file naming the job makes a repeated attempt find the copy it already
 made instead of making a second one.
 
+Nothing is locked in a home: anything there that another user can open, they could lock too,
+and hold every copy into that home up. Attempts of one job need no lock either. A temporary
+folder is only ever removed by renaming it out of the way first, so an attempt still writing
+into it fails cleanly instead of finishing a folder with files missing, and a copy is renamed
+into place only after checking that no other attempt of the job finished first.
+
 The copies are forked from a small helper: this module run as a script in a fresh
 interpreter, started by each worker process on its first copy and ended with it. Forking from
 the worker itself works too (it is the fallback), but costs CPU in proportion to the worker's
@@ -21,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import pwd
@@ -71,6 +76,11 @@ class CopyPlan:
     def temp_prefix(self) -> str:
         """Temporary folders of this job start with it, so a retry can clear its leftovers."""
         return f".{self.folder_name}.tmp-{self.job_id.replace('-', '')[:12]}-"
+
+    @property
+    def gone_prefix(self) -> str:
+        """Temporary folders of this job renamed out of the way, about to be removed."""
+        return self.temp_prefix + "gone-"
 
 
 def home_of(username: str) -> Path:
@@ -405,19 +415,14 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
     except OSError as exc:
         raise CopyError(_parent_message(exc, plan)) from exc
     try:
-        # One copy at a time into this folder: a retry of a job never races the attempt it
-        # replaces, and two Uses of the same example pick different names.
-        fcntl.flock(dfd, fcntl.LOCK_EX)
-        here = f"/proc/self/fd/{dfd}"  # the folder we locked, whatever its path does now
+        here = f"/proc/self/fd/{dfd}"  # the folder we opened, whatever its path does now
         if not os.path.isdir(here):
             here = str(plan.parent)
         names = set(os.listdir(dfd))
         earlier = _copy_of_job(here, names, plan)
         if earlier:
             return earlier
-        for name in names:
-            if name.startswith(plan.temp_prefix):  # an interrupted attempt of this job
-                shutil.rmtree(os.path.join(here, name), ignore_errors=True)
+        _clear_attempts(dfd, names, plan)  # an interrupted attempt's, or one still running
         tmp_name = plan.temp_prefix + os.urandom(4).hex()  # not tempfile: it takes a lock
         tmp = os.path.join(here, tmp_name)
         os.mkdir(tmp, 0o700)
@@ -430,15 +435,46 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
             with open(os.path.join(tmp, PROVENANCE_FILE), "x") as fh:
                 json.dump({**plan.provenance, "job": plan.job_id}, fh, indent=2)
             os.chmod(tmp, 0o755)
-            final = _rename_into_place(dfd, tmp_name, plan, names)
+            names = set(os.listdir(dfd))
+            earlier = _copy_of_job(here, names, plan)  # another attempt finished meanwhile
+            final = earlier or _rename_into_place(dfd, tmp_name, plan, names)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if earlier:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return earlier
         if os.lstat(os.path.join(here, final)).st_ino != ino:
             raise CopyError("The folder was replaced while it was being copied; try again.")
         return final
     finally:
         os.close(dfd)
+
+
+def _clear_attempts(dfd: int, names: set[str], plan: CopyPlan) -> int:
+    """Remove the job's temporary folders among `names`; returns how many.
+
+    Each is first renamed out of the way: an attempt still writing into it (its worker stalled
+    past the lease while another took over) then fails at its next file, or at its rename,
+    instead of putting a folder with files missing in place.
+    """
+    cleared = 0
+    for name in sorted(names):
+        if not name.startswith(plan.temp_prefix):
+            continue
+        gone = name
+        try:
+            if not name.startswith(plan.gone_prefix):
+                gone = plan.gone_prefix + os.urandom(4).hex()
+                _rename_noreplace(dfd, name, gone)
+            if stat.S_ISDIR(os.lstat(gone, dir_fd=dfd).st_mode):
+                shutil.rmtree(gone, dir_fd=dfd, ignore_errors=True)
+            else:  # a link or file planted under our name: remove it, never follow it
+                os.unlink(gone, dir_fd=dfd)
+        except OSError:
+            continue  # finished or cleared in the meantime, or not ours to remove
+        cleared += 1
+    return cleared
 
 
 def _candidates(wanted: str) -> list[str]:

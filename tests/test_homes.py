@@ -7,6 +7,8 @@ folder) and remove them with `userdel` at the end; they skip themselves without 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import fcntl
 import grp
 import json
 import os
@@ -16,6 +18,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ from gallery import homes, services
 from gallery.models import Example, Job
 
 from .base import make_user, stage
+from .conftest import wait_for
 from .unixusers import TAG, Account, make_account, remove_account, run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -341,6 +345,52 @@ def test_it_ignores_a_planted_leftover_of_its_own_job(st: Stage, source: Path) -
     assert snapshot(st.rootonly) == before
 
 
+# --- what another user can do ---------------------------------------------------------------
+
+
+def _hold_as(account: Account, hold: Callable[[], object]) -> int:
+    """Fork a process that becomes `account`, runs `hold`, says so and waits to be killed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(account.gid)
+            os.setuid(account.uid)
+            kept = hold()  # noqa: F841 - whatever it opened stays open until the kill
+            os.write(w, b"ok")
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        assert fh.read(2) == b"ok", "the other user's process did not get that far"
+    return pid
+
+
+@needs_root
+def test_it_copies_while_another_user_locks_the_use_folder(st: Stage, source: Path) -> None:
+    examples = _examples_dir(st)  # alice's, 0755: bob may open it, and so lock it
+
+    def lock_alices_folders() -> list[int]:
+        fds = [os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in (examples, st.alice.home)]
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fds
+
+    bob = _hold_as(st.bob, lock_alices_folders)
+    try:
+        plan = plan_for(st.alice, source, st)
+        folder = homes.copy_into_home(plan, as_user=True, timeout=10)
+    finally:
+        os.kill(bob, signal.SIGKILL)
+        os.waitpid(bob, 0)
+    assert_complete_copy(folder, st.alice, plan.job_id)
+    assert sorted(os.listdir(examples)) == ["demo"]
+
+
 # --- races -----------------------------------------------------------------------------------
 
 
@@ -461,6 +511,36 @@ def test_it_leaves_a_folder_whole_or_absent_and_a_retry_clears_the_leftovers(
     # Once more for the same job (a redelivered task): the same folder, no second copy.
     assert homes.copy_into_home(plan, as_user=as_user) == folder
     assert os.listdir(account.examples) == ["demo"]
+
+
+def test_it_leaves_one_whole_copy_when_two_attempts_of_a_job_overlap(
+        writer: tuple[Account, bool], source: Path) -> None:
+    account, as_user = writer
+    plan = _plan(account, source, delay=0.2)
+    first: dict[str, object] = {}
+
+    def stalled_attempt() -> None:  # its worker stalled past the lease; its copy goes on
+        try:
+            first["folder"] = homes.copy_into_home(plan, as_user=as_user, timeout=60)
+        except homes.CopyError as exc:
+            first["error"] = str(exc)
+
+    thread = threading.Thread(target=stalled_attempt)
+    thread.start()
+    try:
+        def under_way() -> bool:
+            names = os.listdir(account.examples) if account.examples.is_dir() else []
+            return any(n.startswith(plan.temp_prefix) and os.listdir(account.examples / n)
+                       for n in names)
+
+        wait_for(under_way, timeout=30, what="the first attempt to be copying")
+        second = homes.copy_into_home(dataclasses.replace(plan, delay=0.0), as_user=as_user)
+    finally:
+        thread.join(60)
+    assert_complete_copy(second, account, plan.job_id)
+    assert os.listdir(account.examples) == [second.name]  # one copy, nothing half-written
+    # The attempt that was overtaken either found the copy or failed cleanly.
+    assert first.get("folder") == second or "try again" in str(first.get("error")).lower()
 
 
 def test_it_gives_a_second_use_a_new_name(writer: tuple[Account, bool], source: Path) -> None:
