@@ -71,6 +71,7 @@ class CopyPlan:
     data_links: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0  # test-only pause before each file
     shown_parent: str = "~/examples"  # how messages name the parent folder
+    home: Path | None = None  # the user's home: a missing one is told apart from ~/examples
 
     @property
     def temp_prefix(self) -> str:
@@ -342,6 +343,7 @@ def _serve(parent: int, fd: int) -> None:
             request = json.loads(message)
             plan = CopyPlan(**request["plan"])
             plan.source, plan.parent = Path(plan.source), Path(plan.parent)
+            plan.home = Path(plan.home) if plan.home else None
             ids = request["ids"]
             me = os.getpid()
             pid = os.fork()
@@ -429,7 +431,7 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
         ino = os.lstat(tmp).st_ino
         try:
             copy = _copy_file_slowly(plan.delay) if plan.delay else shutil.copy2
-            shutil.copytree(source, tmp, symlinks=True, dirs_exist_ok=True, copy_function=copy)
+            _copy_tree(source, tmp, copy)
             _add_data_links(tmp, plan.data_links)
             # Written last: a folder with this file is a complete copy made by this job.
             with open(os.path.join(tmp, PROVENANCE_FILE), "x") as fh:
@@ -475,6 +477,27 @@ def _clear_attempts(dfd: int, names: set[str], plan: CopyPlan) -> int:
             continue  # finished or cleared in the meantime, or not ours to remove
         cleared += 1
     return cleared
+
+
+def _copy_tree(source: str, target: str, copy: Callable[[str, str], object]) -> None:
+    """Copy what folder `source` holds into the existing folder `target`; links stay links.
+
+    Not shutil.copytree: it goes on after an error and gathers every error into one
+    shutil.Error of strings, which loses the errno telling a full disk from a quota or a
+    permission problem (and shows people paths under /proc). Here the first error stops the
+    copy and arrives as itself.
+    """
+    with os.scandir(source) as entries:
+        for entry in entries:
+            to = os.path.join(target, entry.name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), to)
+            elif entry.is_dir():
+                os.mkdir(to)
+                _copy_tree(entry.path, to, copy)
+            else:
+                copy(entry.path, to)
+    shutil.copystat(source, target)
 
 
 def _candidates(wanted: str) -> list[str]:
@@ -572,6 +595,9 @@ def _describe_parent(plan: CopyPlan) -> str:
 
 
 def _parent_message(exc: OSError, plan: CopyPlan) -> str:
+    if plan.home is not None and not _exists(plan.home):
+        return (f"Your home folder {plan.home} does not exist, so there is nowhere to copy the "
+                "example. Ask the centre's support to create it.")
     where = _describe_parent(plan)
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
         return (f"{where} is not a folder; move it away (or make it a folder of yours) "
@@ -580,6 +606,17 @@ def _parent_message(exc: OSError, plan: CopyPlan) -> str:
         return (f"The gallery cannot open {where} as you (permission denied). Make "
                 f"{plan.shown_parent} a folder you own and can write to, then try again.")
     return _user_message(exc, plan)
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` leads somewhere (as whoever asks); unknown (no permission) counts as yes."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _user_message(exc: BaseException, plan: CopyPlan) -> str:
@@ -597,8 +634,9 @@ def _user_message(exc: BaseException, plan: CopyPlan) -> str:
         return "The home filesystem is full; try again later or tell the centre's support."
     if isinstance(exc, OSError) and exc.errno == errno.EROFS:
         return f"{where} is on a read-only filesystem; the gallery cannot copy there."
-    if isinstance(exc, OSError):
-        return f"The copy into {where} failed: {exc.strerror or exc}. Try again."
+    if isinstance(exc, OSError):  # the strerror only: str(exc) may name paths under /proc
+        return (f"The copy into {where} failed: {exc.strerror or type(exc).__name__}. "
+                "Try again.")
     return f"The copy into {where} failed ({type(exc).__name__}); try again."
 
 

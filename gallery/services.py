@@ -707,6 +707,7 @@ def _do_use(job: Job) -> dict[str, Any]:
             username=username, source=export, parent=homes.use_parent(username),
             folder_name=job.params["folder"], job_id=str(job.pk), provenance=provenance,
             data_links=links, delay=settings.GALLERY_COPY_DELAY, shown_parent=shown,
+            home=homes.home_of(username),
         )
         # The name is settled inside the copy (the first of folder, folder-2, … that is free);
         # a retry finds the folder an earlier attempt finished by the job id in it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import grp
 import json
@@ -565,6 +566,103 @@ def test_it_stops_the_copy_when_the_heartbeat_fails(writer: tuple[Account, bool]
                              heartbeat=beat, heartbeat_every=0.05)
     assert len(beats) == 2
     assert "demo" not in os.listdir(account.examples)
+
+
+# --- messages a person can act on ------------------------------------------------------------
+
+
+def assert_plain(message: str) -> None:
+    """Words for a person: no path under /proc, no Python repr, no errno code."""
+    for sign in ("/proc/", "Errno", "[(", "Error(", "Error:", "'/"):
+        assert sign not in message, message
+
+
+@pytest.mark.parametrize("code, says", [
+    (errno.EDQUOT, "Your home is over its quota; free some space and try again."),
+    (errno.ENOSPC, "The home filesystem is full; try again later or tell the centre's support."),
+    (errno.EACCES, "The gallery cannot write into ~/examples as you (permission denied)."),
+    (errno.EROFS, "~/examples is on a read-only filesystem; the gallery cannot copy there."),
+], ids=["EDQUOT", "ENOSPC", "EACCES", "EROFS"])
+def test_it_says_what_went_wrong_in_the_home_in_plain_words(
+        writer: tuple[Account, bool], source: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+        says: str) -> None:
+    account, as_user = writer
+    # The copy is forked from this process (not the helper), so it writes with this fault:
+    # the filesystem refuses the second file the way a full disk, a quota or a mount would.
+    monkeypatch.setattr(homes._helper, "usable", lambda: False)
+    copy2, written = shutil.copy2, []
+
+    def refusing_copy(src: str, dst: str) -> object:
+        if written:
+            raise OSError(code, os.strerror(code), dst)
+        written.append(dst)
+        return copy2(src, dst)
+
+    monkeypatch.setattr(shutil, "copy2", refusing_copy)
+    with pytest.raises(homes.CopyError) as raised:
+        homes.copy_into_home(_plan(account, source), as_user=as_user)
+    assert str(raised.value).startswith(says), raised.value
+    assert_plain(str(raised.value))
+    assert os.listdir(account.examples) == []  # nothing half-written
+
+
+@pytest.fixture
+def approved(django_capture_on_commit_callbacks) -> Example:  # type: ignore[no-untyped-def]
+    """An approved example (the one `stage` makes), ready to be used."""
+    with django_capture_on_commit_callbacks(execute=True):
+        submission = stage(make_user("connor"))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.approve_submission(submission=submission,
+                                    reviewer=make_user("rita", reviewer=True))
+    return Example.objects.get(pk=submission.example_id)
+
+
+def use_as(account: Account, example: Example, capture) -> Job:  # type: ignore[no-untyped-def]
+    with capture(execute=True):
+        job = services.queue_use(example=example, user=make_user(account.name))
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def small_examples(st: Stage) -> Iterator[Path]:
+    """Alice's ~/examples on a filesystem of its own, one page (4 KiB) in size."""
+    examples = _examples_dir(st)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=4k,mode=0755,uid={st.alice.uid},gid={st.alice.gid}",
+         f"gallery-test-{TAG}", str(examples)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield examples
+    finally:
+        subprocess.run(["umount", "-l", str(examples)], capture_output=True)
+
+
+@needs_root
+@pytest.mark.django_db
+def test_it_says_in_plain_words_that_the_home_filesystem_is_full(
+        st: Stage, small_examples: Path, approved: Example,
+        django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    job = use_as(st.alice, approved, django_capture_on_commit_callbacks)
+    assert job.state == Job.State.FAILED
+    assert job.message == ("The home filesystem is full; try again later or tell the centre's "
+                           "support.")
+    assert os.listdir(small_examples) == []  # nothing half-written on the full filesystem
+
+
+@needs_root
+@pytest.mark.django_db
+def test_it_tells_a_user_whose_home_is_missing_to_ask_the_centre(
+        st: Stage, approved: Example, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    shutil.rmtree(st.alice.home)
+    job = use_as(st.alice, approved, django_capture_on_commit_callbacks)
+    assert job.state == Job.State.FAILED
+    assert job.message.startswith(f"Your home folder {st.alice.home} does not exist"), job.message
+    assert "centre's support" in job.message
+    assert "a folder you own" not in job.message  # nothing the user could do themselves
+    assert_plain(job.message)
+    assert not st.alice.home.exists()
 
 
 # --- through the service ---------------------------------------------------------------------
