@@ -829,8 +829,8 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
 
 
 def _internal_message(job: Job, exc: Exception) -> str:
-    if job.kind == Job.Kind.USE:
-        return (f"The copy could not be made ({type(exc).__name__}: {exc}). "
+    if job.kind == Job.Kind.USE:  # the person sees this; the log has the details and paths
+        return (f"The copy could not be made (an error in the gallery: {type(exc).__name__}). "
                 "Try again; if it keeps failing, tell the centre's support.")
     return f"{type(exc).__name__}: {exc}"
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from gallery import homes, services
+from gallery import homes, repo, services
 from gallery.models import Example, Job
 
 from .base import GalleryTestCase
@@ -114,6 +116,16 @@ class UseJobTests(UseTestCase):
         self.assertEqual(job.state, Job.State.FAILED)
         self.assertIn("~/examples is not a folder; move it away", job.message)
         self.assertEqual(parent.read_text(), "not a folder")
+
+    def test_it_keeps_the_gallerys_own_errors_and_paths_out_of_the_message(self):
+        full = OSError(errno.ENOSPC, "No space left on device",
+                       "/srv/gallery/exports/0123abcd/hello/hello.ipynb")
+        with mock.patch.object(repo, "export_example", side_effect=full):
+            job = self.use()
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertEqual(job.message, "The copy could not be made (an error in the gallery: "
+                                      "OSError). Try again; if it keeps failing, tell the "
+                                      "centre's support.")
 
     def test_it_finds_the_copy_an_interrupted_attempt_finished(self):
         job = self.use()
