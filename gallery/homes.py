@@ -14,7 +14,9 @@ Nothing is locked in a home: anything there that another user can open, they cou
 and hold every copy into that home up. Attempts of one job need no lock either. A temporary
 folder is only ever removed by renaming it out of the way first, so an attempt still writing
 into it fails cleanly instead of finishing a folder with files missing, and a copy is renamed
-into place only after checking that no other attempt of the job finished first.
+into place only after checking that no other attempt of the job finished first. A job that
+ends, however it ends, leaves no temporary folder: the copy removes its own when it fails, the
+worker clears them when it has to stop a copy, and `clear_leftovers` does it for a job given up.
 
 The copies are forked from a small helper: this module run as a script in a fresh
 interpreter, started by each worker process on its first copy and ended with it. Forking from
@@ -28,6 +30,7 @@ import ctypes
 import dataclasses
 import errno
 import json
+import logging
 import os
 import pwd
 import re
@@ -49,6 +52,9 @@ PROVENANCE_FILE = ".gallery-provenance.json"
 DATA_MANIFEST = "DATA.md"
 DATA_MANIFEST_JSON = "data-links.json"
 MAX_SAME_NAME = 999  # folder, folder-2 … folder-999
+CLEAR_TIMEOUT = 60.0  # seconds a clearing child may take (the user can stop it)
+
+log = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _RENAME_NOREPLACE, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 1, 4
@@ -125,30 +131,86 @@ def copy_into_home(
     Safe to call again for the same job: a copy this job already finished is returned as it
     is, and temporary folders an interrupted attempt left behind are removed. `heartbeat` is
     called every `heartbeat_every` seconds while the copy runs (to renew the job's lease); an
-    exception from it stops the copy.
+    exception from it stops the copy and is raised as it is. A copy that has to be stopped for
+    any other reason (its time is up, the task's own time limit) has its temporary folder
+    removed before this returns; one stopped by the heartbeat leaves that to the attempt that
+    holds the job now.
     """
-    account = None
-    if as_user:
-        try:
-            account = pwd.getpwnam(plan.username)
-        except KeyError:
-            raise CopyError(f"There is no account named {plan.username!r} on this system; "
-                            "ask the centre's support.") from None
-        if account.pw_uid == 0:
-            raise CopyError("The gallery does not write into root's home.")
+    ids = _account_ids(plan, as_user)
     try:
         source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise CopyError(f"The example's files are not available ({exc.strerror}); "
                         "try again later.") from exc
-    # NSS lookups may use threads and locks: resolve the groups before any fork.
-    ids = (account.pw_uid, account.pw_gid,
-           os.getgrouplist(account.pw_name, account.pw_gid)) if account else None
+    beat = _Heartbeat(heartbeat) if heartbeat else None
     try:
-        folder = _run_in_child(plan, source_fd, ids, timeout, heartbeat, heartbeat_every)
+        report = _run_in_child(plan, "copy", source_fd, ids, timeout, beat, heartbeat_every)
+    except BaseException:
+        if not (beat and beat.failed):
+            _clear_quietly(plan, ids)
+        raise
     finally:
         os.close(source_fd)
-    return plan.parent / folder
+    folder = report.get("folder")
+    if isinstance(folder, str) and _is_plain_name(folder):
+        return plan.parent / folder
+    message = report.get("error")
+    if message:  # the child removed its own temporary folder before it said so
+        raise CopyError(str(message)[:2000])
+    _clear_quietly(plan, ids)
+    raise CopyError("The copy stopped unexpectedly; try again.")
+
+
+def clear_leftovers(plan: CopyPlan, *, as_user: bool, timeout: float = CLEAR_TIMEOUT) -> int:
+    """Remove the temporary folders the attempts of the plan's job left beside the target, as
+    the user (never as root by path); returns how many. Nothing is created: a missing folder
+    has nothing to clear. For a job that ends without a copy, after its last attempt."""
+    ids = _account_ids(plan, as_user)
+    report = _run_in_child(plan, "clear", None, ids, timeout, None, 0.0)
+    cleared = report.get("cleared")
+    if isinstance(cleared, int):
+        return cleared
+    raise CopyError(str(report.get("error") or "The clearing stopped unexpectedly.")[:2000])
+
+
+def _clear_quietly(plan: CopyPlan, ids: Ids | None) -> None:
+    """Clear after a copy that was stopped; a failure here must not hide why it stopped."""
+    try:
+        report = _run_in_child(plan, "clear", None, ids, CLEAR_TIMEOUT, None, 0.0)
+    except Exception as exc:  # noqa: BLE001 - logged; the copy's own error goes on up
+        report = {"error": str(exc)}
+    if "error" in report:
+        log.warning("could not clear what job %s left in %s's home: %s", plan.job_id,
+                    plan.username, str(report["error"])[:500])
+
+
+def _account_ids(plan: CopyPlan, as_user: bool) -> Ids | None:
+    """The uid, gid and groups to write as (None: as the worker itself)."""
+    if not as_user:
+        return None
+    try:
+        account = pwd.getpwnam(plan.username)
+    except KeyError:
+        raise CopyError(f"There is no account named {plan.username!r} on this system; "
+                        "ask the centre's support.") from None
+    if account.pw_uid == 0:
+        raise CopyError("The gallery does not write into root's home.")
+    # NSS lookups may use threads and locks: resolve the groups before any fork.
+    return account.pw_uid, account.pw_gid, os.getgrouplist(account.pw_name, account.pw_gid)
+
+
+class _Heartbeat:
+    """The caller's heartbeat, remembering whether it failed (the job is no longer ours)."""
+
+    def __init__(self, beat: Callable[[], object]) -> None:
+        self.beat, self.failed = beat, False
+
+    def __call__(self) -> None:
+        try:
+            self.beat()
+        except BaseException:
+            self.failed = True
+            raise
 
 
 # --- the forked child ------------------------------------------------------------------------
@@ -156,9 +218,12 @@ def copy_into_home(
 Ids = tuple[int, int, list[int]]  # uid, gid, groups
 
 
-def _run_in_child(plan: CopyPlan, source_fd: int, ids: Ids | None, timeout: float,
-                  heartbeat: Callable[[], object] | None, heartbeat_every: float) -> str:
-    copy, r = _start_copy(plan, source_fd, ids)
+def _run_in_child(plan: CopyPlan, action: str, source_fd: int | None, ids: Ids | None,
+                  timeout: float, heartbeat: Callable[[], object] | None,
+                  heartbeat_every: float) -> dict[str, Any]:
+    """Run `action` ("copy" or "clear") in a child and return its report; raises CopyError
+    when it does not finish in time (the child is then killed and gone before this returns)."""
+    child, r = _start_child(plan, action, source_fd, ids)
     out, finished = b"", False
     try:
         deadline = time.monotonic() + timeout
@@ -183,21 +248,14 @@ def _run_in_child(plan: CopyPlan, source_fd: int, ids: Ids | None, timeout: floa
         finished = True
     finally:  # also on Celery's soft time limit or a lost lease
         os.close(r)
-        copy.end(kill=not finished)
-    # The child ran as the user, who may have tampered with it: trust nothing it says. It
-    # writes a folder name only after the folder is in place.
+        child.end(kill=not finished)
+    # The child ran as the user, who may have tampered with it: trust nothing it says beyond
+    # its shape. It writes a folder name only after the folder is in place.
     try:
         report = json.loads(out.decode())
     except (UnicodeDecodeError, ValueError):
         report = {}
-    if not isinstance(report, dict):
-        report = {}
-    folder = report.get("folder")
-    if isinstance(folder, str) and _is_plain_name(folder):
-        return folder
-    message = report.get("error")
-    raise CopyError(str(message)[:2000] if message
-                    else "The copy stopped unexpectedly; try again.")
+    return report if isinstance(report, dict) else {}
 
 
 def _is_plain_name(name: str) -> bool:
@@ -224,8 +282,9 @@ class _Copy:
             os.close(self.pidfd)
 
 
-def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy, int]:
-    """Start the copy child; returns it and the read end of the pipe it reports on.
+def _start_child(plan: CopyPlan, action: str, source_fd: int | None,
+                 ids: Ids | None) -> tuple[_Copy, int]:
+    """Start a child for `action`; returns it and the read end of the pipe it reports on.
 
     Each try gets a fresh pipe, so a child of a failed try can never add to the report.
     """
@@ -234,7 +293,7 @@ def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy,
             break
         r, w = os.pipe()
         try:
-            return _Copy(pidfd=_helper.fork_copy(plan, source_fd, w, ids)), r
+            return _Copy(pidfd=_helper.fork_child(plan, action, source_fd, w, ids)), r
         except OSError as exc:
             os.close(r)
             _helper.failed(exc)
@@ -244,7 +303,7 @@ def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy,
     me = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(plan, source_fd, w, ids, me)
+        _child(plan, action, source_fd, w, ids, me)
     os.close(w)
     return _Copy(pid=pid), r
 
@@ -262,14 +321,17 @@ class _Helper:
     def usable(self) -> bool:
         return self.failures < 3 and hasattr(os, "pidfd_open")
 
-    def fork_copy(self, plan: CopyPlan, source_fd: int, w: int, ids: Ids | None) -> int:
-        """Ask the helper to fork a copy child; returns a pidfd of that child."""
-        request = json.dumps({"plan": dataclasses.asdict(plan), "ids": ids}, default=str)
+    def fork_child(self, plan: CopyPlan, action: str, source_fd: int | None, w: int,
+                   ids: Ids | None) -> int:
+        """Ask the helper to fork a child for `action`; returns a pidfd of that child."""
+        request = json.dumps({"plan": dataclasses.asdict(plan), "ids": ids, "action": action},
+                             default=str)
+        fds = [w] if source_fd is None else [w, source_fd]
         with self.lock:
             if self.process is None or self.process.poll() is not None or self.sock is None:
                 self._start()
             assert self.sock is not None
-            socket.send_fds(self.sock, [request.encode()], [w, source_fd])
+            socket.send_fds(self.sock, [request.encode()], fds)
             _, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
             if not fds:
                 raise OSError("the copy helper could not fork")
@@ -345,10 +407,12 @@ def _serve(parent: int, fd: int) -> None:
             plan.source, plan.parent = Path(plan.source), Path(plan.parent)
             plan.home = Path(plan.home) if plan.home else None
             ids = request["ids"]
+            action = request.get("action", "copy")
+            source_fd = fds[1] if len(fds) > 1 else None
             me = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _child(plan, fds[1], fds[0], tuple(ids) if ids else None, me)  # type: ignore[arg-type]
+                _child(plan, action, source_fd, fds[0], tuple(ids) if ids else None, me)  # type: ignore[arg-type]
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
@@ -365,12 +429,14 @@ def _serve(parent: int, fd: int) -> None:
                 os.close(received)
 
 
-def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -> NoReturn:
-    """Drop to the user (when given), copy, report as JSON on `w`; always leaves via _exit."""
+def _child(plan: CopyPlan, action: str, source_fd: int | None, w: int, ids: Ids | None,
+           ppid: int) -> NoReturn:
+    """Drop to the user (when given), copy or clear, report as JSON on `w`; always leaves via
+    _exit."""
     code, report = 1, {"error": "The copy stopped unexpectedly."}
     try:
         # Broker and database sockets stay with the worker; only the pipe and source remain.
-        keep = sorted({w, source_fd})
+        keep = sorted({w} if source_fd is None else {w, source_fd})
         low = 3
         for fd in keep:
             os.closerange(low, fd)
@@ -392,10 +458,13 @@ def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -
             raise CopyError("The worker stopped; the copy will be retried.")
         os.umask(0o022)
         os.chdir("/")
-        source = f"/proc/self/fd/{source_fd}"
-        if not os.path.isdir(source):  # no /proc: the source path must then be readable
-            source = str(plan.source)
-        report = {"folder": _copy_here(plan, source)}
+        if action == "clear":
+            report = {"cleared": _clear_here(plan)}
+        else:
+            source = f"/proc/self/fd/{source_fd}"
+            if not os.path.isdir(source):  # no /proc: the source path must then be readable
+                source = str(plan.source)
+            report = {"folder": _copy_here(plan, source)}
         code = 0
     except BaseException as exc:  # everything goes back to the worker as a message
         report = {"error": _user_message(exc, plan)}
@@ -449,6 +518,18 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
         if os.lstat(os.path.join(here, final)).st_ino != ino:
             raise CopyError("The folder was replaced while it was being copied; try again.")
         return final
+    finally:
+        os.close(dfd)
+
+
+def _clear_here(plan: CopyPlan) -> int:
+    """Clear the job's temporary folders in `plan.parent`, creating nothing."""
+    try:
+        dfd = os.open(plan.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        return _clear_attempts(dfd, set(os.listdir(dfd)), plan)
     finally:
         os.close(dfd)
 

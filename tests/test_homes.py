@@ -496,15 +496,26 @@ def _plan(account: Account, source: Path, **kwargs: object) -> homes.CopyPlan:
                           provenance={"slug": "demo"}, **kwargs)  # type: ignore[arg-type]
 
 
+def plant_leftover(account: Account, plan: homes.CopyPlan) -> Path:
+    """What a worker killed mid-copy leaves: the job's temporary folder, half written."""
+    leftover = account.examples / (plan.temp_prefix + "dead")
+    (leftover / "lib").mkdir(parents=True)
+    (leftover / "hello.ipynb").write_bytes(b'{"cel')
+    for path in (account.examples, leftover, leftover / "lib", leftover / "hello.ipynb"):
+        os.chown(path, account.uid, account.gid)
+    return leftover
+
+
 def test_it_leaves_a_folder_whole_or_absent_and_a_retry_clears_the_leftovers(
         writer: tuple[Account, bool], source: Path) -> None:
     account, as_user = writer
     plan = _plan(account, source, delay=0.2)
     with pytest.raises(homes.CopyError, match="did not finish"):
         homes.copy_into_home(plan, as_user=as_user, timeout=0.5)  # killed mid-copy
-    names = os.listdir(account.examples)
-    assert "demo" not in names
-    assert [n for n in names if n.startswith(plan.temp_prefix)]  # what a killed copy leaves
+    # The copy it had to stop is cleared at once: the job ends with nothing half-written.
+    assert os.listdir(account.examples) == []
+    # A worker killed mid-copy cannot clear; the next attempt of the job does.
+    plant_leftover(account, plan)
     plan.delay = 0.0
     folder = homes.copy_into_home(plan, as_user=as_user)
     assert_complete_copy(folder, account, plan.job_id)

@@ -196,6 +196,31 @@ class SweepTests(UseTestCase):
         self.assertIn("try again", job.message)
         self.assertFalse(Path(homes.use_parent("ursula")).exists())
 
+    def test_it_clears_what_a_use_it_gives_up_on_left_half_written(self):
+        parent = homes.use_parent("ursula")
+        plan = homes.CopyPlan(username="ursula", source=Path(), parent=parent,
+                              folder_name=self.job.params["folder"], job_id=str(self.job.pk),
+                              provenance={})
+        leftover = parent / (plan.temp_prefix + "dead")  # of an attempt killed mid-copy
+        (leftover / "lib").mkdir(parents=True)
+        (leftover / "hello.ipynb").write_text('{"cel')
+        Job.objects.filter(pk=self.job.pk).update(
+            state=Job.State.RUNNING, attempts=services.MAX_ATTEMPTS + 2,
+            lease_until=timezone.now() - timedelta(seconds=1))
+        services.sweep_jobs()  # eager here: the last ring runs at once
+        job = Job.objects.get(pk=self.job.pk)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn("interrupted too many times", job.message)
+        self.assertEqual(list(parent.iterdir()), [])  # nothing half-written, and no new copy
+
+    def test_it_fails_a_use_whose_last_ring_was_cut_short_too(self):
+        Job.objects.filter(pk=self.job.pk).update(
+            state=Job.State.RUNNING, attempts=services.MAX_ATTEMPTS + 3,
+            lease_until=timezone.now() - timedelta(seconds=1))
+        self.assertEqual(services.sweep_jobs(), 0)
+        job = Job.objects.get(pk=self.job.pk)
+        self.assertEqual((job.state, job.attempts), (Job.State.FAILED, services.MAX_ATTEMPTS + 3))
+
 
 class UseCountTests(UseTestCase):
     def test_it_counts_the_copies_made_not_the_clicks(self):
