@@ -739,8 +739,12 @@ def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | 
 
 def _clear_use(job: Job) -> None:
     """Remove what the attempts of a Use may have left half-written (a temporary folder beside
-    the target); a finished copy stays."""
-    if job.params.get("backend", "filesystem") == "filesystem":
+    the target, a work folder in the user's server); a finished copy stays."""
+    if job.params.get("backend", "filesystem") == "contents":
+        from . import hub
+
+        hub.clear_through_contents(job=job)
+    else:
         homes.clear_leftovers(_copy_plan(job), as_user=settings.GALLERY_USE_AS_USER)
 
 
