@@ -10,6 +10,14 @@ renamed into place without replacing anything, so a folder in a home is either w
 absent. A provenance file naming the job makes a repeated attempt find the copy it already
 made instead of making a second one.
 
+Nothing is locked in a home: anything there that another user can open, they could lock too,
+and hold every copy into that home up. Attempts of one job need no lock either. A temporary
+folder is only ever removed by renaming it out of the way first, so an attempt still writing
+into it fails cleanly instead of finishing a folder with files missing, and a copy is renamed
+into place only after checking that no other attempt of the job finished first. A job that
+ends, however it ends, leaves no temporary folder: the copy removes its own when it fails, the
+worker clears them when it has to stop a copy, and `clear_leftovers` does it for a job given up.
+
 The copies are forked from a small helper: this module run as a script in a fresh
 interpreter, started by each worker process on its first copy and ended with it. Forking from
 the worker itself works too (it is the fallback), but costs CPU in proportion to the worker's
@@ -21,8 +29,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import fcntl
 import json
+import logging
 import os
 import pwd
 import re
@@ -44,6 +52,9 @@ PROVENANCE_FILE = ".gallery-provenance.json"
 DATA_MANIFEST = "DATA.md"
 DATA_MANIFEST_JSON = "data-links.json"
 MAX_SAME_NAME = 999  # folder, folder-2 … folder-999
+CLEAR_TIMEOUT = 60.0  # seconds a clearing child may take (the user can stop it)
+
+log = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _RENAME_NOREPLACE, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 1, 4
@@ -66,11 +77,17 @@ class CopyPlan:
     data_links: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0  # test-only pause before each file
     shown_parent: str = "~/examples"  # how messages name the parent folder
+    home: Path | None = None  # the user's home: a missing one is told apart from ~/examples
 
     @property
     def temp_prefix(self) -> str:
         """Temporary folders of this job start with it, so a retry can clear its leftovers."""
         return f".{self.folder_name}.tmp-{self.job_id.replace('-', '')[:12]}-"
+
+    @property
+    def gone_prefix(self) -> str:
+        """Temporary folders of this job renamed out of the way, about to be removed."""
+        return self.temp_prefix + "gone-"
 
 
 def home_of(username: str) -> Path:
@@ -114,30 +131,86 @@ def copy_into_home(
     Safe to call again for the same job: a copy this job already finished is returned as it
     is, and temporary folders an interrupted attempt left behind are removed. `heartbeat` is
     called every `heartbeat_every` seconds while the copy runs (to renew the job's lease); an
-    exception from it stops the copy.
+    exception from it stops the copy and is raised as it is. A copy that has to be stopped for
+    any other reason (its time is up, the task's own time limit) has its temporary folder
+    removed before this returns; one stopped by the heartbeat leaves that to the attempt that
+    holds the job now.
     """
-    account = None
-    if as_user:
-        try:
-            account = pwd.getpwnam(plan.username)
-        except KeyError:
-            raise CopyError(f"There is no account named {plan.username!r} on this system; "
-                            "ask the centre's support.") from None
-        if account.pw_uid == 0:
-            raise CopyError("The gallery does not write into root's home.")
+    ids = _account_ids(plan, as_user)
     try:
         source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise CopyError(f"The example's files are not available ({exc.strerror}); "
                         "try again later.") from exc
-    # NSS lookups may use threads and locks: resolve the groups before any fork.
-    ids = (account.pw_uid, account.pw_gid,
-           os.getgrouplist(account.pw_name, account.pw_gid)) if account else None
+    beat = _Heartbeat(heartbeat) if heartbeat else None
     try:
-        folder = _run_in_child(plan, source_fd, ids, timeout, heartbeat, heartbeat_every)
+        report = _run_in_child(plan, "copy", source_fd, ids, timeout, beat, heartbeat_every)
+    except BaseException:
+        if not (beat and beat.failed):
+            _clear_quietly(plan, ids)
+        raise
     finally:
         os.close(source_fd)
-    return plan.parent / folder
+    folder = report.get("folder")
+    if isinstance(folder, str) and _is_plain_name(folder):
+        return plan.parent / folder
+    message = report.get("error")
+    if message:  # the child removed its own temporary folder before it said so
+        raise CopyError(str(message)[:2000])
+    _clear_quietly(plan, ids)
+    raise CopyError("The copy stopped unexpectedly; try again.")
+
+
+def clear_leftovers(plan: CopyPlan, *, as_user: bool, timeout: float = CLEAR_TIMEOUT) -> int:
+    """Remove the temporary folders the attempts of the plan's job left beside the target, as
+    the user (never as root by path); returns how many. Nothing is created: a missing folder
+    has nothing to clear. For a job that ends without a copy, after its last attempt."""
+    ids = _account_ids(plan, as_user)
+    report = _run_in_child(plan, "clear", None, ids, timeout, None, 0.0)
+    cleared = report.get("cleared")
+    if isinstance(cleared, int):
+        return cleared
+    raise CopyError(str(report.get("error") or "The clearing stopped unexpectedly.")[:2000])
+
+
+def _clear_quietly(plan: CopyPlan, ids: Ids | None) -> None:
+    """Clear after a copy that was stopped; a failure here must not hide why it stopped."""
+    try:
+        report = _run_in_child(plan, "clear", None, ids, CLEAR_TIMEOUT, None, 0.0)
+    except Exception as exc:  # noqa: BLE001 - logged; the copy's own error goes on up
+        report = {"error": str(exc)}
+    if "error" in report:
+        log.warning("could not clear what job %s left in %s's home: %s", plan.job_id,
+                    plan.username, str(report["error"])[:500])
+
+
+def _account_ids(plan: CopyPlan, as_user: bool) -> Ids | None:
+    """The uid, gid and groups to write as (None: as the worker itself)."""
+    if not as_user:
+        return None
+    try:
+        account = pwd.getpwnam(plan.username)
+    except KeyError:
+        raise CopyError(f"There is no account named {plan.username!r} on this system; "
+                        "ask the centre's support.") from None
+    if account.pw_uid == 0:
+        raise CopyError("The gallery does not write into root's home.")
+    # NSS lookups may use threads and locks: resolve the groups before any fork.
+    return account.pw_uid, account.pw_gid, os.getgrouplist(account.pw_name, account.pw_gid)
+
+
+class _Heartbeat:
+    """The caller's heartbeat, remembering whether it failed (the job is no longer ours)."""
+
+    def __init__(self, beat: Callable[[], object]) -> None:
+        self.beat, self.failed = beat, False
+
+    def __call__(self) -> None:
+        try:
+            self.beat()
+        except BaseException:
+            self.failed = True
+            raise
 
 
 # --- the forked child ------------------------------------------------------------------------
@@ -145,9 +218,12 @@ def copy_into_home(
 Ids = tuple[int, int, list[int]]  # uid, gid, groups
 
 
-def _run_in_child(plan: CopyPlan, source_fd: int, ids: Ids | None, timeout: float,
-                  heartbeat: Callable[[], object] | None, heartbeat_every: float) -> str:
-    copy, r = _start_copy(plan, source_fd, ids)
+def _run_in_child(plan: CopyPlan, action: str, source_fd: int | None, ids: Ids | None,
+                  timeout: float, heartbeat: Callable[[], object] | None,
+                  heartbeat_every: float) -> dict[str, Any]:
+    """Run `action` ("copy" or "clear") in a child and return its report; raises CopyError
+    when it does not finish in time (the child is then killed and gone before this returns)."""
+    child, r = _start_child(plan, action, source_fd, ids)
     out, finished = b"", False
     try:
         deadline = time.monotonic() + timeout
@@ -172,21 +248,14 @@ def _run_in_child(plan: CopyPlan, source_fd: int, ids: Ids | None, timeout: floa
         finished = True
     finally:  # also on Celery's soft time limit or a lost lease
         os.close(r)
-        copy.end(kill=not finished)
-    # The child ran as the user, who may have tampered with it: trust nothing it says. It
-    # writes a folder name only after the folder is in place.
+        child.end(kill=not finished)
+    # The child ran as the user, who may have tampered with it: trust nothing it says beyond
+    # its shape. It writes a folder name only after the folder is in place.
     try:
         report = json.loads(out.decode())
     except (UnicodeDecodeError, ValueError):
         report = {}
-    if not isinstance(report, dict):
-        report = {}
-    folder = report.get("folder")
-    if isinstance(folder, str) and _is_plain_name(folder):
-        return folder
-    message = report.get("error")
-    raise CopyError(str(message)[:2000] if message
-                    else "The copy stopped unexpectedly; try again.")
+    return report if isinstance(report, dict) else {}
 
 
 def _is_plain_name(name: str) -> bool:
@@ -213,8 +282,9 @@ class _Copy:
             os.close(self.pidfd)
 
 
-def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy, int]:
-    """Start the copy child; returns it and the read end of the pipe it reports on.
+def _start_child(plan: CopyPlan, action: str, source_fd: int | None,
+                 ids: Ids | None) -> tuple[_Copy, int]:
+    """Start a child for `action`; returns it and the read end of the pipe it reports on.
 
     Each try gets a fresh pipe, so a child of a failed try can never add to the report.
     """
@@ -223,7 +293,7 @@ def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy,
             break
         r, w = os.pipe()
         try:
-            return _Copy(pidfd=_helper.fork_copy(plan, source_fd, w, ids)), r
+            return _Copy(pidfd=_helper.fork_child(plan, action, source_fd, w, ids)), r
         except OSError as exc:
             os.close(r)
             _helper.failed(exc)
@@ -233,7 +303,7 @@ def _start_copy(plan: CopyPlan, source_fd: int, ids: Ids | None) -> tuple[_Copy,
     me = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(plan, source_fd, w, ids, me)
+        _child(plan, action, source_fd, w, ids, me)
     os.close(w)
     return _Copy(pid=pid), r
 
@@ -251,14 +321,17 @@ class _Helper:
     def usable(self) -> bool:
         return self.failures < 3 and hasattr(os, "pidfd_open")
 
-    def fork_copy(self, plan: CopyPlan, source_fd: int, w: int, ids: Ids | None) -> int:
-        """Ask the helper to fork a copy child; returns a pidfd of that child."""
-        request = json.dumps({"plan": dataclasses.asdict(plan), "ids": ids}, default=str)
+    def fork_child(self, plan: CopyPlan, action: str, source_fd: int | None, w: int,
+                   ids: Ids | None) -> int:
+        """Ask the helper to fork a child for `action`; returns a pidfd of that child."""
+        request = json.dumps({"plan": dataclasses.asdict(plan), "ids": ids, "action": action},
+                             default=str)
+        fds = [w] if source_fd is None else [w, source_fd]
         with self.lock:
             if self.process is None or self.process.poll() is not None or self.sock is None:
                 self._start()
             assert self.sock is not None
-            socket.send_fds(self.sock, [request.encode()], [w, source_fd])
+            socket.send_fds(self.sock, [request.encode()], fds)
             _, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
             if not fds:
                 raise OSError("the copy helper could not fork")
@@ -332,11 +405,14 @@ def _serve(parent: int, fd: int) -> None:
             request = json.loads(message)
             plan = CopyPlan(**request["plan"])
             plan.source, plan.parent = Path(plan.source), Path(plan.parent)
+            plan.home = Path(plan.home) if plan.home else None
             ids = request["ids"]
+            action = request.get("action", "copy")
+            source_fd = fds[1] if len(fds) > 1 else None
             me = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _child(plan, fds[1], fds[0], tuple(ids) if ids else None, me)  # type: ignore[arg-type]
+                _child(plan, action, source_fd, fds[0], tuple(ids) if ids else None, me)  # type: ignore[arg-type]
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
@@ -353,12 +429,14 @@ def _serve(parent: int, fd: int) -> None:
                 os.close(received)
 
 
-def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -> NoReturn:
-    """Drop to the user (when given), copy, report as JSON on `w`; always leaves via _exit."""
+def _child(plan: CopyPlan, action: str, source_fd: int | None, w: int, ids: Ids | None,
+           ppid: int) -> NoReturn:
+    """Drop to the user (when given), copy or clear, report as JSON on `w`; always leaves via
+    _exit."""
     code, report = 1, {"error": "The copy stopped unexpectedly."}
     try:
         # Broker and database sockets stay with the worker; only the pipe and source remain.
-        keep = sorted({w, source_fd})
+        keep = sorted({w} if source_fd is None else {w, source_fd})
         low = 3
         for fd in keep:
             os.closerange(low, fd)
@@ -380,10 +458,13 @@ def _child(plan: CopyPlan, source_fd: int, w: int, ids: Ids | None, ppid: int) -
             raise CopyError("The worker stopped; the copy will be retried.")
         os.umask(0o022)
         os.chdir("/")
-        source = f"/proc/self/fd/{source_fd}"
-        if not os.path.isdir(source):  # no /proc: the source path must then be readable
-            source = str(plan.source)
-        report = {"folder": _copy_here(plan, source)}
+        if action == "clear":
+            report = {"cleared": _clear_here(plan)}
+        else:
+            source = f"/proc/self/fd/{source_fd}"
+            if not os.path.isdir(source):  # no /proc: the source path must then be readable
+                source = str(plan.source)
+            report = {"folder": _copy_here(plan, source)}
         code = 0
     except BaseException as exc:  # everything goes back to the worker as a message
         report = {"error": _user_message(exc, plan)}
@@ -405,40 +486,99 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
     except OSError as exc:
         raise CopyError(_parent_message(exc, plan)) from exc
     try:
-        # One copy at a time into this folder: a retry of a job never races the attempt it
-        # replaces, and two Uses of the same example pick different names.
-        fcntl.flock(dfd, fcntl.LOCK_EX)
-        here = f"/proc/self/fd/{dfd}"  # the folder we locked, whatever its path does now
+        here = f"/proc/self/fd/{dfd}"  # the folder we opened, whatever its path does now
         if not os.path.isdir(here):
             here = str(plan.parent)
         names = set(os.listdir(dfd))
         earlier = _copy_of_job(here, names, plan)
         if earlier:
             return earlier
-        for name in names:
-            if name.startswith(plan.temp_prefix):  # an interrupted attempt of this job
-                shutil.rmtree(os.path.join(here, name), ignore_errors=True)
+        _clear_attempts(dfd, names, plan)  # an interrupted attempt's, or one still running
         tmp_name = plan.temp_prefix + os.urandom(4).hex()  # not tempfile: it takes a lock
         tmp = os.path.join(here, tmp_name)
         os.mkdir(tmp, 0o700)
         ino = os.lstat(tmp).st_ino
         try:
             copy = _copy_file_slowly(plan.delay) if plan.delay else shutil.copy2
-            shutil.copytree(source, tmp, symlinks=True, dirs_exist_ok=True, copy_function=copy)
+            _copy_tree(source, tmp, copy)
             _add_data_links(tmp, plan.data_links)
             # Written last: a folder with this file is a complete copy made by this job.
             with open(os.path.join(tmp, PROVENANCE_FILE), "x") as fh:
                 json.dump({**plan.provenance, "job": plan.job_id}, fh, indent=2)
             os.chmod(tmp, 0o755)
-            final = _rename_into_place(dfd, tmp_name, plan, names)
+            names = set(os.listdir(dfd))
+            earlier = _copy_of_job(here, names, plan)  # another attempt finished meanwhile
+            final = earlier or _rename_into_place(dfd, tmp_name, plan, names)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if earlier:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return earlier
         if os.lstat(os.path.join(here, final)).st_ino != ino:
             raise CopyError("The folder was replaced while it was being copied; try again.")
         return final
     finally:
         os.close(dfd)
+
+
+def _clear_here(plan: CopyPlan) -> int:
+    """Clear the job's temporary folders in `plan.parent`, creating nothing."""
+    try:
+        dfd = os.open(plan.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        return _clear_attempts(dfd, set(os.listdir(dfd)), plan)
+    finally:
+        os.close(dfd)
+
+
+def _clear_attempts(dfd: int, names: set[str], plan: CopyPlan) -> int:
+    """Remove the job's temporary folders among `names`; returns how many.
+
+    Each is first renamed out of the way: an attempt still writing into it (its worker stalled
+    past the lease while another took over) then fails at its next file, or at its rename,
+    instead of putting a folder with files missing in place.
+    """
+    cleared = 0
+    for name in sorted(names):
+        if not name.startswith(plan.temp_prefix):
+            continue
+        gone = name
+        try:
+            if not name.startswith(plan.gone_prefix):
+                gone = plan.gone_prefix + os.urandom(4).hex()
+                _rename_noreplace(dfd, name, gone)
+            if stat.S_ISDIR(os.lstat(gone, dir_fd=dfd).st_mode):
+                shutil.rmtree(gone, dir_fd=dfd, ignore_errors=True)
+            else:  # a link or file planted under our name: remove it, never follow it
+                os.unlink(gone, dir_fd=dfd)
+        except OSError:
+            continue  # finished or cleared in the meantime, or not ours to remove
+        cleared += 1
+    return cleared
+
+
+def _copy_tree(source: str, target: str, copy: Callable[[str, str], object]) -> None:
+    """Copy what folder `source` holds into the existing folder `target`; links stay links.
+
+    Not shutil.copytree: it goes on after an error and gathers every error into one
+    shutil.Error of strings, which loses the errno telling a full disk from a quota or a
+    permission problem (and shows people paths under /proc). Here the first error stops the
+    copy and arrives as itself.
+    """
+    with os.scandir(source) as entries:
+        for entry in entries:
+            to = os.path.join(target, entry.name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), to)
+            elif entry.is_dir():
+                os.mkdir(to)
+                _copy_tree(entry.path, to, copy)
+            else:
+                copy(entry.path, to)
+    shutil.copystat(source, target)
 
 
 def _candidates(wanted: str) -> list[str]:
@@ -536,6 +676,9 @@ def _describe_parent(plan: CopyPlan) -> str:
 
 
 def _parent_message(exc: OSError, plan: CopyPlan) -> str:
+    if plan.home is not None and not _exists(plan.home):
+        return (f"Your home folder {plan.home} does not exist, so there is nowhere to copy the "
+                "example. Ask the centre's support to create it.")
     where = _describe_parent(plan)
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
         return (f"{where} is not a folder; move it away (or make it a folder of yours) "
@@ -544,6 +687,17 @@ def _parent_message(exc: OSError, plan: CopyPlan) -> str:
         return (f"The gallery cannot open {where} as you (permission denied). Make "
                 f"{plan.shown_parent} a folder you own and can write to, then try again.")
     return _user_message(exc, plan)
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` leads somewhere (as whoever asks); unknown (no permission) counts as yes."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _user_message(exc: BaseException, plan: CopyPlan) -> str:
@@ -561,8 +715,9 @@ def _user_message(exc: BaseException, plan: CopyPlan) -> str:
         return "The home filesystem is full; try again later or tell the centre's support."
     if isinstance(exc, OSError) and exc.errno == errno.EROFS:
         return f"{where} is on a read-only filesystem; the gallery cannot copy there."
-    if isinstance(exc, OSError):
-        return f"The copy into {where} failed: {exc.strerror or exc}. Try again."
+    if isinstance(exc, OSError):  # the strerror only: str(exc) may name paths under /proc
+        return (f"The copy into {where} failed: {exc.strerror or type(exc).__name__}. "
+                "Try again.")
     return f"The copy into {where} failed ({type(exc).__name__}); try again."
 
 

@@ -363,13 +363,17 @@ class Contents:
         return ContentsError(f"Your Jupyter server refused to {what}: "
                              f"{reason or f'HTTP {response.status_code}'}")
 
-    def exists(self, path: str) -> bool:
-        response = self._call("GET", path, params={"content": "0"})
+    def model(self, path: str, *, content: bool = False) -> dict[str, Any] | None:
+        """The server's model of a path (with a folder's entries when `content`), or None."""
+        response = self._call("GET", path, params={"content": "1" if content else "0"})
         if response.status_code == 404:
-            return False
+            return None
         if response.status_code == 200:
-            return True
+            return dict(response.json())
         raise self._fail(response, f"look at {path}")
+
+    def exists(self, path: str) -> bool:
+        return self.model(path) is not None
 
     def read(self, path: str) -> bytes | None:
         """A file's bytes, or None when it is absent (or hidden from the API)."""
@@ -405,6 +409,22 @@ class Contents:
         if response.status_code == 409:
             return False
         raise self._fail(response, f"rename {old}")
+
+    def remove(self, path: str) -> None:
+        """Delete a file, or a folder with what it holds; nothing there is fine.
+
+        A server that keeps deleted things in the trash (the default) takes a folder at once;
+        one that deletes for good refuses a folder that is not empty, so its entries go first.
+        """
+        response = self._call("DELETE", path)
+        if response.status_code == 400:
+            folder = self.model(path, content=True)
+            if folder and folder.get("type") == "directory":
+                for entry in folder.get("content") or []:
+                    self.remove(entry["path"])
+                response = self._call("DELETE", path)
+        if response.status_code not in (204, 404):
+            raise self._fail(response, f"remove {path}")
 
 
 PROVENANCE_VISIBLE = homes.PROVENANCE_FILE.lstrip(".")
@@ -461,6 +481,35 @@ def _no_beat() -> None:
     pass
 
 
+def work_folder(parent: str, wanted: str, job_id: str) -> str:
+    """Where a job's files go before the rename (the same for every attempt of the job)."""
+    return f"{parent.strip('/')}/{wanted}.gallery-{job_id[:8]}"
+
+
+def clear_work_folder(contents: Contents, *, parent: str, wanted: str, job_id: str) -> int:
+    """Remove the job's work folder and what an interrupted removal left; returns how many.
+
+    The work folder is renamed out of the way before its files are deleted: an attempt still
+    writing into it then fails instead of renaming a folder with files missing into place.
+    """
+    work = work_folder(parent, wanted, job_id)
+    listing = contents.model(parent.strip("/"), content=True) or {}
+    cleared = 0
+    for entry in listing.get("content") or []:
+        path = str(entry.get("path", ""))
+        if entry.get("type") != "directory" or not (
+                path == work or path.startswith(work + ".gone-")):
+            continue
+        if path == work:
+            gone = f"{work}.gone-{secrets.token_hex(4)}"
+            if not contents.rename(work, gone):
+                continue
+            path = gone
+        contents.remove(path)
+        cleared += 1
+    return cleared
+
+
 def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, job_id: str,
                 provenance: dict[str, Any], data_links: list[dict[str, Any]],
                 decided: str = "", record: Callable[[str], None] = lambda name: None,
@@ -470,7 +519,9 @@ def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, j
     Never overwrites: the files go into a work folder first, which is then renamed to a name
     that is free (the server refuses to rename onto an existing one). `record` is told the name
     before the rename, and a retry with that name as `decided` finishes the same copy.
-    `beat` is called between requests (the job renews its lease there).
+    `beat` is called between requests (the job renews its lease there); an exception from it
+    stops the copy and leaves the work folder to the attempt that holds the job now. A copy
+    that fails for any other reason removes its work folder before the error goes on.
     """
     parent = parent.strip("/")
     if decided and copied_by(contents, f"{parent}/{decided}") == job_id:
@@ -479,7 +530,35 @@ def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, j
     for part in parent.split("/"):
         path = posixpath.join(path, part)
         contents.mkdir(path)
-    work = f"{parent}/{wanted}.gallery-{job_id[:8]}"
+    handed_over = False
+
+    def checked_beat() -> None:
+        nonlocal handed_over
+        try:
+            beat()
+        except BaseException:
+            handed_over = True
+            raise
+
+    try:
+        return _copy_into_work_folder(
+            contents, source=source, parent=parent, wanted=wanted, job_id=job_id,
+            provenance=provenance, data_links=data_links, decided=decided, record=record,
+            beat=checked_beat)
+    except BaseException:
+        if not handed_over:
+            try:
+                clear_work_folder(contents, parent=parent, wanted=wanted, job_id=job_id)
+            except ContentsError as exc:  # the copy's own error matters more
+                log.warning("could not remove the work folder of job %s: %s", job_id, exc)
+        raise
+
+
+def _copy_into_work_folder(contents: Contents, *, source: Path, parent: str, wanted: str,
+                           job_id: str, provenance: dict[str, Any],
+                           data_links: list[dict[str, Any]], decided: str,
+                           record: Callable[[str], None], beat: Callable[[], None]) -> str:
+    work = work_folder(parent, wanted, job_id)
     contents.mkdir(work)
     for rel, path_ in _walk(source):
         beat()
@@ -500,7 +579,8 @@ def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, j
         record(name)
         if contents.rename(work, f"{parent}/{name}"):
             return name
-        if copied_by(contents, f"{parent}/{name}") == job_id:
+        if copied_by(contents, f"{parent}/{name}") == job_id:  # an attempt alongside was first
+            clear_work_folder(contents, parent=parent, wanted=wanted, job_id=job_id)
             return name
         name = free_name(contents, parent, wanted)
     raise ContentsError(f"Could not find a free name for {wanted} in ~/{parent}.")
@@ -542,17 +622,8 @@ def start_server(username: str, *, timeout: float, beat: Callable[[], None] = _n
         time.sleep(0.5)
 
 
-def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
-                          data_links: list[dict[str, Any]]) -> str:
-    """The `contents` Use backend: write the copy through the user's own Jupyter server, as
-    the gallery service, for the user recorded on the job and nobody else."""
-    from .models import Job
-
-    username = job.params["username"]
-    if job.user is None or job.user.get_username() != username:
-        raise ContentsError("This copy does not belong to the user who asked for it.")
-    if not settings.HUB_ENABLED:
-        raise ContentsError("The contents backend needs a hub (JUPYTERHUB_API_URL is not set).")
+def _lease_keeper(job: Job) -> Callable[[], None]:
+    """A `beat` that renews the job's lease every third of it (raises LeaseLost when lost)."""
     every, last = max(settings.GALLERY_JOB_LEASE / 3, 0.5), time.monotonic()
 
     def beat() -> None:  # keep the job's lease while the server starts and files go over
@@ -561,9 +632,29 @@ def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
             services.renew_lease(job)
             last = time.monotonic()
 
+    return beat
+
+
+def _user_contents(job: Job, beat: Callable[[], None]) -> Contents:
+    """The contents API of the server of the user recorded on the job, started if need be."""
+    username = job.params["username"]
+    if job.user is None or job.user.get_username() != username:
+        raise ContentsError("This copy does not belong to the user who asked for it.")
+    if not settings.HUB_ENABLED:
+        raise ContentsError("The contents backend needs a hub (JUPYTERHUB_API_URL is not set).")
     server = start_server(username, timeout=settings.GALLERY_HUB_SPAWN_TIMEOUT, beat=beat)
-    contents = Contents(base=settings.GALLERY_HUB_URL.rstrip("/") + server,
-                        token=settings.JUPYTERHUB_API_TOKEN)
+    return Contents(base=settings.GALLERY_HUB_URL.rstrip("/") + server,
+                    token=settings.JUPYTERHUB_API_TOKEN)
+
+
+def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
+                          data_links: list[dict[str, Any]]) -> str:
+    """The `contents` Use backend: write the copy through the user's own Jupyter server, as
+    the gallery service, for the user recorded on the job and nobody else."""
+    from .models import Job
+
+    beat = _lease_keeper(job)
+    contents = _user_contents(job, beat)
 
     def record(name: str) -> None:
         Job.objects.filter(pk=job.pk).update(result={"folder": name})
@@ -572,3 +663,11 @@ def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
                        wanted=job.params["folder"], job_id=str(job.pk), provenance=provenance,
                        data_links=data_links, decided=job.result.get("folder", ""),
                        record=record, beat=beat)
+
+
+def clear_through_contents(*, job: Job) -> int:
+    """Remove the work folder a Use's interrupted attempts left in the user's server (started
+    if need be, as the Use itself would); returns how many folders went."""
+    contents = _user_contents(job, _lease_keeper(job))
+    return clear_work_folder(contents, parent=settings.GALLERY_USE_DIR,
+                             wanted=job.params["folder"], job_id=str(job.pk))

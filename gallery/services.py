@@ -802,16 +802,11 @@ def _do_use(job: Job) -> dict[str, Any]:
         folder = hub.copy_through_contents(job=job, source=export, provenance=provenance,
                                            data_links=links)
     else:
-        shown = f"~/{settings.GALLERY_USE_DIR}"
-        plan = homes.CopyPlan(
-            username=username, source=export, parent=homes.use_parent(username),
-            folder_name=job.params["folder"], job_id=str(job.pk), provenance=provenance,
-            data_links=links, delay=settings.GALLERY_COPY_DELAY, shown_parent=shown,
-        )
         # The name is settled inside the copy (the first of folder, folder-2, … that is free);
         # a retry finds the folder an earlier attempt finished by the job id in it.
         folder = homes.copy_into_home(
-            plan, as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
+            _copy_plan(job, source=export, provenance=provenance, data_links=links),
+            as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
             heartbeat=lambda: renew_lease(job),
             heartbeat_every=max(settings.GALLERY_JOB_LEASE / 3, 0.5),
         ).name
@@ -827,6 +822,30 @@ def _do_use(job: Job) -> dict[str, Any]:
         "data_links": [d["name"] for d in links],
         "version": revision.number,
     }
+
+
+def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | None = None,
+               data_links: list[dict[str, Any]] | None = None) -> homes.CopyPlan:
+    """The `filesystem` backend's plan for a Use job (source and provenance matter to a copy
+    only: clearing a job's leftovers needs the rest)."""
+    username = job.params["username"]
+    return homes.CopyPlan(
+        username=username, source=source, parent=homes.use_parent(username),
+        home=homes.home_of(username), folder_name=job.params["folder"], job_id=str(job.pk),
+        provenance=provenance or {}, data_links=data_links or [],
+        delay=settings.GALLERY_COPY_DELAY, shown_parent=f"~/{settings.GALLERY_USE_DIR}",
+    )
+
+
+def _clear_use(job: Job) -> None:
+    """Remove what the attempts of a Use may have left half-written (a temporary folder beside
+    the target, a work folder in the user's server); a finished copy stays."""
+    if job.params.get("backend", "filesystem") == "contents":
+        from . import hub
+
+        hub.clear_through_contents(job=job)
+    else:
+        homes.clear_leftovers(_copy_plan(job), as_user=settings.GALLERY_USE_AS_USER)
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -892,6 +911,8 @@ def renew_lease(job: Job) -> None:
 
 
 MAX_ATTEMPTS = 3
+GIVE_UP_AFTER = MAX_ATTEMPTS + 2  # attempts cut short (worker killed, lease lost) at most
+GAVE_UP = "The job was interrupted too many times; try again."
 
 
 def perform_job(job_id: str, *, worker: str = "") -> Job | None:
@@ -902,6 +923,8 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     job = claim_job(job_id, worker)
     if job is None:
         return None
+    if job.attempts > GIVE_UP_AFTER:
+        return _give_up(job)
     handler = {
         Job.Kind.CHECKS: _do_checks,
         Job.Kind.PREVIEW: _do_preview,
@@ -927,9 +950,26 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     return _finish(job, Job.State.DONE, result=result)
 
 
-def _internal_message(job: Job, exc: Exception) -> str:
+def _give_up(job: Job) -> Job | None:
+    """End a job whose attempts kept being cut short, after clearing what they left.
+
+    The sweep rings such a Use once more rather than failing it itself: clearing needs a
+    worker that reaches the user's home, which is a worker of the Use queue.
+    """
     if job.kind == Job.Kind.USE:
-        return (f"The copy could not be made ({type(exc).__name__}: {exc}). "
+        try:
+            _clear_use(job)
+        except LeaseLost as exc:
+            log.warning("%s; leaving it to the worker that holds it", exc)
+            return None
+        except Exception:  # the job ends all the same; what is left is logged
+            log.exception("could not clear what job %s left behind", job.pk)
+    return _finish(job, Job.State.FAILED, message=GAVE_UP)
+
+
+def _internal_message(job: Job, exc: Exception) -> str:
+    if job.kind == Job.Kind.USE:  # the person sees this; the log has the details and paths
+        return (f"The copy could not be made (an error in the gallery: {type(exc).__name__}). "
                 "Try again; if it keeps failing, tell the centre's support.")
     return f"{type(exc).__name__}: {exc}"
 
@@ -950,10 +990,13 @@ def sweep_jobs() -> int:
     """Ring the broker again for jobs it may have lost; returns how many."""
     count = 0
     for job in Job.objects.stale().order_by("queued_at")[:500]:
-        if job.attempts >= MAX_ATTEMPTS + 2:
+        # A Use out of attempts is rung once more, for a worker to clear what it left and fail
+        # it (`_give_up`); if even that is cut short, or for other kinds, the sweep fails it.
+        last_ring = job.kind == Job.Kind.USE and job.attempts == GIVE_UP_AFTER
+        if job.attempts >= GIVE_UP_AFTER and not last_ring:
             Job.objects.filter(pk=job.pk, state=job.state).update(
                 state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,
-                message="The job was interrupted too many times; try again.")
+                message=GAVE_UP)
             continue
         if not enqueue(job):
             break  # the broker is down: the next sweep tries again

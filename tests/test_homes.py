@@ -7,6 +7,9 @@ folder) and remove them with `userdel` at the end; they skip themselves without 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import errno
+import fcntl
 import grp
 import json
 import os
@@ -16,6 +19,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +32,7 @@ from gallery import homes, services
 from gallery.models import Example, Job
 
 from .base import make_user, stage
+from .conftest import wait_for
 from .unixusers import TAG, Account, make_account, remove_account, run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -341,6 +346,52 @@ def test_it_ignores_a_planted_leftover_of_its_own_job(st: Stage, source: Path) -
     assert snapshot(st.rootonly) == before
 
 
+# --- what another user can do ---------------------------------------------------------------
+
+
+def _hold_as(account: Account, hold: Callable[[], object]) -> int:
+    """Fork a process that becomes `account`, runs `hold`, says so and waits to be killed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(account.gid)
+            os.setuid(account.uid)
+            kept = hold()  # noqa: F841 - whatever it opened stays open until the kill
+            os.write(w, b"ok")
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        assert fh.read(2) == b"ok", "the other user's process did not get that far"
+    return pid
+
+
+@needs_root
+def test_it_copies_while_another_user_locks_the_use_folder(st: Stage, source: Path) -> None:
+    examples = _examples_dir(st)  # alice's, 0755: bob may open it, and so lock it
+
+    def lock_alices_folders() -> list[int]:
+        fds = [os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in (examples, st.alice.home)]
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fds
+
+    bob = _hold_as(st.bob, lock_alices_folders)
+    try:
+        plan = plan_for(st.alice, source, st)
+        folder = homes.copy_into_home(plan, as_user=True, timeout=10)
+    finally:
+        os.kill(bob, signal.SIGKILL)
+        os.waitpid(bob, 0)
+    assert_complete_copy(folder, st.alice, plan.job_id)
+    assert sorted(os.listdir(examples)) == ["demo"]
+
+
 # --- races -----------------------------------------------------------------------------------
 
 
@@ -445,15 +496,26 @@ def _plan(account: Account, source: Path, **kwargs: object) -> homes.CopyPlan:
                           provenance={"slug": "demo"}, **kwargs)  # type: ignore[arg-type]
 
 
+def plant_leftover(account: Account, plan: homes.CopyPlan) -> Path:
+    """What a worker killed mid-copy leaves: the job's temporary folder, half written."""
+    leftover = account.examples / (plan.temp_prefix + "dead")
+    (leftover / "lib").mkdir(parents=True)
+    (leftover / "hello.ipynb").write_bytes(b'{"cel')
+    for path in (account.examples, leftover, leftover / "lib", leftover / "hello.ipynb"):
+        os.chown(path, account.uid, account.gid)
+    return leftover
+
+
 def test_it_leaves_a_folder_whole_or_absent_and_a_retry_clears_the_leftovers(
         writer: tuple[Account, bool], source: Path) -> None:
     account, as_user = writer
     plan = _plan(account, source, delay=0.2)
     with pytest.raises(homes.CopyError, match="did not finish"):
         homes.copy_into_home(plan, as_user=as_user, timeout=0.5)  # killed mid-copy
-    names = os.listdir(account.examples)
-    assert "demo" not in names
-    assert [n for n in names if n.startswith(plan.temp_prefix)]  # what a killed copy leaves
+    # The copy it had to stop is cleared at once: the job ends with nothing half-written.
+    assert os.listdir(account.examples) == []
+    # A worker killed mid-copy cannot clear; the next attempt of the job does.
+    plant_leftover(account, plan)
     plan.delay = 0.0
     folder = homes.copy_into_home(plan, as_user=as_user)
     assert_complete_copy(folder, account, plan.job_id)
@@ -461,6 +523,36 @@ def test_it_leaves_a_folder_whole_or_absent_and_a_retry_clears_the_leftovers(
     # Once more for the same job (a redelivered task): the same folder, no second copy.
     assert homes.copy_into_home(plan, as_user=as_user) == folder
     assert os.listdir(account.examples) == ["demo"]
+
+
+def test_it_leaves_one_whole_copy_when_two_attempts_of_a_job_overlap(
+        writer: tuple[Account, bool], source: Path) -> None:
+    account, as_user = writer
+    plan = _plan(account, source, delay=0.2)
+    first: dict[str, object] = {}
+
+    def stalled_attempt() -> None:  # its worker stalled past the lease; its copy goes on
+        try:
+            first["folder"] = homes.copy_into_home(plan, as_user=as_user, timeout=60)
+        except homes.CopyError as exc:
+            first["error"] = str(exc)
+
+    thread = threading.Thread(target=stalled_attempt)
+    thread.start()
+    try:
+        def under_way() -> bool:
+            names = os.listdir(account.examples) if account.examples.is_dir() else []
+            return any(n.startswith(plan.temp_prefix) and os.listdir(account.examples / n)
+                       for n in names)
+
+        wait_for(under_way, timeout=30, what="the first attempt to be copying")
+        second = homes.copy_into_home(dataclasses.replace(plan, delay=0.0), as_user=as_user)
+    finally:
+        thread.join(60)
+    assert_complete_copy(second, account, plan.job_id)
+    assert os.listdir(account.examples) == [second.name]  # one copy, nothing half-written
+    # The attempt that was overtaken either found the copy or failed cleanly.
+    assert first.get("folder") == second or "try again" in str(first.get("error")).lower()
 
 
 def test_it_gives_a_second_use_a_new_name(writer: tuple[Account, bool], source: Path) -> None:
@@ -485,6 +577,103 @@ def test_it_stops_the_copy_when_the_heartbeat_fails(writer: tuple[Account, bool]
                              heartbeat=beat, heartbeat_every=0.05)
     assert len(beats) == 2
     assert "demo" not in os.listdir(account.examples)
+
+
+# --- messages a person can act on ------------------------------------------------------------
+
+
+def assert_plain(message: str) -> None:
+    """Words for a person: no path under /proc, no Python repr, no errno code."""
+    for sign in ("/proc/", "Errno", "[(", "Error(", "Error:", "'/"):
+        assert sign not in message, message
+
+
+@pytest.mark.parametrize("code, says", [
+    (errno.EDQUOT, "Your home is over its quota; free some space and try again."),
+    (errno.ENOSPC, "The home filesystem is full; try again later or tell the centre's support."),
+    (errno.EACCES, "The gallery cannot write into ~/examples as you (permission denied)."),
+    (errno.EROFS, "~/examples is on a read-only filesystem; the gallery cannot copy there."),
+], ids=["EDQUOT", "ENOSPC", "EACCES", "EROFS"])
+def test_it_says_what_went_wrong_in_the_home_in_plain_words(
+        writer: tuple[Account, bool], source: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+        says: str) -> None:
+    account, as_user = writer
+    # The copy is forked from this process (not the helper), so it writes with this fault:
+    # the filesystem refuses the second file the way a full disk, a quota or a mount would.
+    monkeypatch.setattr(homes._helper, "usable", lambda: False)
+    copy2, written = shutil.copy2, []
+
+    def refusing_copy(src: str, dst: str) -> object:
+        if written:
+            raise OSError(code, os.strerror(code), dst)
+        written.append(dst)
+        return copy2(src, dst)
+
+    monkeypatch.setattr(shutil, "copy2", refusing_copy)
+    with pytest.raises(homes.CopyError) as raised:
+        homes.copy_into_home(_plan(account, source), as_user=as_user)
+    assert str(raised.value).startswith(says), raised.value
+    assert_plain(str(raised.value))
+    assert os.listdir(account.examples) == []  # nothing half-written
+
+
+@pytest.fixture
+def approved(django_capture_on_commit_callbacks) -> Example:  # type: ignore[no-untyped-def]
+    """An approved example (the one `stage` makes), ready to be used."""
+    with django_capture_on_commit_callbacks(execute=True):
+        submission = stage(make_user("connor"))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.approve_submission(submission=submission,
+                                    reviewer=make_user("rita", reviewer=True))
+    return Example.objects.get(pk=submission.example_id)
+
+
+def use_as(account: Account, example: Example, capture) -> Job:  # type: ignore[no-untyped-def]
+    with capture(execute=True):
+        job = services.queue_use(example=example, user=make_user(account.name))
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def small_examples(st: Stage) -> Iterator[Path]:
+    """Alice's ~/examples on a filesystem of its own, one page (4 KiB) in size."""
+    examples = _examples_dir(st)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=4k,mode=0755,uid={st.alice.uid},gid={st.alice.gid}",
+         f"gallery-test-{TAG}", str(examples)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield examples
+    finally:
+        subprocess.run(["umount", "-l", str(examples)], capture_output=True)
+
+
+@needs_root
+@pytest.mark.django_db
+def test_it_says_in_plain_words_that_the_home_filesystem_is_full(
+        st: Stage, small_examples: Path, approved: Example,
+        django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    job = use_as(st.alice, approved, django_capture_on_commit_callbacks)
+    assert job.state == Job.State.FAILED
+    assert job.message == ("The home filesystem is full; try again later or tell the centre's "
+                           "support.")
+    assert os.listdir(small_examples) == []  # nothing half-written on the full filesystem
+
+
+@needs_root
+@pytest.mark.django_db
+def test_it_tells_a_user_whose_home_is_missing_to_ask_the_centre(
+        st: Stage, approved: Example, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    shutil.rmtree(st.alice.home)
+    job = use_as(st.alice, approved, django_capture_on_commit_callbacks)
+    assert job.state == Job.State.FAILED
+    assert job.message.startswith(f"Your home folder {st.alice.home} does not exist"), job.message
+    assert "centre's support" in job.message
+    assert "a folder you own" not in job.message  # nothing the user could do themselves
+    assert_plain(job.message)
+    assert not st.alice.home.exists()
 
 
 # --- through the service ---------------------------------------------------------------------

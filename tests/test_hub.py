@@ -11,8 +11,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +25,7 @@ import requests
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 from django.urls import set_script_prefix
+from django.utils import timezone
 
 from gallery import hub, services
 
@@ -250,7 +254,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    """A real Jupyter server (no hub) with a token; yields (base URL, token, root folder)."""
+    """A real Jupyter server (no hub) with a token; yields (base URL, token, root folder).
+
+    It deletes for good rather than into a trash folder (outside the test's folders), so it
+    refuses to delete a folder that is not empty, as such servers do.
+    """
     pytest.importorskip("jupyter_server", reason="the hub extra is not installed "
                                                  "(pip install -e '.[hub]')")
     root = tmp_path_factory.mktemp("home")
@@ -259,7 +267,8 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--ip=127.0.0.1", f"--port={port}",
          "--no-browser", "--allow-root", f"--ServerApp.root_dir={root}",
-         f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"],
+         f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0",
+         "--FileContentsManager.delete_to_trash=False"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -390,3 +399,88 @@ def test_it_keeps_an_examples_own_data_md_and_beats_while_copying(jupyter_server
     assert (target / "DATA.md").read_text() == "the author's own notes"
     assert "/shared/era5" in (target / "DATA.gallery.md").read_text()
     assert len(beats) >= 4  # once per file or folder of the example
+
+
+def test_it_removes_its_work_folder_when_a_copy_fails(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    source = _example(tmp_path)
+    (source / "sub" / ".hidden").write_text("a name this server refuses")
+    with pytest.raises(hub.ContentsError, match="refused the file name sub/.hidden"):
+        hub.copy_folder(hub.Contents(base=base, token=token), source=source,
+                        parent="examples/g", wanted="hello", job_id="job-eight-gg",
+                        provenance={}, data_links=[])
+    assert _visible(root / "examples" / "g") == []  # no work folder, none renamed away
+
+
+def test_it_leaves_the_work_folder_to_the_attempt_that_took_the_job_over(  # type: ignore[no-untyped-def]
+        jupyter_server, tmp_path: Path) -> None:
+    base, token, root = jupyter_server
+    beats: list[int] = []
+
+    def beat() -> None:
+        beats.append(1)
+        if len(beats) == 3:
+            raise services.LeaseLost("taken over")
+
+    with pytest.raises(services.LeaseLost):
+        hub.copy_folder(hub.Contents(base=base, token=token), source=_example(tmp_path),
+                        parent="examples/i", wanted="hello", job_id="job-ten-iiii",
+                        provenance={}, data_links=[], beat=beat)
+    # The attempt holding the job now writes into the same work folder and finishes it.
+    assert _visible(root / "examples" / "i") == ["hello.gallery-job-ten-"]
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    """The one call of the hub's API a Use needs here: every user's server is ready at `/`."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        name = self.path.rpartition("/users/")[2]
+        body = json.dumps({"name": name, "servers": {"": {"ready": True, "url": "/"}}})
+        self.send_response(200 if "/hub/api/users/" in self.path else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_api(jupyter_server, settings) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """A stand-in hub whose users' servers all are the real Jupyter server."""
+    base, token, _ = jupyter_server
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+    thread = threading.Thread(target=stub.serve_forever, daemon=True)
+    thread.start()
+    settings.HUB_ENABLED = True
+    settings.JUPYTERHUB_API_URL = f"http://127.0.0.1:{stub.server_address[1]}/hub/api"
+    settings.JUPYTERHUB_API_TOKEN = token
+    settings.GALLERY_HUB_URL = base.rstrip("/")
+    try:
+        yield
+    finally:
+        stub.shutdown()
+        stub.server_close()
+
+
+@pytest.mark.django_db
+def test_it_clears_the_work_folder_of_a_use_it_gives_up_on(hub_api, jupyter_server,  # type: ignore[no-untyped-def]
+                                                            settings) -> None:
+    from gallery.models import Job
+
+    _, _, root = jupyter_server
+    settings.GALLERY_USE_DIR = "examples/h"
+    owner = make_user("owner")
+    job = Job.objects.create(
+        kind=Job.Kind.USE, user=owner, state=Job.State.RUNNING, worker="killed",
+        attempts=services.MAX_ATTEMPTS + 2, lease_until=timezone.now() - timedelta(seconds=1),
+        params={"username": "owner", "folder": "hello", "backend": "contents"})
+    # What attempts killed mid-copy left: the job's work folder, half written.
+    work = root / "examples" / "h" / f"hello.gallery-{str(job.pk)[:8]}"
+    (work / "sub").mkdir(parents=True)
+    (work / "hello.ipynb").write_text('{"cel')
+    services.sweep_jobs()  # eager here: the last ring runs at once
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED
+    assert "interrupted too many times" in job.message
+    assert _visible(work.parent) == []

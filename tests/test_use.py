@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from gallery import homes, services
+from gallery import homes, repo, services
 from gallery.models import Example, Job
 
 from .base import GalleryTestCase
@@ -115,6 +117,16 @@ class UseJobTests(UseTestCase):
         self.assertIn("~/examples is not a folder; move it away", job.message)
         self.assertEqual(parent.read_text(), "not a folder")
 
+    def test_it_keeps_the_gallerys_own_errors_and_paths_out_of_the_message(self):
+        full = OSError(errno.ENOSPC, "No space left on device",
+                       "/srv/gallery/exports/0123abcd/hello/hello.ipynb")
+        with mock.patch.object(repo, "export_example", side_effect=full):
+            job = self.use()
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertEqual(job.message, "The copy could not be made (an error in the gallery: "
+                                      "OSError). Try again; if it keeps failing, tell the "
+                                      "centre's support.")
+
     def test_it_finds_the_copy_an_interrupted_attempt_finished(self):
         job = self.use()
         copy = homes.use_parent("ursula") / self.example.slug
@@ -183,6 +195,31 @@ class SweepTests(UseTestCase):
         self.assertEqual(job.state, Job.State.FAILED)
         self.assertIn("try again", job.message)
         self.assertFalse(Path(homes.use_parent("ursula")).exists())
+
+    def test_it_clears_what_a_use_it_gives_up_on_left_half_written(self):
+        parent = homes.use_parent("ursula")
+        plan = homes.CopyPlan(username="ursula", source=Path(), parent=parent,
+                              folder_name=self.job.params["folder"], job_id=str(self.job.pk),
+                              provenance={})
+        leftover = parent / (plan.temp_prefix + "dead")  # of an attempt killed mid-copy
+        (leftover / "lib").mkdir(parents=True)
+        (leftover / "hello.ipynb").write_text('{"cel')
+        Job.objects.filter(pk=self.job.pk).update(
+            state=Job.State.RUNNING, attempts=services.MAX_ATTEMPTS + 2,
+            lease_until=timezone.now() - timedelta(seconds=1))
+        services.sweep_jobs()  # eager here: the last ring runs at once
+        job = Job.objects.get(pk=self.job.pk)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn("interrupted too many times", job.message)
+        self.assertEqual(list(parent.iterdir()), [])  # nothing half-written, and no new copy
+
+    def test_it_fails_a_use_whose_last_ring_was_cut_short_too(self):
+        Job.objects.filter(pk=self.job.pk).update(
+            state=Job.State.RUNNING, attempts=services.MAX_ATTEMPTS + 3,
+            lease_until=timezone.now() - timedelta(seconds=1))
+        self.assertEqual(services.sweep_jobs(), 0)
+        job = Job.objects.get(pk=self.job.pk)
+        self.assertEqual((job.state, job.attempts), (Job.State.FAILED, services.MAX_ATTEMPTS + 3))
 
 
 class UseCountTests(UseTestCase):

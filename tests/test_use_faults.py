@@ -208,6 +208,30 @@ def assert_one_complete_copy(job: Job, example: Example) -> None:
     assert "https://example.org/docs" in (copy / "DATA.md").read_text()
 
 
+def wait_until_copying(parent: Path) -> list[str]:
+    """Wait until a copy into `parent` is under way; returns the temporary folders there."""
+
+    def copying() -> list[str]:
+        names = os.listdir(parent) if parent.is_dir() else []
+        temps = [n for n in names if ".tmp-" in n]
+        return temps if temps and len(list((parent / temps[0]).rglob("*.py"))) >= 3 else []
+
+    return wait_for(copying, timeout=90, what="the copy to be under way")
+
+
+def kill_whole_worker(worker: Worker, user_name: str, settings) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL a worker and its pool at once; the copy's child (a grandchild) goes with them."""
+    pids = [worker.process.pid, *children_of(worker.process.pid)]
+    assert copy_helpers_of(pids)  # the copy runs in a child of a helper of a pool process
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    worker.process.wait(20)
+    wait_for(lambda: not copy_helpers_of(pids), timeout=20, what="the helpers to end")
+    if settings.GALLERY_USE_AS_USER:
+        uid = pwd.getpwnam(user_name).pw_uid
+        wait_for(lambda: not processes_of(uid), timeout=20, what="the copy to stop")
+
+
 # --- the faults ------------------------------------------------------------------------------
 
 
@@ -219,23 +243,8 @@ def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
     try:
         job = services.queue_use(example=example, user=user)
         parent = homes.use_parent(user_name)
-
-        def copying() -> list[str]:
-            names = os.listdir(parent) if parent.is_dir() else []
-            temps = [n for n in names if ".tmp-" in n]
-            return temps if temps and len(list((parent / temps[0]).rglob("*.py"))) >= 3 else []
-
-        temps = wait_for(copying, timeout=90, what="the copy to be under way")
-        # The whole worker dies at once; the copy's child (a grandchild) goes with its parent.
-        pids = [first.process.pid, *children_of(first.process.pid)]
-        assert copy_helpers_of(pids)  # the copy runs in a child of a helper of a pool process
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        first.process.wait(20)
-        wait_for(lambda: not copy_helpers_of(pids), timeout=20, what="the helpers to end")
-        if settings.GALLERY_USE_AS_USER:
-            uid = pwd.getpwnam(user_name).pw_uid
-            wait_for(lambda: not processes_of(uid), timeout=20, what="the copy to stop")
+        temps = wait_until_copying(parent)
+        kill_whole_worker(first, user_name, settings)
         job.refresh_from_db()
         assert job.state == Job.State.RUNNING
         assert sorted(os.listdir(parent)) == temps  # no folder appeared half-made
@@ -248,6 +257,32 @@ def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
         assert job.attempts == 2  # the killed one and the one that finished, nothing between
         assert job.result["lab_url"].endswith(f"/examples/{example.slug}/hello.ipynb")
         assert_one_complete_copy(job, example)
+    finally:
+        first.kill()
+        if second:
+            second.stop()
+
+
+def test_it_clears_what_a_killed_worker_left_when_it_gives_up_on_a_use(
+        settings, private_redis, example, user_name):  # type: ignore[no-untyped-def]
+    user = make_user(user_name)
+    first = start_worker(settings, private_redis, "first", GALLERY_COPY_DELAY="0.2")
+    second = None
+    try:
+        job = services.queue_use(example=example, user=user)
+        parent = homes.use_parent(user_name)
+        wait_until_copying(parent)
+        kill_whole_worker(first, user_name, settings)
+        assert [n for n in os.listdir(parent) if ".tmp-" in n]  # what the killed copy left
+        # Its attempts were cut short as often as the gallery allows: the sweep gives up.
+        Job.objects.filter(pk=job.pk).update(attempts=services.MAX_ATTEMPTS + 2)
+
+        second = start_worker(settings, private_redis, "second")
+        wait_for(lambda: Job.objects.get(pk=job.pk).finished, timeout=120, what="the job")
+        job.refresh_from_db()
+        assert job.state == Job.State.FAILED
+        assert "interrupted too many times" in job.message
+        assert os.listdir(parent) == []  # nothing half-written is left, and no copy made
     finally:
         first.kill()
         if second:
