@@ -17,7 +17,6 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -356,7 +355,15 @@ caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
 def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
     with snapshot():
-        return _example_detail(get_object_or_404(Example.objects.visible(), slug=slug))
+        return _example_detail(_visible_example(request, slug))
+
+
+def _visible_example(request: HttpRequest, slug: str) -> Example:
+    """The example of a URL, if the caller may see it (`ExampleQuerySet.visible_to`)."""
+    example = Example.objects.visible_to(request.auth).filter(slug=slug).first()
+    if example is None:
+        raise HttpError(404, "There is no such example.")
+    return example
 
 
 def _example_detail(example: Example) -> dict[str, Any]:
@@ -380,7 +387,7 @@ def _example_detail(example: Example) -> dict[str, Any]:
                                              409: ErrorOut},
           summary="Queue a copy of the example into the caller's home")
 def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -> Any:
-    example = get_object_or_404(Example, slug=slug)
+    example = _visible_example(request, slug)
     job = services.queue_use(example=example, user=request.auth,
                              folder_name=payload.folder if payload else "")
     return Status(202, job_out(job))
@@ -390,14 +397,14 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
                                                  409: ErrorOut},
          summary="What a Use would copy into the caller's home, and where; writes nothing")
 def use_plan(request: HttpRequest, slug: str, folder: str = "") -> dict[str, Any]:
-    example = get_object_or_404(Example, slug=slug)
+    example = _visible_example(request, slug)
     return services.use_plan(example=example, user=request.auth, folder_name=folder)
 
 
 @api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")
 def get_job(request: HttpRequest, job_id: UUID) -> dict[str, Any]:
-    job = get_object_or_404(Job, pk=job_id)
-    if job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
+    job = Job.objects.filter(pk=job_id).first()  # another's is as absent as a missing one
+    if job is None or job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
         raise HttpError(404, "There is no such job.")
     return job_out(job)
 
@@ -536,7 +543,8 @@ def my_submissions(request: HttpRequest) -> list[dict[str, Any]]:
 
 @api.get("/submissions/{submission_id}", response=SubmissionOut, summary="One submission")
 def get_submission(request: HttpRequest, submission_id: int) -> dict[str, Any]:
-    submission = get_object_or_404(Submission, pk=submission_id)
-    if submission.contributor_id != request.auth.pk and not services.is_reviewer(request.auth):
+    submission = Submission.objects.filter(pk=submission_id).first()
+    if submission is None or (submission.contributor_id != request.auth.pk
+                              and not services.is_reviewer(request.auth)):
         raise HttpError(404, "There is no such submission.")
     return submission_out(submission)

@@ -41,6 +41,12 @@ def snapshot() -> Iterator[None]:
 
 
 SEARCH_CONFIG = "english"  # the text search configuration of the stored search_vector
+REVIEW_PERMISSION = "gallery.review_submission"
+
+
+def is_reviewer(user: Any) -> bool:
+    """Reviewers hold the review permission (from the hub's review scope or group)."""
+    return bool(user.is_active and user.has_perm(REVIEW_PERMISSION))
 
 
 def search_words(q: str) -> list[str]:
@@ -72,7 +78,25 @@ class ExampleQuerySet(models.QuerySet["Example"]):
         return self.filter(state=Example.State.STAGED)
 
     def visible(self) -> ExampleQuerySet:
-        return self.filter(state__in=[Example.State.APPROVED, Example.State.STAGED])
+        """What everyone logged in sees: the curated examples and those still under review."""
+        return self.filter(state__in=Example.PUBLIC_STATES)
+
+    def visible_to(self, user: Any) -> ExampleQuerySet:
+        """The examples a person may see, by the one rule every page and API call follows.
+
+        Curated and staged examples are for everyone logged in. A rejected or retired one
+        stays with its contributor and the reviewers; a retired one also with those who hold
+        a copy of it, as retiring hides an example from new users only.
+        """
+        if not user.is_authenticated:
+            return self.none()
+        if is_reviewer(user):
+            return self.all()
+        holds_copy = models.Exists(Job.objects.filter(
+            kind=Job.Kind.USE, state=Job.State.DONE, user=user,
+            revision__example=models.OuterRef("pk")))
+        return self.filter(models.Q(state__in=Example.PUBLIC_STATES) | models.Q(contributor=user)
+                           | (models.Q(state=Example.State.RETIRED) & holds_copy))
 
     def tagged(self, tag: str) -> ExampleQuerySet:
         return self.filter(tags__name=tag)
@@ -174,6 +198,8 @@ class Example(models.Model):
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(default=timezone.now)
 
+    PUBLIC_STATES = (State.APPROVED, State.STAGED)
+
     objects = ExampleQuerySet.as_manager()
 
     class Meta:
@@ -183,6 +209,13 @@ class Example(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def is_visible_to(self, user: Any) -> bool:
+        return Example.objects.visible_to(user).filter(pk=self.pk).exists()
+
+    def revisable_by(self, user: Any) -> bool:
+        """Its contributor and the reviewers send new revisions of an example."""
+        return self.contributor_id == user.pk or is_reviewer(user)
 
     @property
     def latest_revision(self) -> Revision | None:
@@ -347,11 +380,20 @@ class StateChange(models.Model):
     reason = models.TextField(blank=True)
     at = models.DateTimeField(default=timezone.now)
 
+    # A reviewer's words on a refused or returned revision are for its contributor and the
+    # reviewers, as the submission is; the example's page tells others only that it happened.
+    PRIVATE_REASONS = frozenset({Submission.State.REJECTED, Submission.State.CHANGES_REQUESTED})
+
     class Meta:
         ordering = ["at", "pk"]
 
     def __str__(self) -> str:
         return f"{self.subject} {self.from_state or '-'} -> {self.to_state}"
+
+    @property
+    def public_reason(self) -> str:
+        """The reason as anyone who may see the example may read it."""
+        return "" if self.to_state in self.PRIVATE_REASONS else self.reason
 
 
 class JobQuerySet(models.QuerySet):

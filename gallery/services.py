@@ -41,6 +41,7 @@ from .models import (
     StateChange,
     Submission,
     Tag,
+    is_reviewer,
 )
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,6 @@ class ExampleMeta:
     resources: dict[str, Any] = field(default_factory=dict)
     authors: list[str] = field(default_factory=list)
     kernel: str = ""
-
-
-def is_reviewer(user: AbstractBaseUser) -> bool:
-    return bool(user.is_active and user.has_perm("gallery.review_submission"))
 
 
 def _record(
@@ -379,11 +376,11 @@ def _create_example(meta: ExampleMeta, contributor: AbstractBaseUser) -> Example
 
 
 def _example_to_revise(slug: str, contributor: AbstractBaseUser, *, lock: bool) -> Example:
-    examples = Example.objects.select_for_update() if lock else Example.objects
-    example = examples.filter(slug=slug).first()
+    examples = Example.objects.visible_to(contributor)
+    example = (examples.select_for_update() if lock else examples).filter(slug=slug).first()
     if example is None:
         raise NotFound(f"There is no example {slug!r} to revise.")
-    if example.contributor_id != contributor.pk and not is_reviewer(contributor):
+    if not example.revisable_by(contributor):
         raise NotAllowed(f"Only {example.contributor} or a reviewer may revise it.")
     if example.state == Example.State.RETIRED:
         raise Conflict(f"{example.slug} is retired; ask a reviewer to restore it first.")

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -95,8 +96,8 @@ def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
 @snapshot()
 def example(request: HttpRequest, slug: str) -> HttpResponse:
     """An example: preview, manifest, checks, versions, and Use with its plan."""
-    item = get_object_or_404(Example.objects.select_related("current_revision", "contributor"),
-                             slug=slug)
+    item = get_object_or_404(Example.objects.visible_to(request.user).select_related(
+        "current_revision", "contributor"), slug=slug)
     revision = item.current_revision or item.latest_revision
     if revision is None:
         raise Http404("This example has no content.")
@@ -119,6 +120,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
                       if hasattr(v, "submission") else None}
                      for i, v in enumerate(versions)][::-1],
         "history": item.history.select_related("actor")[:50],
+        "sees_reviews": item.revisable_by(request.user),
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
@@ -140,7 +142,7 @@ def _environment_text(revision: Revision, limit: int = 20_000) -> str:
 @login_required
 @require_POST
 def use(request: HttpRequest, slug: str) -> HttpResponse:
-    item = get_object_or_404(Example, slug=slug)
+    item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
     form = forms.UseForm(request.POST)
     if not form.is_valid():
         messages.error(request, "; ".join(e for errs in form.errors.values() for e in errs))
@@ -194,12 +196,17 @@ def stage(request: HttpRequest) -> HttpResponse:
 
 
 def _revised_example(request: HttpRequest) -> Example | None:
+    """The example a new revision is for: one the person sees and may revise (the form is
+    filled from its latest revision, which may be one still in review or refused)."""
     slug = request.GET.get("example") or request.POST.get("example") or ""
     if not slug:
         return None
-    item = Example.objects.filter(slug=slug[:80]).select_related("current_revision").first()
+    item = Example.objects.visible_to(request.user).filter(slug=slug[:80]).select_related(
+        "current_revision").first()
     if item is None:
         raise Http404("There is no such example to revise.")
+    if not item.revisable_by(request.user):
+        raise PermissionDenied("Only its contributor or a reviewer may revise this example.")
     return item
 
 
@@ -263,6 +270,8 @@ def submission(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def review(request: HttpRequest, pk: int) -> HttpResponse:
     """A reviewer's decision from the submission page (the admin offers the same)."""
+    if not services.is_reviewer(request.user):
+        raise PermissionDenied("Only reviewers decide on submissions.")
     item = get_object_or_404(Submission, pk=pk)
     form = forms.ReviewForm(request.POST)
     if not form.is_valid():

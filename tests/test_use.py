@@ -76,6 +76,9 @@ class UsePlanTests(UseTestCase):
         self.assertEqual(r.status_code, 401)
 
     def test_it_answers_409_for_an_example_without_an_approved_version(self):
+        # Retired: still seen by those who hold a copy, but no version to use any more.
+        Job.objects.create(kind=Job.Kind.USE, state=Job.State.DONE, user=self.user,
+                           revision=self.example.current_revision)
         self.example.state = Example.State.RETIRED
         self.example.save()
         r = self.client.get(f"/api/v1/examples/{self.example.slug}/use-plan")

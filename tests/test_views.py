@@ -243,3 +243,76 @@ class ContributorPageTests(GalleryTestCase):
     def test_it_hides_other_peoples_submissions(self):
         other = stage(self.reviewer)
         self.assertEqual(self.client.get(reverse("submission", args=[other.pk])).status_code, 404)
+
+
+class VisibilityPageTests(GalleryTestCase):
+    """Pages show an example only to those who may see it (`ExampleQuerySet.visible_to`)."""
+
+    def rejected(self):  # type: ignore[no-untyped-def]
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = stage(self.contributor, title="Refused walrus",
+                               data_links=[{"name": "d", "target": "https://example.org/walrus"}])
+        services.reject_submission(submission=submission, reviewer=self.reviewer,
+                                   comment="Walrus is out of scope.")
+        return submission
+
+    def test_it_hides_a_rejected_example_from_everyone_but_its_contributor_and_reviewers(self):
+        submission = self.rejected()
+        slug = submission.example.slug
+        self.client.force_login(self.user)
+        for response in (self.client.get(reverse("example", args=[slug])),
+                         self.client.get(reverse("stage"), {"example": slug}),
+                         self.client.post(reverse("use", args=[slug]), {"folder": ""})):
+            self.assertEqual(response.status_code, 404)
+            self.assertNotContains(response, "walrus", status_code=404)
+        for person in (self.contributor, self.reviewer):
+            self.client.force_login(person)
+            page = self.client.get(reverse("example", args=[slug]))
+            self.assertContains(page, "Refused walrus")
+            self.assertContains(page, "Walrus is out of scope.")
+
+    def test_it_offers_a_new_revision_only_to_the_contributor_and_reviewers(self):
+        approved = self.stage_and_approve()
+        slug = approved.example.slug
+        refused = stage(self.contributor, title="Secret second try", example_slug=slug)
+        services.reject_submission(submission=refused, reviewer=self.reviewer, comment="No.")
+        self.client.force_login(self.user)
+        response = self.client.get(reverse("stage"), {"example": slug})
+        self.assertEqual(response.status_code, 403)
+        self.assertNotContains(response, "Secret second try", status_code=403)
+        self.client.force_login(self.reviewer)
+        self.assertContains(self.client.get(reverse("stage"), {"example": slug}),
+                            "Secret second try")
+
+    def test_it_keeps_a_reviewers_words_on_a_refused_revision_from_other_people(self):
+        approved = self.stage_and_approve()
+        slug = approved.example.slug
+        refused = stage(self.contributor, example_slug=slug)
+        services.reject_submission(submission=refused, reviewer=self.reviewer,
+                                   comment="The second cell leaks a password.")
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[slug]))
+        self.assertContains(page, "submission staged → rejected by rita</li>")
+        self.assertNotContains(page, "leaks a password")
+        self.client.force_login(self.contributor)
+        self.assertContains(self.client.get(reverse("example", args=[slug])),
+                            "The second cell leaks a password.")
+
+    def test_it_keeps_a_retired_example_for_those_who_hold_a_copy_only(self):
+        approved = self.stage_and_approve()
+        Job.objects.create(kind="use", state="done", user=self.user, revision=approved.revision)
+        services.retire_example(example=approved.example, actor=self.reviewer, reason="Old.")
+        url = reverse("example", args=[approved.example.slug])
+        self.client.force_login(self.user)
+        self.assertContains(self.client.get(url), "This example is retired")
+        self.client.force_login(get_user_model().objects.create_user("newcomer"))
+        self.assertEqual(self.client.get(url).status_code, 404)
+
+    def test_it_takes_decisions_from_reviewers_only(self):
+        submission = stage(self.contributor)
+        self.client.force_login(self.user)
+        response = self.client.post(reverse("review", args=[submission.pk]),
+                                    {"decision": "approve"})
+        self.assertEqual(response.status_code, 403)
+        submission.refresh_from_db()
+        self.assertEqual(submission.state, "staged")
