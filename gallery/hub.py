@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
@@ -40,6 +40,7 @@ from django.utils.crypto import constant_time_compare
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from ninja.security import APIKeyHeader
+from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 
 from . import caching, homes, services
@@ -56,7 +57,35 @@ LOGIN_TTL = 600  # seconds a started login may take before its state is refused
 
 
 class HubUnavailable(Exception):
-    """The hub did not answer; not the same as the hub saying no."""
+    """The hub did not answer, or not as a hub does; not the same as the hub saying no."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class HubUser(BaseModel):
+    """What the gallery reads of the hub's model of a token's owner (`GET /user`)."""
+
+    name: str = Field(min_length=1)
+    kind: str = "user"
+    scopes: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+class HubToken(BaseModel):
+    """The hub's answer to an OAuth code exchange (`POST /oauth2/token`)."""
+
+    access_token: str = Field(min_length=1)
+
+
+def _answer(response: requests.Response, model: type[M]) -> M:
+    """A 200 answer of the hub read as `model`; anything else in its body (an HTML page from
+    a proxy, a list, a number) is a hub not answering as a hub, never a 500 here."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError:
+        raise HubUnavailable(f"HTTP 200 but not a {model.__name__} "
+                             f"({response.headers.get('Content-Type', 'no type')})") from None
 
 
 def _api(path: str) -> str:
@@ -81,8 +110,8 @@ def fetch_user(token: str) -> dict[str, Any] | None:
         return None
     if response.status_code != 200:
         raise HubUnavailable(f"HTTP {response.status_code}")
-    model = response.json()
-    if model.get("kind", "user") != "user" or not has_access(model):
+    model = _answer(response, HubUser).model_dump()
+    if model["kind"] != "user" or not has_access(model):
         return None  # a service's token, or a user who may not use this service
     return model
 
@@ -193,7 +222,7 @@ def exchange_code(code: str, verifier: str) -> str | None:
         return None
     if response.status_code != 200:
         raise HubUnavailable(f"HTTP {response.status_code}")
-    return str(response.json()["access_token"])
+    return _answer(response, HubToken).access_token
 
 
 def _safe_next(request: HttpRequest, wanted: str) -> str:

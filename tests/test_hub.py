@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,8 +72,9 @@ class LoginWithoutHubTests(GalleryTestCase):
         self.assertEqual(response.status_code, 401)
 
 
-@override_settings(**NO_HUB)
-class LoginTests(GalleryTestCase):
+class HubRequests(GalleryTestCase):
+    """Requests as they come through the hub's proxy, and the start of a login."""
+
     def get(self, path: str, **extra: str):  # type: ignore[no-untyped-def]
         # As gunicorn passes it: the prefix in SCRIPT_NAME, the rest in PATH_INFO. The test
         # client, unlike Django's WSGI handler, does not set the script prefix itself.
@@ -89,6 +91,9 @@ class LoginTests(GalleryTestCase):
         self.assertEqual(location.path, "/hub/api/oauth2/authorize")
         return parse_qs(location.query)
 
+
+@override_settings(**NO_HUB)
+class LoginTests(HubRequests):
     def test_it_sends_strangers_to_the_hub_login(self) -> None:
         response = self.get("/stage/")
         self.assertEqual(response["Location"], f"{PREFIX}/login/?next={PREFIX}/stage/")
@@ -187,6 +192,124 @@ class LoginTests(GalleryTestCase):
     def test_it_refuses_api_tokens_when_the_hub_does_not_answer(self) -> None:
         response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
         self.assertEqual(response.status_code, 401)
+
+
+class FakeHub:
+    """A hub on 127.0.0.1 that answers every call as `answer(method, path, token)` says, with
+    (status, content type, body): a hub that misbehaves, or one that knows a few tokens."""
+
+    def __init__(self, answer: Callable[[str, str, str], tuple[int, str, bytes]]) -> None:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def reply(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                token = self.headers.get("Authorization", "").partition(" ")[2]
+                status, content_type, body = fake.answer(self.command, self.path, token)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = reply
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.answer = answer
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.api_url = f"http://127.0.0.1:{self.server.server_address[1]}/hub/api"
+
+    def __enter__(self) -> FakeHub:
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+HTML = "text/html; charset=utf-8"
+# Answers with 200 that no hub gives: a proxy's or portal's page, JSON of another shape.
+NOT_A_USER = [
+    (HTML, b"<!DOCTYPE html><html><body><h1>Maintenance</h1></body></html>"),
+    ("application/json", b"[]"),
+    ("application/json", b'[{"name": "ursula", "scopes": ["access:services"]}]'),
+    ("application/json", b'"ursula"'),
+    ("application/json", b"42"),
+    ("application/json", b"null"),
+    ("application/json", b'{"kind": "user", "scopes": ["access:services"]}'),
+    ("application/json", b'{"name": ["ursula"], "scopes": ["access:services"]}'),
+    ("application/json", b'{"name": "ursula", "scopes": "access:services"}'),
+    ("application/json", b'{"name": "ursula", "scopes": null}'),
+]
+NOT_A_TOKEN = [
+    (HTML, b"<html><body>Please log in</body></html>"),
+    ("application/json", b"[]"),
+    ("application/json", b'"t0ken"'),
+    ("application/json", b"{}"),
+    ("application/json", b'{"access_token": 5}'),
+    ("application/json", b'{"access_token": ""}'),
+]
+GOOD_TOKEN = ("application/json", b'{"access_token": "t0ken", "token_type": "Bearer"}')
+ACCESS = {"JUPYTERHUB_OAUTH_ACCESS_SCOPES": {"access:services"}}
+
+
+@override_settings(**NO_HUB, **ACCESS)
+class MisbehavingHubTests(HubRequests):
+    """A hub that answers 200 with something no hub says is a hub away, never a 500."""
+
+    def setUp(self) -> None:
+        self.hub = self.enterContext(FakeHub(lambda *_: (500, HTML, b"")))
+        self.enterContext(override_settings(JUPYTERHUB_API_URL=self.hub.api_url))
+
+    def nonsense(self, user: tuple[str, bytes], token: tuple[str, bytes] = GOOD_TOKEN) -> None:
+        """From now on the hub answers the code exchange with `token`, the rest with `user`."""
+        def answer(method: str, path: str, _token: str) -> tuple[int, str, bytes]:
+            content_type, body = token if path.endswith("/oauth2/token") else user
+            return 200, content_type, body
+
+        self.hub.answer = answer
+
+    def test_it_takes_a_token_check_answered_with_nonsense_for_a_hub_away(self) -> None:
+        for user in NOT_A_USER:
+            with self.subTest(user=user):
+                self.nonsense(user)
+                with self.assertRaises(hub.HubUnavailable):
+                    hub.fetch_user("t0ken")
+
+    def test_it_answers_a_login_the_hub_answers_with_nonsense_with_503(self) -> None:
+        cases = [(GOOD_TOKEN, user) for user in NOT_A_USER] + [
+            (token, NOT_A_USER[0]) for token in NOT_A_TOKEN]
+        for token, user in cases:
+            with self.subTest(token=token, user=user):
+                self.nonsense(user, token)
+                state = self.start_login()["state"][0]
+                with self.assertLogs("gallery.hub", "WARNING"):
+                    response = self.get("/oauth_callback", data={"code": "c0de", "state": state})
+                self.assertContains(response, "The hub is not answering", status_code=503)
+                self.assertNotIn("_auth_user_id", self.client.session)
+
+    def test_it_refuses_an_api_token_the_hub_answers_with_nonsense_with_401(self) -> None:
+        for user in NOT_A_USER:
+            with self.subTest(user=user):
+                self.nonsense(user)
+                response = self.get("/api/v1/examples", HTTP_AUTHORIZATION=f"token t-{id(user)}")
+                self.assertEqual(response.status_code, 401)
+                self.assertIn("error", response.json())
+
+    def test_it_keeps_a_session_whose_recheck_the_hub_answers_with_nonsense(self) -> None:
+        self.client.force_login(self.user)
+        for user in NOT_A_USER:
+            with self.subTest(user=user):
+                self.nonsense(user)
+                session = self.client.session
+                session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
+                session.save()
+                self.assertEqual(self.get("/").status_code, 200)
+                self.assertEqual(self.client.session[hub.CHECKED], 0.0)  # asks again next time
 
 
 class SyncUserTests(GalleryTestCase):
