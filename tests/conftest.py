@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +149,35 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- the authorisation matrix's summary (tests/test_authz.py) --------------------------------
+
+AUTHZ_CASES = pytest.StashKey[Counter]()
+
+
+@pytest.fixture
+def authz_cases(request: pytest.FixtureRequest) -> Counter:
+    """Cases of the authorisation matrix run, by URL and method, for the session's summary."""
+    return request.config.stash.setdefault(AUTHZ_CASES, Counter())
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The authorisation matrix's cases per URL (each method's count), the desk's in one line."""
+    cases: Counter = config.stash.get(AUTHZ_CASES, Counter())
+    if not cases:
+        return
+    by_route: dict[str, list[str]] = {}
+    desk = Counter()
+    for (route, method), count in sorted(cases.items()):
+        if route.startswith("/admin/") and route != "/admin/login/":
+            desk[route] += count
+        else:
+            by_route.setdefault(route, []).append(f"{method} {count}")
+    terminalreporter.section("authorisation matrix: cases run per URL")
+    for route, counts in by_route.items():
+        terminalreporter.write_line(f"{route:<45} {', '.join(counts)}")
+    if desk:
+        terminalreporter.write_line(f"{'/admin/… (the desk)':<45} {sum(desk.values())} cases "
+                                    f"on {len(desk)} URLs")
+    terminalreporter.write_line(f"{'in all':<45} {sum(cases.values())} cases")
