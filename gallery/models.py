@@ -198,7 +198,7 @@ class Example(models.Model):
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(default=timezone.now)
 
-    PUBLIC_STATES = (State.APPROVED, State.STAGED)
+    PUBLIC_STATES = (State.APPROVED, State.STAGED)  # seen by everyone logged in
 
     objects = ExampleQuerySet.as_manager()
 
@@ -211,6 +211,7 @@ class Example(models.Model):
         return self.slug
 
     def is_visible_to(self, user: Any) -> bool:
+        """Whether a person may see this example (`ExampleQuerySet.visible_to`)."""
         return Example.objects.visible_to(user).filter(pk=self.pk).exists()
 
     def revisable_by(self, user: Any) -> bool:
