@@ -437,11 +437,19 @@ def _decode_file(item: FileIn) -> bytes:
         raise services.GalleryError(f"{item.path}: content_base64 is not valid base64.") from None
 
 
-def _from_json(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+def _parse_json(text: str | bytes, what: str) -> Any:
+    """`text` as JSON, or a 400 naming `what`. The JSON body and the JSON-valued multipart
+    fields are read here alone, so both refuse the same things."""
     try:
-        raw = json.loads(request.body)
-    except (ValueError, RecursionError):
-        raise services.GalleryError("The body is not valid JSON (UTF-8).") from None
+        return json.loads(text)
+    except RecursionError:
+        raise services.GalleryError(f"{what} is nested too deeply to read.") from None
+    except ValueError:
+        raise services.GalleryError(f"{what} is not valid JSON (UTF-8).") from None
+
+
+def _from_json(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+    raw = _parse_json(request.body, "The body")
     payload = SubmissionJsonIn.model_validate(raw) if isinstance(raw, dict) else None
     if payload is None:
         raise services.GalleryError("The body must be a JSON object.")
@@ -467,10 +475,7 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
     if "notebook" not in uploads:
         raise services.GalleryError("Attach the notebook as the 'notebook' file field.")
     if "metadata" in post:
-        try:
-            fields = json.loads(post["metadata"])
-        except ValueError:
-            raise services.GalleryError("The 'metadata' field is not valid JSON.") from None
+        fields = _parse_json(post["metadata"], "The 'metadata' field")
         if not isinstance(fields, dict):
             raise services.GalleryError("The 'metadata' field must be a JSON object.")
     else:
@@ -480,10 +485,7 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
         fields["tags"] = [t.strip() for v in tags for t in v.split(",") if t.strip()]
         for key in ("data_links", "resources", "authors"):
             if key in post:
-                try:
-                    fields[key] = json.loads(post[key])
-                except ValueError:
-                    raise services.GalleryError(f"The {key!r} field is not valid JSON.") from None
+                fields[key] = _parse_json(post[key], f"The {key!r} field")
     meta = SubmissionMetaIn.model_validate(fields)
     nb = uploads["notebook"]
     env = uploads.get("environment")
