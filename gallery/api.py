@@ -16,8 +16,8 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -78,6 +78,19 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 def _invalid_model(request: HttpRequest, exc: PydanticValidationError) -> HttpResponse:
     return _invalid(request, ValidationError([dict(e) for e in exc.errors(include_url=False,
                                                                              include_input=False)]))
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, str(exc) or "There is nothing at this address.", 404)
+
+
+def _found(queryset: QuerySet[Any], what: str, **lookup: Any) -> Any:
+    """The one row of `queryset` matching `lookup`, or a 404 naming what is missing."""
+    try:
+        return queryset.get(**lookup)
+    except queryset.model.DoesNotExist:
+        raise HttpError(404, f"There is no such {what}.") from None
 
 
 @api.exception_handler(AuthenticationError)
@@ -355,7 +368,7 @@ caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 
 @api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
 def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
-    example = get_object_or_404(Example.objects.visible(), slug=slug)
+    example = _found(Example.objects.visible(), "example", slug=slug)
     revision = example.current_revision or example.latest_revision
     meta = revision.metadata if revision else {}
     return {
@@ -376,7 +389,7 @@ def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
                                              409: ErrorOut},
           summary="Queue a copy of the example into the caller's home")
 def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -> Any:
-    example = get_object_or_404(Example, slug=slug)
+    example = _found(Example.objects.all(), "example", slug=slug)
     job = services.queue_use(example=example, user=request.auth,
                              folder_name=payload.folder if payload else "")
     return Status(202, job_out(job))
@@ -386,13 +399,13 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
                                                  409: ErrorOut},
          summary="What a Use would copy into the caller's home, and where; writes nothing")
 def use_plan(request: HttpRequest, slug: str, folder: str = "") -> dict[str, Any]:
-    example = get_object_or_404(Example, slug=slug)
+    example = _found(Example.objects.all(), "example", slug=slug)
     return services.use_plan(example=example, user=request.auth, folder_name=folder)
 
 
 @api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")
 def get_job(request: HttpRequest, job_id: UUID) -> dict[str, Any]:
-    job = get_object_or_404(Job, pk=job_id)
+    job = _found(Job.objects.all(), "job", pk=job_id)
     if job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
         raise HttpError(404, "There is no such job.")
     return job_out(job)
@@ -534,7 +547,7 @@ def my_submissions(request: HttpRequest) -> list[dict[str, Any]]:
 
 @api.get("/submissions/{submission_id}", response=SubmissionOut, summary="One submission")
 def get_submission(request: HttpRequest, submission_id: int) -> dict[str, Any]:
-    submission = get_object_or_404(Submission, pk=submission_id)
+    submission = _found(Submission.objects.all(), "submission", pk=submission_id)
     if submission.contributor_id != request.auth.pk and not services.is_reviewer(request.auth):
         raise HttpError(404, "There is no such submission.")
     return submission_out(submission)

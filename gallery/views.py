@@ -28,7 +28,6 @@ from django.views.decorators.http import require_GET, require_POST
 from . import caching, forms, notebooks, services
 from .api import job_out, preview_url, to_meta
 from .models import Example, IllegalTransition, Job, Notification, Revision, Submission, Tag
-from .uploads import UploadTooLarge
 
 PAGE_SIZE = 24  # cards per section and page
 
@@ -162,14 +161,10 @@ def stage(request: HttpRequest) -> HttpResponse:
     form = forms.StageForm(initial=forms.StageForm.initial_for(revising) if revising else None)
     context = {"form": form, "revising": revising}
     if request.method == "POST":
-        try:
-            form = forms.StageForm(request.POST, request.FILES)
-            valid = form.is_valid()
-        except UploadTooLarge as exc:
-            messages.error(request, str(exc))
-            return render(request, "gallery/stage.html", context, status=413)
+        # An upload over the limit never gets here: inputs.RequestInputMiddleware answers 413.
+        form = forms.StageForm(request.POST, request.FILES)
         context["form"] = form
-        if valid:
+        if form.is_valid():
             try:
                 submission = services.stage_submission(
                     contributor=request.user, staged=form.staged_files(),

@@ -251,3 +251,27 @@ class RefusedInputTests(GalleryTestCase):
                     k: v if isinstance(v, str) else ",".join(v) if k == "tags" else json.dumps(v)
                     for k, v in fields.items()}}
                 self.assert_refused(self.post_multipart(multipart), "NUL")
+
+    def test_it_answers_malformed_multipart_bodies_with_json(self):
+        boundary_part = (b'--BB\r\nContent-Disposition: form-data; name="notebook"; '
+                         b'filename="a.ipynb"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                         b'!!not base64!!=\r\n--BB--\r\n')
+        for content_type, body, words in [
+            ("multipart/form-data", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=" + "x" * 202, b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=\"ends in a space \"", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=BB", boundary_part, ("base64",)),
+        ]:
+            with self.subTest(content_type=content_type):
+                r = self.client.post("/api/v1/submissions", data=body, content_type=content_type)
+                error = self.assert_refused(r, *words)
+                self.assertIn("multipart", error)
+
+    def test_it_answers_a_missing_thing_with_a_json_error(self):
+        for path in ("/api/v1/examples/nothing-here", "/api/v1/examples/nothing-here/use-plan",
+                     "/api/v1/submissions/99999", "/api/v1/nowhere"):
+            with self.subTest(path=path):
+                r = self.client.get(path)
+                self.assertEqual(r.status_code, 404)
+                self.assertTrue(self.json(r)["error"])
