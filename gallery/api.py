@@ -16,7 +16,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -77,6 +77,11 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 def _invalid_model(request: HttpRequest, exc: PydanticValidationError) -> HttpResponse:
     return _invalid(request, ValidationError([dict(e) for e in exc.errors(include_url=False,
                                                                              include_input=False)]))
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, str(exc) or "There is nothing at this address.", 404)
 
 
 @api.exception_handler(AuthenticationError)
@@ -448,11 +453,19 @@ def _decode_file(item: FileIn) -> bytes:
         raise services.GalleryError(f"{item.path}: content_base64 is not valid base64.") from None
 
 
-def _from_json(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+def _parse_json(text: str | bytes, what: str) -> Any:
+    """`text` as JSON, or a 400 naming `what`. The JSON body and the JSON-valued multipart
+    fields are read here alone, so both refuse the same things."""
     try:
-        raw = json.loads(request.body)
-    except (ValueError, RecursionError):
-        raise services.GalleryError("The body is not valid JSON (UTF-8).") from None
+        return json.loads(text)
+    except RecursionError:
+        raise services.GalleryError(f"{what} is nested too deeply to read.") from None
+    except ValueError:
+        raise services.GalleryError(f"{what} is not valid JSON (UTF-8).") from None
+
+
+def _from_json(request: HttpRequest) -> tuple[services.StagedFiles, SubmissionMetaIn]:
+    raw = _parse_json(request.body, "The body")
     payload = SubmissionJsonIn.model_validate(raw) if isinstance(raw, dict) else None
     if payload is None:
         raise services.GalleryError("The body must be a JSON object.")
@@ -478,10 +491,7 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
     if "notebook" not in uploads:
         raise services.GalleryError("Attach the notebook as the 'notebook' file field.")
     if "metadata" in post:
-        try:
-            fields = json.loads(post["metadata"])
-        except ValueError:
-            raise services.GalleryError("The 'metadata' field is not valid JSON.") from None
+        fields = _parse_json(post["metadata"], "The 'metadata' field")
         if not isinstance(fields, dict):
             raise services.GalleryError("The 'metadata' field must be a JSON object.")
     else:
@@ -491,10 +501,7 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
         fields["tags"] = [t.strip() for v in tags for t in v.split(",") if t.strip()]
         for key in ("data_links", "resources", "authors"):
             if key in post:
-                try:
-                    fields[key] = json.loads(post[key])
-                except ValueError:
-                    raise services.GalleryError(f"The {key!r} field is not valid JSON.") from None
+                fields[key] = _parse_json(post[key], f"The {key!r} field")
     meta = SubmissionMetaIn.model_validate(fields)
     nb = uploads["notebook"]
     env = uploads.get("environment")

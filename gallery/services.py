@@ -8,6 +8,7 @@ and queues its slow work only after that transaction commits.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -15,7 +16,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,71 @@ def _move_example(example: Example, to: str, *, actor: AbstractBaseUser | None, 
 # --- staging --------------------------------------------------------------------------------
 
 
+# The range of a database's 64-bit integer column (and of a TOML integer): data-link sizes
+# and whole numbers in resources must fit it.
+LARGEST_WHOLE_NUMBER = 2**63 - 1
+# Metadata is a few levels deep at most; deeper is a mistake or an attack on the parsers.
+DEEPEST_NESTING = 20
+
+
+def unstorable(text: str) -> str:
+    """Why no database takes `text`, or "" when every one does.
+
+    PostgreSQL refuses NUL in text and in JSON; a lone surrogate (which a JSON escape such as
+    "\\ud800" makes) cannot be encoded as UTF-8 by any driver.
+    """
+    if "\x00" in text:
+        return "contains a NUL character (\\x00)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
+    return ""
+
+
+def _require_storable(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse, naming the field, a value the database or example.toml cannot hold.
+
+    Checked before anything is written, so the refusal is a 400 and not a failed INSERT: text
+    `unstorable` finds, NaN and infinities (not JSON, refused by PostgreSQL's jsonb and by
+    SQLite's JSON check), whole numbers outside 64 bits, and nesting past DEEPEST_NESTING.
+    """
+    problem = ""
+    if isinstance(value, str):
+        problem = unstorable(value)
+    elif value is None or isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -LARGEST_WHOLE_NUMBER - 1 <= value <= LARGEST_WHOLE_NUMBER:
+            problem = (f"is a whole number outside the range a database holds "
+                       f"({-LARGEST_WHOLE_NUMBER - 1} to {LARGEST_WHOLE_NUMBER})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            problem = "is NaN or infinite; give a finite number"
+    elif isinstance(value, dict | list):
+        if depth >= DEEPEST_NESTING:
+            problem = f"is nested more than {DEEPEST_NESTING} levels deep"
+        else:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and (why := unstorable(key)):
+                    raise GalleryError(f"A key of the field {where} {why}.")
+                _require_storable(item, f"{where}[{key!r}]", depth + 1)
+    else:
+        problem = f"holds a {type(value).__name__}, which is not text or a number"
+    if problem:
+        raise GalleryError(f"The field {where} {problem}.")
+
+
 def _clean_meta(meta: ExampleMeta) -> ExampleMeta:
+    """The metadata as it is stored, or GalleryError saying which field to fix.
+
+    Every entry (the JSON and multipart API, the stage form, the lab extension through the
+    API, an import) stages through here, so this is the one place that refuses what the
+    database cannot store.
+    """
+    for item in fields(meta):
+        _require_storable(getattr(meta, item.name), item.name)
     title = meta.title.strip()
     if not title:
         raise GalleryError("A title is required.")
@@ -160,6 +225,8 @@ def _clean_meta(meta: ExampleMeta) -> ExampleMeta:
     links = []
     names = set()
     for link in meta.data_links:
+        if not isinstance(link, dict):
+            raise GalleryError("Every data link must be an object with a name and a target.")
         name = slugify(str(link.get("name", "")))[:100]
         target = str(link.get("target", "")).strip()
         if not name:

@@ -194,6 +194,8 @@ MIDDLEWARE = [
     # Static files from STATIC_ROOT (`manage.py collectstatic`), also under gunicorn.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gallery.uploads.UploadLimitMiddleware",
+    # Before anything reads the query or the body: refuses text no database takes (a NUL).
+    "gallery.inputs.RequestInputMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "gallery.caching.CacheAwayMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -131,3 +131,147 @@ class ApiTests(GalleryTestCase):
         body = schema["paths"]["/api/v1/submissions"]["post"]["requestBody"]["content"]
         self.assertIn("multipart/form-data", body)
         self.assertIn("title", json.dumps(body["application/json"]))
+
+
+DEEP = "[" * 3000 + "]" * 3000
+
+
+class RefusedInputTests(GalleryTestCase):
+    """Input the gallery cannot store or read is refused with a JSON 400 naming the field, sent
+    as the JSON body or as multipart fields alike. Nothing is written."""
+
+    def setUp(self):
+        self.client.force_login(self.contributor)
+
+    def post_json(self, raw: str):
+        return self.client.post("/api/v1/submissions", data=raw, content_type="application/json")
+
+    def post_multipart(self, fields: dict):
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        return self.client.post("/api/v1/submissions", {
+            "notebook": SimpleUploadedFile("demo.ipynb", notebook_bytes()), **fields})
+
+    def assert_refused(self, response, *words: str, status: int = 400):
+        self.assertEqual(response.status_code, status, response.content[:300])
+        self.assertTrue(response["Content-Type"].startswith("application/json"))
+        error = self.json(response)["error"]
+        for word in words:
+            self.assertIn(word, error)
+        self.assertEqual(Example.objects.count(), 0)
+        self.assertEqual(Submission.objects.count(), 0)
+        return error
+
+    def json_body(self, **fields: str) -> str:
+        """A JSON body with raw JSON text for some fields (to send what json.dumps would not)."""
+        parts = [f'"notebook": {notebook_bytes().decode()}', '"title": "Fine"']
+        parts += [f'"{key}": {value}' for key, value in fields.items()]
+        return "{" + ", ".join(parts) + "}"
+
+    def test_it_refuses_deep_nesting_in_multipart_fields_as_the_json_body_does(self):
+        for field in ("resources", "data_links", "authors"):
+            with self.subTest(field=field):
+                self.assert_refused(self.post_multipart({"title": "Deep", field: DEEP}),
+                                    repr(field), "nested too deeply")
+        self.assert_refused(self.post_multipart({"metadata": DEEP}), "'metadata'",
+                            "nested too deeply")
+        self.assert_refused(self.post_json(DEEP), "nested too deeply")
+
+    def test_it_refuses_nan_and_infinity_in_resources(self):
+        for value in ("NaN", "Infinity", "-Infinity"):
+            with self.subTest(value=value):
+                self.assert_refused(self.post_json(self.json_body(resources=f'{{"cpu": {value}}}')),
+                                    "resources['cpu']", "finite")
+                self.assert_refused(self.post_multipart({"title": "x",
+                                                         "resources": f'{{"cpu": {value}}}'}),
+                                    "resources['cpu']", "finite")
+                self.assert_refused(self.post_multipart({"metadata": json.dumps(
+                    {"title": "x", "resources": {"cpu": float(value)}})}), "resources['cpu']")
+
+    def test_it_refuses_whole_numbers_no_database_column_holds(self):
+        for size in (2**63, 10**30, -1, -(2**63) - 1):
+            with self.subTest(size=size):
+                self.assert_refused(self.post_json(self.json_body(
+                    data_links=f'[{{"name": "d", "target": "/data/d", "size": {size}}}]')),
+                    "size")
+        for number in (2**63, -(2**63) - 1, 10**30):
+            with self.subTest(resource=number):
+                self.assert_refused(self.post_json(self.json_body(
+                    resources=f'{{"memory": {number}}}')), "resources['memory']")
+
+    def test_it_accepts_the_largest_size_a_database_column_holds(self):
+        r = self.post_json(self.json_body(
+            data_links=f'[{{"name": "d", "target": "/data/d", "size": {2**63 - 1}}}]',
+            resources=f'{{"memory": {-(2**63)}}}'))
+        self.assertEqual(r.status_code, 201, r.content)
+        self.assertEqual(Example.objects.get().latest_revision.data_links.get().size, 2**63 - 1)
+
+    def test_it_refuses_lone_surrogates_in_every_metadata_field(self):
+        bad = '"a\\ud800b"'  # JSON for a string no database can encode
+
+        def link(**fields: str) -> str:
+            raw = {"name": '"d"', "target": '"/d"', **fields}
+            return "[{" + ", ".join(f'"{k}": {v}' for k, v in raw.items()) + "}]"
+
+        for field, raw in [
+            ("authors[0]", {"authors": f"[{bad}]"}),
+            ("resources", {"resources": f"{{{bad}: 1}}"}),
+            ("resources['gpu']", {"resources": f'{{"gpu": {bad}}}'}),
+            ("title", {"title": bad}), ("summary", {"summary": bad}),
+            ("tags", {"tags": f"[{bad}]"}), ("licence", {"licence": bad}),
+            ("kernel", {"kernel": bad}),
+            ("data_links", {"data_links": link(description=bad)}),
+            ("data_links", {"data_links": link(checksum=bad)}),
+            ("data_links", {"data_links": link(licence=bad)}),
+            ("data_links", {"data_links": link(name=bad)}),
+        ]:
+            with self.subTest(field=field, raw=raw):
+                fields = ", ".join(f'"{k}": {v}' for k, v in {"title": '"Fine"', **raw}.items())
+                self.assert_refused(self.post_json(
+                    f'{{{fields}, "notebook": {notebook_bytes().decode()}}}'), field)
+                self.assert_refused(self.post_multipart({"metadata": f"{{{fields}}}"}), field)
+                if set(raw) & {"authors", "resources", "data_links"}:  # fields holding JSON
+                    self.assert_refused(self.post_multipart({"title": "Fine", **raw}), field)
+
+    def test_it_refuses_nul_characters_in_metadata(self):
+        for field, fields in [
+            ("title", {"title": "A\x00title"}), ("summary", {"summary": "\x00"}),
+            ("data_links[0]['description']",
+             {"data_links": [{"name": "d", "target": "/d", "description": "a\x00"}]}),
+            ("resources", {"resources": {"g\x00pu": 1}}),
+            ("resources['gpu']", {"resources": {"gpu": "a\x00"}}),
+            ("authors[0]", {"authors": ["a\x00"]}), ("licence", {"licence": "\x00"}),
+            ("kernel", {"kernel": "py\x00"}), ("tags[0]", {"tags": ["a\x00b"]}),
+        ]:
+            with self.subTest(field=field):
+                body = {"title": "Fine", "notebook": json.loads(notebook_bytes()), **fields}
+                self.assert_refused(self.post_json(json.dumps(body)), field, "NUL")
+                # As multipart fields: text as it is, tags comma-separated, the rest as JSON.
+                multipart = {"title": "Fine", **{
+                    k: v if isinstance(v, str) else ",".join(v) if k == "tags" else json.dumps(v)
+                    for k, v in fields.items()}}
+                self.assert_refused(self.post_multipart(multipart), "NUL")
+
+    def test_it_answers_malformed_multipart_bodies_with_json(self):
+        boundary_part = (b'--BB\r\nContent-Disposition: form-data; name="notebook"; '
+                         b'filename="a.ipynb"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                         b'!!not base64!!=\r\n--BB--\r\n')
+        for content_type, body, words in [
+            ("multipart/form-data", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=" + "x" * 202, b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=\"ends in a space \"", b"anything", ("boundary",)),
+            ("multipart/form-data; boundary=BB", boundary_part, ("base64",)),
+        ]:
+            with self.subTest(content_type=content_type):
+                r = self.client.post("/api/v1/submissions", data=body, content_type=content_type)
+                error = self.assert_refused(r, *words)
+                self.assertIn("multipart", error)
+
+    def test_it_answers_a_missing_thing_with_a_json_error(self):
+        for path in ("/api/v1/examples/nothing-here", "/api/v1/examples/nothing-here/use-plan",
+                     "/api/v1/submissions/99999", "/api/v1/nowhere"):
+            with self.subTest(path=path):
+                r = self.client.get(path)
+                self.assertEqual(r.status_code, 404)
+                self.assertTrue(self.json(r)["error"])

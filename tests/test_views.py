@@ -1,5 +1,6 @@
 """The pages people use: the gallery, an example, staging, my submissions, notifications."""
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.urls import reverse
@@ -226,6 +227,22 @@ class ContributorPageTests(GalleryTestCase):
         self.assertEqual(response.status_code, 302, response.content[:2000])
         self.assertEqual(submission.example.revisions.count(), 2)
         self.assertEqual(submission.example.submissions.first().state, "staged")
+
+    def test_it_refuses_an_upload_over_the_limit_with_a_page_saying_so(self):
+        # With CSRF enforced, as in production, the CSRF check reads the body before the view.
+        from django.core.files.uploadedfile import SimpleUploadedFile
+        from django.test import Client
+
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(self.contributor)
+        client.get(reverse("stage"))
+        token = client.cookies[settings.CSRF_COOKIE_NAME].value
+        with self.settings(GALLERY_MAX_UPLOAD_BYTES=10_000):
+            response = client.post(reverse("stage"), {
+                "notebook": SimpleUploadedFile("big.ipynb", b"x" * 50_000), "title": "Big",
+                "csrfmiddlewaretoken": token})
+        self.assertContains(response, "larger than the limit", status_code=413)
+        self.assertEqual(Example.objects.count(), 0)
 
     def test_it_shows_and_clears_notifications(self):
         submission = stage(self.contributor)
