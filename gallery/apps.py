@@ -9,6 +9,6 @@ class GalleryConfig(AppConfig):
     verbose_name = "Examples gallery"
 
     def ready(self) -> None:
-        from . import caching
+        from . import caching, tasks  # noqa: F401 - the tasks register with Celery
 
         caching.connect()

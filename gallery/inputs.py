@@ -28,7 +28,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.urls import reverse
 
-from .services import unstorable
+from .schema import unstorable
 from .uploads import UploadTooLarge
 
 log = logging.getLogger(__name__)

@@ -84,8 +84,3 @@ def sweep_jobs() -> int:
 @shared_task(name="gallery.tasks.sweep_staging", acks_late=False)
 def sweep_staging() -> int:
     return services.sweep_staging()
-
-
-def task_for(kind: str) -> JobTask:
-    return {"checks": run_checks, "preview": render_preview, "commit": commit_revision,
-            "use": run_use}[kind]  # type: ignore[return-value]

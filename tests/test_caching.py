@@ -110,7 +110,7 @@ class WarmPagesTests(GalleryTestCase):
         # Users of an example hear of a new version through bulk_create, which sends no signal.
         Job.objects.create(kind=Job.Kind.USE, state=Job.State.DONE, user=self.user,
                            revision=self.approved.revision)
-        services._notify_users_of(self.approved.example, kind=Notification.Kind.UPDATED,
+        services.notify_users_of(self.approved.example, kind=Notification.Kind.UPDATED,
                                   message="A newer version.")
         self.assertContains(self.client.get(reverse("index")), "2<span class=\"visually-hidden\">")
         services.mark_notifications_read(user=self.user)  # an update: no signal either

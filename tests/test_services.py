@@ -106,8 +106,9 @@ class StageTests(GalleryTestCase):
     def test_it_takes_the_next_slug_when_another_staging_took_it_meanwhile(self):
         first = stage(self.contributor)
         looks = iter([first.example.slug])  # the first look misses the other's new row
-        real = services._unique_slug
-        with mock.patch.object(services, "_unique_slug", lambda base: next(looks, real(base))):
+        real = services.staging._unique_slug
+        with mock.patch.object(services.staging, "_unique_slug",
+                               lambda base: next(looks, real(base))):
             second = stage(self.user, notebook=notebook_bytes(5))
         self.assertEqual(second.example.slug, f"{first.example.slug}-2")
         self.assertEqual(Example.objects.count(), 2)
@@ -286,7 +287,7 @@ class StagingSweepTests(GalleryTestCase):
             return real(files)
 
         real = services.store_folder
-        with mock.patch.object(services, "store_folder", retire_meanwhile), \
+        with mock.patch.object(services.staging, "store_folder", retire_meanwhile), \
                 self.assertRaises(services.Conflict):
             stage(self.contributor, notebook=notebook_bytes(7), example_slug=example.slug)
         self.assertEqual(Revision.objects.count(), 1)
@@ -370,7 +371,7 @@ class ConcurrentStagingTests(TransactionTestCase):
             finally:
                 bob_done.set()
 
-        with mock.patch.object(services, "store_folder", store_folder):
+        with mock.patch.object(services.staging, "store_folder", store_folder):
             return run_together(alice=lambda: self.post(self.alice), bob=bob)
 
     def assert_alice_complete(self, results: dict[str, Any]) -> None:

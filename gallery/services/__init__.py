@@ -1,0 +1,126 @@
+"""Every state change of the gallery, one function each, in one module per concern.
+
+Views, the API, admin actions, management commands and Celery tasks all call these; there is
+one way to stage, approve, retire or use an example. Each function runs in one transaction
+and queues its slow work only after that transaction commits. The rooms, from the bottom:
+`history` (the record of state changes), `notifications`, `queue` (jobs as rows: queue, claim,
+lease, finish), `staging` (a submission, its checks and preview), `review` (decisions,
+retirement, publishing), `use` (copies into homes), `jobs` (the runner and the sweep),
+`users` (people and reviewer rights) and `index` (rebuild from the repository, bulk import).
+Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
+"""
+
+from ..errors import Conflict, GalleryError, NotAllowed, NotFound
+from ..models import is_reviewer
+from ..schema import ExampleMeta
+from .history import move_example, move_submission, record_change
+from .index import IMPORT_MAX_NOTEBOOKS, ImportReport, import_notebooks, rebuild_index
+from .jobs import GAVE_UP, GIVE_UP_AFTER, MAX_ATTEMPTS, perform_job, sweep_jobs
+from .notifications import (
+    email_address,
+    email_notification,
+    mark_notifications_read,
+    notify,
+    notify_decision,
+    notify_users_of,
+)
+from .queue import (
+    RUNNING_MESSAGES,
+    TASKS,
+    LeaseLost,
+    claim_job,
+    enqueue,
+    finish_job,
+    queue_job,
+    renew_lease,
+    task,
+)
+from .review import (
+    approve_submission,
+    do_commit,
+    publish_revision,
+    reject_submission,
+    request_changes,
+    restore_example,
+    retire_example,
+    start_review,
+)
+from .staging import (
+    STAGING_GRACE,
+    StagedFiles,
+    do_checks,
+    do_preview,
+    preview_path,
+    queue_preview,
+    stage_submission,
+    staged_folder,
+    store_folder,
+    sweep_staging,
+)
+from .use import clear_use, count_uses, do_use, environment_instructions, queue_use, use_plan
+from .users import REVIEW_PERMISSIONS, grant_review, import_user, revoke_review, user_for_person
+
+__all__ = [
+    "Conflict",
+    "ExampleMeta",
+    "GAVE_UP",
+    "GIVE_UP_AFTER",
+    "GalleryError",
+    "IMPORT_MAX_NOTEBOOKS",
+    "ImportReport",
+    "LeaseLost",
+    "MAX_ATTEMPTS",
+    "NotAllowed",
+    "NotFound",
+    "REVIEW_PERMISSIONS",
+    "RUNNING_MESSAGES",
+    "STAGING_GRACE",
+    "StagedFiles",
+    "TASKS",
+    "approve_submission",
+    "claim_job",
+    "clear_use",
+    "count_uses",
+    "do_checks",
+    "do_commit",
+    "do_preview",
+    "do_use",
+    "email_address",
+    "email_notification",
+    "enqueue",
+    "environment_instructions",
+    "finish_job",
+    "grant_review",
+    "import_notebooks",
+    "import_user",
+    "is_reviewer",
+    "mark_notifications_read",
+    "move_example",
+    "move_submission",
+    "notify",
+    "notify_decision",
+    "notify_users_of",
+    "perform_job",
+    "preview_path",
+    "publish_revision",
+    "queue_job",
+    "queue_preview",
+    "queue_use",
+    "rebuild_index",
+    "record_change",
+    "reject_submission",
+    "renew_lease",
+    "request_changes",
+    "restore_example",
+    "retire_example",
+    "revoke_review",
+    "stage_submission",
+    "staged_folder",
+    "start_review",
+    "store_folder",
+    "sweep_jobs",
+    "sweep_staging",
+    "task",
+    "use_plan",
+    "user_for_person",
+]

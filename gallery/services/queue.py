@@ -1,0 +1,93 @@
+"""Jobs as rows: queue one (the broker is rung by task name after the transaction commits),
+claim it with a lease, renew the lease, finish it. The database is the truth for every job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db.models import Case, F, Q, TextField, Value, When
+from django.utils import timezone
+
+from ..models import (
+    Job,
+)
+
+log = logging.getLogger(__name__)
+
+
+# The Celery task (gallery/tasks.py) that performs each kind of job, sent by name: the tasks
+# sit above the services and call them, so the services never import them.
+TASKS = {
+    Job.Kind.CHECKS: "gallery.tasks.run_checks", Job.Kind.PREVIEW: "gallery.tasks.render_preview",
+    Job.Kind.COMMIT: "gallery.tasks.commit_revision", Job.Kind.USE: "gallery.tasks.run_use",
+}
+
+
+def task(name: str) -> Any:
+    """A task of the gallery's Celery app by name (the app imports gallery.tasks when Django
+    is ready, so every process knows them)."""
+    return current_app.tasks[name]
+
+
+def queue_job(kind: str, **fields: Any) -> Job:
+    """Record a job, and ring the broker for it once the transaction commits."""
+    job = Job.objects.create(kind=kind, **fields)
+    task(TASKS[Job.Kind(kind)]).delay_on_commit(str(job.pk))
+    return job
+
+
+def enqueue(job: Job) -> bool:
+    """Ring the broker for a job; a broker that is down only delays it (the sweep rings again)."""
+    return task(TASKS[Job.Kind(job.kind)]).delay(str(job.pk)) is not None
+
+
+class LeaseLost(Exception):
+    """Another worker took over a job whose lease this one failed to renew in time."""
+
+
+# What the job page says while a job runs (set by the claim itself: no extra write).
+RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home."}
+
+
+def claim_job(job_id: str, worker: str) -> Job | None:
+    """Take a job for this worker, or None when it is finished or held by a live lease.
+
+    `worker` should be unique per attempt: finishing and renewing check it.
+    """
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.GALLERY_JOB_LEASE)
+    claimed = Job.objects.filter(pk=job_id).filter(
+        Q(state=Job.State.QUEUED) | Q(state=Job.State.RUNNING, lease_until__lt=now)
+    ).update(state=Job.State.RUNNING, worker=worker, lease_until=lease,
+             attempts=F("attempts") + 1, started_at=now,
+             message=Case(*(When(kind=k, then=Value(m)) for k, m in RUNNING_MESSAGES.items()),
+                          default=F("message"), output_field=TextField()))
+    if not claimed:
+        return None
+    return Job.objects.select_related("revision__example", "submission", "user").get(pk=job_id)
+
+
+def renew_lease(job: Job) -> None:
+    """Extend a running job's lease; raises LeaseLost when this attempt no longer holds it."""
+    lease = timezone.now() + timedelta(seconds=settings.GALLERY_JOB_LEASE)
+    if not Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
+            lease_until=lease):
+        raise LeaseLost(f"job {job.pk} is no longer held by {job.worker}")
+
+
+def finish_job(job: Job, state: str, *, result: dict[str, Any] | None = None,
+            message: str = "") -> Job:
+    fields = {"state": state, "result": result if result is not None else job.result,
+              "message": message, "finished_at": timezone.now(), "lease_until": None}
+    if Job.objects.filter(pk=job.pk, worker=job.worker).update(**fields):
+        for name, value in fields.items():
+            setattr(job, name, value)
+    else:  # another attempt holds the job now: report what it did
+        job.refresh_from_db()
+    return job
+

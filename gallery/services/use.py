@@ -1,0 +1,186 @@
+"""Use: queue a copy of an approved example into a person's home, the plan shown before it,
+and the copy job itself through the configured backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from .. import homes, hub, notebooks, repo
+from ..errors import Conflict, GalleryError, NotAllowed
+from ..models import (
+    Example,
+    Job,
+)
+from .queue import queue_job, renew_lease
+
+log = logging.getLogger(__name__)
+
+
+def queue_use(*, example: Example, user: AbstractBaseUser, folder_name: str = "") -> Job:
+    """Record a user's Use and queue the copy; the job runs even if the broker is down now."""
+    if not user.is_authenticated:
+        raise NotAllowed("Log in to use an example.")
+    if example.state != Example.State.APPROVED or example.current_revision is None:
+        raise Conflict(f"{example.slug} has no approved version to use.")
+    folder = _use_folder_name(example, folder_name)
+    with transaction.atomic():
+        job = queue_job(Job.Kind.USE, user=user, revision=example.current_revision,
+                     params={"username": user.get_username(), "folder": folder,
+                             "backend": settings.GALLERY_USE_BACKEND},
+                     message="Waiting for a free worker; this page updates by itself.")
+    return job
+
+
+def count_uses(*, since: timedelta = timedelta(hours=1)) -> int:
+    """Bring `use_count` (copies made) up to date for the examples used lately; returns how
+    many changed. The sweep calls it.
+
+    Counting from the jobs instead of adding one at each click keeps a hot row out of every
+    Use request: at a workshop, hundreds of clicks on one example would queue on its lock.
+    """
+    recent = Job.objects.filter(kind=Job.Kind.USE, state=Job.State.DONE,
+                                queued_at__gte=timezone.now() - since).values(
+        "revision__example_id")
+    counts = Job.objects.filter(
+        kind=Job.Kind.USE, state=Job.State.DONE, revision__example_id__in=recent,
+    ).values("revision__example_id").annotate(n=Count("pk"))
+    changed = 0
+    for row in counts:
+        changed += Example.objects.filter(pk=row["revision__example_id"]).exclude(
+            use_count=row["n"]).update(use_count=row["n"])
+    return changed
+
+
+def _use_folder_name(example: Example, wanted: str) -> str:
+    """The folder name a user asked for (the slug by default), or GalleryError."""
+    folder = wanted.strip() or example.slug
+    try:
+        folder = notebooks.clean_relpath(folder)
+    except notebooks.NotebookError as exc:
+        raise GalleryError(str(exc).replace("file name", "folder name")) from None
+    if "/" in folder:
+        raise GalleryError("The folder name must be a single name, not a path.")
+    if len(folder) > 100:
+        raise GalleryError("The folder name is longer than 100 characters.")
+    return folder
+
+
+def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "") -> dict[str, Any]:
+    """What a Use would do, shown before the user confirms: nothing is written."""
+    revision = example.current_revision
+    if example.state != Example.State.APPROVED or revision is None:
+        raise Conflict(f"{example.slug} has no approved version to use.")
+    folder = _use_folder_name(example, folder_name)
+    parent = f"~/{settings.GALLERY_USE_DIR}"
+    env_file = revision.metadata.get("environment", "")
+    return {
+        "folder": folder,
+        "target": f"{parent}/{folder}",
+        "version": revision.number,
+        "commit": revision.git_commit,
+        "files": revision.files,
+        "environment": env_file,
+        "environment_commands": environment_instructions(env_file, example.slug),
+        "data_links": [{"name": d.name, "target": d.target, "description": d.description,
+                        "size": d.size, "checksum": d.checksum, "licence": d.licence,
+                        "kind": "symlink" if d.is_path else "manifest",
+                        "where": f"data/{d.name}" if d.is_path else homes.DATA_MANIFEST}
+                       for d in revision.data_links.all()],
+        "provenance_file": homes.PROVENANCE_FILE,
+        "note": f"An existing folder is never overwritten: if {parent}/{folder} exists, the "
+                f"copy goes to {folder}-2 (or -3, …). Data is linked, never copied.",
+    }
+
+
+def environment_instructions(env_file: str, name: str, folder: str = "") -> dict[str, str]:
+    """The exact commands that turn the copied spec into a kernel; with the copy's `folder`
+    (relative to the home), they start by going there, so they run from anywhere."""
+    env = f"~/envs/{name}"
+    kernel = f'python -m ipykernel install --user --name {name} --display-name "{name}"'
+    go = f"cd ~/{shlex.quote(folder)} && " if folder else ""
+    if env_file.startswith("environment"):
+        return {"conda": f"{go}conda env create -p {env} -f {env_file} && "
+                         f"conda run -p {env} {kernel}",
+                "pip": ""}
+    if env_file:
+        return {"conda": "",
+                "pip": f"{go}python3 -m venv {env} && {env}/bin/pip install -r {env_file} "
+                       f"ipykernel && {env}/bin/{kernel}"}
+    return {"conda": "", "pip": ""}
+
+
+def do_use(job: Job) -> dict[str, Any]:
+    revision = job.revision
+    assert revision is not None
+    example = revision.example
+    username = job.params["username"]
+    export = repo.export_example(
+        Path(settings.GALLERY_REPO_PATH), revision.git_commit, example.slug,
+        Path(settings.GALLERY_DATA_DIR) / "exports" / revision.git_commit / example.slug,
+    )
+    provenance = {
+        "slug": example.slug, "version": revision.number, "commit": revision.git_commit,
+        "title": revision.metadata.get("title", example.title),
+        "copied_at": timezone.now().isoformat(), "user": username,
+    }
+    links = [{"name": d.name, "target": d.target, "description": d.description, "size": d.size,
+              "checksum": d.checksum, "licence": d.licence} for d in revision.data_links.all()]
+    if job.params.get("backend", "filesystem") == "contents":
+        folder = hub.copy_through_contents(job=job, source=export, provenance=provenance,
+                                           data_links=links)
+    else:
+        # The name is settled inside the copy (the first of folder, folder-2, … that is free);
+        # a retry finds the folder an earlier attempt finished by the job id in it.
+        folder = homes.copy_into_home(
+            _copy_plan(job, source=export, provenance=provenance, data_links=links),
+            as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
+            heartbeat=lambda: renew_lease(job),
+            heartbeat_every=max(settings.GALLERY_JOB_LEASE / 3, 0.5),
+        ).name
+    rel = f"{settings.GALLERY_USE_DIR}/{folder}"
+    env_file = revision.metadata.get("environment", "")
+    return {
+        "folder": folder,
+        "path": f"~/{rel}",
+        "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
+            username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
+        "environment": {"file": env_file,
+                        **environment_instructions(env_file, example.slug, rel)},
+        "data_links": [d["name"] for d in links],
+        "version": revision.number,
+    }
+
+
+def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | None = None,
+               data_links: list[dict[str, Any]] | None = None) -> homes.CopyPlan:
+    """The `filesystem` backend's plan for a Use job (source and provenance matter to a copy
+    only: clearing a job's leftovers needs the rest)."""
+    username = job.params["username"]
+    return homes.CopyPlan(
+        username=username, source=source, parent=homes.use_parent(username),
+        home=homes.home_of(username), folder_name=job.params["folder"], job_id=str(job.pk),
+        provenance=provenance or {}, data_links=data_links or [],
+        delay=settings.GALLERY_COPY_DELAY, shown_parent=f"~/{settings.GALLERY_USE_DIR}",
+    )
+
+
+def clear_use(job: Job) -> None:
+    """Remove what the attempts of a Use may have left half-written (a temporary folder beside
+    the target, a work folder in the user's server); a finished copy stays."""
+    if job.params.get("backend", "filesystem") == "contents":
+        hub.clear_through_contents(job=job)
+    else:
+        homes.clear_leftovers(_copy_plan(job), as_user=settings.GALLERY_USE_AS_USER)
+
