@@ -138,7 +138,7 @@ class SubmissionMetaIn(Schema):
     tags: list[str] = Field(default_factory=list, max_length=20)
     licence: str = Field("", max_length=100)
     slug: str = Field("", max_length=80, description="Wanted slug for a new example")
-    example: str = Field("", max_length=80,
+    example: str = Field("", max_length=80, pattern=r"^[-a-zA-Z0-9_]*$",
                          description="Slug of an existing example this is a new revision of")
     data_links: list[DataLinkIn] = Field(default_factory=list, max_length=50)
     resources: dict[str, str | int | float] = Field(default_factory=dict, max_length=10)

@@ -252,6 +252,14 @@ class RefusedInputTests(GalleryTestCase):
                     for k, v in fields.items()}}
                 self.assert_refused(self.post_multipart(multipart), "NUL")
 
+    def test_it_refuses_an_example_to_revise_that_is_not_a_slug(self):
+        for slug in ("a\x00", "a b", "../x", "\u00e9t\u00e9"):
+            with self.subTest(slug=slug):
+                body = {"title": "Fine", "example": slug, "notebook": json.loads(notebook_bytes())}
+                self.assert_refused(self.post_json(json.dumps(body)), "example", "pattern")
+                self.assert_refused(self.post_multipart({"metadata": json.dumps(
+                    {"title": "Fine", "example": slug})}), "example", "pattern")
+
     def test_it_answers_malformed_multipart_bodies_with_json(self):
         boundary_part = (b'--BB\r\nContent-Disposition: form-data; name="notebook"; '
                          b'filename="a.ipynb"\r\nContent-Transfer-Encoding: base64\r\n\r\n'

@@ -1,7 +1,10 @@
-"""Hundreds of malformed submissions: every answer is a 4xx with a message; nothing is stored."""
+"""Hundreds of malformed submissions: every answer is a 4xx with a message; nothing is stored.
+And any request at all to the API is answered below 500, in JSON."""
 
 import json
+import os
 from pathlib import Path
+from urllib.parse import quote, quote_from_bytes, urlencode
 
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -190,3 +193,137 @@ class MalformedSubmissionTests(TestCase):
     def test_it_refuses_a_wrong_content_type(self):
         self.assert_refused(self.post("/api/v1/submissions", data=b"title=x",
                                              content_type="text/plain"))
+
+
+# --- any request at all: whatever arrives, the answer is below 500 and an error is JSON -----
+
+# Characters that databases, encoders and parsers treat specially, put in the middle of
+# many generated strings (drawn from all of Unicode, they would hardly ever appear).
+TRICKY = ["\x00", "\x7f", "\u2028", "\ufeff", "\U0010ffff", "%", "'"]
+
+
+def with_tricky(alphabet: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    part = st.text(alphabet, max_size=12)
+    return part | st.builds(lambda a, t, b: a + t + b, part, st.sampled_from(TRICKY), part)
+
+
+# Text a client can send: any code point but a lone surrogate (no client encodes one), NUL too.
+any_text = with_tricky(st.characters(exclude_categories=["Cs"]))
+# Text inside JSON, where an escape such as "\ud800" makes a lone surrogate too.
+json_text = with_tricky(st.characters()) | st.sampled_from(["\ud800", "a\udfffb"])
+# Bytes as percent-escapes, most of them not UTF-8.
+any_escapes = st.binary(max_size=12).map(lambda b: quote_from_bytes(b, safe=""))
+query_keys = st.sampled_from(["q", "tag", "state", "page", "folder"]) | any_text
+query_strings = st.one_of(
+    st.lists(st.tuples(query_keys, any_text | st.integers().map(str)), max_size=4).map(urlencode),
+    st.lists(st.tuples(query_keys.map(lambda k: quote(k, safe="")), any_escapes),
+             max_size=4).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)),
+)
+json_texts = st.one_of(
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | json_text,
+                 lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(json_text, inner, max_size=3), max_leaves=8).map(json.dumps),
+    st.integers(2, 5000).map(lambda n: "[" * n + "]" * n),
+    st.sampled_from(["1e400", "-1e400", "NaN", "[NaN]", '{"a": Infinity}', str(2**64),
+                     '[{"name": "d", "target": "/d", "size": 1e30}]', '{"a": {"b": 1}}']),
+)
+META_NAMES = ["title", "summary", "tags", "licence", "slug", "example", "kernel", "data_links",
+              "resources", "authors"]
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | json_text
+SHAPES = {
+    "tags": st.lists(json_text, max_size=3), "authors": st.lists(json_text, max_size=3),
+    "resources": st.dictionaries(json_text, json_leaves, max_size=3),
+    "data_links": st.lists(st.fixed_dictionaries(
+        {"name": json_text, "target": st.sampled_from(["/d", "https://example.org/d"])
+         | json_text},
+        optional={"size": json_leaves, "description": json_text, "checksum": json_text,
+                  "licence": json_text}), max_size=2),
+}
+# Metadata with a title, its other fields of the right shape with any content in them (the
+# wrong shapes are malformed_json's).
+metadata = st.fixed_dictionaries({"title": st.just("Fuzzed") | json_text}, optional={
+    name: SHAPES.get(name, json_text) for name in META_NAMES[1:]})
+multipart_fields = st.dictionaries(st.sampled_from([*META_NAMES, "metadata"]) | any_text,
+                                   any_text | json_texts, max_size=6) \
+    | metadata.map(lambda meta: {"metadata": json.dumps(meta)})
+
+
+class AnyRequestTests(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        cls.user = make_user("fuzzy")
+        # An approved example as rows alone (no files), so Use and its plan get past the lookup.
+        hello = Example.objects.create(slug="hello", title="Hello", state="approved",
+                                       contributor=cls.user)
+        hello.current_revision = Revision.objects.create(
+            example=hello, number=1, content_hash="0" * 64, notebook_sha256="0" * 64,
+            notebook_name="hello.ipynb", git_commit="a" * 40)
+        hello.save()
+
+    def logged_in(self):  # type: ignore[no-untyped-def]
+        # Each generated example runs in its own transaction, so the login is made in it.
+        self.client.force_login(self.user)
+        return self.client
+
+    def assert_answered(self, response):
+        self.assertLess(response.status_code, 500, response.content[:300])
+        self.assertTrue(response["Content-Type"].startswith("application/json"),
+                        response.content[:300])
+        if response.status_code >= 400:
+            self.assertTrue(json.loads(response.content)["error"])
+
+    @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(query=query_strings, path=st.sampled_from([
+        "/api/v1/examples", "/api/v1/submissions", "/api/v1/examples/hello/use-plan"]))
+    def test_it_answers_any_query_string(self, query, path):
+        self.assert_answered(self.logged_in().get(f"{path}?{query}"))
+
+    @hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(segment=any_text.map(lambda t: quote(t, safe="")) | any_escapes, suffix=st.sampled_from(
+        ["", "/use-plan"]), kind=st.sampled_from(["examples", "jobs", "submissions"]))
+    def test_it_answers_any_path_segment(self, segment, suffix, kind):
+        self.assert_answered(self.logged_in().get(f"/api/v1/{kind}/{segment}{suffix}"))
+
+    @hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(body=json_texts | any_text)
+    def test_it_answers_any_use_body(self, body):
+        self.assert_answered(self.logged_in().post("/api/v1/examples/hello/use", data=body,
+                                              content_type="application/json"))
+
+    @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(meta=metadata)
+    def test_it_answers_any_json_metadata(self, meta):
+        with self.captureOnCommitCallbacks(execute=False):
+            self.assert_answered(self.logged_in().post(
+                "/api/v1/submissions", data=json.dumps({**meta, "notebook": VALID_NB}),
+                content_type="application/json"))
+
+    @hsettings(max_examples=300, deadline=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(fields=multipart_fields, notebook=st.booleans(), name=any_text.filter(
+        lambda n: os.path.basename(n) not in ("", ".", "..")))  # names a client can send
+    def test_it_answers_any_multipart_field_shape(self, fields, notebook, name):
+        files = {"notebook": SimpleUploadedFile(name or "nb.ipynb", notebook_bytes())} \
+            if notebook else {}
+        with self.captureOnCommitCallbacks(execute=False):
+            self.assert_answered(self.logged_in().post("/api/v1/submissions", {**fields, **files}))
+
+    @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(content_type=st.sampled_from([
+        "multipart/form-data", "multipart/form-data; boundary=BB",
+        "multipart/form-data; boundary=BB; charset=latin-1", "multipart/mixed; boundary=BB",
+        "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-16",
+        "application/json; charset=latin-1", "text/plain", "",
+    ]), parts=st.lists(st.tuples(
+        st.sampled_from([b"title", b"notebook", b"files", b"resources", b"\xff", b"a\x00b"]),
+        st.sampled_from([b"", b'; filename="nb.ipynb"', b'; filename="\xff\x00"', b"; filename"]),
+        st.sampled_from([b"", b"Content-Transfer-Encoding: base64\r\n",
+                         b"Content-Type: text/plain; charset=utf-16\r\n",
+                         b"Content-Type: application/json; charset=nonsense\r\n"]),
+        st.binary(max_size=40)), max_size=4), cut=st.integers(0, 400))
+    def test_it_answers_any_body_shape(self, content_type, parts, cut):
+        body = b"".join(b'--BB\r\nContent-Disposition: form-data; name="' + name + b'"' + extra
+                        + b"\r\n" + header + b"\r\n" + data + b"\r\n"
+                        for name, extra, header, data in parts) + b"--BB--\r\n"
+        self.assert_answered(self.logged_in().generic(  # sent as it is, whatever the charset
+            "POST", "/api/v1/submissions", data=body[:cut or None], content_type=content_type))
