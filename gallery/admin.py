@@ -21,8 +21,8 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from . import diff, forms, services
-from .api import preview_url
 from .models import Example, IllegalTransition, Job, Notification, Review, StateChange, Submission
+from .previews import preview_url
 
 OPEN = [Submission.State.STAGED, Submission.State.IN_REVIEW]
 

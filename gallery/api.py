@@ -26,6 +26,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, services
 from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
+from .previews import preview_url
+from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
 
 
@@ -120,30 +122,6 @@ def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
 
 class ErrorOut(Schema):
     error: str
-
-
-class DataLinkIn(Schema):
-    name: str = Field(min_length=1, max_length=100)
-    target: str = Field(min_length=1, max_length=2000,
-                        description="An absolute path on a shared filesystem, a URL or a DOI")
-    description: str = Field("", max_length=2000)
-    size: int | None = Field(None, ge=0, description="bytes")
-    checksum: str = Field("", max_length=200)
-    licence: str = Field("", max_length=100)
-
-
-class SubmissionMetaIn(Schema):
-    title: str = Field(min_length=1, max_length=200)
-    summary: str = Field("", max_length=5000)
-    tags: list[str] = Field(default_factory=list, max_length=20)
-    licence: str = Field("", max_length=100)
-    slug: str = Field("", max_length=80, description="Wanted slug for a new example")
-    example: str = Field("", max_length=80, pattern=r"^[-a-zA-Z0-9_]*$",
-                         description="Slug of an existing example this is a new revision of")
-    data_links: list[DataLinkIn] = Field(default_factory=list, max_length=50)
-    resources: dict[str, str | int | float] = Field(default_factory=dict, max_length=10)
-    authors: list[str] = Field(default_factory=list, max_length=20)
-    kernel: str = Field("", max_length=100)
 
 
 class FileIn(Schema):
@@ -267,15 +245,6 @@ class JobOut(Schema):
 # --- serialisers ----------------------------------------------------------------------------
 
 
-def preview_url(sha256: str | None) -> str | None:
-    if not sha256:
-        return None
-    base = settings.GALLERY_PREVIEW_BASE_URL
-    if base:
-        return f"{base.rstrip('/')}/{sha256}.html"
-    return reverse("preview", args=[sha256])
-
-
 def example_out(example: Example) -> dict[str, Any]:
     revision = example.current_revision or example.latest_revision
     return {
@@ -305,15 +274,6 @@ def submission_out(submission: Submission) -> dict[str, Any]:
 def preview_out(sha256: str) -> dict[str, str]:
     found = Preview.objects.filter(sha256=sha256).values("state", "error").first()
     return found or {"state": Preview.State.PENDING, "error": ""}
-
-
-def job_out(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.pk, "kind": job.kind, "state": job.state, "message": job.message,
-        "target": job.result.get("path"), "open_url": job.result.get("lab_url"),
-        "result": job.result, "queued_at": job.queued_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
 
 
 # --- examples -------------------------------------------------------------------------------
@@ -395,7 +355,7 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
     example = _visible_example(request, slug)
     job = services.queue_use(example=example, user=request.auth,
                              folder_name=payload.folder if payload else "")
-    return Status(202, job_out(job))
+    return Status(202, job.report())
 
 
 @api.get("/examples/{slug}/use-plan", response={200: UsePlanOut, 400: ErrorOut, 404: ErrorOut,
@@ -411,7 +371,7 @@ def get_job(request: HttpRequest, job_id: UUID) -> dict[str, Any]:
     job = Job.objects.filter(pk=job_id).first()  # another's is as absent as a missing one
     if job is None or job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
         raise HttpError(404, "There is no such job.")
-    return job_out(job)
+    return job.report()
 
 
 # --- submissions ----------------------------------------------------------------------------
@@ -517,14 +477,6 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
     ), meta
 
 
-def to_meta(meta: SubmissionMetaIn) -> services.ExampleMeta:
-    return services.ExampleMeta(
-        title=meta.title, summary=meta.summary, tags=meta.tags, licence=meta.licence,
-        slug=meta.slug, data_links=[link.model_dump() for link in meta.data_links],
-        resources=meta.resources, authors=meta.authors, kernel=meta.kernel,
-    )
-
-
 @api.post("/submissions", response={201: SubmissionOut, 400: ErrorOut, 403: ErrorOut,
                                     404: ErrorOut, 409: ErrorOut, 413: ErrorOut},
           openapi_extra=_SUBMISSION_BODY, summary="Stage a notebook (multipart or JSON)")
@@ -537,7 +489,7 @@ def create_submission(request: HttpRequest) -> Any:
     else:
         raise services.GalleryError("Send multipart/form-data or application/json.", status=415)
     submission = services.stage_submission(contributor=request.auth, staged=staged,
-                                           meta=to_meta(meta), example_slug=meta.example)
+                                           meta=meta_from_input(meta), example_slug=meta.example)
     return Status(201, submission_out(submission))
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from django import forms
 from pydantic import ValidationError
 
-from . import services
-from .api import SubmissionMetaIn
+from . import schema, services
 from .models import Example
+from .schema import SubmissionMetaIn
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -28,11 +28,11 @@ class MultipleFileField(forms.FileField):
 
 class StageForm(forms.Form):
     notebook = forms.FileField(help_text="The .ipynb file, saved with its outputs.")
-    title = forms.CharField(max_length=200)
+    title = forms.CharField(max_length=schema.TITLE_MAX)
     summary = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
-                              max_length=5000)
+                              max_length=schema.SUMMARY_MAX)
     tags = forms.CharField(required=False, max_length=1000, help_text="Comma-separated.")
-    licence = forms.CharField(required=False, max_length=100, initial="CC-BY-4.0")
+    licence = forms.CharField(required=False, max_length=schema.LICENCE_MAX, initial="CC-BY-4.0")
     environment = forms.FileField(required=False,
                                   help_text="environment.yml or requirements.txt")
     files = MultipleFileField(required=False, help_text="Small files that travel with it.")

@@ -465,6 +465,15 @@ class Job(models.Model):
     def finished(self) -> bool:
         return self.state in (self.State.DONE, self.State.FAILED)
 
+    def report(self) -> dict[str, Any]:
+        """What the API and the job's page say of it: state, where the copy is, what went wrong."""
+        return {
+            "id": self.pk, "kind": self.kind, "state": self.state, "message": self.message,
+            "target": self.result.get("path"), "open_url": self.result.get("lab_url"),
+            "result": self.result, "queued_at": self.queued_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
 
 class Preview(models.Model):
     """The rendered, sanitised HTML of one notebook content, keyed by its sha256."""

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from django.utils.text import slugify
+from ninja import Schema
+from pydantic import Field
 
 from .errors import GalleryError
 
@@ -35,6 +37,13 @@ class ExampleMeta:
 # and whole numbers in resources must fit it.
 LARGEST_WHOLE_NUMBER = 2**63 - 1
 
+
+# How long each field may be, and how many of a kind: one table for the API's schema, the
+# stage form and the cleaning below.
+TITLE_MAX, SUMMARY_MAX, LICENCE_MAX, SLUG_MAX, KERNEL_MAX = 200, 5000, 100, 80, 100
+TAGS_MAX, TAG_MAX, AUTHORS_MAX, AUTHOR_MAX, RESOURCES_MAX = 20, 50, 20, 200, 10
+DATA_LINKS_MAX, LINK_NAME_MAX, CHECKSUM_MAX = 50, 100, 200
+LINK_TARGET_MAX = LINK_TEXT_MAX = 2000
 
 # Metadata is a few levels deep at most; deeper is a mistake or an attack on the parsers.
 DEEPEST_NESTING = 20
@@ -101,32 +110,32 @@ def clean_meta(meta: ExampleMeta) -> ExampleMeta:
     title = meta.title.strip()
     if not title:
         raise GalleryError("A title is required.")
-    if len(title) > 200:
-        raise GalleryError("The title is longer than 200 characters.")
-    if len(meta.summary) > 5000:
-        raise GalleryError("The summary is longer than 5000 characters.")
+    if len(title) > TITLE_MAX:
+        raise GalleryError(f"The title is longer than {TITLE_MAX} characters.")
+    if len(meta.summary) > SUMMARY_MAX:
+        raise GalleryError(f"The summary is longer than {SUMMARY_MAX} characters.")
     tags = []
     for tag in meta.tags:
-        clean = slugify(str(tag))[:50]
+        clean = slugify(str(tag))[:TAG_MAX]
         if not clean:
             raise GalleryError(f"The tag {tag!r} has no letters or digits.")
         if clean not in tags:
             tags.append(clean)
-    if len(tags) > 20:
-        raise GalleryError("At most 20 tags.")
+    if len(tags) > TAGS_MAX:
+        raise GalleryError(f"At most {TAGS_MAX} tags.")
     links = []
     names = set()
     for link in meta.data_links:
         if not isinstance(link, dict):
             raise GalleryError("Every data link must be an object with a name and a target.")
-        name = slugify(str(link.get("name", "")))[:100]
+        name = slugify(str(link.get("name", "")))[:LINK_NAME_MAX]
         target = str(link.get("target", "")).strip()
         if not name:
             raise GalleryError("Every data link needs a name with letters or digits.")
         if name in names:
             raise GalleryError(f"Two data links are named {name!r}.")
         names.add(name)
-        if "\x00" in target or not target or len(target) > 2000:
+        if "\x00" in target or not target or len(target) > LINK_TARGET_MAX:
             raise GalleryError(f"The data link {name!r} needs a target path or URL.")
         if not (target.startswith(("/", "https://", "http://", "doi:", "s3://"))):
             raise GalleryError(
@@ -139,14 +148,51 @@ def clean_meta(meta: ExampleMeta) -> ExampleMeta:
             raise GalleryError(f"The data link {name!r} size must be a whole number of bytes.")
         links.append({
             "name": name, "target": target, "size": size,
-            "description": str(link.get("description") or "")[:2000],
-            "checksum": str(link.get("checksum") or "")[:200],
-            "licence": str(link.get("licence") or "")[:100],
+            "description": str(link.get("description") or "")[:LINK_TEXT_MAX],
+            "checksum": str(link.get("checksum") or "")[:CHECKSUM_MAX],
+            "licence": str(link.get("licence") or "")[:LICENCE_MAX],
         })
-    slug = slugify(meta.slug or "")[:80]
+    slug = slugify(meta.slug or "")[:SLUG_MAX]
     return ExampleMeta(
-        title=title, summary=meta.summary.strip(), tags=tags, licence=meta.licence.strip()[:100],
+        title=title, summary=meta.summary.strip(), tags=tags,
+        licence=meta.licence.strip()[:LICENCE_MAX],
         slug=slug, data_links=links, resources=dict(meta.resources or {}),
-        authors=[str(a)[:200] for a in meta.authors][:20], kernel=str(meta.kernel or "")[:100],
+        authors=[str(a)[:AUTHOR_MAX] for a in meta.authors][:AUTHORS_MAX],
+        kernel=str(meta.kernel or "")[:KERNEL_MAX],
     )
 
+
+# --- the shape of metadata as the API and the stage form take it ---------------------------
+
+
+class DataLinkIn(Schema):
+    name: str = Field(min_length=1, max_length=LINK_NAME_MAX)
+    target: str = Field(min_length=1, max_length=LINK_TARGET_MAX,
+                        description="An absolute path on a shared filesystem, a URL or a DOI")
+    description: str = Field("", max_length=LINK_TEXT_MAX)
+    size: int | None = Field(None, ge=0, description="bytes")
+    checksum: str = Field("", max_length=CHECKSUM_MAX)
+    licence: str = Field("", max_length=LICENCE_MAX)
+
+
+class SubmissionMetaIn(Schema):
+    title: str = Field(min_length=1, max_length=TITLE_MAX)
+    summary: str = Field("", max_length=SUMMARY_MAX)
+    tags: list[str] = Field(default_factory=list, max_length=TAGS_MAX)
+    licence: str = Field("", max_length=LICENCE_MAX)
+    slug: str = Field("", max_length=SLUG_MAX, description="Wanted slug for a new example")
+    example: str = Field("", max_length=SLUG_MAX, pattern=r"^[-a-zA-Z0-9_]*$",
+                         description="Slug of an existing example this is a new revision of")
+    data_links: list[DataLinkIn] = Field(default_factory=list, max_length=DATA_LINKS_MAX)
+    resources: dict[str, str | int | float] = Field(default_factory=dict, max_length=RESOURCES_MAX)
+    authors: list[str] = Field(default_factory=list, max_length=AUTHORS_MAX)
+    kernel: str = Field("", max_length=KERNEL_MAX)
+
+
+def meta_from_input(meta: SubmissionMetaIn) -> ExampleMeta:
+    """Metadata as sent to the API or the stage form, before `clean_meta`."""
+    return ExampleMeta(
+        title=meta.title, summary=meta.summary, tags=meta.tags, licence=meta.licence,
+        slug=meta.slug, data_links=[link.model_dump() for link in meta.data_links],
+        resources=meta.resources, authors=meta.authors, kernel=meta.kernel,
+    )

@@ -27,7 +27,6 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import caching, forms, previews, services
-from .api import job_out, preview_url, to_meta
 from .models import (
     Example,
     IllegalTransition,
@@ -38,6 +37,8 @@ from .models import (
     Tag,
     snapshot,
 )
+from .previews import preview_url
+from .schema import meta_from_input
 
 PAGE_SIZE = 24  # cards per section and page
 
@@ -162,7 +163,7 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
     if item.user_id != request.user.pk and not services.is_reviewer(request.user):
         raise Http404("There is no such job.")
     if request.headers.get("Accept", "").startswith("application/json"):
-        return JsonResponse(job_out(item), json_dumps_params={"default": str})
+        return JsonResponse(item.report(), json_dumps_params={"default": str})
     return render(request, "gallery/job.html", {"job": item})
 
 
@@ -180,7 +181,7 @@ def stage(request: HttpRequest) -> HttpResponse:
             try:
                 submission = services.stage_submission(
                     contributor=request.user, staged=form.staged_files(),
-                    meta=to_meta(form.meta()), example_slug=form.cleaned_data["example"])
+                    meta=meta_from_input(form.meta()), example_slug=form.cleaned_data["example"])
             except services.GalleryError as exc:
                 form.add_error(None, str(exc))
                 return render(request, "gallery/stage.html", context, status=exc.status)

@@ -12,6 +12,7 @@ from .render import (
     PAGE_CSP,
     PREVIEW_CSS,
     preview_css_name,
+    preview_url,
     render_preview,
     write_atomically,
     write_preview_css,
@@ -29,7 +30,7 @@ from .sanitise import (
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
-    "PreviewError", "PreviewLimits", "failure_reason", "preview_css_name", "render_isolated",
-    "render_preview", "sanitize_html", "stop_render_child", "strict_outputs", "warm_exporter",
-    "write_atomically", "write_preview_css", "write_preview_file",
+    "PreviewError", "PreviewLimits", "failure_reason", "preview_css_name", "preview_url",
+    "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",
+    "warm_exporter", "write_atomically", "write_preview_css", "write_preview_file",
 ]

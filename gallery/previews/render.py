@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from django.conf import settings
+from django.urls import reverse
 
 from .sanitise import (
     PREVIEW_MIMES,
@@ -238,3 +240,13 @@ def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | N
     title = nb.metadata.get("title") or "Notebook preview"
     return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
                                css=html.escape(css_href or preview_css_name()), body=body)
+
+
+def preview_url(sha256: str | None) -> str | None:
+    """Where a preview is served: the gallery's own /previews/, or GALLERY_PREVIEW_BASE_URL."""
+    if not sha256:
+        return None
+    base = settings.GALLERY_PREVIEW_BASE_URL
+    if base:
+        return f"{base.rstrip('/')}/{sha256}.html"
+    return reverse("preview", args=[sha256])

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gallery import services
-from gallery.api import preview_url
 from gallery.models import Notification
+from gallery.previews import preview_url
 from tests.base import make_user, notebook_bytes, stage
 from tests.e2e.browser import browser  # noqa: F401  (pytest fixture)
 from tests.e2e.test_journeys import approved, log_in
