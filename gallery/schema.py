@@ -32,6 +32,33 @@ class ExampleMeta:
     authors: list[str] = field(default_factory=list)
     kernel: str = ""
 
+    @classmethod
+    def from_toml(cls, toml: dict[str, Any], **fallbacks: Any) -> ExampleMeta:
+        """The metadata an `example.toml` holds (its keys as the layout names them: `data` for
+        the data links), with `fallbacks` for the fields it leaves out; `clean_meta` then
+        checks it like any other entry."""
+        def get(key: str, field_name: str, default: Any) -> Any:
+            value = toml.get(key)
+            return value if value not in (None, "", [], {}) else fallbacks.get(field_name, default)
+
+        return cls(
+            title=get("title", "title", ""), summary=get("summary", "summary", ""),
+            tags=get("tags", "tags", []), licence=get("licence", "licence", ""),
+            slug=fallbacks.get("slug", ""), data_links=get("data", "data_links", []),
+            resources=get("resources", "resources", {}), authors=get("authors", "authors", []),
+            kernel=get("kernel", "kernel", ""),
+        )
+
+    def to_toml(self, *, notebook: str, environment: str = "") -> dict[str, Any]:
+        """The `example.toml` of a cleaned metadata, for a folder with `notebook`."""
+        return {
+            "title": self.title, "summary": self.summary, "tags": self.tags,
+            "licence": self.licence, "authors": self.authors, "notebook": notebook,
+            "kernel": self.kernel, "environment": environment, "resources": self.resources,
+            "data": [{k: v for k, v in link.items() if v not in (None, "")}
+                     for link in self.data_links],
+        }
+
 
 # The range of a database's 64-bit integer column (and of a TOML integer): data-link sizes
 # and whole numbers in resources must fit it.

@@ -30,7 +30,7 @@ from ..models import (
     Submission,
     is_reviewer,
 )
-from ..schema import ExampleMeta
+from ..schema import SLUG_MAX, TAGS_MAX, TITLE_MAX, ExampleMeta
 from .history import record_change
 from .notifications import notify
 from .queue import queue_job
@@ -271,16 +271,16 @@ def _import_one(root: Path, nb_path: Path, contributor: AbstractBaseUser,
                 files[path.relative_to(folder).as_posix()] = path.read_bytes()
     tags = toml.get("tags") or nb_meta.get("tags") or (
         [rel.parent.parts[-1]] if rel.parent.parts else [])
-    meta = ExampleMeta(
-        title=str(toml.get("title") or nb_meta.get("title") or heading
-                  or nb_path.stem.replace("_", " ").replace("-", " ").capitalize())[:200],
-        summary=str(toml.get("summary") or nb_meta.get("summary") or paragraph)[:2000],
-        tags=[str(t) for t in tags if isinstance(t, str)][:20],
-        licence=str(toml.get("licence", "")),
-        slug=slugify(rel.with_suffix("").as_posix().replace("/", "-"))[:80],
-        data_links=toml.get("data", []), resources=toml.get("resources", {}),
-        authors=toml.get("authors") or authors, kernel=str(toml.get("kernel", "")),
+    meta = ExampleMeta.from_toml(
+        toml, title=nb_meta.get("title") or heading
+        or nb_path.stem.replace("_", " ").replace("-", " ").capitalize(),
+        summary=nb_meta.get("summary") or paragraph, authors=authors,
+        slug=slugify(rel.with_suffix("").as_posix().replace("/", "-"))[:SLUG_MAX],
     )
+    # What a notebook's own metadata or headings say is cut to fit, not refused.
+    meta.title, meta.summary = str(meta.title)[:TITLE_MAX], str(meta.summary)[:2000]
+    meta.tags = [str(t) for t in tags if isinstance(t, str)][:TAGS_MAX]
+    meta.licence, meta.kernel = str(meta.licence), str(meta.kernel)
     staged = StagedFiles(notebook_name=nb_path.name, notebook=data,
                          environment=(env_file.name, env_file.read_bytes()) if env_file else None,
                          files=files)

@@ -78,14 +78,8 @@ def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
             f"The example is {total:,} bytes; the limit is {settings.GALLERY_MAX_UPLOAD_BYTES:,}.",
             status=413,
         )
-    toml_meta = {
-        "title": meta.title, "summary": meta.summary, "tags": meta.tags, "licence": meta.licence,
-        "authors": meta.authors, "notebook": name, "kernel": meta.kernel,
-        "environment": env_name or "", "resources": meta.resources,
-        "data": [{k: v for k, v in link.items() if v not in (None, "")}
-                 for link in meta.data_links],
-    }
-    files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(toml_meta)
+    files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(
+        meta.to_toml(notebook=name, environment=env_name or ""))
     notebooks.check_folder_tree(files)
     return files
 

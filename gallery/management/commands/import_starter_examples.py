@@ -61,10 +61,6 @@ class Command(BaseCommand):
             notebook_name=nb_name, notebook=(folder / nb_name).read_bytes(),
             environment=(env_name, (folder / env_name).read_bytes()) if env_name else None,
             files=files)
-        example_meta = services.ExampleMeta(
-            title=meta["title"], summary=meta.get("summary", ""), tags=meta.get("tags", []),
-            licence=meta.get("licence", ""), slug=folder.name, data_links=meta.get("data", []),
-            resources=meta.get("resources", {}), authors=meta.get("authors", []),
-            kernel=meta.get("kernel", ""))
+        example_meta = services.ExampleMeta.from_toml(meta, slug=folder.name)
         return services.stage_submission(contributor=contributor, staged=staged,
                                          meta=example_meta)
