@@ -33,20 +33,26 @@ class NotebookError(ValueError):
 # --- reading ------------------------------------------------------------------------------
 
 
-def read_notebook(data: bytes) -> nbformat.NotebookNode:
-    """Parse and validate notebook bytes as nbformat v4 (older versions are upgraded)."""
+def decode_notebook(data: bytes, error: type[Exception] = NotebookError) -> tuple[str, Any]:
+    """Notebook bytes as text and as parsed JSON (a UTF-8 byte-order mark is allowed), or
+    `error` saying why not: reading for staging and reading for a preview both start here."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NotebookError(f"The notebook is not UTF-8 text (byte {exc.start}).") from None
+        raise error(f"The notebook is not UTF-8 text (byte {exc.start}).") from None
     try:
-        raw = json.loads(text)
+        return text, json.loads(text)
     except RecursionError:
-        raise NotebookError("The notebook's JSON is nested too deeply to read.") from None
+        raise error("The notebook's JSON is nested too deeply to read.") from None
     except ValueError as exc:
-        raise NotebookError(f"The notebook is not valid JSON: {exc}.") from None
+        raise error(f"The notebook is not valid JSON: {str(exc)[:200]}.") from None
+
+
+def read_notebook(data: bytes) -> nbformat.NotebookNode:
+    """Parse and validate notebook bytes as nbformat v4 (older versions are upgraded)."""
+    text, raw = decode_notebook(data)
     if not isinstance(raw, dict):
         raise NotebookError("The notebook's JSON must be an object with 'cells' and 'metadata'.")
     if _LONE_SURROGATE_ESCAPE.search(text) and not _is_unicode(raw):

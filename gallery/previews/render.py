@@ -13,6 +13,7 @@ import nbformat
 from django.conf import settings
 from django.urls import reverse
 
+from ..notebooks import decode_notebook
 from .sanitise import (
     PREVIEW_MIMES,
     PreviewError,
@@ -200,20 +201,12 @@ def write_preview_css(directory: Path) -> Path:
 
 def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
     """Parse notebook bytes without schema validation (staging validated them already)."""
-    from nbformat import reader
+    from nbformat import reader, versions
 
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PreviewError(f"The notebook is not UTF-8 text (byte {exc.start}).") from None
-    try:
-        nb = reader.reads(text)
-    except RecursionError:
-        raise PreviewError("The notebook's JSON is nested too deeply to read.") from None
-    except reader.NotJSONError as exc:
-        raise PreviewError(f"The notebook is not valid JSON: {str(exc)[:200]}") from None
+    _, raw = decode_notebook(data, PreviewError)
+    try:  # what nbformat.reader.reads does once the JSON is parsed
+        major, minor = reader.get_version(raw)
+        nb = versions[major].to_notebook_json(raw, minor=minor)
     except MemoryError:
         raise
     except Exception as exc:  # nbformat raises assorted types on odd input
