@@ -144,10 +144,7 @@ def is_reviewer_model(model: dict[str, Any]) -> bool:
 
 def sync_user(model: dict[str, Any]) -> AbstractBaseUser:
     """The Django user for a hub user, with review rights as the hub says today."""
-    user, created = get_user_model().objects.get_or_create(username=model["name"])
-    if created:
-        user.set_unusable_password()
-        user.save()
+    user = services.ensure_user(model["name"])
     reviewer = is_reviewer_model(model)
     if reviewer != services.is_reviewer(user) or reviewer != user.is_staff:
         if reviewer:

@@ -39,25 +39,28 @@ def revoke_review(user: AbstractBaseUser) -> None:
         content_type__app_label="gallery", codename__in=REVIEW_PERMISSIONS))
 
 
-def user_for_person(person: repo.Person) -> AbstractBaseUser:
+def ensure_user(username: str, *, email: str = "") -> AbstractBaseUser:
+    """The user named `username`, made if new: the one get-or-create of a user (hub users, git
+    authors, the importer, the commands' users). A new user has no usable password: people log
+    in through the hub, or an operator gives them one.
+    """
     from django.contrib.auth import get_user_model
 
-    username = person.email.split("@")[0] if person.email.endswith("@localhost") else person.email
-    user, created = get_user_model().objects.get_or_create(
-        username=username[:150] or person.name[:150],
-        defaults={"email": "" if person.email.endswith("@localhost") else person.email})
+    user, created = get_user_model().objects.get_or_create(username=username,
+                                                           defaults={"email": email})
     if created:
         user.set_unusable_password()
         user.save()
     return user
+
+
+def user_for_person(person: repo.Person) -> AbstractBaseUser:
+    """The user of a git author or committer: the name of a local address, else the address."""
+    username = person.email.split("@")[0] if person.email.endswith("@localhost") else person.email
+    return ensure_user(username[:150] or person.name[:150],
+                       email="" if person.email.endswith("@localhost") else person.email)
 
 
 def import_user() -> AbstractBaseUser:
-    from django.contrib.auth import get_user_model
-
-    user, created = get_user_model().objects.get_or_create(username=settings.GALLERY_IMPORT_USER)
-    if created:
-        user.set_unusable_password()
-        user.save()
-    return user
-
+    """The contributor of notebooks imported in bulk."""
+    return ensure_user(settings.GALLERY_IMPORT_USER)
