@@ -1,14 +1,9 @@
-"""Everything JupyterHub: logging in through the hub, hub tokens on the API, and the `contents`
-Use backend that writes through a user's own Jupyter server.
+"""JupyterHub's side of the gallery: the OAuth login protocol (PKCE, the authorize address,
+the code exchange), the hub API client (who owns a token, whether they review, the service's
+own session), and the `contents` Use backend that writes through a user's own Jupyter server.
 
-Login is the OAuth code flow with the hub. The `state`, the PKCE verifier and where to go next
-live in the server-side session (several gunicorn workers must agree), the `redirect_uri` is
-sent exactly as the hub registered it, and the hub token stays in the session, never in a
-cookie, a log line or a response. A middleware asks the hub every few minutes whether that
-token still works, so a hub logout or a revoked access ends the gallery session.
-
-Without a hub (JUPYTERHUB_API_URL unset) the gallery uses Django's own login and no hub token
-is accepted.
+The login's requests (its views, the session middleware, hub tokens on the API) are
+gallery/login.py. The `redirect_uri` is sent exactly as the hub registered it.
 """
 
 from __future__ import annotations
@@ -28,22 +23,10 @@ from urllib.parse import quote, urlencode
 
 import requests
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth import login as auth_login
-from django.contrib.auth import logout as auth_logout
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.urls import get_script_prefix, reverse
-from django.utils.crypto import constant_time_compare
-from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
-from ninja.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
-from redis.exceptions import RedisError
 
-from . import caching, homes, services
+from . import homes, services
 
 if TYPE_CHECKING:
     from .models import Job
@@ -51,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING = "hub_oauth"  # session key: the login under way (state, verifier, next, started)
-TOKEN = "hub_token"  # session key: the hub token of the logged-in user
-CHECKED = "hub_checked"  # session key: when the hub last confirmed that token
 LOGIN_TTL = 600  # seconds a started login may take before its state is refused
 
 
@@ -142,36 +123,6 @@ def is_reviewer_model(model: dict[str, Any]) -> bool:
             or settings.GALLERY_REVIEW_GROUP in model.get("groups", []))
 
 
-def sync_user(model: dict[str, Any]) -> AbstractBaseUser:
-    """The Django user for a hub user, with review rights as the hub says today."""
-    user = services.ensure_user(model["name"])
-    reviewer = is_reviewer_model(model)
-    if reviewer != services.is_reviewer(user) or reviewer != user.is_staff:
-        if reviewer:
-            services.grant_review(user)
-        elif not user.is_superuser:  # local superusers keep what the operator gave them
-            services.revoke_review(user)
-        user = get_user_model().objects.get(pk=user.pk)  # drop the permission cache
-    return user
-
-
-class HubTokenAuth(APIKeyHeader):
-    """`Authorization: token <hub token>`, checked with the hub and cached briefly."""
-
-    param_name = "Authorization"
-
-    def authenticate(self, request: HttpRequest, key: str | None) -> AbstractBaseUser | None:
-        if not key or not settings.HUB_ENABLED:
-            return None
-        scheme, _, token = key.partition(" ")
-        if scheme.lower() not in ("token", "bearer") or not token.strip():
-            return None
-        model = user_for_token(token.strip())
-        if model is None:
-            return None
-        return sync_user(model)
-
-
 # --- login through the hub ----------------------------------------------------------------
 
 
@@ -220,127 +171,6 @@ def exchange_code(code: str, verifier: str) -> str | None:
     if response.status_code != 200:
         raise HubUnavailable(f"HTTP {response.status_code}")
     return _answer(response, HubToken).access_token
-
-
-def _safe_next(request: HttpRequest, wanted: str) -> str:
-    """Only a path of this gallery; anything else goes to the index."""
-    prefix = get_script_prefix()
-    if wanted and wanted.startswith(prefix) and url_has_allowed_host_and_scheme(
-            wanted, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return wanted
-    return reverse("index")
-
-
-def _refused(request: HttpRequest, message: str, status: int = 403) -> HttpResponse:
-    return render(request, "gallery/login_failed.html", {"message": message}, status=status)
-
-
-def _admin_refused(request: HttpRequest) -> HttpResponse:
-    return _refused(request, "The reviewer's desk is for reviewers. Ask the centre to add you "
-                             "to the reviewers if you should review examples.")
-
-
-@require_GET
-def login(request: HttpRequest) -> HttpResponse:
-    """Start a login with the hub (the admin's login page comes here too)."""
-    next_url = _safe_next(request, request.GET.get("next", ""))
-    if not settings.HUB_ENABLED:
-        return redirect(f"{reverse('login')}?{urlencode({'next': next_url})}")
-    if request.user.is_authenticated:
-        if next_url.startswith(reverse("admin:index")) and not request.user.is_staff:
-            return _admin_refused(request)  # sending them back to the hub would loop
-        return redirect(next_url)
-    return redirect(begin_login(request.session, next_url))
-
-
-def admin_login(request: HttpRequest) -> HttpResponse:
-    """The admin's login page: the hub under a hub, Django's own form without one."""
-    if settings.HUB_ENABLED:
-        return login(request)
-    from django.contrib import admin
-
-    return admin.site.login(request)
-
-
-@require_GET
-def oauth_callback(request: HttpRequest) -> HttpResponse:
-    """Where the hub sends the browser back with a code: finish the login."""
-    pending = request.session.pop(PENDING, None)
-    state = request.GET.get("state", "")
-    if not settings.HUB_ENABLED:
-        return _refused(request, "This gallery does not log in through a hub.", 404)
-    if not pending or not state or not constant_time_compare(pending["state"], state):
-        log.warning("hub login refused: the state does not match a login started here")
-        return _refused(request, "This login did not start here or was already used. "
-                                 "Open the gallery again to log in.")
-    if time.time() - pending.get("started", 0) > LOGIN_TTL:
-        return _refused(request, "This login took too long. Open the gallery again to log in.")
-    if "error" in request.GET or not request.GET.get("code"):
-        log.warning("hub login refused by the hub: %s", request.GET.get("error", "no code")[:50])
-        return _refused(request, "The hub did not let you into the gallery.")
-    try:
-        token = exchange_code(request.GET["code"], pending["verifier"])
-        model = fetch_user(token) if token else None
-    except HubUnavailable as exc:
-        log.warning("hub unreachable during login: %s", exc)
-        return _refused(request, "The hub is not answering. Try again in a minute.", 503)
-    if token is None:
-        log.warning("hub login refused: the hub did not accept the code")
-        return _refused(request, "The hub did not accept this login. Open the gallery again.")
-    if model is None:
-        return _refused(request, "Your hub account may not use the gallery. Ask the centre "
-                                 "for access.")
-    auth_login(request, sync_user(model), backend=settings.AUTHENTICATION_BACKENDS[0])
-    request.session[TOKEN] = token
-    request.session[CHECKED] = time.time()
-    return redirect(_safe_next(request, pending.get("next", "")))
-
-
-@require_POST
-def logout(request: HttpRequest) -> HttpResponse:
-    """End the gallery session; under a hub, go on to the hub's logout."""
-    auth_logout(request)
-    if settings.HUB_ENABLED:
-        return redirect(hub_url("logout"))
-    return redirect("index")
-
-
-class HubSessionMiddleware:
-    """Ends gallery sessions whose hub token stopped working, and keeps non-reviewers out of
-    the admin with a 403 instead of a login loop."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if settings.HUB_ENABLED and request.session.get(TOKEN):
-            try:
-                self._recheck(request)
-            except RedisError as exc:  # a session to end that the cache cannot drop
-                return caching.unavailable(request, exc)
-        # The path first: other pages load the user later (caching.PrefetchMiddleware).
-        if request.path.startswith(reverse("admin:index")) and (
-                request.user.is_authenticated and not request.user.is_staff):
-            return _admin_refused(request)
-        return self.get_response(request)
-
-    @staticmethod
-    def _recheck(request: HttpRequest) -> None:
-        if time.time() - request.session.get(CHECKED, 0) < settings.GALLERY_HUB_RECHECK_SECONDS:
-            return
-        try:
-            model = fetch_user(request.session[TOKEN])
-        except HubUnavailable as exc:
-            log.warning("hub unreachable while rechecking a session; asking again next time: %s",
-                        exc)
-            return
-        if model is None or model.get("name") != request.user.get_username():
-            log.info("hub token of %s no longer valid; gallery session ended",
-                     request.user.get_username())
-            auth_logout(request)
-            return
-        request.user = sync_user(model)
-        request.session[CHECKED] = time.time()
 
 
 # --- the `contents` Use backend --------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Hub login, hub tokens and the contents backend, without a hub.
+"""The hub's client and login protocol without a hub (a fake one stands in where a hub must
+answer), and the contents backend against a real Jupyter server.
 
 What needs a real JupyterHub (the whole OAuth flow, hub logout, spawning) is in
-tests/e2e/test_hub.py; the contents backend here writes into a real Jupyter server.
+tests/e2e/test_hub.py; the pages of a login are tests/test_login.py.
 """
 
 from __future__ import annotations
@@ -18,180 +19,16 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from unittest import mock
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
-from django.test import override_settings
-from django.urls import set_script_prefix
 from django.utils import timezone
 
 from gallery import hub, services
 
-from .base import GalleryTestCase, make_user
+from .base import make_user
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "/services/gallery"
-# A hub that does not answer: a port nobody listens on.
-NO_HUB = {"HUB_ENABLED": True, "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
-          "JUPYTERHUB_API_TOKEN": "service-secret", "JUPYTERHUB_CLIENT_ID": "service-gallery",
-          "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{PREFIX}/oauth_callback",
-          "JUPYTERHUB_BASE_URL": "/", "LOGIN_URL": "hub-login"}
-
-
-class LoginWithoutHubTests(GalleryTestCase):
-    def test_it_keeps_djangos_own_login_without_a_hub(self) -> None:
-        response = self.client.get("/login/?next=/stage/")
-        self.assertEqual(response.status_code, 302)
-        self.assertEqual(response["Location"], "/accounts/login/?next=%2Fstage%2F")
-        response = self.client.post("/accounts/login/", {"username": "ursula",
-                                                         "password": "pw-" + "x" * 10})
-        self.assertEqual(response.status_code, 302)
-        self.assertEqual(self.client.get("/").status_code, 200)
-
-    def test_it_refuses_the_admin_to_a_normal_user_with_403(self) -> None:
-        self.client.force_login(self.user)
-        for path in ("/admin/", "/admin/login/?next=/admin/", "/admin/gallery/submission/"):
-            response = self.client.get(path)
-            self.assertEqual(response.status_code, 403, path)
-            self.assertContains(response, "for reviewers", status_code=403)
-
-    def test_it_lets_a_reviewer_into_the_admin(self) -> None:
-        self.client.force_login(self.reviewer)
-        self.assertEqual(self.client.get("/admin/").status_code, 200)
-
-    def test_it_shows_the_admin_login_form_to_strangers_without_a_hub(self) -> None:
-        response = self.client.get("/admin/", follow=True)
-        self.assertEqual(response.redirect_chain, [("/admin/login/?next=/admin/", 302)])
-        self.assertContains(response, 'name="password"')
-
-    def test_it_accepts_no_hub_token_without_a_hub(self) -> None:
-        response = self.client.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
-        self.assertEqual(response.status_code, 401)
-
-
-class HubRequests(GalleryTestCase):
-    """Requests as they come through the hub's proxy, and the start of a login."""
-
-    def get(self, path: str, **extra: str):  # type: ignore[no-untyped-def]
-        # As gunicorn passes it: the prefix in SCRIPT_NAME, the rest in PATH_INFO. The test
-        # client, unlike Django's WSGI handler, does not set the script prefix itself.
-        set_script_prefix(PREFIX + "/")
-        try:
-            return self.client.get(path, SCRIPT_NAME=PREFIX, **extra)
-        finally:
-            set_script_prefix("/")
-
-    def start_login(self, next_url: str = f"{PREFIX}/stage/") -> dict[str, list[str]]:
-        response = self.get("/login/", data={"next": next_url})
-        self.assertEqual(response.status_code, 302)
-        location = urlsplit(response["Location"])
-        self.assertEqual(location.path, "/hub/api/oauth2/authorize")
-        return parse_qs(location.query)
-
-
-@override_settings(**NO_HUB)
-class LoginTests(HubRequests):
-    def test_it_sends_strangers_to_the_hub_login(self) -> None:
-        response = self.get("/stage/")
-        self.assertEqual(response["Location"], f"{PREFIX}/login/?next={PREFIX}/stage/")
-
-    def test_it_asks_the_hub_with_state_and_pkce_kept_in_the_session(self) -> None:
-        query = self.start_login()
-        pending = self.client.session[hub.PENDING]
-        self.assertEqual(query["client_id"], ["service-gallery"])
-        self.assertEqual(query["redirect_uri"], [f"{PREFIX}/oauth_callback"])  # byte for byte
-        self.assertEqual(query["response_type"], ["code"])
-        self.assertEqual(query["state"], [pending["state"]])
-        self.assertEqual(query["code_challenge_method"], ["S256"])
-        self.assertEqual(query["code_challenge"], [hub.pkce_challenge(pending["verifier"])])
-        self.assertNotIn(pending["verifier"], json.dumps(query))
-        self.assertEqual(pending["next"], f"{PREFIX}/stage/")
-
-    def test_it_computes_the_pkce_challenge_of_rfc_7636(self) -> None:
-        # The example of RFC 7636, appendix B.
-        self.assertEqual(hub.pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-                         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
-
-    def test_it_never_sends_people_to_another_site_after_login(self) -> None:
-        for wanted in ("https://evil.example/", "//evil.example/x", "/hub/admin"):
-            self.start_login(wanted)
-            self.assertEqual(self.client.session[hub.PENDING]["next"], f"{PREFIX}/", wanted)
-
-    def test_it_refuses_a_forged_state(self) -> None:
-        self.start_login()
-        response = self.get("/oauth_callback", data={"code": "c0de", "state": "forged"})
-        self.assertEqual(response.status_code, 403)
-        self.assertNotIn("_auth_user_id", self.client.session)
-        self.assertNotIn(hub.PENDING, self.client.session)  # a state is good for one try
-
-    def test_it_refuses_a_callback_for_a_login_started_elsewhere(self) -> None:
-        response = self.get("/oauth_callback", data={"code": "c0de", "state": "whatever"})
-        self.assertEqual(response.status_code, 403)
-        self.assertContains(response, "did not start here", status_code=403)
-
-    def test_it_refuses_a_login_that_took_too_long(self) -> None:
-        state = self.start_login()["state"][0]
-        session = self.client.session
-        session[hub.PENDING] = {**session[hub.PENDING], "started": time.time() - 3600}
-        session.save()
-        response = self.get("/oauth_callback", data={"code": "c0de", "state": state})
-        self.assertContains(response, "took too long", status_code=403)
-
-    def test_it_says_so_when_the_hub_does_not_answer_and_logs_no_code(self) -> None:
-        state = self.start_login()["state"][0]
-        with self.assertLogs("gallery.hub", "WARNING") as logs:
-            response = self.get("/oauth_callback", data={"code": "c0de-s3cret", "state": state})
-        self.assertEqual(response.status_code, 503)
-        self.assertNotIn("c0de-s3cret", "\n".join(logs.output) + response.content.decode())
-        self.assertNotIn("_auth_user_id", self.client.session)
-
-    def test_it_keeps_a_session_while_the_hub_is_down_and_asks_again_later(self) -> None:
-        self.client.force_login(self.user)
-        session = self.client.session
-        session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
-        session.save()
-        response = self.get("/")
-        self.assertEqual(response.status_code, 200)
-        self.assertEqual(self.client.session[hub.CHECKED], 0.0)  # not confirmed: ask next time
-
-    def test_it_answers_503_when_the_session_it_must_end_cannot_leave_the_cache(self) -> None:
-        from .test_caching import cache_away
-
-        self.client.force_login(self.user)
-        session = self.client.session
-        session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
-        session.save()
-        with mock.patch.object(hub, "fetch_user", return_value=None), cache_away, \
-                self.assertLogs("gallery", "WARNING"):
-            response = self.get("/")
-        self.assertContains(response, "try again", status_code=503)
-        with mock.patch.object(hub, "fetch_user", return_value=None):
-            self.assertEqual(self.get("/").status_code, 302)  # once it can, the session ends
-
-    def test_it_sends_a_logged_in_non_reviewer_asking_for_the_admin_a_403_not_a_loop(self) -> None:
-        self.client.force_login(self.user)
-        for path in ("/admin/", "/admin/login/?next=/services/gallery/admin/"):
-            self.assertEqual(self.get(path).status_code, 403, path)
-        response = self.get("/login/", data={"next": f"{PREFIX}/admin/"})
-        self.assertEqual(response.status_code, 403)
-
-    def test_it_sends_the_admin_login_to_the_hub(self) -> None:
-        response = self.get("/admin/login/", data={"next": f"{PREFIX}/admin/"})
-        self.assertTrue(response["Location"].startswith("/hub/api/oauth2/authorize?"))
-        self.assertEqual(self.client.session[hub.PENDING]["next"], f"{PREFIX}/admin/")
-
-    def test_it_logs_out_of_the_gallery_and_then_of_the_hub(self) -> None:
-        self.client.force_login(self.user)
-        response = self.client.post("/logout/")
-        self.assertEqual(response["Location"], "/hub/logout")
-        self.assertNotIn("_auth_user_id", self.client.session)
-
-    def test_it_refuses_api_tokens_when_the_hub_does_not_answer(self) -> None:
-        response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
-        self.assertEqual(response.status_code, 401)
 
 
 class FakeHub:
@@ -257,91 +94,10 @@ GOOD_TOKEN = ("application/json", b'{"access_token": "t0ken", "token_type": "Bea
 ACCESS = {"JUPYTERHUB_OAUTH_ACCESS_SCOPES": {"access:services"}}
 
 
-@override_settings(**NO_HUB, **ACCESS)
-class MisbehavingHubTests(HubRequests):
-    """A hub that answers 200 with something no hub says is a hub away, never a 500."""
-
-    def setUp(self) -> None:
-        self.hub = self.enterContext(FakeHub(lambda *_: (500, HTML, b"")))
-        self.enterContext(override_settings(JUPYTERHUB_API_URL=self.hub.api_url))
-
-    def nonsense(self, user: tuple[str, bytes], token: tuple[str, bytes] = GOOD_TOKEN) -> None:
-        """From now on the hub answers the code exchange with `token`, the rest with `user`."""
-        def answer(method: str, path: str, _token: str) -> tuple[int, str, bytes]:
-            content_type, body = token if path.endswith("/oauth2/token") else user
-            return 200, content_type, body
-
-        self.hub.answer = answer
-
-    def test_it_takes_a_token_check_answered_with_nonsense_for_a_hub_away(self) -> None:
-        for user in NOT_A_USER:
-            with self.subTest(user=user):
-                self.nonsense(user)
-                with self.assertRaises(hub.HubUnavailable):
-                    hub.fetch_user("t0ken")
-
-    def test_it_answers_a_login_the_hub_answers_with_nonsense_with_503(self) -> None:
-        cases = [(GOOD_TOKEN, user) for user in NOT_A_USER] + [
-            (token, NOT_A_USER[0]) for token in NOT_A_TOKEN]
-        for token, user in cases:
-            with self.subTest(token=token, user=user):
-                self.nonsense(user, token)
-                state = self.start_login()["state"][0]
-                with self.assertLogs("gallery.hub", "WARNING"):
-                    response = self.get("/oauth_callback", data={"code": "c0de", "state": state})
-                self.assertContains(response, "The hub is not answering", status_code=503)
-                self.assertNotIn("_auth_user_id", self.client.session)
-
-    def test_it_refuses_an_api_token_the_hub_answers_with_nonsense_with_401(self) -> None:
-        for user in NOT_A_USER:
-            with self.subTest(user=user):
-                self.nonsense(user)
-                response = self.get("/api/v1/examples", HTTP_AUTHORIZATION=f"token t-{id(user)}")
-                self.assertEqual(response.status_code, 401)
-                self.assertIn("error", response.json())
-
-    def test_it_keeps_a_session_whose_recheck_the_hub_answers_with_nonsense(self) -> None:
-        self.client.force_login(self.user)
-        for user in NOT_A_USER:
-            with self.subTest(user=user):
-                self.nonsense(user)
-                session = self.client.session
-                session[hub.TOKEN], session[hub.CHECKED] = "hub-token", 0.0
-                session.save()
-                self.assertEqual(self.get("/").status_code, 200)
-                self.assertEqual(self.client.session[hub.CHECKED], 0.0)  # asks again next time
-
-
-class SyncUserTests(GalleryTestCase):
-    def model(self, name: str, scopes: list[str] = (), groups: list[str] = ()) -> dict:  # type: ignore[assignment]
-        return {"name": name, "kind": "user", "groups": list(groups),
-                "scopes": ["access:services!service=gallery", *scopes]}
-
-    def test_it_makes_holders_of_the_review_scope_reviewers(self) -> None:
-        user = hub.sync_user(self.model("hanna", scopes=["custom:gallery:review"]))
-        self.assertTrue(user.is_staff)
-        self.assertTrue(services.is_reviewer(user))
-        self.assertFalse(user.has_usable_password())
-
-    def test_it_falls_back_to_the_review_group(self) -> None:
-        user = hub.sync_user(self.model("gus", groups=["gallery-reviewers"]))
-        self.assertTrue(services.is_reviewer(user))
-
-    def test_it_takes_review_rights_away_when_the_hub_does(self) -> None:
-        hub.sync_user(self.model("hanna", scopes=["custom:gallery:review"]))
-        user = hub.sync_user(self.model("hanna"))
-        self.assertFalse(user.is_staff)
-        self.assertFalse(services.is_reviewer(user))
-
-    def test_it_leaves_a_local_superuser_alone(self) -> None:
-        get_user_model().objects.create_superuser("root-admin", password="x" * 12)
-        user = hub.sync_user(self.model("root-admin"))
-        self.assertTrue(user.is_staff)
-
-    def test_it_makes_an_ordinary_user_of_anyone_else(self) -> None:
-        user = hub.sync_user(self.model("olaf"))
-        self.assertFalse(user.is_staff)
-        self.assertFalse(services.is_reviewer(user))
+def test_it_computes_the_pkce_challenge_of_rfc_7636() -> None:
+    # The example of RFC 7636, appendix B.
+    assert (hub.pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+            == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
 
 
 def test_it_reads_the_hub_environment_of_a_managed_service(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ from .users import (
     grant_review,
     import_user,
     revoke_review,
+    sync_hub_user,
     user_for_person,
 )
 
@@ -128,6 +129,7 @@ __all__ = [
     "store_folder",
     "sweep_jobs",
     "sweep_staging",
+    "sync_hub_user",
     "task",
     "use_plan",
     "user_for_person",

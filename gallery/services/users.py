@@ -5,11 +5,13 @@ reviewer's rights.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from .. import repo
+from .. import hub, repo
+from ..models import is_reviewer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,22 @@ def ensure_user(username: str, *, email: str = "") -> AbstractBaseUser:
     if created:
         user.set_unusable_password()
         user.save()
+    return user
+
+
+def sync_hub_user(model: dict[str, Any]) -> AbstractBaseUser:
+    """The user of a hub user (the hub's model of `GET /user`), with review rights as the hub
+    says today."""
+    from django.contrib.auth import get_user_model
+
+    user = ensure_user(model["name"])
+    reviewer = hub.is_reviewer_model(model)
+    if reviewer != is_reviewer(user) or reviewer != user.is_staff:
+        if reviewer:
+            grant_review(user)
+        elif not user.is_superuser:  # local superusers keep what the operator gave them
+            revoke_review(user)
+        user = get_user_model().objects.get(pk=user.pk)  # drop the permission cache
     return user
 
 
