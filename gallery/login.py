@@ -109,7 +109,10 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
     if model is None:
         return _refused(request, "Your hub account may not use the gallery. Ask the centre "
                                  "for access.")
-    user = services.sync_hub_user(model)
+    try:
+        user = services.sync_hub_user(model)
+    except services.GalleryError as exc:  # a hub user the gallery cannot keep
+        return _refused(request, str(exc), exc.status)
     auth_login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
     request.session[TOKEN] = token
     request.session[CHECKED] = time.time()
@@ -180,4 +183,4 @@ class HubTokenAuth(APIKeyHeader):
         model = hub.user_for_token(token.strip())
         if model is None:
             return None
-        return services.sync_hub_user(model)
+        return services.sync_hub_user(model)  # a GalleryError goes to the API's error handler

@@ -12,6 +12,7 @@ import time
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 from django.urls import set_script_prefix
 
@@ -231,3 +232,35 @@ class MisbehavingHubTests(HubRequests):
                 session.save()
                 self.assertEqual(self.get("/").status_code, 200)
                 self.assertEqual(self.client.session[login.CHECKED], 0.0)  # asks again next time
+
+
+@override_settings(**NO_HUB, **ACCESS)
+class LongUserNameTests(HubRequests):
+    """A hub user whose name is longer than the user table keeps is refused plainly, never
+    with a 500 (PostgreSQL refuses to store such a name)."""
+
+    NAME = "a" * 151
+
+    def setUp(self) -> None:
+        user = json.dumps({"name": self.NAME, "kind": "user",
+                           "scopes": ["access:services"]}).encode()
+
+        def answer(method: str, path: str, token: str) -> tuple[int, str, bytes]:
+            return 200, "application/json", (
+                GOOD_TOKEN[1] if path.endswith("/oauth2/token") else user)
+
+        fake = self.enterContext(FakeHub(answer))
+        self.enterContext(override_settings(JUPYTERHUB_API_URL=fake.api_url))
+
+    def test_it_refuses_a_login_with_a_name_too_long_with_403(self) -> None:
+        state = self.start_login()["state"][0]
+        response = self.get("/oauth_callback", data={"code": "c0de", "state": state})
+        self.assertContains(response, "longer than the 150 characters", status_code=403)
+        self.assertNotIn("_auth_user_id", self.client.session)
+        self.assertFalse(get_user_model().objects.filter(username=self.NAME).exists())
+
+    def test_it_refuses_an_api_token_of_a_name_too_long_with_403(self) -> None:
+        response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token t0ken")
+        self.assertEqual(response.status_code, 403)
+        self.assertIn("longer than the 150 characters", response.json()["error"])
+        self.assertFalse(get_user_model().objects.filter(username=self.NAME).exists())

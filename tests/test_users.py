@@ -9,6 +9,20 @@ from gallery import services
 from .base import GalleryTestCase
 
 
+class EnsureUserTests(GalleryTestCase):
+    def test_it_makes_a_user_once_without_a_usable_password(self) -> None:
+        user = services.ensure_user("nadia", email="nadia@example.org")
+        self.assertFalse(user.has_usable_password())
+        self.assertEqual(user.email, "nadia@example.org")
+        self.assertEqual(services.ensure_user("nadia").pk, user.pk)
+
+    def test_it_refuses_a_name_longer_than_the_user_table_keeps(self) -> None:
+        self.assertEqual(services.ensure_user("n" * 150).get_username(), "n" * 150)
+        with self.assertRaisesMessage(services.NotAllowed, "longer than the 150 characters"):
+            services.ensure_user("n" * 151)
+        self.assertFalse(get_user_model().objects.filter(username="n" * 151).exists())
+
+
 class SyncUserTests(GalleryTestCase):
     def model(self, name: str, scopes: list[str] = (), groups: list[str] = ()) -> dict:  # type: ignore[assignment]
         return {"name": name, "kind": "user", "groups": list(groups),

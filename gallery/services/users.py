@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from .. import hub, repo
+from ..errors import NotAllowed
 from ..models import is_reviewer
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,18 @@ def ensure_user(username: str, *, email: str = "") -> AbstractBaseUser:
     """The user named `username`, made if new: the one get-or-create of a user (hub users, git
     authors, the importer, the commands' users). A new user has no usable password: people log
     in through the hub, or an operator gives them one.
+
+    A name longer than the user table keeps is refused (NotAllowed), never cut short: cut, two
+    people could become one user; stored, PostgreSQL would refuse it with an error.
     """
     from django.contrib.auth import get_user_model
 
-    user, created = get_user_model().objects.get_or_create(username=username,
-                                                           defaults={"email": email})
+    users = get_user_model()
+    limit = users._meta.get_field(users.USERNAME_FIELD).max_length or 0
+    if len(username) > limit:
+        raise NotAllowed(f"The user name {username[:20]}… is longer than the {limit} "
+                         "characters the gallery can keep; ask the centre's support.")
+    user, created = users.objects.get_or_create(username=username, defaults={"email": email})
     if created:
         user.set_unusable_password()
         user.save()
