@@ -32,7 +32,7 @@ from .uploads import UploadTooLarge
 
 
 def _auth() -> list[Any]:
-    from .hub import HubTokenAuth
+    from .login import HubTokenAuth
 
     return [HubTokenAuth(), SessionAuth(csrf=True)]
 

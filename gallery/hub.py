@@ -1,58 +1,30 @@
-"""Everything JupyterHub: logging in through the hub, hub tokens on the API, and the `contents`
-Use backend that writes through a user's own Jupyter server.
+"""JupyterHub's side of the gallery: the OAuth login protocol (PKCE, the authorize address,
+the code exchange) and the hub API client (who owns a token, whether they review, the
+service's own session for other calls). Nothing here handles a request or changes a row.
 
-Login is the OAuth code flow with the hub. The `state`, the PKCE verifier and where to go next
-live in the server-side session (several gunicorn workers must agree), the `redirect_uri` is
-sent exactly as the hub registered it, and the hub token stays in the session, never in a
-cookie, a log line or a response. A middleware asks the hub every few minutes whether that
-token still works, so a hub logout or a revoked access ends the gallery session.
-
-Without a hub (JUPYTERHUB_API_URL unset) the gallery uses Django's own login and no hub token
-is accepted.
+The login's requests (its views, the session middleware, hub tokens on the API) are
+gallery/login.py; the `contents` Use backend, which starts users' servers through the hub, is
+gallery/homes/contents.py. The `redirect_uri` is sent exactly as the hub registered it.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
-import posixpath
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlencode
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import requests
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth import login as auth_login
-from django.contrib.auth import logout as auth_logout
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.urls import get_script_prefix, reverse
-from django.utils.crypto import constant_time_compare
-from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
-from ninja.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
-from redis.exceptions import RedisError
-
-from . import caching, homes, services
-
-if TYPE_CHECKING:
-    from .models import Job
 
 log = logging.getLogger(__name__)
 
 PENDING = "hub_oauth"  # session key: the login under way (state, verifier, next, started)
-TOKEN = "hub_token"  # session key: the hub token of the logged-in user
-CHECKED = "hub_checked"  # session key: when the hub last confirmed that token
 LOGIN_TTL = 600  # seconds a started login may take before its state is refused
 
 
@@ -88,11 +60,12 @@ def _answer(response: requests.Response, model: type[M]) -> M:
                              f"({response.headers.get('Content-Type', 'no type')})") from None
 
 
-def _api(path: str) -> str:
+def api_url(path: str) -> str:
+    """The address of a call of the hub's API."""
     return settings.JUPYTERHUB_API_URL.rstrip("/") + path
 
 
-def _hub_session() -> requests.Session:
+def service_session() -> requests.Session:
     """Calls to the hub API as the gallery service itself."""
     session = requests.Session()
     session.headers["Authorization"] = f"token {settings.JUPYTERHUB_API_TOKEN}"
@@ -102,7 +75,7 @@ def _hub_session() -> requests.Session:
 def fetch_user(token: str) -> dict[str, Any] | None:
     """The hub's model of the token's owner; None when the hub refuses the token."""
     try:
-        response = requests.get(_api("/user"), headers={"Authorization": f"token {token}"},
+        response = requests.get(api_url("/user"), headers={"Authorization": f"token {token}"},
                                 timeout=10)
     except requests.RequestException as exc:
         raise HubUnavailable(type(exc).__name__) from None
@@ -142,39 +115,6 @@ def is_reviewer_model(model: dict[str, Any]) -> bool:
             or settings.GALLERY_REVIEW_GROUP in model.get("groups", []))
 
 
-def sync_user(model: dict[str, Any]) -> AbstractBaseUser:
-    """The Django user for a hub user, with review rights as the hub says today."""
-    user, created = get_user_model().objects.get_or_create(username=model["name"])
-    if created:
-        user.set_unusable_password()
-        user.save()
-    reviewer = is_reviewer_model(model)
-    if reviewer != services.is_reviewer(user) or reviewer != user.is_staff:
-        if reviewer:
-            services.grant_review(user)
-        elif not user.is_superuser:  # local superusers keep what the operator gave them
-            services.revoke_review(user)
-        user = get_user_model().objects.get(pk=user.pk)  # drop the permission cache
-    return user
-
-
-class HubTokenAuth(APIKeyHeader):
-    """`Authorization: token <hub token>`, checked with the hub and cached briefly."""
-
-    param_name = "Authorization"
-
-    def authenticate(self, request: HttpRequest, key: str | None) -> AbstractBaseUser | None:
-        if not key or not settings.HUB_ENABLED:
-            return None
-        scheme, _, token = key.partition(" ")
-        if scheme.lower() not in ("token", "bearer") or not token.strip():
-            return None
-        model = user_for_token(token.strip())
-        if model is None:
-            return None
-        return sync_user(model)
-
-
 # --- login through the hub ----------------------------------------------------------------
 
 
@@ -208,7 +148,7 @@ def begin_login(session: Any, next_url: str) -> str:
 def exchange_code(code: str, verifier: str) -> str | None:
     """The hub token for an authorization code; None when the hub refuses the code."""
     try:
-        response = requests.post(_api("/oauth2/token"), timeout=10, data={
+        response = requests.post(api_url("/oauth2/token"), timeout=10, data={
             "client_id": settings.JUPYTERHUB_CLIENT_ID,
             "client_secret": settings.JUPYTERHUB_API_TOKEN,
             "grant_type": "authorization_code",
@@ -223,480 +163,3 @@ def exchange_code(code: str, verifier: str) -> str | None:
     if response.status_code != 200:
         raise HubUnavailable(f"HTTP {response.status_code}")
     return _answer(response, HubToken).access_token
-
-
-def _safe_next(request: HttpRequest, wanted: str) -> str:
-    """Only a path of this gallery; anything else goes to the index."""
-    prefix = get_script_prefix()
-    if wanted and wanted.startswith(prefix) and url_has_allowed_host_and_scheme(
-            wanted, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return wanted
-    return reverse("index")
-
-
-def _refused(request: HttpRequest, message: str, status: int = 403) -> HttpResponse:
-    return render(request, "gallery/login_failed.html", {"message": message}, status=status)
-
-
-def _admin_refused(request: HttpRequest) -> HttpResponse:
-    return _refused(request, "The reviewer's desk is for reviewers. Ask the centre to add you "
-                             "to the reviewers if you should review examples.")
-
-
-@require_GET
-def login(request: HttpRequest) -> HttpResponse:
-    """Start a login with the hub (the admin's login page comes here too)."""
-    next_url = _safe_next(request, request.GET.get("next", ""))
-    if not settings.HUB_ENABLED:
-        return redirect(f"{reverse('login')}?{urlencode({'next': next_url})}")
-    if request.user.is_authenticated:
-        if next_url.startswith(reverse("admin:index")) and not request.user.is_staff:
-            return _admin_refused(request)  # sending them back to the hub would loop
-        return redirect(next_url)
-    return redirect(begin_login(request.session, next_url))
-
-
-def admin_login(request: HttpRequest) -> HttpResponse:
-    """The admin's login page: the hub under a hub, Django's own form without one."""
-    if settings.HUB_ENABLED:
-        return login(request)
-    from django.contrib import admin
-
-    return admin.site.login(request)
-
-
-@require_GET
-def oauth_callback(request: HttpRequest) -> HttpResponse:
-    """Where the hub sends the browser back with a code: finish the login."""
-    pending = request.session.pop(PENDING, None)
-    state = request.GET.get("state", "")
-    if not settings.HUB_ENABLED:
-        return _refused(request, "This gallery does not log in through a hub.", 404)
-    if not pending or not state or not constant_time_compare(pending["state"], state):
-        log.warning("hub login refused: the state does not match a login started here")
-        return _refused(request, "This login did not start here or was already used. "
-                                 "Open the gallery again to log in.")
-    if time.time() - pending.get("started", 0) > LOGIN_TTL:
-        return _refused(request, "This login took too long. Open the gallery again to log in.")
-    if "error" in request.GET or not request.GET.get("code"):
-        log.warning("hub login refused by the hub: %s", request.GET.get("error", "no code")[:50])
-        return _refused(request, "The hub did not let you into the gallery.")
-    try:
-        token = exchange_code(request.GET["code"], pending["verifier"])
-        model = fetch_user(token) if token else None
-    except HubUnavailable as exc:
-        log.warning("hub unreachable during login: %s", exc)
-        return _refused(request, "The hub is not answering. Try again in a minute.", 503)
-    if token is None:
-        log.warning("hub login refused: the hub did not accept the code")
-        return _refused(request, "The hub did not accept this login. Open the gallery again.")
-    if model is None:
-        return _refused(request, "Your hub account may not use the gallery. Ask the centre "
-                                 "for access.")
-    auth_login(request, sync_user(model), backend=settings.AUTHENTICATION_BACKENDS[0])
-    request.session[TOKEN] = token
-    request.session[CHECKED] = time.time()
-    return redirect(_safe_next(request, pending.get("next", "")))
-
-
-@require_POST
-def logout(request: HttpRequest) -> HttpResponse:
-    """End the gallery session; under a hub, go on to the hub's logout."""
-    auth_logout(request)
-    if settings.HUB_ENABLED:
-        return redirect(hub_url("logout"))
-    return redirect("index")
-
-
-class HubSessionMiddleware:
-    """Ends gallery sessions whose hub token stopped working, and keeps non-reviewers out of
-    the admin with a 403 instead of a login loop."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if settings.HUB_ENABLED and request.session.get(TOKEN):
-            try:
-                self._recheck(request)
-            except RedisError as exc:  # a session to end that the cache cannot drop
-                return caching.unavailable(request, exc)
-        # The path first: other pages load the user later (caching.PrefetchMiddleware).
-        if request.path.startswith(reverse("admin:index")) and (
-                request.user.is_authenticated and not request.user.is_staff):
-            return _admin_refused(request)
-        return self.get_response(request)
-
-    @staticmethod
-    def _recheck(request: HttpRequest) -> None:
-        if time.time() - request.session.get(CHECKED, 0) < settings.GALLERY_HUB_RECHECK_SECONDS:
-            return
-        try:
-            model = fetch_user(request.session[TOKEN])
-        except HubUnavailable as exc:
-            log.warning("hub unreachable while rechecking a session; asking again next time: %s",
-                        exc)
-            return
-        if model is None or model.get("name") != request.user.get_username():
-            log.info("hub token of %s no longer valid; gallery session ended",
-                     request.user.get_username())
-            auth_logout(request)
-            return
-        request.user = sync_user(model)
-        request.session[CHECKED] = time.time()
-
-
-# --- the `contents` Use backend --------------------------------------------------------------
-
-
-class ContentsError(homes.CopyError):
-    """A Use through the contents API that could not be written; the message is for the user."""
-
-
-@dataclass
-class Contents:
-    """The contents API of one Jupyter server (`base` ends in `/`), with a token that may use it.
-
-    Paths are relative to the server's root, separated by `/`.
-    """
-
-    base: str
-    token: str
-    timeout: float = 60.0
-
-    def _url(self, path: str) -> str:
-        return self.base + "api/contents/" + quote(path.strip("/"), safe="/")
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self.timeout)
-        headers = {"Authorization": f"token {self.token}"}
-        for attempt in range(3):  # a route just added by the proxy may answer 502/503 at first
-            try:
-                response = requests.request(method, self._url(path), headers=headers, **kwargs)
-            except requests.RequestException as exc:
-                raise ContentsError("Your Jupyter server could not be reached "
-                                    f"({type(exc).__name__}). Try again in a minute.") from None
-            if response.status_code not in (502, 503) or attempt == 2:
-                return response
-            time.sleep(1 + attempt)
-        raise AssertionError("unreachable")
-
-    def _fail(self, response: requests.Response, what: str) -> ContentsError:
-        if response.status_code in (401, 403):
-            return ContentsError("The gallery is not allowed to write into your Jupyter server; "
-                                 "tell the centre's support.")
-        try:
-            reason = response.json().get("message", "")
-        except ValueError:
-            reason = ""
-        return ContentsError(f"Your Jupyter server refused to {what}: "
-                             f"{reason or f'HTTP {response.status_code}'}")
-
-    def model(self, path: str, *, content: bool = False) -> dict[str, Any] | None:
-        """The server's model of a path (with a folder's entries when `content`), or None."""
-        response = self._call("GET", path, params={"content": "1" if content else "0"})
-        if response.status_code == 404:
-            return None
-        if response.status_code == 200:
-            return dict(response.json())
-        raise self._fail(response, f"look at {path}")
-
-    def exists(self, path: str) -> bool:
-        return self.model(path) is not None
-
-    def read(self, path: str) -> bytes | None:
-        """A file's bytes, or None when it is absent (or hidden from the API)."""
-        response = self._call("GET", path, params={"type": "file", "format": "base64"})
-        if response.status_code in (400, 404):
-            return None
-        if response.status_code != 200:
-            raise self._fail(response, f"read {path}")
-        return base64.b64decode(response.json()["content"])
-
-    def mkdir(self, path: str) -> None:
-        if self.exists(path):
-            return
-        response = self._call("PUT", path, json={"type": "directory"})
-        if response.status_code not in (200, 201):
-            raise self._fail(response, f"create the folder {path}")
-
-    def write(self, path: str, data: bytes) -> bool:
-        """Write a file byte for byte; False when the server refuses the name (hidden files)."""
-        response = self._call("PUT", path, json={
-            "type": "file", "format": "base64", "content": base64.b64encode(data).decode()})
-        if response.status_code in (200, 201):
-            return True
-        if response.status_code == 400:
-            return False
-        raise self._fail(response, f"save {path}")
-
-    def rename(self, old: str, new: str) -> bool:
-        """Rename; False when `new` exists already (the server refuses to replace it)."""
-        response = self._call("PATCH", old, json={"path": new.strip("/")})
-        if response.status_code == 200:
-            return True
-        if response.status_code == 409:
-            return False
-        raise self._fail(response, f"rename {old}")
-
-    def remove(self, path: str) -> None:
-        """Delete a file, or a folder with what it holds; nothing there is fine.
-
-        A server that keeps deleted things in the trash (the default) takes a folder at once;
-        one that deletes for good refuses a folder that is not empty, so its entries go first.
-        """
-        response = self._call("DELETE", path)
-        if response.status_code == 400:
-            folder = self.model(path, content=True)
-            if folder and folder.get("type") == "directory":
-                for entry in folder.get("content") or []:
-                    self.remove(entry["path"])
-                response = self._call("DELETE", path)
-        if response.status_code not in (204, 404):
-            raise self._fail(response, f"remove {path}")
-
-
-PROVENANCE_VISIBLE = homes.PROVENANCE_FILE.lstrip(".")
-NO_SYMLINKS = ("The gallery wrote this copy through your Jupyter server, which cannot make "
-               "symbolic links; link a path yourself with `ln -s <target> data/<name>`.")
-
-
-def _walk(source: Path) -> Iterator[tuple[str, Path]]:
-    for path in sorted(source.rglob("*")):
-        yield path.relative_to(source).as_posix(), path
-
-
-def _manifest(links: list[dict[str, Any]]) -> dict[str, bytes]:
-    """Data links as a manifest: the contents API can make no symbolic links."""
-    if not links:
-        return {}
-    entries, lines = [], ["# Data for this example", "", "Data is linked, never copied.",
-                          "", NO_SYMLINKS, ""]
-    for link in links:
-        entry = {k: link.get(k) for k in ("name", "target", "description", "size", "checksum",
-                                          "licence") if link.get(k) not in (None, "")}
-        if str(link.get("target", "")).startswith("/"):
-            entry["note"] = "a path on the centre's filesystem; not linked (see DATA.md)"
-        entries.append(entry)
-        detail = ", ".join(f"{k}: {v}" for k, v in entry.items() if k not in ("name", "target"))
-        lines.append(f"- **{entry.get('name', 'data')}**: {entry.get('target', '')}"
-                     + (f" ({detail})" if detail else ""))
-    return {homes.DATA_MANIFEST_JSON: json.dumps(entries, indent=2).encode(),
-            homes.DATA_MANIFEST: ("\n".join(lines) + "\n").encode()}
-
-
-def copied_by(contents: Contents, folder: str) -> str | None:
-    """The job id in a folder's provenance file, if the gallery made it."""
-    for name in (homes.PROVENANCE_FILE, PROVENANCE_VISIBLE):
-        data = contents.read(f"{folder}/{name}")
-        if data is not None:
-            try:
-                return str(json.loads(data).get("job"))
-            except (ValueError, AttributeError):
-                return None
-    return None
-
-
-def free_name(contents: Contents, parent: str, wanted: str) -> str:
-    """`wanted`, or `wanted-2`, `wanted-3`… whichever does not exist yet."""
-    for n in range(1, 1000):
-        name = wanted if n == 1 else f"{wanted}-{n}"
-        if not contents.exists(f"{parent}/{name}"):
-            return name
-    raise ContentsError(f"Too many copies of {wanted} in ~/{parent}; remove some first.")
-
-
-def _no_beat() -> None:
-    pass
-
-
-def work_folder(parent: str, wanted: str, job_id: str) -> str:
-    """Where a job's files go before the rename (the same for every attempt of the job)."""
-    return f"{parent.strip('/')}/{wanted}.gallery-{job_id[:8]}"
-
-
-def clear_work_folder(contents: Contents, *, parent: str, wanted: str, job_id: str) -> int:
-    """Remove the job's work folder and what an interrupted removal left; returns how many.
-
-    The work folder is renamed out of the way before its files are deleted: an attempt still
-    writing into it then fails instead of renaming a folder with files missing into place.
-    """
-    work = work_folder(parent, wanted, job_id)
-    listing = contents.model(parent.strip("/"), content=True) or {}
-    cleared = 0
-    for entry in listing.get("content") or []:
-        path = str(entry.get("path", ""))
-        if entry.get("type") != "directory" or not (
-                path == work or path.startswith(work + ".gone-")):
-            continue
-        if path == work:
-            gone = f"{work}.gone-{secrets.token_hex(4)}"
-            if not contents.rename(work, gone):
-                continue
-            path = gone
-        contents.remove(path)
-        cleared += 1
-    return cleared
-
-
-def copy_folder(contents: Contents, *, source: Path, parent: str, wanted: str, job_id: str,
-                provenance: dict[str, Any], data_links: list[dict[str, Any]],
-                decided: str = "", record: Callable[[str], None] = lambda name: None,
-                beat: Callable[[], None] = _no_beat) -> str:
-    """Copy a folder into `parent/<name>` through the contents API; returns the name.
-
-    Never overwrites: the files go into a work folder first, which is then renamed to a name
-    that is free (the server refuses to rename onto an existing one). `record` is told the name
-    before the rename, and a retry with that name as `decided` finishes the same copy.
-    `beat` is called between requests (the job renews its lease there); an exception from it
-    stops the copy and leaves the work folder to the attempt that holds the job now. A copy
-    that fails for any other reason removes its work folder before the error goes on.
-    """
-    parent = parent.strip("/")
-    if decided and copied_by(contents, f"{parent}/{decided}") == job_id:
-        return decided  # an earlier attempt of this job finished
-    path = ""
-    for part in parent.split("/"):
-        path = posixpath.join(path, part)
-        contents.mkdir(path)
-    handed_over = False
-
-    def checked_beat() -> None:
-        nonlocal handed_over
-        try:
-            beat()
-        except BaseException:
-            handed_over = True
-            raise
-
-    try:
-        return _copy_into_work_folder(
-            contents, source=source, parent=parent, wanted=wanted, job_id=job_id,
-            provenance=provenance, data_links=data_links, decided=decided, record=record,
-            beat=checked_beat)
-    except BaseException:
-        if not handed_over:
-            try:
-                clear_work_folder(contents, parent=parent, wanted=wanted, job_id=job_id)
-            except ContentsError as exc:  # the copy's own error matters more
-                log.warning("could not remove the work folder of job %s: %s", job_id, exc)
-        raise
-
-
-def _copy_into_work_folder(contents: Contents, *, source: Path, parent: str, wanted: str,
-                           job_id: str, provenance: dict[str, Any],
-                           data_links: list[dict[str, Any]], decided: str,
-                           record: Callable[[str], None], beat: Callable[[], None]) -> str:
-    work = work_folder(parent, wanted, job_id)
-    contents.mkdir(work)
-    for rel, path_ in _walk(source):
-        beat()
-        if path_.is_dir():
-            contents.mkdir(f"{work}/{rel}")
-        elif not contents.write(f"{work}/{rel}", path_.read_bytes()):
-            raise ContentsError(f"Your Jupyter server refused the file name {rel}.")
-    for name, data in _manifest(data_links).items():
-        if (source / name).exists():  # the example has a file of that name: keep it
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}.gallery{dot}{ext}"
-        contents.write(f"{work}/{name}", data)
-    stamp = json.dumps({**provenance, "job": job_id, "backend": "contents"}, indent=2).encode()
-    if not contents.write(f"{work}/{homes.PROVENANCE_FILE}", stamp):
-        contents.write(f"{work}/{PROVENANCE_VISIBLE}", stamp)  # server hides dot files
-    name = decided or free_name(contents, parent, wanted)
-    for _ in range(20):
-        record(name)
-        if contents.rename(work, f"{parent}/{name}"):
-            return name
-        if copied_by(contents, f"{parent}/{name}") == job_id:  # an attempt alongside was first
-            clear_work_folder(contents, parent=parent, wanted=wanted, job_id=job_id)
-            return name
-        name = free_name(contents, parent, wanted)
-    raise ContentsError(f"Could not find a free name for {wanted} in ~/{parent}.")
-
-
-def start_server(username: str, *, timeout: float, beat: Callable[[], None] = _no_beat) -> str:
-    """Start the user's default server if needed and wait until it is ready; returns its URL
-    path (such as `/user/<name>/`)."""
-    hub = _hub_session()
-    name = quote(username, safe="")
-    deadline = time.monotonic() + timeout
-    started = False
-    while True:
-        try:
-            response = hub.get(_api(f"/users/{name}"), timeout=10)
-            if response.status_code == 404:
-                raise ContentsError(f"The hub has no user named {username!r}.")
-            if response.status_code != 200:
-                raise ContentsError(f"The hub refused to tell whether your server runs "
-                                    f"(HTTP {response.status_code}); tell the centre's support.")
-            server = response.json().get("servers", {}).get("")
-            if server and server.get("ready"):
-                return str(server["url"])
-            if not started and not (server and server.get("pending") == "spawn"):
-                started = True
-                response = hub.post(_api(f"/users/{name}/server"), timeout=30)
-                if response.status_code not in (201, 202, 400):
-                    raise ContentsError(f"The hub could not start your Jupyter server "
-                                        f"(HTTP {response.status_code}). Start it from the hub's "
-                                        "home page, then click Use again.")
-        except requests.RequestException as exc:
-            raise ContentsError(f"The hub could not be reached ({type(exc).__name__}). "
-                                "Try again in a minute.") from None
-        if time.monotonic() > deadline:
-            raise ContentsError(
-                f"Your Jupyter server did not start within {timeout:.0f} seconds. Start it "
-                "from the hub's home page, then click Use again.")
-        beat()
-        time.sleep(0.5)
-
-
-def _lease_keeper(job: Job) -> Callable[[], None]:
-    """A `beat` that renews the job's lease every third of it (raises LeaseLost when lost)."""
-    every, last = max(settings.GALLERY_JOB_LEASE / 3, 0.5), time.monotonic()
-
-    def beat() -> None:  # keep the job's lease while the server starts and files go over
-        nonlocal last
-        if time.monotonic() - last >= every:
-            services.renew_lease(job)
-            last = time.monotonic()
-
-    return beat
-
-
-def _user_contents(job: Job, beat: Callable[[], None]) -> Contents:
-    """The contents API of the server of the user recorded on the job, started if need be."""
-    username = job.params["username"]
-    if job.user is None or job.user.get_username() != username:
-        raise ContentsError("This copy does not belong to the user who asked for it.")
-    if not settings.HUB_ENABLED:
-        raise ContentsError("The contents backend needs a hub (JUPYTERHUB_API_URL is not set).")
-    server = start_server(username, timeout=settings.GALLERY_HUB_SPAWN_TIMEOUT, beat=beat)
-    return Contents(base=settings.GALLERY_HUB_URL.rstrip("/") + server,
-                    token=settings.JUPYTERHUB_API_TOKEN)
-
-
-def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
-                          data_links: list[dict[str, Any]]) -> str:
-    """The `contents` Use backend: write the copy through the user's own Jupyter server, as
-    the gallery service, for the user recorded on the job and nobody else."""
-    from .models import Job
-
-    beat = _lease_keeper(job)
-    contents = _user_contents(job, beat)
-
-    def record(name: str) -> None:
-        Job.objects.filter(pk=job.pk).update(result={"folder": name})
-
-    return copy_folder(contents, source=source, parent=settings.GALLERY_USE_DIR,
-                       wanted=job.params["folder"], job_id=str(job.pk), provenance=provenance,
-                       data_links=data_links, decided=job.result.get("folder", ""),
-                       record=record, beat=beat)
-
-
-def clear_through_contents(*, job: Job) -> int:
-    """Remove the work folder a Use's interrupted attempts left in the user's server (started
-    if need be, as the Use itself would); returns how many folders went."""
-    contents = _user_contents(job, _lease_keeper(job))
-    return clear_work_folder(contents, parent=settings.GALLERY_USE_DIR,
-                             wanted=job.params["folder"], job_id=str(job.pk))

@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
@@ -83,11 +84,11 @@ def operator_allowed(request: HttpRequest) -> bool:
 
 def queue_names() -> dict[str, str]:
     """The Celery queue of each kind of work, as the running app routes it."""
-    from .celery import app
-
-    routes = app.conf.task_routes or {}
+    # The gallery's app is the current one once Django has loaded the gallery package;
+    # gallery/celery.py is an entry point this module must not import.
+    routes = current_app.conf.task_routes or {}
     return {
-        "default": app.conf.task_default_queue,
+        "default": current_app.conf.task_default_queue,
         "previews": routes.get("gallery.tasks.render_preview", {}).get("queue", ""),
         "use": routes.get("gallery.tasks.run_use", {}).get("queue", ""),
     }
@@ -96,9 +97,8 @@ def queue_names() -> dict[str, str]:
 def _broker():  # type: ignore[no-untyped-def]
     import redis
 
-    from .celery import app
-
-    return redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=1, socket_timeout=1)
+    return redis.Redis.from_url(current_app.conf.broker_url, socket_connect_timeout=1,
+                                socket_timeout=1)
 
 
 def queue_lengths() -> dict[str, int]:
@@ -268,9 +268,7 @@ def check_broker() -> tuple[str, str, dict[str, Any]]:
 
 
 def check_workers(timeout: float = 1.0) -> tuple[str, str, dict[str, Any]]:
-    from .celery import app
-
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    replies = current_app.control.inspect(timeout=timeout).active_queues() or {}
     consumers: dict[str, list[str]] = {}
     for host, queues in replies.items():
         for queue in queues or []:

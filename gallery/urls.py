@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from . import hub, views
+from . import login, views
 from .api import api
 
 urlpatterns = [
@@ -27,9 +27,9 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Logging in through the hub; the callback path is the one registered with the hub.
-    path("login/", hub.login, name="hub-login"),
-    path("oauth_callback", hub.oauth_callback, name="oauth-callback"),
-    path("logout/", hub.logout, name="hub-logout"),
-    path("admin/login/", hub.admin_login),
+    path("login/", login.login, name="hub-login"),
+    path("oauth_callback", login.oauth_callback, name="oauth-callback"),
+    path("logout/", login.logout, name="hub-logout"),
+    path("admin/login/", login.admin_login),
     path("admin/", admin.site.urls),
 ]

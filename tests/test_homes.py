@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from gallery import homes, services
+from gallery.homes import filesystem
 from gallery.models import Example, Job
 
 from .base import make_user, stage
@@ -600,7 +601,7 @@ def test_it_says_what_went_wrong_in_the_home_in_plain_words(
     account, as_user = writer
     # The copy is forked from this process (not the helper), so it writes with this fault:
     # the filesystem refuses the second file the way a full disk, a quota or a mount would.
-    monkeypatch.setattr(homes._helper, "usable", lambda: False)
+    monkeypatch.setattr(filesystem._helper, "usable", lambda: False)
     copy2, written = shutil.copy2, []
 
     def refusing_copy(src: str, dst: str) -> object:
@@ -713,7 +714,7 @@ def test_it_forks_copies_from_a_small_helper_and_restarts_it(writer: tuple[Accou
                                                             source: Path) -> None:
     account, as_user = writer
     homes.copy_into_home(_plan(account, source), as_user=as_user)
-    helper = homes._helper.process
+    helper = filesystem._helper.process
     assert helper is not None and helper.poll() is None
     with open(f"/proc/{helper.pid}/status") as fh:
         rss_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
@@ -722,13 +723,13 @@ def test_it_forks_copies_from_a_small_helper_and_restarts_it(writer: tuple[Accou
     helper.wait()
     second = homes.copy_into_home(_plan(account, source), as_user=as_user)
     assert second.name == "demo-2"
-    assert homes._helper.process is not None and homes._helper.process.pid != helper.pid
+    assert filesystem._helper.process is not None and filesystem._helper.process.pid != helper.pid
 
 
 def test_it_copies_without_the_helper(writer: tuple[Account, bool], source: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     account, as_user = writer
-    monkeypatch.setattr(homes._helper, "usable", lambda: False)
+    monkeypatch.setattr(filesystem._helper, "usable", lambda: False)
     plan = _plan(account, source)
     folder = homes.copy_into_home(plan, as_user=as_user)
     assert_complete_copy(folder, account, plan.job_id)

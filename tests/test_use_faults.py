@@ -172,7 +172,7 @@ def processes_of(uid: int) -> list[int]:
 
 
 def copy_helpers_of(parents: list[int]) -> list[int]:
-    """Copy helpers (gallery/homes.py serve <parent> <fd>) started by these processes."""
+    """Copy helpers (gallery/homes/child.py serve <parent> <fd>) started by these processes."""
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -180,7 +180,7 @@ def copy_helpers_of(parents: list[int]) -> list[int]:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"serve" in argv and any(a.endswith(b"homes.py") for a in argv):
+        if b"serve" in argv and any(a.endswith(b"homes/child.py") for a in argv):
             parent = argv[argv.index(b"serve") + 1]
             if parent.isdigit() and int(parent) in parents:
                 found.append(int(entry))

@@ -58,7 +58,15 @@ from .staging import (
     sweep_staging,
 )
 from .use import clear_use, count_uses, do_use, environment_instructions, queue_use, use_plan
-from .users import REVIEW_PERMISSIONS, grant_review, import_user, revoke_review, user_for_person
+from .users import (
+    REVIEW_PERMISSIONS,
+    ensure_user,
+    grant_review,
+    import_user,
+    revoke_review,
+    sync_hub_user,
+    user_for_person,
+)
 
 __all__ = [
     "Conflict",
@@ -88,6 +96,7 @@ __all__ = [
     "email_address",
     "email_notification",
     "enqueue",
+    "ensure_user",
     "environment_instructions",
     "finish_job",
     "grant_review",
@@ -120,6 +129,7 @@ __all__ = [
     "store_folder",
     "sweep_jobs",
     "sweep_staging",
+    "sync_hub_user",
     "task",
     "use_plan",
     "user_for_person",

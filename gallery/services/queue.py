@@ -91,3 +91,8 @@ def finish_job(job: Job, state: str, *, result: dict[str, Any] | None = None,
         job.refresh_from_db()
     return job
 
+
+def record_result(job: Job, result: dict[str, Any]) -> None:
+    """Keep what a running job has settled so far (a Use's folder name, chosen before its
+    rename) on the job, so that a retry of the job finishes the same work."""
+    Job.objects.filter(pk=job.pk).update(result=result)

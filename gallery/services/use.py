@@ -17,13 +17,13 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from .. import homes, hub, notebooks, repo
+from .. import homes, notebooks, repo
 from ..errors import Conflict, GalleryError, NotAllowed
 from ..models import (
     Example,
     Job,
 )
-from .queue import queue_job, renew_lease
+from .queue import queue_job, record_result, renew_lease
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +138,17 @@ def do_use(job: Job) -> dict[str, Any]:
     links = [{"name": d.name, "target": d.target, "description": d.description, "size": d.size,
               "checksum": d.checksum, "licence": d.licence} for d in revision.data_links.all()]
     if job.params.get("backend", "filesystem") == "contents":
-        folder = hub.copy_through_contents(job=job, source=export, provenance=provenance,
-                                           data_links=links)
+        folder = homes.copy_through_contents(
+            job=job, source=export, provenance=provenance, data_links=links,
+            record=lambda name: record_result(job, {"folder": name}),
+            heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
     else:
         # The name is settled inside the copy (the first of folder, folder-2, … that is free);
         # a retry finds the folder an earlier attempt finished by the job id in it.
         folder = homes.copy_into_home(
             _copy_plan(job, source=export, provenance=provenance, data_links=links),
             as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
-            heartbeat=lambda: renew_lease(job),
-            heartbeat_every=max(settings.GALLERY_JOB_LEASE / 3, 0.5),
+            heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every(),
         ).name
     rel = f"{settings.GALLERY_USE_DIR}/{folder}"
     env_file = revision.metadata.get("environment", "")
@@ -161,6 +162,12 @@ def do_use(job: Job) -> dict[str, Any]:
         "data_links": [d["name"] for d in links],
         "version": revision.number,
     }
+
+
+def _beat_every() -> float:
+    """How often a backend at work renews the job's lease: every third of the lease (it raises
+    LeaseLost when another worker holds the job now, which stops the copy)."""
+    return max(settings.GALLERY_JOB_LEASE / 3, 0.5)
 
 
 def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | None = None,
@@ -180,7 +187,8 @@ def clear_use(job: Job) -> None:
     """Remove what the attempts of a Use may have left half-written (a temporary folder beside
     the target, a work folder in the user's server); a finished copy stays."""
     if job.params.get("backend", "filesystem") == "contents":
-        hub.clear_through_contents(job=job)
+        homes.clear_through_contents(job=job, heartbeat=lambda: renew_lease(job),
+                                     heartbeat_every=_beat_every())
     else:
         homes.clear_leftovers(_copy_plan(job), as_user=settings.GALLERY_USE_AS_USER)
 

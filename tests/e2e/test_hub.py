@@ -229,13 +229,13 @@ def test_it_keeps_the_hub_token_on_the_server_only(hub: RunningHub) -> None:
 
 def test_it_starts_a_server_and_says_so_plainly_when_it_is_too_slow(hub: RunningHub,
                                                                      settings) -> None:  # type: ignore[no-untyped-def]
-    from gallery import hub as gallery_hub
+    from gallery.homes import contents
 
     settings.HUB_ENABLED = True
     settings.JUPYTERHUB_API_URL = f"http://127.0.0.1:{hub.env['GALLERY_DEMO_HUB_PORT']}/hub/api"
     settings.JUPYTERHUB_API_TOKEN = hub.token
-    with pytest.raises(gallery_hub.ContentsError, match="no user named"):
-        gallery_hub.start_server("nobody-here", timeout=5)
-    with pytest.raises(gallery_hub.ContentsError, match="did not start within 0 seconds"):
-        gallery_hub.start_server("outsider", timeout=0)
-    assert gallery_hub.start_server("outsider", timeout=120) == "/user/outsider/"
+    with pytest.raises(contents.ContentsError, match="no user named"):
+        contents.start_server("nobody-here", timeout=5)
+    with pytest.raises(contents.ContentsError, match="did not start within 0 seconds"):
+        contents.start_server("outsider", timeout=0)
+    assert contents.start_server("outsider", timeout=120) == "/user/outsider/"

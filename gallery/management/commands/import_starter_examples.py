@@ -21,14 +21,10 @@ class Command(BaseCommand):
                             help="leave the jobs to the workers instead of running them here")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        users = get_user_model().objects
-        contributor, _ = users.get_or_create(username=options["contributor"])
-        reviewer, created = users.get_or_create(username=options["reviewer"])
-        if created:
-            reviewer.set_unusable_password()
-            reviewer.save()
+        contributor = services.ensure_user(options["contributor"])
+        reviewer = services.ensure_user(options["reviewer"])
         services.grant_review(reviewer)
-        reviewer = users.get(pk=reviewer.pk)  # reload: permissions are cached
+        reviewer = get_user_model().objects.get(pk=reviewer.pk)  # reload: permissions are cached
         jobs = []
         for folder in sorted(Path(options["dir"]).iterdir()):
             if not (folder / notebooks.EXAMPLE_FILE).is_file():

@@ -14,10 +14,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         password = os.environ.get("GALLERY_DEMO_PASSWORD") or secrets.token_urlsafe(12)
-        users = get_user_model().objects
         for name in ("demo-user", "demo-reviewer"):
-            user, _ = users.get_or_create(username=name)
+            user = services.ensure_user(name)
             user.set_password(password)
             user.save()
-        services.grant_review(users.get(username="demo-reviewer"))
+        services.grant_review(get_user_model().objects.get(username="demo-reviewer"))
         self.stdout.write(password)

@@ -1,0 +1,38 @@
+"""Writing an example into a person's home.
+
+`shared` holds what the backends share: the error and plan of a copy, where copies go, the
+writers of the data manifest and the provenance record, and the messages a person reads.
+`filesystem` is the Use backend that writes into the home as its owner, through a forked child
+(`child`) dropped to the user; `contents` is the one that writes through the user's own
+Jupyter server, for homes the workers cannot reach. Callers use the names below.
+"""
+
+from .child import copied_by
+from .contents import ContentsError, clear_through_contents, copy_through_contents
+from .filesystem import clear_leftovers, copy_into_home, start_helper
+from .shared import (
+    DATA_MANIFEST,
+    DATA_MANIFEST_JSON,
+    PROVENANCE_FILE,
+    CopyError,
+    CopyPlan,
+    home_of,
+    use_parent,
+)
+
+__all__ = [
+    "ContentsError",
+    "DATA_MANIFEST",
+    "DATA_MANIFEST_JSON",
+    "PROVENANCE_FILE",
+    "CopyError",
+    "CopyPlan",
+    "clear_leftovers",
+    "clear_through_contents",
+    "copied_by",
+    "copy_into_home",
+    "copy_through_contents",
+    "home_of",
+    "start_helper",
+    "use_parent",
+]
