@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -24,11 +25,14 @@ from ninja.security import SessionAuth
 from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
-from . import caching, services
+from . import caching, hub, services
 from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
 from .previews import preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
+
+log = logging.getLogger(__name__)
+HUB_RETRY_SECONDS = 60  # what a 503 asks an API client to wait while the hub is away
 
 
 def _auth() -> list[Any]:
@@ -84,6 +88,15 @@ def _invalid_model(request: HttpRequest, exc: PydanticValidationError) -> HttpRe
 @api.exception_handler(Http404)
 def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return _error(request, str(exc) or "There is nothing at this address.", 404)
+
+
+@api.exception_handler(hub.HubUnavailable)
+def _hub_unavailable(request: HttpRequest, exc: hub.HubUnavailable) -> HttpResponse:
+    log.warning("hub unreachable while checking an API token: %s", exc)
+    response = _error(request, "The hub is not answering, so your token cannot be checked. "
+                               "Try again in a minute.", 503)
+    response["Retry-After"] = str(HUB_RETRY_SECONDS)
+    return response
 
 
 @api.exception_handler(AuthenticationError)

@@ -72,17 +72,27 @@ def service_session() -> requests.Session:
     return session
 
 
-def fetch_user(token: str) -> dict[str, Any] | None:
-    """The hub's model of the token's owner; None when the hub refuses the token."""
+def _ask(method: str, path: str, *, refused: tuple[int, ...],
+         **kwargs: Any) -> requests.Response | None:
+    """One call to the hub's API: its 200 answer, None when it answers with a status in
+    `refused`, HubUnavailable when it does not answer or fails otherwise."""
     try:
-        response = requests.get(api_url("/user"), headers={"Authorization": f"token {token}"},
-                                timeout=10)
+        response = requests.request(method, api_url(path), timeout=10, **kwargs)
     except requests.RequestException as exc:
         raise HubUnavailable(type(exc).__name__) from None
-    if response.status_code in (401, 403, 404):
+    if response.status_code in refused:
         return None
     if response.status_code != 200:
         raise HubUnavailable(f"HTTP {response.status_code}")
+    return response
+
+
+def fetch_user(token: str) -> dict[str, Any] | None:
+    """The hub's model of the token's owner; None when the hub refuses the token."""
+    response = _ask("GET", "/user", refused=(401, 403, 404),
+                    headers={"Authorization": f"token {token}"})
+    if response is None:
+        return None
     model = _answer(response, HubUser).model_dump()
     if model["kind"] != "user" or not has_access(model):
         return None  # a service's token, or a user who may not use this service
@@ -95,16 +105,16 @@ def has_access(model: dict[str, Any]) -> bool:
 
 
 def user_for_token(token: str) -> dict[str, Any] | None:
-    """`fetch_user`, remembered for a short while (keyed by a hash, never the token itself)."""
+    """`fetch_user`, remembered for a short while (keyed by a hash, never the token itself).
+
+    A hub that does not answer as a hub raises HubUnavailable, and nothing is remembered:
+    the caller is told to try again, never that a good token is bad.
+    """
     key = "hub-token:" + hashlib.sha256(token.encode()).hexdigest()
     cached = cache.get(key)
     if cached is not None:
         return cached or None
-    try:
-        model = fetch_user(token)
-    except HubUnavailable as exc:
-        log.warning("hub unreachable while checking an API token: %s", exc)
-        return None  # not remembered: the next call asks again
+    model = fetch_user(token)
     cache.set(key, model or {}, settings.GALLERY_HUB_TOKEN_CACHE_SECONDS)
     return model
 
@@ -147,19 +157,12 @@ def begin_login(session: Any, next_url: str) -> str:
 
 def exchange_code(code: str, verifier: str) -> str | None:
     """The hub token for an authorization code; None when the hub refuses the code."""
-    try:
-        response = requests.post(api_url("/oauth2/token"), timeout=10, data={
-            "client_id": settings.JUPYTERHUB_CLIENT_ID,
-            "client_secret": settings.JUPYTERHUB_API_TOKEN,
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": settings.JUPYTERHUB_OAUTH_CALLBACK_URL,
-            "code_verifier": verifier,
-        })
-    except requests.RequestException as exc:
-        raise HubUnavailable(type(exc).__name__) from None
-    if response.status_code in (400, 401, 403):
-        return None
-    if response.status_code != 200:
-        raise HubUnavailable(f"HTTP {response.status_code}")
-    return _answer(response, HubToken).access_token
+    response = _ask("POST", "/oauth2/token", refused=(400, 401, 403), data={
+        "client_id": settings.JUPYTERHUB_CLIENT_ID,
+        "client_secret": settings.JUPYTERHUB_API_TOKEN,
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": settings.JUPYTERHUB_OAUTH_CALLBACK_URL,
+        "code_verifier": verifier,
+    })
+    return None if response is None else _answer(response, HubToken).access_token

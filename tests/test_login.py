@@ -172,9 +172,13 @@ class LoginTests(HubRequests):
         self.assertEqual(response["Location"], "/hub/logout")
         self.assertNotIn("_auth_user_id", self.client.session)
 
-    def test_it_refuses_api_tokens_when_the_hub_does_not_answer(self) -> None:
-        response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
-        self.assertEqual(response.status_code, 401)
+    def test_it_answers_503_to_api_tokens_when_the_hub_does_not_answer(self) -> None:
+        # A token the hub cannot check is not a bad token: the client is told to try again.
+        with self.assertLogs("gallery.api", "WARNING"):
+            response = self.get("/api/v1/examples", HTTP_AUTHORIZATION="token abc")
+        self.assertEqual(response.status_code, 503)
+        self.assertIn("hub is not answering", response.json()["error"])
+        self.assertTrue(int(response["Retry-After"]) > 0)
 
 
 
@@ -214,13 +218,15 @@ class MisbehavingHubTests(HubRequests):
                 self.assertContains(response, "The hub is not answering", status_code=503)
                 self.assertNotIn("_auth_user_id", self.client.session)
 
-    def test_it_refuses_an_api_token_the_hub_answers_with_nonsense_with_401(self) -> None:
+    def test_it_answers_503_to_an_api_token_the_hub_answers_with_nonsense(self) -> None:
         for user in NOT_A_USER:
             with self.subTest(user=user):
                 self.nonsense(user)
-                response = self.get("/api/v1/examples", HTTP_AUTHORIZATION=f"token t-{id(user)}")
-                self.assertEqual(response.status_code, 401)
-                self.assertIn("error", response.json())
+                with self.assertLogs("gallery.api", "WARNING"):
+                    response = self.get("/api/v1/examples",
+                                        HTTP_AUTHORIZATION=f"token t-{id(user)}")
+                self.assertEqual(response.status_code, 503)
+                self.assertIn("hub is not answering", response.json()["error"])
 
     def test_it_keeps_a_session_whose_recheck_the_hub_answers_with_nonsense(self) -> None:
         self.client.force_login(self.user)

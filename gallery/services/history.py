@@ -9,12 +9,7 @@ import logging
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from ..models import (
-    Example,
-    IllegalTransition,
-    StateChange,
-    Submission,
-)
+from ..models import Example, IllegalTransition, StateChange, Submission
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,7 @@ from django.utils.text import slugify
 
 from .. import notebooks, repo
 from ..errors import GalleryError, NotAllowed
-from ..models import (
-    DataLink,
-    Example,
-    Job,
-    Notification,
-    Review,
-    Revision,
-    Submission,
-    is_reviewer,
-)
+from ..models import DataLink, Example, Job, Notification, Review, Revision, Submission, is_reviewer
 from ..schema import SLUG_MAX, TAGS_MAX, TITLE_MAX, ExampleMeta
 from .history import record_change
 from .notifications import notify

@@ -13,9 +13,7 @@ from django.utils import timezone
 
 from .. import homes, notebooks
 from ..errors import GalleryError
-from ..models import (
-    Job,
-)
+from ..models import Job
 from .queue import LeaseLost, claim_job, enqueue, finish_job
 from .review import do_commit
 from .staging import do_checks, do_preview

@@ -10,14 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from .. import caching
-from ..models import (
-    Example,
-    Job,
-    Notification,
-    Review,
-    Revision,
-    Submission,
-)
+from ..models import Example, Job, Notification, Review, Revision, Submission
 from .queue import task
 
 log = logging.getLogger(__name__)

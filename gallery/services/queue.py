@@ -13,9 +13,7 @@ from django.conf import settings
 from django.db.models import Case, F, Q, TextField, Value, When
 from django.utils import timezone
 
-from ..models import (
-    Job,
-)
+from ..models import Job
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,7 @@ from django.utils import timezone
 
 from .. import notebooks, repo
 from ..errors import GalleryError, NotAllowed
-from ..models import (
-    Example,
-    Job,
-    Notification,
-    Review,
-    Revision,
-    Submission,
-    Tag,
-    is_reviewer,
-)
+from ..models import Example, Job, Notification, Review, Revision, Submission, Tag, is_reviewer
 from .history import move_example, move_submission
 from .notifications import notify, notify_decision, notify_users_of
 from .queue import queue_job

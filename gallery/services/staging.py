@@ -23,15 +23,7 @@ from django.utils.text import slugify
 
 from .. import notebooks, previews
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
-from ..models import (
-    DataLink,
-    Example,
-    Job,
-    Preview,
-    Revision,
-    Submission,
-    Tag,
-)
+from ..models import DataLink, Example, Job, Preview, Revision, Submission, Tag
 from ..schema import ExampleMeta, clean_meta
 from .history import move_submission, record_change
 from .queue import queue_job

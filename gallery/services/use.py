@@ -19,10 +19,7 @@ from django.utils import timezone
 
 from .. import homes, notebooks, repo
 from ..errors import Conflict, GalleryError, NotAllowed
-from ..models import (
-    Example,
-    Job,
-)
+from ..models import Example, Job
 from .queue import queue_job, record_result, renew_lease
 
 log = logging.getLogger(__name__)
