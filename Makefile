@@ -26,7 +26,8 @@ test: venv redis
 	@scripts/ensure-browser
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
-	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py
+	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py \
+		tests/test_staging.py tests/test_authz.py
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not e2e and not worker"

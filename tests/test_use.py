@@ -239,3 +239,45 @@ class UseCountTests(UseTestCase):
         example.refresh_from_db()
         self.assertEqual(example.use_count, 2)
         self.assertEqual(services.count_uses(), 0)  # nothing changed since
+
+
+class UseTests(GalleryTestCase):
+    def test_it_copies_the_approved_revision_into_the_home(self):
+        submission = self.stage_and_approve(data_links=[
+            {"name": "docs", "target": "https://example.org/data"},
+            {"name": "shared", "target": str(Path(settings.GALLERY_DATA_DIR).parent)}])
+        example = Example.objects.get(pk=submission.example_id)
+        with self.captureOnCommitCallbacks(execute=True):
+            job = services.queue_use(example=example, user=self.user)
+        job.refresh_from_db()
+        self.assertEqual(job.state, Job.State.DONE, job.message)
+        home = Path(settings.GALLERY_HOME_TEMPLATE.format(username="ursula"))
+        copy = home / "examples" / example.slug
+        self.assertTrue((copy / "hello.ipynb").is_file())
+        self.assertTrue((copy / "data" / "shared").is_symlink())
+        self.assertIn("https://example.org/data", (copy / "DATA.md").read_text())
+        self.assertEqual(job.result["folder"], example.slug)
+        self.assertIn("pip install -r requirements.txt", job.result["environment"]["pip"])
+        # Run from anywhere: the commands go to the copy first.
+        self.assertTrue(job.result["environment"]["pip"].startswith(
+            f"cd ~/examples/{example.slug} && python3 -m venv"))
+
+    def test_it_never_overwrites_and_names_the_second_copy(self):
+        submission = self.stage_and_approve()
+        example = Example.objects.get(pk=submission.example_id)
+        folders = []
+        for _ in range(2):
+            with self.captureOnCommitCallbacks(execute=True):
+                job = services.queue_use(example=example, user=self.user)
+            job.refresh_from_db()
+            folders.append(job.result["folder"])
+        self.assertEqual(folders, [example.slug, f"{example.slug}-2"])
+
+    def test_it_runs_a_job_only_once(self):
+        submission = self.stage_and_approve()
+        example = Example.objects.get(pk=submission.example_id)
+        with self.captureOnCommitCallbacks(execute=True):
+            job = services.queue_use(example=example, user=self.user)
+        self.assertIsNone(services.perform_job(str(job.pk)))  # already done: nothing to do
+        home = Path(settings.GALLERY_HOME_TEMPLATE.format(username="ursula")) / "examples"
+        self.assertEqual(sorted(p.name for p in home.iterdir()), [example.slug])

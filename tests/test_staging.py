@@ -1,3 +1,6 @@
+"""Staging: a submission becomes a revision in a content-addressed folder, with its checks
+and preview; the sweep of folders nothing names; staging under concurrency."""
+
 import json
 import os
 import threading
@@ -8,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import git
 from django.conf import settings
 from django.db import connections
 from django.test import Client, TransactionTestCase
@@ -16,11 +18,9 @@ from django.test import Client, TransactionTestCase
 from gallery import services
 from gallery.models import (
     Example,
-    IllegalTransition,
     Job,
     Preview,
     Revision,
-    StateChange,
     Submission,
 )
 
@@ -36,6 +36,28 @@ def age(path: Path, days: float = 2) -> None:
     """Make a staged folder look as if it was last stored `days` ago."""
     then = time.time() - days * 86400
     os.utime(path, (then, then))
+
+
+def run_together(**calls: Callable[[], Any]) -> dict[str, Any]:
+    """Run each call in a thread of its own (its own database connection and transaction);
+    returns what each call returned or raised, by name."""
+    results: dict[str, Any] = {}
+
+    def run(name: str, call: Callable[[], Any]) -> None:
+        try:
+            results[name] = call()
+        except Exception as exc:
+            results[name] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(name, call), name=name)
+               for name, call in calls.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
 
 
 class StageTests(GalleryTestCase):
@@ -143,105 +165,6 @@ class StageTests(GalleryTestCase):
         self.assertEqual(links["status"], "fail")
 
 
-class ReviewTests(GalleryTestCase):
-    def test_it_approves_into_a_commit_with_author_committer_and_trailers(self):
-        submission = self.stage_and_approve()
-        example = Example.objects.get(pk=submission.example_id)
-        self.assertEqual(example.state, Example.State.APPROVED)
-        revision = example.current_revision
-        commit = git.Repo(settings.GALLERY_REPO_PATH).commit(revision.git_commit)
-        self.assertEqual(commit.author.name, "connor")
-        self.assertEqual(commit.committer.name, "rita")
-        self.assertIn(f"Gallery-Submission: {submission.pk}", commit.message)
-        self.assertIn("Gallery-Review: ", commit.message)
-        tree = commit.tree / example.slug
-        self.assertEqual({b.name for b in tree.blobs},
-                         {"hello.ipynb", "requirements.txt", "example.toml"})
-
-    def test_it_refuses_illegal_transitions_with_a_clear_message(self):
-        submission = self.stage_and_approve()
-        with self.assertRaises(IllegalTransition) as ctx:
-            services.reject_submission(submission=submission, reviewer=self.reviewer,
-                                       comment="no")
-        self.assertIn("approved", str(ctx.exception))
-
-    def test_it_refuses_a_decision_from_a_non_reviewer(self):
-        submission = stage(self.contributor)
-        with self.assertRaises(services.NotAllowed):
-            services.approve_submission(submission=submission, reviewer=self.user)
-
-    def test_it_records_who_when_and_why_for_every_transition(self):
-        submission = stage(self.contributor)
-        services.request_changes(submission=submission, reviewer=self.reviewer,
-                                 comment="Add a summary")
-        change = StateChange.objects.filter(submission=submission).last()
-        self.assertEqual((change.from_state, change.to_state), ("staged", "changes_requested"))
-        self.assertEqual(change.actor, self.reviewer)
-        self.assertEqual(change.reason, "Add a summary")
-        self.assertIsNotNone(change.at)
-
-    def test_it_makes_a_new_revision_of_the_same_example(self):
-        first = self.stage_and_approve()
-        with self.captureOnCommitCallbacks(execute=True):
-            second = stage(self.contributor, notebook=notebook_bytes(5),
-                           example_slug=first.example.slug)
-        self.assertEqual(second.example_id, first.example_id)
-        self.assertEqual(second.revision.number, 2)
-        example = Example.objects.get(pk=first.example_id)
-        self.assertEqual(example.current_revision.number, 1)  # until approved
-
-    def test_it_retires_and_hides_an_example_from_new_uses(self):
-        submission = self.stage_and_approve()
-        example = Example.objects.get(pk=submission.example_id)
-        services.retire_example(example=example, actor=self.reviewer, reason="outdated")
-        example.refresh_from_db()
-        self.assertEqual(example.state, Example.State.RETIRED)
-        self.assertNotIn(example, Example.objects.visible())
-        with self.assertRaises(services.Conflict):
-            services.queue_use(example=example, user=self.user)
-
-
-class UseTests(GalleryTestCase):
-    def test_it_copies_the_approved_revision_into_the_home(self):
-        submission = self.stage_and_approve(data_links=[
-            {"name": "docs", "target": "https://example.org/data"},
-            {"name": "shared", "target": str(Path(settings.GALLERY_DATA_DIR).parent)}])
-        example = Example.objects.get(pk=submission.example_id)
-        with self.captureOnCommitCallbacks(execute=True):
-            job = services.queue_use(example=example, user=self.user)
-        job.refresh_from_db()
-        self.assertEqual(job.state, Job.State.DONE, job.message)
-        home = Path(settings.GALLERY_HOME_TEMPLATE.format(username="ursula"))
-        copy = home / "examples" / example.slug
-        self.assertTrue((copy / "hello.ipynb").is_file())
-        self.assertTrue((copy / "data" / "shared").is_symlink())
-        self.assertIn("https://example.org/data", (copy / "DATA.md").read_text())
-        self.assertEqual(job.result["folder"], example.slug)
-        self.assertIn("pip install -r requirements.txt", job.result["environment"]["pip"])
-        # Run from anywhere: the commands go to the copy first.
-        self.assertTrue(job.result["environment"]["pip"].startswith(
-            f"cd ~/examples/{example.slug} && python3 -m venv"))
-
-    def test_it_never_overwrites_and_names_the_second_copy(self):
-        submission = self.stage_and_approve()
-        example = Example.objects.get(pk=submission.example_id)
-        folders = []
-        for _ in range(2):
-            with self.captureOnCommitCallbacks(execute=True):
-                job = services.queue_use(example=example, user=self.user)
-            job.refresh_from_db()
-            folders.append(job.result["folder"])
-        self.assertEqual(folders, [example.slug, f"{example.slug}-2"])
-
-    def test_it_runs_a_job_only_once(self):
-        submission = self.stage_and_approve()
-        example = Example.objects.get(pk=submission.example_id)
-        with self.captureOnCommitCallbacks(execute=True):
-            job = services.queue_use(example=example, user=self.user)
-        self.assertIsNone(services.perform_job(str(job.pk)))  # already done: nothing to do
-        home = Path(settings.GALLERY_HOME_TEMPLATE.format(username="ursula")) / "examples"
-        self.assertEqual(sorted(p.name for p in home.iterdir()), [example.slug])
-
 
 class StagingSweepTests(GalleryTestCase):
     def test_it_removes_only_unnamed_folders_stored_longer_ago_than_the_grace(self):
@@ -308,27 +231,6 @@ class StagingSweepTests(GalleryTestCase):
         age(folder)
         self.assertEqual(tasks.sweep_staging.delay().get(), 1)
 
-
-def run_together(**calls: Callable[[], Any]) -> dict[str, Any]:
-    """Run each call in a thread of its own (its own database connection and transaction);
-    returns what each call returned or raised, by name."""
-    results: dict[str, Any] = {}
-
-    def run(name: str, call: Callable[[], Any]) -> None:
-        try:
-            results[name] = call()
-        except Exception as exc:
-            results[name] = exc
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(name, call), name=name)
-               for name, call in calls.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
 
 
 class ConcurrentStagingTests(TransactionTestCase):
