@@ -109,8 +109,11 @@ SHARED_CACHE_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9
 
 NUL = "\x00"
 SURROGATE = "\ud800"
+# Markup the requests carry in titles, summaries, cells and outputs; no page or preview may
+# hand it to a browser as markup.
+SCRIPT, HANDLER = "<script>alert(1)</script>", "<img src=x onerror=alert(1)>"
 NASTY = ["", " ", "\t\n", NUL, f"a{NUL}b", SURROGATE, "\udcff", "é", "💥", "\u202e", "ǅ",
-         "<script>alert(1)</script>", "{{ 7|add:7 }}", "%s%n", "../../etc/passwd", "/etc/passwd",
+         SCRIPT, HANDLER, "{{ 7|add:7 }}", "%s%n", "../../etc/passwd", "/etc/passwd",
          "a" * 300, "NaN", "null", "-1", "1e309", "\\", "'", '"', "--", "\r\nX-Injected: 1",
          "a,b,,c", "CON", "nul.txt", "%00", "%ff", "\ufeff", "x" * 5001]
 ODD_SLUGS = ["no-such", "a" * 81, "A", "-", "_", "%00", "%ff", "%E2%82%AC", "..", "x%2Fy",
@@ -144,11 +147,11 @@ def _kernelspec() -> dict[str, str]:
 
 def _rich_notebook() -> dict[str, Any]:
     nb = new_notebook(metadata={"kernelspec": _kernelspec()})
-    nb.cells.append(new_markdown_cell("# Rich outputs\n\n<b>bold</b> <script>alert(1)</script>"))
+    nb.cells.append(new_markdown_cell(f"# Rich outputs\n\n<b>bold</b> {SCRIPT} {HANDLER}"))
     cell = new_code_cell("display(x)", execution_count=1)
     cell.outputs = [
         new_output("display_data", data={"image/png": PNG_1PX, "text/plain": "<image>"}),
-        new_output("display_data", data={"text/html": "<img src=x onerror=alert(1)><p>hi</p>"}),
+        new_output("display_data", data={"text/html": f"{HANDLER}<p>hi</p>{SCRIPT}"}),
         new_output("execute_result", data={"text/plain": "42"}, execution_count=1),
         new_output("error", ename="ValueError", evalue="bad", traceback=["\x1b[31mboom\x1b[0m"]),
         new_output("stream", name="stderr", text="warning\n"),
@@ -244,12 +247,13 @@ def upload(draw: st.DrawFn, slugs: list[str]) -> Upload:
     """A submission that is good, or wrong in one to three ways."""
     meta: dict[str, Any] = {
         "title": draw(st.sampled_from(["Harness example", "Ünïcode — title", "x",
-                                       "Hello example"])),
-        "summary": draw(st.sampled_from(["", "Says hello.", "<b>bold</b> & more"])),
+                                       "Hello example", f"Markup {SCRIPT}"])),
+        "summary": draw(st.sampled_from(["", "Says hello.", f"<b>bold</b> & {HANDLER}"])),
         "tags": draw(st.sampled_from([[], ["demo"], ["demo", "python", "Data Science"]])),
         "licence": "CC-BY-4.0",
         "data_links": draw(st.sampled_from([[], [_link()], [_link(), _link(
-            "shared", "/srv/shared/data", size=1024, checksum="sha256:00", licence="CC0-1.0")]])),
+            "shared", "/srv/shared/data", size=1024, checksum="sha256:00", licence="CC0-1.0",
+            description=HANDLER)]])),
         "resources": draw(st.sampled_from([{}, {"cpu": 2, "memory": "4G", "gpu": 0.5}])),
         "authors": draw(st.sampled_from([[], ["Ann Example", "Bob"]])),
     }
@@ -610,21 +614,24 @@ class FakeHub(BaseHTTPRequestHandler):
 
 def build_baseline(cast: dict[str, Any]) -> None:
     """An approved example with a second revision waiting, a staged, a rejected and a retired
-    one, and a finished Use: what every run starts from."""
+    one, and a finished Use: what every run starts from. Titles and descriptions carry markup,
+    which every page must show as text."""
     capture = TestCase.captureOnCommitCallbacks
     with capture(execute=True):
         hello = stage(cast["contributor"], title="Hello example",
                       files={"helper.py": b"X = 1\n", "data/small.bin": b"\x00\x01"},
-                      data_links=[_link(), _link("shared", "/srv/shared/data", size=1024)])
+                      data_links=[_link(description=HANDLER),
+                                  _link("shared", "/srv/shared/data", size=1024)])
     with capture(execute=True):
         services.approve_submission(submission=hello, reviewer=cast["reviewer"], comment="ok")
     with capture(execute=True):
         stage(cast["contributor"], title="Hello example", example_slug=hello.example.slug,
               notebook=notebook_bytes(2, text="print('v2')"))
-        stage(cast["other"], title="Other staged", notebook=json.dumps(NOTEBOOKS[1]).encode())
-        rejected = stage(cast["contributor"], title="Rejected example",
+        stage(cast["other"], title=f"Other staged {SCRIPT}",
+              notebook=json.dumps(NOTEBOOKS[1]).encode())
+        rejected = stage(cast["contributor"], title=f"Rejected example {HANDLER}",
                          notebook=notebook_bytes(1, text="print('no')"))
-        retired = stage(cast["other"], title="Retired example",
+        retired = stage(cast["other"], title=f"Retired example {SCRIPT}",
                         notebook=notebook_bytes(1, text="print('old')"))
     with capture(execute=True):
         services.reject_submission(submission=rejected, reviewer=cast["reviewer"],
@@ -963,6 +970,10 @@ class GalleryMachine(RuleBasedStateMachine):
             assert all(a <= b for a, b in zip(after.decisions, before.decisions, strict=True)), \
                 f"not a reviewer, but reviews, decisions or retirements grew " \
                 f"{before.decisions} -> {after.decisions}:\n{where}"
+        if response.get("Content-Type", "").startswith("text/html"):
+            body = _content(response)
+            assert SCRIPT.encode() not in body and HANDLER[:-1].encode() not in body, \
+                f"markup from a request reached a page unescaped:\n{where}"
         left = leftovers(self.run_dir)
         assert not left, f"temporary files left: {left}:\n{where}"
         copies = broken_copies()
@@ -975,17 +986,24 @@ class GalleryMachine(RuleBasedStateMachine):
 
     # --- what the state offers ------------------------------------------------------------------
 
+    # Newest first: hypothesis draws the first items most, so what a run just made is what
+    # its next requests review, use and read.
+
     def slugs(self) -> list[str]:
-        return list(Example.objects.order_by("pk").values_list("slug", flat=True))
+        return list(Example.objects.order_by("-pk").values_list("slug", flat=True))
+
+    def example_ids(self) -> list[int]:
+        return list(Example.objects.order_by("-pk").values_list("pk", flat=True))
 
     def submission_ids(self) -> list[int]:
-        return list(Submission.objects.order_by("pk").values_list("pk", flat=True))
+        return list(Submission.objects.order_by("-pk").values_list("pk", flat=True))
 
     def job_ids(self) -> list[str]:
-        return [str(pk) for pk in Job.objects.order_by("queued_at").values_list("pk", flat=True)]
+        return [str(pk) for pk in Job.objects.order_by("-queued_at", "kind").values_list(
+            "pk", flat=True)]
 
     def shas(self) -> list[str]:
-        return list(Revision.objects.order_by("pk").values_list("notebook_sha256", flat=True))
+        return list(Revision.objects.order_by("-pk").values_list("notebook_sha256", flat=True))
 
     def pick_id(self, data: st.DataObject, ids: list[Any]) -> str:
         return str(data.draw(st.one_of(st.sampled_from(ids or [1]), st.sampled_from(
@@ -1261,7 +1279,7 @@ class GalleryMachine(RuleBasedStateMachine):
     @endpoint(PAGE_CALLERS)
     def admin_pages(self, data: st.DataObject, caller: str) -> None:
         sub = self.pick_id(data, self.submission_ids())
-        ex = self.pick_id(data, list(Example.objects.order_by("pk").values_list("pk", flat=True)))
+        ex = self.pick_id(data, self.example_ids())
         job = self.pick_job(data)
         path = data.draw(st.sampled_from([
             "/admin/", "/admin/gallery/", "/admin/gallery/submission/",
@@ -1294,7 +1312,7 @@ class GalleryMachine(RuleBasedStateMachine):
         model, actions, ids = data.draw(st.sampled_from([
             ("submission", ["approve", "delete_selected", "nope"], self.submission_ids()),
             ("example", ["retire", "restore", "delete_selected"],
-             list(Example.objects.order_by("pk").values_list("pk", flat=True)))]))
+             self.example_ids())]))
         chosen = data.draw(st.lists(st.one_of(st.sampled_from(ids), st.sampled_from(
             [0, 10**30, "x"])), max_size=3))
         pairs: list[tuple[str, Any]] = [("action", data.draw(st.sampled_from(actions))),
@@ -1324,8 +1342,7 @@ class GalleryMachine(RuleBasedStateMachine):
 
     @endpoint(PAGE_CALLERS)
     def admin_change_example(self, data: st.DataObject, caller: str) -> None:
-        ids = list(Example.objects.order_by("pk").values_list("pk", flat=True))
-        pk = self.pick_id(data, ids)
+        pk = self.pick_id(data, self.example_ids())
         pairs = [("title", data.draw(st.one_of(st.just("Renamed"), text()))),
                  ("summary", data.draw(text())), ("_save", "Save")]
         pairs.extend(("tags", t) for t in data.draw(st.lists(st.sampled_from(
