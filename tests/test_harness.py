@@ -796,6 +796,43 @@ def api_error(response: HttpResponseBase) -> str | None:
     return None
 
 
+def check_answer(call: Call, response: HttpResponseBase, where: str) -> None:
+    """No 5xx; JSON errors from the API; no markup of a request in a page, unescaped."""
+    status = response.status_code
+    said_why = status == 503 and call.hub_down and not getattr(response, "exc_info", None)
+    assert status < 500 or said_why, f"server error:\n{where}"
+    if call.path.startswith("/api/") and status >= 400:
+        problem = api_error(response)
+        assert problem is None, f"API error that is not JSON {{'error': ...}} ({problem}):" \
+                                f"\n{where}"
+    if response.get("Content-Type", "").startswith("text/html"):
+        body = _content(response)
+        assert SCRIPT.encode() not in body and HANDLER[:-1].encode() not in body, \
+            f"markup from a request reached a page unescaped:\n{where}"
+
+
+def check_nothing_stored(before: Snapshot, where: str) -> None:
+    """A refused request added no row and no staged folder that no revision holds."""
+    after = snapshot()
+    assert after.rows == before.rows, f"refused, but rows changed " \
+                                      f"{before.rows} -> {after.rows}:\n{where}"
+    held = set(Revision.objects.values_list("content_hash", flat=True))
+    new = after.staged - before.staged - held
+    assert not new, f"refused, but staged folders {sorted(new)} were left:\n{where}"
+
+
+def check_disk(run_dir: Path, where: str) -> None:
+    """No temporary file left; staged folders and Use copies whole; no crashed job."""
+    left = leftovers(run_dir)
+    assert not left, f"temporary files left: {left}:\n{where}"
+    copies = broken_copies()
+    assert not copies, f"finished Uses with incomplete copies {copies}:\n{where}"
+    broken = broken_revisions()
+    assert not broken, f"revisions lost staged files {broken}:\n{where}"
+    crashed = crashed_jobs()
+    assert not crashed, f"jobs crashed: {crashed}:\n{where}"
+
+
 # --- the state machine ------------------------------------------------------------------------
 
 # The methods of the machine that send requests, in the order they are defined (a staging form
@@ -811,7 +848,6 @@ def endpoint(callers: list[str], weight: int = 1):  # type: ignore[no-untyped-de
         CALLERS_OF[method.__name__] = callers
         return method
     return register
-
 
 
 class GalleryMachine(RuleBasedStateMachine):
@@ -884,6 +920,7 @@ class GalleryMachine(RuleBasedStateMachine):
     # --- sending and checking -----------------------------------------------------------------
 
     def client(self, caller: str) -> tuple[Client, dict[str, str]]:
+        """A test client for a caller, with its session or the headers of its hub token."""
         kind, _, who = caller.partition(":")
         client = Client(raise_request_exception=False, enforce_csrf_checks=kind == "csrf")
         headers: dict[str, str] = {}
@@ -940,24 +977,20 @@ class GalleryMachine(RuleBasedStateMachine):
 
     def check(self, caller: str, call: Call, response: HttpResponseBase,
               before: Snapshot) -> None:
-        status = response.status_code
+        """Every property of the module docstring, for one request and its answer."""
         where = describe(caller, call, response)
-        said_why = status == 503 and call.hub_down and not getattr(response, "exc_info", None)
-        assert status < 500 or said_why, f"server error:\n{where}"
-        if call.path.startswith("/api/") and status >= 400:
-            problem = api_error(response)
-            assert problem is None, f"API error that is not JSON {{'error': ...}} ({problem}):" \
-                                    f"\n{where}"
-        if 400 <= status < 500:
-            after = snapshot()
-            assert after.rows == before.rows, f"refused, but rows changed " \
-                                              f"{before.rows} -> {after.rows}:\n{where}"
-            held = set(Revision.objects.values_list("content_hash", flat=True))
-            new = after.staged - before.staged - held
-            assert not new, f"refused, but staged folders {sorted(new)} were left:\n{where}"
+        check_answer(call, response, where)
+        if 400 <= response.status_code < 500:
+            check_nothing_stored(before, where)
+        self.check_access(caller, call, response, before, where)
+        check_disk(self.run_dir, where)
+        _content(response)  # read and close a streamed file
+
+    def check_access(self, caller: str, call: Call, response: HttpResponseBase,
+                     before: Snapshot, where: str) -> None:
         user = self.user_of(caller)
         reviewer = user is not None and services.is_reviewer(user)
-        if status == 200 and call.shows is not None:
+        if response.status_code == 200 and call.shows is not None:
             kind, pk = call.shows
             if response.get("Content-Type", "").startswith("application/json"):
                 pk = json.loads(_content(response)).get("id", pk)  # "1.0" is read as 1
@@ -970,19 +1003,6 @@ class GalleryMachine(RuleBasedStateMachine):
             assert all(a <= b for a, b in zip(after.decisions, before.decisions, strict=True)), \
                 f"not a reviewer, but reviews, decisions or retirements grew " \
                 f"{before.decisions} -> {after.decisions}:\n{where}"
-        if response.get("Content-Type", "").startswith("text/html"):
-            body = _content(response)
-            assert SCRIPT.encode() not in body and HANDLER[:-1].encode() not in body, \
-                f"markup from a request reached a page unescaped:\n{where}"
-        left = leftovers(self.run_dir)
-        assert not left, f"temporary files left: {left}:\n{where}"
-        copies = broken_copies()
-        assert not copies, f"finished Uses with incomplete copies {copies}:\n{where}"
-        broken = broken_revisions()
-        assert not broken, f"revisions lost staged files {broken}:\n{where}"
-        crashed = crashed_jobs()
-        assert not crashed, f"jobs crashed: {crashed}:\n{where}"
-        _content(response)  # read and close a streamed file
 
     # --- what the state offers ------------------------------------------------------------------
 
