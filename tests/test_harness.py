@@ -85,8 +85,8 @@ from .conftest import ENDPOINT_CASES, REDIS_URL
 # Runs of the state machine and requests per run: bounded, and the same on every machine.
 # No shrinking: it can take minutes over a state machine, and a failure already shows the
 # request that failed, byte for byte, with the server's traceback.
-RUNS = 30
-STEPS = 32
+RUNS = 24
+STEPS = 48  # a little more than the endpoints: each run visits every one
 HARNESS = hsettings(
     max_examples=RUNS, stateful_step_count=STEPS, deadline=None, derandomize=True,
     database=None, print_blob=False, phases=[Phase.explicit, Phase.generate],
@@ -835,16 +835,19 @@ def check_disk(run_dir: Path, where: str) -> None:
 
 # --- the state machine ------------------------------------------------------------------------
 
-# The methods of the machine that send requests, in the order they are defined (a staging form
-# is listed twice, for a larger share of steps), and who may call each.
-ENDPOINTS: list[str] = []
+# The methods of the machine that send requests, each with one of its variants (a route, a
+# method), in the order they are defined; a staging form is listed twice, for a larger share
+# of steps. And who may call each.
+ENDPOINTS: list[tuple[str, str]] = []
 CALLERS_OF: dict[str, list[str]] = {}
 
 
-def endpoint(callers: list[str], weight: int = 1):  # type: ignore[no-untyped-def]
-    """Register a method of the machine as one endpoint that `request` draws from."""
+def endpoint(callers: list[str], weight: int = 1,  # type: ignore[no-untyped-def]
+             variants: tuple[str, ...] = ("",)):
+    """Register a method of the machine as endpoints that each run visits in turn: one per
+    variant, which the method gets as its third argument."""
     def register(method):  # type: ignore[no-untyped-def]
-        ENDPOINTS.extend([method.__name__] * weight)
+        ENDPOINTS.extend((method.__name__, v) for v in variants for _ in range(weight))
         CALLERS_OF[method.__name__] = callers
         return method
     return register
@@ -887,7 +890,8 @@ class GalleryMachine(RuleBasedStateMachine):
 
     @initialize(behind_hub=st.booleans(), shared_cache=st.booleans(),
                 order=st.deferred(lambda: st.permutations(ENDPOINTS)))
-    def configure(self, behind_hub: bool, shared_cache: bool, order: list[str]) -> None:
+    def configure(self, behind_hub: bool, shared_cache: bool, order: list[tuple[str, str]]
+                  ) -> None:
         """Half the runs behind a hub (tokens work, login goes through it), half with the
         shared Redis cache (sessions and users read from it); each run visits the endpoints
         in an order of its own, so that every endpoint gets its share of requests."""
@@ -1037,12 +1041,15 @@ class GalleryMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def request(self, data: st.DataObject) -> None:
         """One request to the next endpoint of this run's order, from one of its callers."""
-        name = self.order[self.steps % len(self.order)]
+        name, variant = self.order[self.steps % len(self.order)]
         self.steps += 1
-        caller = data.draw(st.sampled_from(CALLERS_OF[name]), label=name)
+        caller = data.draw(st.sampled_from(CALLERS_OF[name]), label=f"{name} {variant}")
         odd = data.draw(st.integers(0, 7)) == 0
         self.environ = data.draw(st.sampled_from(ODD_ENVIRON), label="environ") if odd else {}
-        getattr(self, name)(data, caller)
+        if variant:
+            getattr(self, name)(data, caller, variant)
+        else:
+            getattr(self, name)(data, caller)
 
     # --- the JSON API -----------------------------------------------------------------------------
 
@@ -1116,9 +1123,9 @@ class GalleryMachine(RuleBasedStateMachine):
         self.send(caller, Call("POST /api/v1/submissions (raw)", "POST", "/api/v1/submissions",
                                body, content_type))
 
-    @endpoint(API_CALLERS)
-    def api_submissions(self, data: st.DataObject, caller: str) -> None:
-        if data.draw(st.booleans()):
+    @endpoint(API_CALLERS, variants=("list", "one"))
+    def api_submissions(self, data: st.DataObject, caller: str, variant: str) -> None:
+        if variant == "list":
             qs = data.draw(query_string(["page", "state"]))
             self.send(caller, Call("GET /api/v1/submissions", "GET", f"/api/v1/submissions?{qs}"))
         else:
@@ -1207,9 +1214,9 @@ class GalleryMachine(RuleBasedStateMachine):
         qs = data.draw(query_string(["page"]))
         self.send(caller, Call("GET /submissions/", "GET", f"/submissions/?{qs}"))
 
-    @endpoint(PAGE_CALLERS)
-    def page_notifications(self, data: st.DataObject, caller: str) -> None:
-        if data.draw(st.booleans()):
+    @endpoint(PAGE_CALLERS, variants=("POST", "GET"))
+    def page_notifications(self, data: st.DataObject, caller: str, method: str) -> None:
+        if method == "POST":
             body = form(data.draw(st.lists(st.tuples(st.sampled_from(["ids", "id", "all"]),
                                                      text()), max_size=3)))
             self.send(caller, Call("POST /notifications/", "POST", "/notifications/", body,
@@ -1249,9 +1256,8 @@ class GalleryMachine(RuleBasedStateMachine):
         self.send(caller, Call("GET /previews/<file>", "GET", f"/previews/{name}",
                                headers=headers))
 
-    @endpoint(PAGE_CALLERS)
-    def operations(self, data: st.DataObject, caller: str) -> None:
-        path = data.draw(st.sampled_from(["/health", "/health/detail", "/metrics"]))
+    @endpoint(PAGE_CALLERS, variants=("/health", "/health/detail", "/metrics"))
+    def operations(self, data: st.DataObject, caller: str, path: str) -> None:
         auth = data.draw(st.sampled_from(["", "Bearer metrics-secret", "Bearer wrong",
                                           "token metrics-secret", "Bearer ", "Basic eDp5"]))
         headers = {"Authorization": auth} if auth else {}
@@ -1261,22 +1267,22 @@ class GalleryMachine(RuleBasedStateMachine):
 
     # --- logging in and out -----------------------------------------------------------------------
 
-    @endpoint(PAGE_CALLERS)
-    def login_pages(self, data: st.DataObject, caller: str) -> None:
-        method, path = data.draw(st.sampled_from([
-            ("GET", "/accounts/login/"), ("POST", "/accounts/login/"),
-            ("POST", "/accounts/logout/"), ("GET", "/login/"), ("POST", "/logout/"),
-            ("GET", "/admin/login/"), ("POST", "/admin/login/"), ("GET", "/oauth_callback"),
-            ("GET", "/logout/")]))
+    @endpoint(PAGE_CALLERS, variants=("POST /accounts/login/", "POST /admin/login/",
+                                      "GET /accounts/login/", "GET /admin/login/", "GET /login/",
+                                      "GET /oauth_callback", "POST /logout/", "GET /logout/",
+                                      "POST /accounts/logout/"))
+    def login_pages(self, data: st.DataObject, caller: str, route: str) -> None:
+        """Django's login forms with good, wrong and odd credentials; logging in through the
+        hub and out again; each with an odd place to go next."""
+        method, path = route.split()
         nxt = data.draw(st.sampled_from(["", "/stage/", "https://evil.example/", "//evil",
                                          "/admin/", "%00", "/\\evil"]) | text())
-        query = f"?next={q(nxt)}"
         body = b""
         if method == "POST":
             body = form([("username", data.draw(st.sampled_from([*CAST.values(), "", "x"]))),
                          ("password", data.draw(st.sampled_from(["pw-" + "x" * 10, "wrong"])
                                                 | text())), ("next", nxt)])
-        self.send(caller, Call(f"{method} {path}", method, path + query, body,
+        self.send(caller, Call(f"{method} {path}", method, f"{path}?next={q(nxt)}", body,
                                "application/x-www-form-urlencoded" if body else ""))
 
     @endpoint(PAGE_CALLERS)
