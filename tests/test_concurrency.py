@@ -136,6 +136,9 @@ class Server(ThreadedWSGIServer):
     # Django's test server accepts 10 waiting connections; more are reset when all threads
     # connect at once. gunicorn's backlog is 2048.
     request_queue_size = 4 * THREADS
+    # Closing the server waits for its threads, which close their database connections:
+    # PostgreSQL cannot drop a test database that a connection still uses.
+    daemon_threads = False
 
 
 class ServerThread(LiveServerThread):
@@ -153,6 +156,21 @@ def server() -> Iterator[str]:
         raise thread.error
     yield f"http://127.0.0.1:{thread.port}"
     thread.terminate()
+
+
+@pytest.fixture
+def login(server: str) -> Iterator[Callable[[Any], Person]]:
+    """Log a user in to the live server; the sessions are closed again (keep-alive
+    connections would hold the server's threads open)."""
+    people: list[Person] = []
+
+    def person(user: Any) -> Person:
+        people.append(Person(server, user))
+        return people[-1]
+
+    yield person
+    for each in people:
+        each.http.close()
 
 
 @pytest.fixture
@@ -182,9 +200,9 @@ def approved_example(contributor: Any, reviewer: Any) -> Example:
 
 
 def test_it_keeps_every_submission_and_every_copy_whole_under_many_requests_at_once(
-        server: str, workers: Any, server_errors: list[str]) -> None:
-    contributors = [Person(server, make_user(f"contrib{i}")) for i in range(9)]
-    users = [Person(server, make_user(f"user{i}")) for i in range(12)]
+        login: Callable[[Any], Person], workers: Any, server_errors: list[str]) -> None:
+    contributors = [login(make_user(f"contrib{i}")) for i in range(9)]
+    users = [login(make_user(f"user{i}")) for i in range(12)]
     example = approved_example(make_user("carla"), make_user("rhea", reviewer=True))
 
     sent: list[Sent] = []
