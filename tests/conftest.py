@@ -26,6 +26,20 @@ RUN_ID = f"t{os.getpid()}"
 BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
 QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
           "use": f"gallery-use-{RUN_ID}"}
+# Generated requests per endpoint ("GET /api/v1/examples"), filled by tests/test_harness.py and
+# tests/test_concurrency.py and printed at the end of the run: a harness that stopped reaching
+# an endpoint shows here as a missing or tiny count.
+ENDPOINT_CASES: Counter[str] = Counter()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not ENDPOINT_CASES:
+        return
+    terminalreporter.section("generated cases per endpoint")
+    width = max(len(name) for name in ENDPOINT_CASES)
+    for name, count in sorted(ENDPOINT_CASES.items()):
+        terminalreporter.write_line(f"{name:<{width}}  {count:>6}")
+    terminalreporter.write_line(f"{'total':<{width}}  {sum(ENDPOINT_CASES.values()):>6}")
 
 
 @pytest.fixture(scope="session", autouse=True)
