@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from django.conf import settings
 from django.core.exceptions import (
     BadRequest,
+    DisallowedHost,
     RequestDataTooBig,
     SuspiciousOperation,
     TooManyFieldsSent,
@@ -27,6 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostE
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.urls import reverse
+from django.views import defaults
 
 from .schema import unstorable
 from .uploads import UploadTooLarge
@@ -51,6 +53,18 @@ def refuse(request: HttpRequest, status: int, message: str) -> HttpResponse:
     return render(request, "gallery/refused.html",
                   {"title": TITLES.get(status, "The request cannot be used"),
                    "message": message}, status=status)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """`handler400`: what Django answers to a request it refuses before any view (a Host the
+    gallery does not serve, another suspicious request): JSON under the API, as every API
+    error is; Django's own page elsewhere, which renders without the request's context."""
+    if is_api(request):
+        message = ("This request is not addressed to the gallery: its Host header is not one "
+                   "the gallery serves." if isinstance(exception, DisallowedHost) else
+                   "The request cannot be used: it is malformed.")
+        return JsonResponse({"error": message}, status=400)
+    return defaults.bad_request(request, exception)
 
 
 def _wsgi_text(value: str) -> str | None:

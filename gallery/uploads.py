@@ -14,8 +14,9 @@ class UploadTooLarge(Exception):
 
 
 def _limit_message() -> str:
-    return (f"The upload is larger than the limit of "
-            f"{settings.GALLERY_MAX_UPLOAD_BYTES / 1024 / 1024:.0f} MB.")
+    limit = settings.GALLERY_MAX_UPLOAD_BYTES
+    shown = f"{limit / 2**20:.0f} MB" if limit >= 2**20 else f"{limit:,} bytes"
+    return f"The upload is larger than the limit of {shown}."
 
 
 class LimitedUploadHandler(FileUploadHandler):
@@ -28,8 +29,18 @@ class LimitedUploadHandler(FileUploadHandler):
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
         self.total += len(raw_data)
         if self.total > settings.GALLERY_MAX_UPLOAD_BYTES:
+            self._drop_partial_files()
             raise UploadTooLarge(_limit_message())
         return raw_data
+
+    def _drop_partial_files(self) -> None:
+        """Close, and so delete, the file the next handlers are writing: when an upload stops
+        with an error, Django's parser closes only the files it completed, and the temporary
+        file of the one half-received would stay until the garbage collector found it."""
+        for handler in getattr(self.request, "upload_handlers", []):
+            partial = getattr(handler, "file", None)
+            if handler is not self and partial is not None:
+                partial.close()
 
     def file_complete(self, file_size: int) -> None:
         return None

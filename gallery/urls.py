@@ -33,3 +33,6 @@ urlpatterns = [
     path("admin/login/", login.admin_login),
     path("admin/", admin.site.urls),
 ]
+
+# Requests Django refuses before any view (a Host it does not serve): JSON under the API.
+handler400 = "gallery.inputs.bad_request"

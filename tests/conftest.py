@@ -32,7 +32,7 @@ QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID
 ENDPOINT_CASES: Counter[str] = Counter()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def _print_endpoint_cases(terminalreporter: pytest.TerminalReporter) -> None:
     if not ENDPOINT_CASES:
         return
     terminalreporter.section("generated cases per endpoint")
@@ -177,6 +177,13 @@ def authz_cases(request: pytest.FixtureRequest) -> Counter:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """How many cases the harnesses ran: the generated requests per endpoint, and the
+    authorisation matrix's cases per URL."""
+    _print_endpoint_cases(terminalreporter)
+    _print_authz_cases(terminalreporter, config)
+
+
+def _print_authz_cases(terminalreporter: Any, config: pytest.Config) -> None:
     """The authorisation matrix's cases per URL (each method's count), the desk's in one line."""
     cases: Counter = config.stash.get(AUTHZ_CASES, Counter())
     if not cases:

@@ -87,6 +87,17 @@ def test_it_answers_api_errors_django_makes_itself_as_json(reviewer_client):
                                                "/api/")
 
 
+
+@pytest.mark.django_db
+def test_it_answers_a_host_it_does_not_serve_in_json_under_the_api_only():
+    client = Client()
+    client.force_login(make_user("ursula"))
+    r = client.get("/api/v1/examples", headers={"Host": "evil.example"})
+    assert "Host header" in assert_refused(r, 400, "/api/")
+    page = client.get("/", headers={"Host": "evil.example"})
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
+
+
 @pytest.mark.django_db
 def test_it_passes_ordinary_text_through():
     client = Client()
