@@ -18,8 +18,9 @@ venv: $(VENV)/.installed
 redis:
 	@scripts/ensure-redis
 
-# Every test on SQLite (the zero-setup default), then the tests with real worker processes,
-# the pages and the API (full-text search) again on PostgreSQL.
+# Every test on SQLite (the zero-setup default), then again on PostgreSQL: the tests with real
+# worker processes, the pages and the API (full-text search), staging's races, the
+# authorisation matrix and the property-based harness.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
 	@scripts/ensure-postgres
@@ -27,7 +28,7 @@ test: venv redis
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py \
-		tests/test_staging.py tests/test_authz.py
+		tests/test_staging.py tests/test_authz.py tests/test_harness.py
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not e2e and not worker"
