@@ -32,7 +32,9 @@ from typing import IO, Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 SPEC_FILES = ("requirements.txt", "pyproject.toml", "environment.yml", "environment.yaml")
 MAX_REQUIREMENTS = 200
@@ -437,11 +439,29 @@ def lock(spec: Spec, *, config: BuildConfig | None = None) -> str:
     if KERNEL_PACKAGE not in {canonicalize_name(Requirement(r).name) for r in wanted}:
         wanted.append(KERNEL_PACKAGE)
     with _runner(config) as run:
+        python = _interpreter(run)
+        if spec.python and not python_fits(spec.python, python.version):
+            raise CannotBuild(
+                f"{spec.name} asks for Python {spec.python}; environments here are built on "
+                f"Python {python.version} (GALLERY_BUILD_PYTHON).")
         out = run([config.uv_binary(), "pip", "compile", "-", "--python", config.python,
                    "--no-header", "--quiet", *config.wheel_options(), *config.index_options],
                   stdin="\n".join(wanted) + "\n")
     pins(out)  # every line pinned, or BuildError
     return out
+
+
+def python_fits(wanted: str, version: str) -> bool:
+    """Whether a Python version meets a spec's request: a specifier (">=3.10", from
+    pyproject.toml or conda) or a conda version ("3.11" meaning any 3.11)."""
+    wanted = wanted.strip()
+    try:
+        if wanted[:1].isdigit():
+            return Version(version) in SpecifierSet(
+                f"=={wanted}" + ("" if wanted.endswith("*") else ".*"))
+        return Version(version) in SpecifierSet(wanted.replace(" ", ""))
+    except (InvalidSpecifier, InvalidVersion):
+        return True  # a request that says nothing clear: let the resolver decide
 
 
 def pins(lock_text: str) -> list[str]:

@@ -234,6 +234,21 @@ def test_it_says_plainly_that_conda_dependencies_cannot_be_built_here(
         environments.lock(conda, config=config)
 
 
+@pytest.mark.parametrize("wanted,fits", [
+    ("3.11", True), ("3.11.2", True), ("3.12", False), (">=3.10", True), (">=3.12", False),
+    ("3.1", False), (">=3.10,<3.11", False), ("3.11.*", True),
+])
+def test_it_knows_whether_a_python_meets_a_spec(wanted: str, fits: bool) -> None:
+    assert environments.python_fits(wanted, "3.11.2") is fits
+
+
+def test_it_says_plainly_when_a_spec_wants_another_python(config: BuildConfig) -> None:
+    other = environments.read_spec(
+        "pyproject.toml", b'[project]\nrequires-python = ">=3.99"\ndependencies = ["six"]\n')
+    with pytest.raises(environments.CannotBuild, match="asks for Python >=3.99"):
+        environments.lock(other, config=config)
+
+
 def test_it_builds_a_read_only_environment_that_every_user_can_run(
         config: BuildConfig, builder: str) -> None:
     path = environments.build(environments.lock(spec("galleryfake-a"), config=config),
