@@ -186,10 +186,11 @@ def builder() -> Iterator[str]:
     if not IS_ROOT:
         yield ""
         return
-    name = f"gb{TAG}"
-    make_account(Path(tempfile.mkdtemp()), name)
+    name, root = f"gb{TAG}", Path(tempfile.mkdtemp())
+    make_account(root, name)
     yield name
     remove_account(name)
+    shutil.rmtree(root)
 
 
 @pytest.fixture
