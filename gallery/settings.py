@@ -11,6 +11,8 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -95,6 +97,38 @@ GALLERY_MAX_CELLS = env_int("GALLERY_MAX_CELLS", 10_000)
 GALLERY_RENDER_TIME_LIMIT = env_int("GALLERY_RENDER_TIME_LIMIT", 30)
 GALLERY_RENDER_MEMORY_LIMIT = env_int("GALLERY_RENDER_MEMORY_LIMIT", 1024)
 GALLERY_PREVIEW_MAX_IMAGE_PIXELS = env_int("GALLERY_PREVIEW_MAX_IMAGE_PIXELS", 25_000_000)
+
+# --- environments: built with uv, once per lock, into a read-only store users can read ------
+GALLERY_ENV_DIR = Path(env("GALLERY_ENV_DIR", str(GALLERY_DATA_DIR / "envs")))
+# The unprivileged account uv runs as; empty means the worker's own user, unless that is
+# root: environments are never built as root.
+GALLERY_BUILD_USER = env("GALLERY_BUILD_USER")
+GALLERY_BUILD_TIMEOUT = env_int("GALLERY_BUILD_TIMEOUT", 600)
+GALLERY_BUILD_MAX_MB = env_int("GALLERY_BUILD_MAX_MB", 10240)
+
+
+def _build_python() -> str:
+    """The interpreter environments are built on. Users' kernels run it, so it must be one
+    every user can run: the system's python3 where there is one (the gallery's own may live
+    somewhere private, such as a pyenv under /root), else the one the gallery runs on."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+GALLERY_BUILD_PYTHON = env("GALLERY_BUILD_PYTHON") or _build_python()
+# Extra uv options naming where packages come from, e.g. "--index-url https://pypi.example.org
+# /simple" or "--no-index --find-links /srv/wheels" (offline).
+GALLERY_BUILD_INDEX_OPTIONS = env("GALLERY_BUILD_INDEX_OPTIONS")
+try:
+    shlex.split(GALLERY_BUILD_INDEX_OPTIONS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"GALLERY_BUILD_INDEX_OPTIONS cannot be read: {exc}") from exc
+# Wheels only: no package's own build code runs during a build.
+GALLERY_BUILD_ONLY_WHEELS = env_bool("GALLERY_BUILD_ONLY_WHEELS", True)
+# The uv executable the build account runs; empty means the one installed with the gallery.
+GALLERY_BUILD_UV = env("GALLERY_BUILD_UV")
 
 # --- reviewers and the hub -----------------------------------------------------------------
 GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")

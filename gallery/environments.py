@@ -1,0 +1,590 @@
+"""An example's environment: from its spec (requirements.txt, pyproject.toml or
+environment.yml) to a lock (every package pinned) to a built, read-only environment in a
+content-addressed store on shared storage, built once for every user.
+
+uv resolves and installs; it always runs as an unprivileged build account (never as root),
+with a time limit, a disk limit and, by default, wheels only, so no package's own build code
+runs. Nothing here needs a request or the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import re
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+SPEC_FILES = ("requirements.txt", "pyproject.toml", "environment.yml", "environment.yaml")
+MAX_REQUIREMENTS = 200
+KERNEL_PACKAGE = "ipykernel"
+LOG_LINES = 20
+RECORD_FILE = "gallery-env.json"  # written into every built environment, last
+# What the build account's processes see of the worker's environment: a proxy and its CA.
+PASSED_ON = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+             "SSL_CERT_FILE", "SSL_CERT_DIR")
+_PROBE = ("import json, os, sys, sysconfig; print(json.dumps([os.path.realpath(sys.executable), "
+          "'%d.%d.%d' % sys.version_info[:3], sysconfig.get_platform()]))")
+
+
+class SpecError(ValueError):
+    """An environment spec that cannot be built; the message says which line and why."""
+
+
+class BuildError(Exception):
+    """A lock or a build that failed; `log` holds the last lines of uv's output."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message + (f"\n{log}" if log else ""))
+        self.reason = message
+        self.log = log
+
+
+class CannotBuild(BuildError):
+    """An environment this gallery cannot build at all (conda dependencies without a conda
+    executable); the message names what to use instead."""
+
+
+# --- reading a spec ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What an example asks for: pip requirements (normalised), conda dependencies that need
+    a conda-compatible executable, and the Python version it names, if any."""
+
+    name: str
+    requirements: tuple[str, ...] = ()
+    conda: tuple[str, ...] = ()
+    python: str = ""
+
+    def summary(self) -> str:
+        parts = [_count(len(self.requirements), "requirement")]
+        if self.conda:
+            parts.append(_count(len(self.conda), "conda dependency", "conda dependencies")
+                         + " (built with conda, mamba or micromamba)")
+        return f"{self.name}: " + ", ".join(parts) + "."
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def read_spec(name: str, data: bytes) -> Spec:
+    """The spec in a file of the example, or SpecError naming the line and what is wrong:
+    refused here, at staging, so a reviewer never sees a spec that cannot build."""
+    if name not in SPEC_FILES:
+        raise SpecError(f"{name} is not an environment file; use one of {', '.join(SPEC_FILES)}.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{name} is not UTF-8 text.") from None
+    if name == "requirements.txt":
+        spec = Spec(name, _requirements_txt(text))
+    elif name == "pyproject.toml":
+        spec = _pyproject(text)
+    else:
+        spec = _environment_yml(name, text)
+    if len(spec.requirements) + len(spec.conda) > MAX_REQUIREMENTS:
+        raise SpecError(f"{name} has {len(spec.requirements) + len(spec.conda)} requirements; "
+                        f"at most {MAX_REQUIREMENTS} are allowed.")
+    return spec
+
+
+def _requirements_txt(text: str) -> tuple[str, ...]:
+    found, problems = [], []
+    lines = text.replace("\\\n", " ").splitlines()
+    for number, raw in enumerate(lines, 1):
+        line = raw.split(" #", 1)[0].split("\t#", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(requirement(line))
+        except SpecError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        raise SpecError("requirements.txt: " + "; ".join(problems[:5]))
+    return tuple(found)
+
+
+def _pyproject(text: str) -> Spec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"pyproject.toml is not valid TOML: {exc}") from None
+    project = data.get("project")
+    deps = project.get("dependencies", []) if isinstance(project, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise SpecError("pyproject.toml needs a [project] table whose 'dependencies' is a list "
+                        "of requirement strings.")
+    python = project.get("requires-python", "")  # type: ignore[union-attr]
+    return Spec("pyproject.toml", _listed("pyproject.toml dependencies", deps),
+                python=python if isinstance(python, str) else "")
+
+
+def _environment_yml(name: str, text: str) -> Spec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{name} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("dependencies"), list):
+        raise SpecError(f"{name} needs a 'dependencies' list.")
+    conda, pip, python = [], [], ""
+    for number, item in enumerate(data["dependencies"], 1):
+        if isinstance(item, dict) and set(item) == {"pip"} and isinstance(item["pip"], list):
+            pip.extend(item["pip"])
+        elif isinstance(item, str | int | float) and _CONDA_SPEC.match(str(item)):
+            dep = str(item).strip()
+            head = dep.split("::")[-1]
+            base = head.split("=")[0].split("<")[0].split(">")[0].split("!")[0].strip()
+            if base == "python":
+                python = head[len(base):].strip().lstrip("=") or ""
+            elif base != "pip":
+                conda.append(dep)
+        else:
+            raise SpecError(f"{name}: dependency {number} ({str(item)[:80]!r}) is neither a "
+                            "conda package spec nor a 'pip:' list of requirements.")
+    if not all(isinstance(line, str) for line in pip):
+        raise SpecError(f"{name}: the 'pip:' list must hold requirement strings.")
+    return Spec(name, _listed(f"{name} pip:", pip), tuple(conda), python)
+
+
+# name, optional channel prefix, optional version and build; no URLs, paths or options.
+_CONDA_SPEC = re.compile(
+    r"^\s*(?:[A-Za-z0-9_.-]+::)?[A-Za-z0-9_][A-Za-z0-9_.-]*(?:\s*[=<>!~][=<>!~A-Za-z0-9_.*,| ]*)?"
+    r"\s*$")
+
+
+def _listed(where: str, lines: list[str]) -> tuple[str, ...]:
+    found, problems = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            found.append(requirement(line))
+        except SpecError as exc:
+            problems.append(f"item {number}: {exc}")
+    if problems:
+        raise SpecError(f"{where} " + "; ".join(problems[:5]))
+    return tuple(found)
+
+
+def requirement(line: str) -> str:
+    """One requirement, normalised, or SpecError: only a name with extras, versions and
+    markers; never an option, a path, a URL or a direct reference, which would let a spec
+    choose where code comes from."""
+    line = line.strip()
+    if line.startswith("-"):
+        option = line.split()[0].split("=")[0]
+        raise SpecError(f"pip options ({option}) are not allowed; list package names only, "
+                        "the gallery decides where packages come from")
+    option = re.search(r"\s(--?[A-Za-z][\w-]*)", line)
+    if option:
+        raise SpecError(f"per-requirement options ({option.group(1)}) are not allowed")
+    if "://" in line or line.startswith((".", "/", "~", "file:")) or "\\" in line \
+            or line.lower().endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
+        raise SpecError(f"{line[:80]!r} is a path or a URL; only package names from the "
+                        "index are allowed")
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as exc:
+        raise SpecError(f"{line[:80]!r} is not a valid requirement: "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    if req.url:
+        raise SpecError(f"{req.name} @ … is a direct reference; only package names from the "
+                        "index are allowed")
+    return str(req)
+
+
+# --- how builds run here -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Where environments live and how uv runs: read from the settings once per build."""
+
+    store: Path
+    python: str
+    user: str = ""
+    uv: str = ""
+    time_limit: int = 600
+    max_mb: int = 10240
+    index_options: tuple[str, ...] = ()
+    only_wheels: bool = True
+
+    @classmethod
+    def from_settings(cls) -> BuildConfig:
+        from django.conf import settings
+
+        return cls(
+            store=Path(settings.GALLERY_ENV_DIR), python=settings.GALLERY_BUILD_PYTHON,
+            user=settings.GALLERY_BUILD_USER, uv=settings.GALLERY_BUILD_UV,
+            time_limit=settings.GALLERY_BUILD_TIMEOUT, max_mb=settings.GALLERY_BUILD_MAX_MB,
+            index_options=tuple(shlex.split(settings.GALLERY_BUILD_INDEX_OPTIONS)),
+            only_wheels=settings.GALLERY_BUILD_ONLY_WHEELS,
+        )
+
+    def uv_binary(self) -> str:
+        if self.uv:
+            return self.uv
+        import uv
+
+        return uv.find_uv_bin()
+
+    def wheel_options(self) -> list[str]:
+        return ["--only-binary", ":all:"] if self.only_wheels else []
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who uv runs as: the build account when the worker is root, else the worker itself."""
+
+    name: str
+    uid: int
+    gid: int
+    switch: bool = False
+
+
+def build_account(config: BuildConfig) -> Account:
+    """The account builds run as, or BuildError in plain words: never root."""
+    me = pwd.getpwuid(os.geteuid())
+    if not config.user or config.user == me.pw_name:
+        if me.pw_uid == 0:
+            raise BuildError("Environments are never built as root: set GALLERY_BUILD_USER to "
+                             "an unprivileged account (for example a 'gallery-build' system "
+                             "user) for the worker to build as.")
+        return Account(me.pw_name, me.pw_uid, me.pw_gid)
+    try:
+        pw = pwd.getpwnam(config.user)
+    except KeyError:
+        raise BuildError(f"GALLERY_BUILD_USER={config.user!r} is not an account here.") from None
+    if pw.pw_uid == 0:
+        raise BuildError(f"GALLERY_BUILD_USER={config.user!r} is root; environments are never "
+                         "built as root.")
+    if os.geteuid() != 0:
+        raise BuildError(f"GALLERY_BUILD_USER={config.user!r}: the worker runs as "
+                         f"{me.pw_name}, not root, so it cannot build as another account; "
+                         "leave GALLERY_BUILD_USER empty to build as the worker's own user.")
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, switch=True)
+
+
+# --- running uv as the build account ---------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    account: Account
+    config: BuildConfig
+    deadline: float
+    log: IO[bytes]
+    work: Path  # the build account's own folder: uv's cache and builds in progress
+
+    def __call__(self, args: list[str], *, stdin: str = "", watch: Path | None = None) -> str:
+        """Run one command as the build account and return its standard output; BuildError
+        with the log's last lines when it fails, passes the deadline or grows `watch` past
+        the disk limit. The whole process group is killed on a limit."""
+        max_bytes = self.config.max_mb * 1024 * 1024
+        try:
+            proc = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                cwd=self.work, env=self._environ(), process_group=0,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                      (max_bytes, max_bytes)),
+                **({"user": self.account.uid, "group": self.account.gid, "extra_groups": []}
+                   if self.account.switch else {}),
+            )
+        except OSError as exc:
+            raise BuildError(f"{args[0]} cannot be started as {self.account.name}: "
+                             f"{exc.strerror}.") from None
+        pending: bytes | None = stdin.encode()
+        while True:
+            try:
+                out, _ = proc.communicate(pending, timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pending = None
+            if time.monotonic() > self.deadline:
+                self._kill(proc)
+                raise BuildError(f"The build took longer than {self.config.time_limit} seconds "
+                                 "(GALLERY_BUILD_TIMEOUT) and was stopped.", self.tail())
+            if watch is not None and _size(watch) > max_bytes:
+                self._kill(proc)
+                raise BuildError(f"The environment grew past {self.config.max_mb} MB "
+                                 "(GALLERY_BUILD_MAX_MB) and was stopped.", self.tail())
+        if proc.returncode == -signal.SIGXFSZ:
+            raise BuildError(f"A file of the environment grew past {self.config.max_mb} MB "
+                             "(GALLERY_BUILD_MAX_MB) and the build was stopped.", self.tail())
+        if proc.returncode != 0:
+            reason = _last_error(self.tail()) or f"{Path(args[0]).name} failed"
+            raise BuildError(reason, self.tail())
+        return out.decode("utf-8", "replace")
+
+    def _environ(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+        cache = str(self.work / "uv-cache")
+        env.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=cache, LANG="C.UTF-8",
+                   UV_CACHE_DIR=cache, UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never",
+                   UV_LINK_MODE="copy", UV_NO_PROGRESS="1", NO_COLOR="1")
+        return env
+
+    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def tail(self, lines: int = LOG_LINES) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        text = self.log.read().decode("utf-8", "replace")
+        self.log.seek(0, os.SEEK_END)
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _last_error(log: str) -> str:
+    """uv's own reason, the line starting with 'error:' and what follows it, in one line."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("error:"):
+            rest = " ".join(x.strip() for x in lines[i:i + 4] if x.strip())
+            return rest.removeprefix("error: ")[:600]
+    return ""
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+@contextlib.contextmanager
+def _runner(config: BuildConfig) -> Iterator[_Run]:
+    account = build_account(config)
+    work, _ = _prepare_store(config.store, account)
+    with tempfile.TemporaryFile() as log:
+        yield _Run(account, config, time.monotonic() + config.time_limit, log, work)
+
+
+def _prepare_store(store: Path, account: Account) -> tuple[Path, Path]:
+    """The store's folders: the store itself and its sealing room belong to the worker, so
+    the build account can never change a finished environment; `.building` (uv's cache and
+    builds in progress) belongs to the build account."""
+    store.mkdir(parents=True, exist_ok=True)
+    store.chmod(0o755)
+    work, sealing = store / ".building", store / ".sealing"
+    sealing.mkdir(mode=0o700, exist_ok=True)
+    for folder in (work, work / "uv-cache"):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        if st.st_uid != account.uid:
+            os.chown(folder, account.uid, account.gid, follow_symlinks=False)
+    return work, sealing
+
+
+# --- resolving and building ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python an environment is built on: its real path, version and platform."""
+
+    path: str
+    version: str
+    platform: str
+
+
+def _interpreter(run: _Run) -> Interpreter:
+    try:
+        out = run([run.config.python, "-I", "-c", _PROBE])
+        path, version, platform = json.loads(out)
+    except (BuildError, ValueError) as exc:
+        raise BuildError(f"The build Python {run.config.python} cannot be run by the build "
+                         f"account {run.account.name} (GALLERY_BUILD_PYTHON must name an "
+                         f"interpreter every user can run): {exc}") from None
+    return Interpreter(path, version, platform)
+
+
+def lock(spec: Spec, *, config: BuildConfig | None = None) -> str:
+    """Resolve a spec (plus ipykernel, so the environment can be a kernel) to a lock: one
+    `name==version` line per package, with uv's notes of why each is there. Unknown packages
+    and conflicting pins raise BuildError with uv's reason."""
+    config = config or BuildConfig.from_settings()
+    if spec.conda:
+        raise CannotBuild(
+            f"{spec.name} has conda dependencies ({', '.join(spec.conda[:5])}), which need a "
+            "conda-compatible executable that this gallery does not have; use a kernel that "
+            "already provides them.")
+    wanted = list(spec.requirements)
+    if KERNEL_PACKAGE not in {canonicalize_name(Requirement(r).name) for r in wanted}:
+        wanted.append(KERNEL_PACKAGE)
+    with _runner(config) as run:
+        python = _interpreter(run)
+        if spec.python and not python_fits(spec.python, python.version):
+            raise CannotBuild(
+                f"{spec.name} asks for Python {spec.python}; environments here are built on "
+                f"Python {python.version} (GALLERY_BUILD_PYTHON).")
+        out = run([config.uv_binary(), "pip", "compile", "-", "--python", config.python,
+                   "--no-header", "--quiet", *config.wheel_options(), *config.index_options],
+                  stdin="\n".join(wanted) + "\n")
+    pins(out)  # every line pinned, or BuildError
+    return out
+
+
+def python_fits(wanted: str, version: str) -> bool:
+    """Whether a Python version meets a spec's request: a specifier (">=3.10", from
+    pyproject.toml or conda) or a conda version ("3.11" meaning any 3.11)."""
+    wanted = wanted.strip()
+    try:
+        if wanted[:1].isdigit():
+            return Version(version) in SpecifierSet(
+                f"=={wanted}" + ("" if wanted.endswith("*") else ".*"))
+        return Version(version) in SpecifierSet(wanted.replace(" ", ""))
+    except (InvalidSpecifier, InvalidVersion):
+        return True  # a request that says nothing clear: let the resolver decide
+
+
+def pins(lock_text: str) -> list[str]:
+    """The pinned packages of a lock, sorted; BuildError if a line is not `name==version`
+    (a lock is fed back to uv, so it must hold nothing else)."""
+    found = []
+    for line in lock_text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            raise BuildError(f"The lock has a line that is not a pinned package: {line[:80]!r}") \
+                from None
+        specs = list(req.specifier)
+        if req.url or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version:
+            raise BuildError(f"The lock has a package that is not pinned: {line[:80]!r}")
+        found.append(str(req))
+    return sorted(found)
+
+
+def env_key(lock_text: str, python: str, platform: str) -> str:
+    """The store's name for an environment: its pins, its interpreter and its platform.
+    Comments and order do not matter; the interpreter's path does, since a venv points at it."""
+    body = json.dumps({"pins": pins(lock_text), "python": python, "platform": platform},
+                      sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def build(lock_text: str, *, config: BuildConfig | None = None) -> Path:
+    """The environment of a lock, built once: `<store>/<key>`, read-only, readable by all.
+    A build of a key already in the store returns it at once; two builds of one key at once
+    wait for each other. Failure raises BuildError with the last lines of the log, and leaves
+    nothing in the store."""
+    config = config or BuildConfig.from_settings()
+    wanted = pins(lock_text)
+    with _runner(config) as run:
+        python = _interpreter(run)
+        key = env_key(lock_text, f"{python.version} {python.path}", python.platform)
+        final = config.store / key
+        with _key_lock(config.store / ".sealing" / f"{key}.lock"):
+            if (final / RECORD_FILE).is_file():
+                return final
+            tmp = config.store / ".building" / f"{key}.tmp-{secrets.token_hex(4)}"
+            try:
+                run([config.uv_binary(), "venv", "--quiet", "--relocatable", "--python",
+                     python.path, str(tmp)])
+                run([config.uv_binary(), "pip", "sync", "-", "--quiet", "--python",
+                     str(tmp / "bin" / "python"), *config.wheel_options(),
+                     *config.index_options], stdin="\n".join(wanted) + "\n", watch=tmp)
+                record = {"key": key, "python": python.version, "interpreter": python.path,
+                          "platform": python.platform, "lock": lock_text,
+                          "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                _seal(tmp, final, record)
+            finally:
+                if tmp.exists():
+                    _remove(tmp)
+    return final
+
+
+@contextlib.contextmanager
+def _key_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _seal(tmp: Path, final: Path, record: dict[str, Any]) -> None:
+    """Move a finished build out of the build account's reach, make it the worker's and
+    read-only for everyone, write its record, and rename it into place (write-once)."""
+    sealing = final.parent / ".sealing" / f"{final.name}.seal-{secrets.token_hex(4)}"
+    os.rename(tmp, sealing)
+    try:
+        _make_read_only(sealing)
+        fd = os.open(sealing / RECORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o444)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=1)
+        os.chmod(sealing, 0o555)
+        try:
+            os.rename(sealing, final)
+        except OSError:
+            if not (final / RECORD_FILE).is_file():
+                raise
+    finally:
+        if sealing.exists():
+            _remove(sealing)
+
+
+def _make_read_only(root: Path) -> None:
+    """Every file and folder the worker's, readable by all, writable by none. Walks by file
+    descriptor without following links, so a link left by the build cannot redirect it."""
+    me, group = os.geteuid(), os.getegid()
+    for _dir, _dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+        os.fchown(dir_fd, me, group)
+        os.fchmod(dir_fd, 0o555)
+        for name in files:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError:  # a symlink (the venv's python) or something odd: left as it is
+                continue
+            try:
+                st = os.fstat(fd)
+                os.fchown(fd, me, group)
+                os.fchmod(fd, 0o555 if st.st_mode & 0o111 else 0o444)
+            finally:
+                os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Remove a build's folder. Root removes anything as it is; another owner makes its
+    read-only folders writable first (root never chmods what the build account could swap
+    for a link)."""
+    if os.geteuid() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for root, dirs, _files in os.walk(path):
+        for name in [root, *(os.path.join(root, d) for d in dirs)]:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(name):
+                    os.chmod(name, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
