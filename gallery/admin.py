@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -76,8 +76,30 @@ admin.site.site_title = "Reviewer's desk"
 admin.site.index_title = "The queue, examples and jobs"
 
 
+class DeskAdmin(admin.ModelAdmin):
+    """The desk's lists: an action runs only on a selection of real row ids."""
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        # A tampered selection ("x", a number past 64 bits) would reach the database when the
+        # action reads its rows and fail there: refuse it here, with a message, instead.
+        selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
+        if not all(_is_row_id(self.model._meta.pk, value) for value in selected):
+            self.message_user(request, "The selection is not a list of rows of this table; "
+                                       "select the rows again.", messages.ERROR)
+            return None
+        return super().response_action(request, queryset)
+
+
+def _is_row_id(field: Any, value: str) -> bool:
+    try:
+        found = field.to_python(value)
+    except ValidationError:
+        return False
+    return not isinstance(found, int) or -(2**63) <= found < 2**63
+
+
 @admin.register(Submission)
-class SubmissionAdmin(admin.ModelAdmin):
+class SubmissionAdmin(DeskAdmin):
     list_display = ["id", "example_title", "revision_number", "contributor", "state",
                     "checks_summary", "waiting"]
     list_display_links = ["id", "example_title"]
@@ -246,7 +268,7 @@ def retire(modeladmin: admin.ModelAdmin, request: HttpRequest,
 
 
 @admin.register(Example)
-class ExampleAdmin(admin.ModelAdmin):
+class ExampleAdmin(DeskAdmin):
     list_display = ["slug", "title", "state", "contributor", "use_count", "updated"]
     list_filter = ["state"]
     list_select_related = ["contributor"]
@@ -268,7 +290,7 @@ class ExampleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(DeskAdmin):
     list_display = ["id", "kind", "state", "user", "attempts", "queued_at", "finished_at"]
     list_filter = ["kind", "state"]
     readonly_fields = [f.name for f in Job._meta.fields]
@@ -278,7 +300,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(StateChange)
-class StateChangeAdmin(admin.ModelAdmin):
+class StateChangeAdmin(DeskAdmin):
     list_display = ["at", "example", "subject", "from_state", "to_state", "actor", "reason"]
     list_select_related = ["example", "actor"]
     readonly_fields = [f.name for f in StateChange._meta.fields]
@@ -288,7 +310,7 @@ class StateChangeAdmin(admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(DeskAdmin):
     list_display = ["created", "user", "kind", "message", "read_at", "emailed_at"]
     list_filter = ["kind"]
     list_select_related = ["user"]

@@ -180,3 +180,22 @@ class DeskTests(GalleryTestCase):
         self.assertIn(response.status_code, (302, 403))
         self.assertIn(self.client.get(reverse("admin:gallery_submission_import")).status_code,
                       (302, 403))
+
+
+class TamperedSelectionTests(GalleryTestCase):
+    def test_it_refuses_a_selection_that_is_not_row_ids_with_a_message(self):
+        example = self.stage_and_approve().example
+        self.client.force_login(self.reviewer)
+        for tampered in ["x", str(10**30), "-1e9"]:
+            with self.subTest(selection=tampered):
+                response = self.client.post("/admin/gallery/example/", {
+                    "action": "retire", "_selected_action": [str(example.pk), tampered],
+                    "index": "0"}, follow=True)
+                self.assertEqual(response.status_code, 200)
+                self.assertContains(response, "select the rows again")
+        example.refresh_from_db()
+        self.assertEqual(example.state, Example.State.APPROVED)
+        # A real selection still reaches the action.
+        response = self.client.post("/admin/gallery/example/", {
+            "action": "retire", "_selected_action": [str(example.pk)], "index": "0"})
+        self.assertContains(response, "Retire examples")
