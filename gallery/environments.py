@@ -297,6 +297,7 @@ class _Run:
     deadline: float
     log: IO[bytes]
     work: Path  # the build account's own folder: uv's cache and builds in progress
+    uv: str = "uv"  # the uv executable the build account runs
 
     def __call__(self, args: list[str], *, stdin: str = "", watch: Path | None = None) -> str:
         """Run one command as the build account and return its standard output; BuildError
@@ -383,7 +384,27 @@ def _runner(config: BuildConfig) -> Iterator[_Run]:
     account = build_account(config)
     work, _ = _prepare_store(config.store, account)
     with tempfile.TemporaryFile() as log:
-        yield _Run(account, config, time.monotonic() + config.time_limit, log, work)
+        yield _Run(account, config, time.monotonic() + config.time_limit, log, work,
+                   _uv_for(config, account))
+
+
+def _uv_for(config: BuildConfig, account: Account) -> str:
+    """The uv the build account runs: GALLERY_BUILD_UV, or else the gallery's own uv, copied
+    into the store when the build account is another user: the gallery's environment may sit
+    where that account cannot go (a private folder, a home), the store never does."""
+    if config.uv or not account.switch:
+        return config.uv_binary()
+    installed = Path(config.uv_binary())
+    st = installed.stat()
+    tools = config.store / ".tools"
+    tools.mkdir(mode=0o755, exist_ok=True)
+    copy = tools / f"uv-{st.st_size}-{st.st_mtime_ns}"
+    if not copy.is_file():
+        partial = tools / f".{copy.name}.{os.getpid()}"
+        shutil.copyfile(installed, partial)
+        partial.chmod(0o755)
+        os.replace(partial, copy)
+    return str(copy)
 
 
 def _prepare_store(store: Path, account: Account) -> tuple[Path, Path]:
@@ -444,7 +465,7 @@ def lock(spec: Spec, *, config: BuildConfig | None = None) -> str:
             raise CannotBuild(
                 f"{spec.name} asks for Python {spec.python}; environments here are built on "
                 f"Python {python.version} (GALLERY_BUILD_PYTHON).")
-        out = run([config.uv_binary(), "pip", "compile", "-", "--python", config.python,
+        out = run([run.uv, "pip", "compile", "-", "--python", config.python,
                    "--no-header", "--quiet", *config.wheel_options(), *config.index_options],
                   stdin="\n".join(wanted) + "\n")
     pins(out)  # every line pinned, or BuildError
@@ -508,9 +529,9 @@ def build(lock_text: str, *, config: BuildConfig | None = None) -> Path:
                 return final
             tmp = config.store / ".building" / f"{key}.tmp-{secrets.token_hex(4)}"
             try:
-                run([config.uv_binary(), "venv", "--quiet", "--relocatable", "--python",
+                run([run.uv, "venv", "--quiet", "--relocatable", "--python",
                      python.path, str(tmp)])
-                run([config.uv_binary(), "pip", "sync", "-", "--quiet", "--python",
+                run([run.uv, "pip", "sync", "-", "--quiet", "--python",
                      str(tmp / "bin" / "python"), *config.wheel_options(),
                      *config.index_options], stdin="\n".join(wanted) + "\n", watch=tmp)
                 record = {"key": key, "python": python.version, "interpreter": python.path,

@@ -210,6 +210,25 @@ def in_store(config: BuildConfig) -> list[str]:
         p.name for p in (config.store / ".building").iterdir() if p.name != "uv-cache")
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="another build account needs root")
+def test_it_runs_uv_from_the_store_when_the_gallerys_own_is_out_of_reach(
+        config: BuildConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gallery's virtual environment may sit in a folder only its own user can enter (a
+    # fresh clone in a private temporary folder, a home): the build account must still run uv.
+    import uv
+
+    private = Path(tempfile.mkdtemp())  # 0700, root's alone
+    try:
+        hidden = private / "uv"
+        shutil.copy2(uv.find_uv_bin(), hidden)
+        monkeypatch.setattr(uv, "find_uv_bin", lambda: str(hidden))
+        text = environments.lock(spec("galleryfake-a"), config=config)
+        assert "galleryfake-a==" in text
+        assert [p.name for p in (config.store / ".tools").iterdir()] != []
+    finally:
+        shutil.rmtree(private)
+
+
 def test_it_locks_every_package_with_its_version(config: BuildConfig) -> None:
     text = environments.lock(spec("galleryfake-a"), config=config)
     assert environments.pins(text) == ["galleryfake-a==1.0", "galleryfake-b==1.2",
