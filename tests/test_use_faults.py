@@ -235,16 +235,27 @@ def kill_whole_worker(worker: Worker, user_name: str, settings) -> None:  # type
 # --- the faults ------------------------------------------------------------------------------
 
 
-def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
-        settings, private_redis, example, user_name):  # type: ignore[no-untyped-def]
+def killed_mid_copy(settings, private_redis, example, user_name):  # type: ignore[no-untyped-def]
+    """A Use whose worker was killed, pool, copy helper and all, while it copied slowly:
+    the dead worker, the job, the folder of copies and the temporary entries it held."""
     user = make_user(user_name)
     first = start_worker(settings, private_redis, "first", GALLERY_COPY_DELAY="0.2")
-    second = None
     try:
         job = services.queue_use(example=example, user=user)
         parent = homes.use_parent(user_name)
         temps = wait_until_copying(parent)
         kill_whole_worker(first, user_name, settings)
+    except BaseException:
+        first.kill()
+        raise
+    return first, job, parent, temps
+
+
+def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
+        settings, private_redis, example, user_name):  # type: ignore[no-untyped-def]
+    first, job, parent, temps = killed_mid_copy(settings, private_redis, example, user_name)
+    second = None
+    try:
         job.refresh_from_db()
         assert job.state == Job.State.RUNNING
         assert sorted(os.listdir(parent)) == temps  # no folder appeared half-made
@@ -265,14 +276,9 @@ def test_it_makes_exactly_one_copy_after_the_worker_is_killed_mid_copy(
 
 def test_it_clears_what_a_killed_worker_left_when_it_gives_up_on_a_use(
         settings, private_redis, example, user_name):  # type: ignore[no-untyped-def]
-    user = make_user(user_name)
-    first = start_worker(settings, private_redis, "first", GALLERY_COPY_DELAY="0.2")
+    first, job, parent, _ = killed_mid_copy(settings, private_redis, example, user_name)
     second = None
     try:
-        job = services.queue_use(example=example, user=user)
-        parent = homes.use_parent(user_name)
-        wait_until_copying(parent)
-        kill_whole_worker(first, user_name, settings)
         assert [n for n in os.listdir(parent) if ".tmp-" in n]  # what the killed copy left
         # Its attempts were cut short as often as the gallery allows: the sweep gives up.
         Job.objects.filter(pk=job.pk).update(attempts=services.MAX_ATTEMPTS + 2)
