@@ -14,6 +14,7 @@ from django.utils import timezone
 from .. import homes, notebooks
 from ..errors import GalleryError
 from ..models import Job
+from .environments import do_environment
 from .queue import LeaseLost, claim_job, enqueue, finish_job
 from .review import do_commit
 from .staging import do_checks, do_preview
@@ -46,6 +47,7 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
         Job.Kind.PREVIEW: do_preview,
         Job.Kind.COMMIT: do_commit,
         Job.Kind.USE: do_use,
+        Job.Kind.ENVIRONMENT: do_environment,
     }[Job.Kind(job.kind)]
     started = time.monotonic()
     try:

@@ -1,0 +1,125 @@
+"""An approved revision's environment: locked once, built once per key by its own job, shown
+on the example's page. Builds run the real uv offline, from the tiny wheels of
+tests/test_environments.py, as the real unprivileged build account."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.urls import reverse
+
+from gallery import environments, services
+from gallery.models import Environment, Job, Revision
+
+from .base import GalleryTestCase, notebook_bytes
+from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
+
+
+class EnvironmentJobTests(GalleryTestCase):
+    @pytest.fixture(autouse=True)
+    def _offline_builds(self, settings, shared: Path, wheels: Path, builder: str,  # noqa: F811
+                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+        settings.GALLERY_BUILD_USER = builder
+        settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+        self.store = settings.GALLERY_ENV_DIR
+
+    def approve(self, title: str, environment: tuple[str, bytes] | None) -> Revision:
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = services.stage_submission(
+                contributor=self.contributor,
+                staged=services.StagedFiles(notebook_name="hello.ipynb",
+                                            notebook=notebook_bytes(), environment=environment),
+                meta=services.ExampleMeta(title=title, summary="Says hello.", tags=["demo"],
+                                          licence="CC-BY-4.0"))
+        with self.captureOnCommitCallbacks(execute=True):
+            services.approve_submission(submission=submission, reviewer=self.reviewer)
+        return Revision.objects.select_related("environment", "example").get(
+            pk=submission.revision_id)
+
+    def built(self) -> list[str]:
+        return sorted(p.name for p in self.store.iterdir() if not p.name.startswith("."))
+
+    def test_it_locks_and_builds_the_environment_of_an_approved_revision(self) -> None:
+        revision = self.approve("Fake A", ("requirements.txt", b"galleryfake-a\n"))
+        self.assertEqual(environments.pins(revision.environment_lock),
+                         ["galleryfake-a==1.0", "galleryfake-b==1.2", "ipykernel==6.0.0"])
+        env = revision.environment
+        self.assertEqual((env.state, env.reason), (Environment.State.READY, ""))
+        self.assertEqual(self.built(), [env.key])
+        self.assertTrue((Path(env.path) / environments.RECORD_FILE).is_file())
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual((job.state, job.result["state"]), (Job.State.DONE, "ready"))
+
+    def test_it_builds_one_environment_for_revisions_with_the_same_spec(self) -> None:
+        real_build = environments.build
+        calls: list[str] = []
+
+        def counting(lock_text: str, **kwargs: Any) -> Path:
+            calls.append(lock_text)
+            return real_build(lock_text, **kwargs)
+
+        with mock.patch.object(environments, "build", counting):
+            first = self.approve("First", ("requirements.txt", b"galleryfake-a\n"))
+            second = self.approve("Second", ("requirements.txt", b"galleryfake-a\n"))
+        self.assertEqual(first.environment_id, second.environment_id)
+        self.assertEqual((Environment.objects.count(), len(calls), len(self.built())), (1, 1, 1))
+        self.assertEqual(second.environment.state, Environment.State.READY)
+
+    def test_it_fails_with_the_reason_when_a_package_is_unknown(self) -> None:
+        revision = self.approve("Unknown", ("requirements.txt", b"galleryfake-zz\n"))
+        env = revision.environment
+        self.assertEqual(env.state, Environment.State.FAILED)
+        self.assertIn("galleryfake-zz was not found", env.reason)
+        self.assertIn("No solution found", env.log)
+        self.assertEqual(revision.environment_lock, "")
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn("galleryfake-zz was not found", job.message)
+        self.assertEqual(self.built(), [])
+
+    def test_it_says_plainly_that_it_cannot_build_conda_dependencies(self) -> None:
+        revision = self.approve("Conda", ("environment.yml", b"dependencies:\n  - hdf5\n"))
+        self.assertEqual(revision.environment.state, Environment.State.CANNOT_BUILD)
+        self.assertIn("conda-compatible executable", revision.environment.reason)
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual(job.state, Job.State.DONE)
+
+    def test_it_queues_nothing_without_an_environment_file(self) -> None:
+        revision = self.approve("Bare", None)
+        self.assertIsNone(revision.environment)
+        self.assertFalse(Job.objects.filter(kind=Job.Kind.ENVIRONMENT).exists())
+        self.assertIsNone(services.queue_environment(revision))
+
+    def test_it_builds_again_from_the_revisions_lock_on_demand(self) -> None:
+        revision = self.approve("Again", ("requirements.txt", b"galleryfake-a\n"))
+        Revision.objects.filter(pk=revision.pk).update(
+            environment_lock="galleryfake-b==0.5\nipykernel==6.0.0\n")
+        revision.refresh_from_db()
+        with self.captureOnCommitCallbacks(execute=True):
+            services.queue_environment(revision)
+        revision.refresh_from_db()
+        self.assertEqual(environments.pins(revision.environment.lock),
+                         ["galleryfake-b==0.5", "ipykernel==6.0.0"])
+        self.assertEqual(revision.environment.state, Environment.State.READY)
+        self.assertEqual(len(self.built()), 2)
+
+    def test_it_shows_the_resolved_packages_on_the_example_page(self) -> None:
+        revision = self.approve("Shown", ("requirements.txt", b"galleryfake-a\n"))
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "Its environment is built and ready (Python ")
+        self.assertContains(page, '<h4 id="h-pins">Resolved packages</h4>', html=False)
+        for pin in ("galleryfake-a==1.0", "galleryfake-b==1.2", "ipykernel==6.0.0"):
+            self.assertContains(page, f"<li><code>{pin}</code></li>", html=False)
+
+    def test_it_shows_why_an_environment_could_not_be_built(self) -> None:
+        revision = self.approve("Broken", ("requirements.txt", b"galleryfake-zz\n"))
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "Its environment could not be built: ")
+        self.assertContains(page, "galleryfake-zz was not found")
+        self.assertNotContains(page, "Resolved packages")
