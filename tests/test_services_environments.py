@@ -9,12 +9,14 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 from django.urls import reverse
 
 from gallery import environments, services
 from gallery.models import Environment, Job, Revision
 
-from .base import GalleryTestCase, notebook_bytes
+from .base import GalleryTestCase, make_user, notebook_bytes
+from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
 from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
 
 
@@ -123,3 +125,65 @@ class EnvironmentJobTests(GalleryTestCase):
         self.assertContains(page, "Its environment could not be built: ")
         self.assertContains(page, "galleryfake-zz was not found")
         self.assertNotContains(page, "Resolved packages")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_it_builds_on_a_worker_of_the_environments_queue(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
+    env = worker_env(settings, GALLERY_BUILD_USER=builder)
+    others = [q for kind, q in QUEUES.items() if kind != "envs"]
+    workers = [start_worker(env, tmp_path / "worker.log", queues=others, hostname="rest@%h"),
+               start_worker(env, tmp_path / "envs.log", queues=[QUEUES["envs"]],
+                            hostname="envs@%h", concurrency=1)]
+    try:
+        contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="On a worker", summary="Built there.",
+                                      licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+        job = wait_for(lambda: Job.objects.filter(
+            kind=Job.Kind.ENVIRONMENT, state__in=[Job.State.DONE, Job.State.FAILED]).first(),
+            timeout=180, what="the environment job")
+        assert (job.state, job.message) == (Job.State.DONE, "")
+        assert job.worker.startswith("envs@")
+        revision = Revision.objects.select_related("environment").get(pk=submission.revision_id)
+        assert revision.environment.state == Environment.State.READY
+        assert "galleryfake-b==1.2" in environments.pins(revision.environment_lock)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_jobs_lease_while_a_build_runs(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    settings.GALLERY_JOB_LEASE = 1  # renewed every half second while the build runs
+    real_build = environments.build
+
+    def slow_build(lock_text: str, **kwargs: Any) -> Path:
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        wait_for(lambda: Job.objects.get(pk=job.pk).lease_until > job.lease_until,
+                 what="the lease to be renewed")
+        return real_build(lock_text, **kwargs)
+
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch.object(environments, "build", slow_build):
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Long build", summary="Takes a while.",
+                                      licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+    job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+    assert (job.state, job.revision_id) == (Job.State.DONE, submission.revision_id)
