@@ -187,3 +187,27 @@ def test_it_keeps_the_jobs_lease_while_a_build_runs(
         services.approve_submission(submission=submission, reviewer=reviewer)
     job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
     assert (job.state, job.revision_id) == (Job.State.DONE, submission.revision_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_never_leaves_an_environment_building_after_an_error(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch.object(environments, "build", side_effect=OSError("disk full")):
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Broken disk", summary="Fails.", licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        while job.state == Job.State.QUEUED:  # the runner's retries, as the sweep would ring
+            services.perform_job(str(job.pk))
+            job.refresh_from_db()
+    assert job.state == Job.State.FAILED
+    env = Revision.objects.get(pk=submission.revision_id).environment
+    assert (env.state, env.reason) == (
+        Environment.State.FAILED, "The build stopped on an error in the gallery (OSError).")

@@ -70,6 +70,10 @@ def do_environment(job: Job) -> dict[str, Any]:
             path = environments.build(lock_text)
     except environments.BuildError as exc:
         return _failed(revision, key, exc, lock=lock_text)
+    except Exception as exc:  # the runner retries the job; until then the page says so
+        _set(env, state=Environment.State.FAILED,
+             reason=f"The build stopped on an error in the gallery ({type(exc).__name__}).")
+        raise
     _set(env, state=Environment.State.READY, path=str(path), reason="", log="")
     return _report(env)
 
