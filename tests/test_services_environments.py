@@ -117,6 +117,8 @@ class EnvironmentJobTests(GalleryTestCase):
         self.assertContains(page, '<h4 id="h-pins">Resolved packages</h4>', html=False)
         for pin in ("galleryfake-a==1.0", "galleryfake-b==1.2", "ipykernel==6.0.0"):
             self.assertContains(page, f"<li><code>{pin}</code></li>", html=False)
+        detail = self.client.get(f"/api/v1/examples/{revision.example.slug}").json()
+        self.assertEqual(detail["environment_state"], "ready")
 
     def test_it_shows_why_an_environment_could_not_be_built(self) -> None:
         revision = self.approve("Broken", ("requirements.txt", b"galleryfake-zz\n"))
