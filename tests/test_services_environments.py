@@ -4,12 +4,14 @@ tests/test_environments.py, as the real unprivileged build account."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 import redis
+from django.db import connection
 from django.urls import reverse
 
 from gallery import environments, services
@@ -213,3 +215,50 @@ def test_it_never_leaves_an_environment_building_after_an_error(
     env = Revision.objects.get(pk=submission.revision_id).environment
     assert (env.state, env.reason) == (
         Environment.State.FAILED, "The build stopped on an error in the gallery (OSError).")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_builds_once_when_two_jobs_of_one_key_run_at_once(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    if connection.vendor == "sqlite":
+        pytest.skip("two writers at once need PostgreSQL (SQLite serialises them)")
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    revisions = []
+    with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
+        for title in ("Left", "Right"):
+            submission = services.stage_submission(
+                contributor=contributor,
+                staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                            environment=("requirements.txt", b"galleryfake-a\n")),
+                meta=services.ExampleMeta(title=title, summary="Twins.", licence="CC-BY-4.0"))
+            services.approve_submission(submission=submission, reviewer=reviewer)
+            revisions.append(Revision.objects.get(pk=submission.revision_id))
+    jobs = [Job.objects.create(kind=Job.Kind.ENVIRONMENT, revision=r) for r in revisions]
+    real_key, together = environments.store_key, threading.Barrier(2, timeout=60)
+
+    def meeting(lock_text: str, **kwargs: Any) -> tuple[str, str]:
+        found = real_key(lock_text, **kwargs)
+        together.wait()  # both jobs reach the row of their key at once
+        return found
+
+    def run(job: Job) -> None:
+        try:
+            services.perform_job(str(job.pk))
+        finally:
+            connection.close()
+
+    with mock.patch.object(environments, "store_key", meeting):
+        threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [Job.objects.get(pk=j.pk).state for j in jobs] == [Job.State.DONE] * 2
+    envs = {Revision.objects.get(pk=r.pk).environment_id for r in revisions}
+    assert len(envs) == 1 and Environment.objects.count() == 1
+    assert Environment.objects.get().state == Environment.State.READY
+    store = settings.GALLERY_ENV_DIR
+    assert len([p for p in store.iterdir() if not p.name.startswith(".")]) == 1
