@@ -5,6 +5,7 @@ tests/test_environments.py, as the real unprivileged build account."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -13,6 +14,7 @@ import pytest
 import redis
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from gallery import environments, services
 from gallery.models import Environment, Job, Revision
@@ -262,3 +264,24 @@ def test_it_builds_once_when_two_jobs_of_one_key_run_at_once(
     assert Environment.objects.get().state == Environment.State.READY
     store = settings.GALLERY_ENV_DIR
     assert len([p for p in store.iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.mark.django_db
+def test_it_says_why_when_the_sweep_gives_up_on_a_build() -> None:
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Killed", summary="Cut short.", licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+    env = Environment.objects.create(key="k" * 64, state=Environment.State.BUILDING)
+    Revision.objects.filter(pk=submission.revision_id).update(environment=env)
+    job = Job.objects.create(kind=Job.Kind.ENVIRONMENT, revision_id=submission.revision_id,
+                             state=Job.State.RUNNING, attempts=services.GIVE_UP_AFTER,
+                             lease_until=timezone.now() - timedelta(seconds=1))
+    services.sweep_jobs()
+    assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
+    env.refresh_from_db()
+    assert (env.state, env.reason) == (Environment.State.FAILED, services.GAVE_UP)

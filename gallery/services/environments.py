@@ -78,6 +78,14 @@ def do_environment(job: Job) -> dict[str, Any]:
     return _report(env)
 
 
+def give_up_environment(job: Job, reason: str) -> None:
+    """An environment job the runner gave up on: its environment, if still being built by
+    nobody now, says why instead of "being built" for ever."""
+    Environment.objects.filter(revisions=job.revision_id,
+                               state=Environment.State.BUILDING).update(
+        state=Environment.State.FAILED, reason=reason, updated=timezone.now())
+
+
 def _spec_file(revision: Revision) -> tuple[str, bytes]:
     name = revision.metadata.get("environment", "")
     path = staged_folder(revision) / name
