@@ -146,7 +146,8 @@ env.update({
 })
 queues = ",".join([os.environ.get("GALLERY_QUEUE_DEFAULT") or "gallery",
                    os.environ.get("GALLERY_QUEUE_PREVIEWS") or "gallery-previews",
-                   os.environ.get("GALLERY_QUEUE_USE") or "gallery-use"])
+                   os.environ.get("GALLERY_QUEUE_USE") or "gallery-use",
+                   os.environ.get("GALLERY_QUEUE_ENVS") or "gallery-envs"])
 c.JupyterHub.services = [
     {
         "name": "gallery",

@@ -207,6 +207,8 @@ class ExampleOut(Schema):
 class ExampleDetailOut(ExampleOut):
     files: list[dict[str, Any]]
     environment: str
+    environment_state: str = Field(description="queued, building, ready, failed or "
+                                   "cannot_build; empty before its environment is queued")
     data_links: list[DataLinkOut]
     resources: dict[str, Any]
     licence: str
@@ -351,6 +353,8 @@ def _example_detail(example: Example) -> dict[str, Any]:
         **example_out(example),
         "files": revision.files if revision else [],
         "environment": meta.get("environment", ""),
+        "environment_state": revision.environment.state
+        if revision and revision.environment_id else "",
         "data_links": list(revision.data_links.values(
             "name", "target", "description", "size", "checksum", "licence")) if revision else [],
         "resources": meta.get("resources", {}),

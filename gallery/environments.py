@@ -513,6 +513,16 @@ def env_key(lock_text: str, python: str, platform: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def store_key(lock_text: str, *, config: BuildConfig | None = None) -> tuple[str, str]:
+    """The store's name for a lock's environment on this gallery's build Python, and that
+    Python's version: what `build` would name it, known before building."""
+    config = config or BuildConfig.from_settings()
+    pins(lock_text)
+    with _runner(config) as run:
+        python = _interpreter(run)
+    return env_key(lock_text, f"{python.version} {python.path}", python.platform), python.version
+
+
 def build(lock_text: str, *, config: BuildConfig | None = None) -> Path:
     """The environment of a lock, built once: `<store>/<key>`, read-only, readable by all.
     A build of a key already in the store returns it at once; two builds of one key at once

@@ -91,6 +91,7 @@ def queue_names() -> dict[str, str]:
         "default": current_app.conf.task_default_queue,
         "previews": routes.get("gallery.tasks.render_preview", {}).get("queue", ""),
         "use": routes.get("gallery.tasks.run_use", {}).get("queue", ""),
+        "envs": routes.get("gallery.tasks.build_environment", {}).get("queue", ""),
     }
 
 

@@ -238,6 +238,11 @@ class Revision(models.Model):
     files = models.JSONField(default=list)  # [{"path": ..., "size": ...}]
     git_commit = models.CharField(max_length=40, blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # What its environment spec resolved to (one `name==version` a line), kept so that every
+    # later build of this revision installs the same packages; and the environment built.
+    environment_lock = models.TextField(blank=True)
+    environment = models.ForeignKey("Environment", null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="revisions")
 
     class Meta:
         ordering = ["example", "-number"]
@@ -264,6 +269,42 @@ class Revision(models.Model):
             changed.append(self.notebook_name)
         return {"first": False, "added": sorted(after.keys() - before.keys()),
                 "removed": sorted(before.keys() - after.keys()), "changed": changed}
+
+
+class Environment(models.Model):
+    """One environment in the store, shared by every revision whose lock resolves to it:
+    built once, by one job, for everyone. A spec that could not be locked has a row keyed by
+    the spec itself, so its revisions show why."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        BUILDING = "building", "building"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+        CANNOT_BUILD = "cannot_build", "cannot build"
+
+    key = models.CharField(max_length=80, unique=True)
+    lock = models.TextField(blank=True)
+    python = models.CharField(max_length=40, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    path = models.CharField(max_length=500, blank=True)
+    log = models.TextField(blank=True)  # the last lines of uv's output when it failed
+    reason = models.TextField(blank=True)  # why it failed, in plain words
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"environment {self.key[:12]} ({self.state})"
+
+    def status_text(self) -> str:
+        """Where the environment stands, in plain words for the example's page."""
+        return {
+            self.State.QUEUED: "Its environment is waiting to be built.",
+            self.State.BUILDING: "Its environment is being built.",
+            self.State.READY: f"Its environment is built and ready (Python {self.python}).",
+            self.State.FAILED: f"Its environment could not be built: {self.reason}",
+            self.State.CANNOT_BUILD: f"The gallery cannot build its environment: {self.reason}",
+        }[self.State(self.state)]
 
 
 class DataLink(models.Model):
@@ -427,9 +468,10 @@ class Job(models.Model):
         PREVIEW = "preview", "preview"
         COMMIT = "commit", "commit"
         USE = "use", "use"
+        ENVIRONMENT = "environment", "environment"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    kind = models.CharField(max_length=10, choices=Kind.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL

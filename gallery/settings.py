@@ -359,6 +359,7 @@ CELERY_TASK_DEFAULT_QUEUE = env("GALLERY_QUEUE_DEFAULT", "gallery")
 CELERY_TASK_ROUTES = {
     "gallery.tasks.render_preview": {"queue": env("GALLERY_QUEUE_PREVIEWS", "gallery-previews")},
     "gallery.tasks.run_use": {"queue": env("GALLERY_QUEUE_USE", "gallery-use")},
+    "gallery.tasks.build_environment": {"queue": env("GALLERY_QUEUE_ENVS", "gallery-envs")},
 }
 # A render stops itself at GALLERY_RENDER_TIME_LIMIT (in a forked child); this is the backstop
 # for the task around it, so a stuck pool process is replaced and the worker carries on.

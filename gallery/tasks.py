@@ -69,6 +69,11 @@ def run_use(self: Task, job_id: str) -> None:
     _run(self, job_id)
 
 
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.build_environment")
+def build_environment(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
 @shared_task(base=JobTask, name="gallery.tasks.email_notification", autoretry_for=(Exception,),
              retry_backoff=30, max_retries=6)
 def email_notification(notification_id: int) -> None:

@@ -26,7 +26,7 @@ from django.utils.html import escape
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import caching, forms, previews, services
+from . import caching, environments, forms, previews, services
 from .models import (
     Example,
     IllegalTransition,
@@ -97,7 +97,7 @@ def _gallery_html(q: str, tag: str, pages: dict[str, str]) -> str:
 def example(request: HttpRequest, slug: str) -> HttpResponse:
     """An example: preview, manifest, checks, versions, and Use with its plan."""
     item = get_object_or_404(Example.objects.visible_to(request.user).select_related(
-        "current_revision", "contributor"), slug=slug)
+        "current_revision__environment", "contributor"), slug=slug)
     revision = item.current_revision or item.latest_revision
     if revision is None:
         raise Http404("This example has no content.")
@@ -114,6 +114,8 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "pending": pending if pending and pending.revision_id != revision.pk else None,
         "data_links": revision.data_links.all(),
         "environment": _environment_text(revision),
+        "built_environment": revision.environment,
+        "pins": _pins(revision),
         "preview_url": preview_url(revision.notebook_sha256),
         "versions": [{"revision": v, "changes": v.changes_from(versions[i - 1] if i else None),
                       "review": next(iter(v.submission.reviews.all()), None)
@@ -127,6 +129,14 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "use_form": forms.UseForm(initial={"folder": item.slug}),
         "use_dir": f"~/{settings.GALLERY_USE_DIR}",
     })
+
+
+def _pins(revision: Revision) -> list[str]:
+    """The packages a revision's environment resolved to, `name==version` each."""
+    try:
+        return environments.pins(revision.environment_lock)
+    except environments.BuildError:  # never stored so; nothing to show rather than a 500
+        return []
 
 
 def _environment_text(revision: Revision, limit: int = 20_000) -> str:

@@ -25,7 +25,7 @@ REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
 RUN_ID = f"t{os.getpid()}"
 BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
 QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
-          "use": f"gallery-use-{RUN_ID}"}
+          "use": f"gallery-use-{RUN_ID}", "envs": f"gallery-envs-{RUN_ID}"}
 # Generated requests per endpoint ("GET /api/v1/examples"), filled by tests/test_harness.py and
 # tests/test_concurrency.py and printed at the end of the run: a harness that stopped reaching
 # an endpoint shows here as a missing or tiny count.
@@ -52,6 +52,7 @@ def _broker() -> Iterator[None]:
         task_routes={
             "gallery.tasks.render_preview": {"queue": QUEUES["previews"]},
             "gallery.tasks.run_use": {"queue": QUEUES["use"]},
+            "gallery.tasks.build_environment": {"queue": QUEUES["envs"]},
         },
     )
     yield
@@ -71,6 +72,10 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
     settings.GALLERY_PREVIEW_DIR = tmp_path / "data" / "previews"
     settings.GALLERY_HOME_TEMPLATE = str(tmp_path / "homes" / "{username}")
     settings.GALLERY_USE_AS_USER = False
+    # Environments are built into the test's folder, and never from the package index
+    # unless a test says where packages come from.
+    settings.GALLERY_ENV_DIR = tmp_path / "data" / "envs"
+    settings.GALLERY_BUILD_INDEX_OPTIONS = "--no-index"
     from django.core.cache import cache
 
     # Nothing cached by an earlier test (users, stamps, pages) leaks into this one; a test of
@@ -123,11 +128,14 @@ def worker_env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-unt
         "GALLERY_REPO_PATH": str(settings.GALLERY_REPO_PATH),
         "GALLERY_STAGING_DIR": str(settings.GALLERY_STAGING_DIR),
         "GALLERY_PREVIEW_DIR": str(settings.GALLERY_PREVIEW_DIR),
+        "GALLERY_ENV_DIR": str(settings.GALLERY_ENV_DIR),
+        "GALLERY_BUILD_INDEX_OPTIONS": settings.GALLERY_BUILD_INDEX_OPTIONS,
         "GALLERY_HOME_TEMPLATE": settings.GALLERY_HOME_TEMPLATE,
         "GALLERY_USE_AS_USER": "1" if settings.GALLERY_USE_AS_USER else "0",
         "GALLERY_QUEUE_DEFAULT": QUEUES["default"],
         "GALLERY_QUEUE_PREVIEWS": QUEUES["previews"],
         "GALLERY_QUEUE_USE": QUEUES["use"],
+        "GALLERY_QUEUE_ENVS": QUEUES["envs"],
         "PYTHONPATH": str(ROOT),
     }
     env.update(extra)

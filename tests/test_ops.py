@@ -414,7 +414,8 @@ def test_it_deploys_one_worker_per_queue_with_the_right_isolation():
     import yaml
 
     known = (ROOT / "gallery" / "settings.py").read_text()
-    queues = {"default": "gallery", "previews": "gallery-previews", "use": "gallery-use"}
+    queues = {"default": "gallery", "previews": "gallery-previews", "use": "gallery-use",
+              "envs": "gallery-envs"}
     units = {}
     for path in (ROOT / "deploy" / "systemd").glob("*.service"):
         unit = configparser.ConfigParser(strict=False, interpolation=None)

@@ -4,8 +4,9 @@ Views, the API, admin actions, management commands and Celery tasks all call the
 one way to stage, approve, retire or use an example. Each function runs in one transaction
 and queues its slow work only after that transaction commits. The rooms, from the bottom:
 `history` (the record of state changes), `notifications`, `queue` (jobs as rows: queue, claim,
-lease, finish), `staging` (a submission, its checks and preview), `review` (decisions,
-retirement, publishing), `use` (copies into homes), `jobs` (the runner and the sweep),
+lease, finish), `staging` (a submission, its checks and preview), `environments` (an approved
+revision's environment locked and built once per key), `review` (decisions, retirement,
+publishing), `use` (copies into homes), `jobs` (the runner and the sweep),
 `users` (people and reviewer rights) and `index` (rebuild from the repository, bulk import).
 Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
@@ -13,6 +14,7 @@ Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
 from ..models import is_reviewer
 from ..schema import ExampleMeta
+from .environments import do_environment, queue_environment
 from .history import move_example, move_submission, record_change
 from .index import IMPORT_MAX_NOTEBOOKS, ImportReport, import_notebooks, rebuild_index
 from .jobs import GAVE_UP, GIVE_UP_AFTER, MAX_ATTEMPTS, perform_job, sweep_jobs
@@ -91,6 +93,7 @@ __all__ = [
     "count_uses",
     "do_checks",
     "do_commit",
+    "do_environment",
     "do_preview",
     "do_use",
     "email_address",
@@ -113,6 +116,7 @@ __all__ = [
     "preview_path",
     "publish_revision",
     "queue_job",
+    "queue_environment",
     "queue_preview",
     "queue_use",
     "rebuild_index",

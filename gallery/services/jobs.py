@@ -14,6 +14,7 @@ from django.utils import timezone
 from .. import homes, notebooks
 from ..errors import GalleryError
 from ..models import Job
+from .environments import do_environment, give_up_environment
 from .queue import LeaseLost, claim_job, enqueue, finish_job
 from .review import do_commit
 from .staging import do_checks, do_preview
@@ -46,6 +47,7 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
         Job.Kind.PREVIEW: do_preview,
         Job.Kind.COMMIT: do_commit,
         Job.Kind.USE: do_use,
+        Job.Kind.ENVIRONMENT: do_environment,
     }[Job.Kind(job.kind)]
     started = time.monotonic()
     try:
@@ -80,6 +82,8 @@ def _give_up(job: Job) -> Job | None:
             return None
         except Exception:  # the job ends all the same; what is left is logged
             log.exception("could not clear what job %s left behind", job.pk)
+    if job.kind == Job.Kind.ENVIRONMENT:
+        give_up_environment(job, GAVE_UP)
     return finish_job(job, Job.State.FAILED, message=GAVE_UP)
 
 
@@ -98,9 +102,10 @@ def sweep_jobs() -> int:
         # it (`_give_up`); if even that is cut short, or for other kinds, the sweep fails it.
         last_ring = job.kind == Job.Kind.USE and job.attempts == GIVE_UP_AFTER
         if job.attempts >= GIVE_UP_AFTER and not last_ring:
-            Job.objects.filter(pk=job.pk, state=job.state).update(
-                state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,
-                message=GAVE_UP)
+            if Job.objects.filter(pk=job.pk, state=job.state).update(
+                    state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,
+                    message=GAVE_UP) and job.kind == Job.Kind.ENVIRONMENT:
+                give_up_environment(job, GAVE_UP)
             continue
         if not enqueue(job):
             break  # the broker is down: the next sweep tries again

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TASKS = {
     Job.Kind.CHECKS: "gallery.tasks.run_checks", Job.Kind.PREVIEW: "gallery.tasks.render_preview",
     Job.Kind.COMMIT: "gallery.tasks.commit_revision", Job.Kind.USE: "gallery.tasks.run_use",
+    Job.Kind.ENVIRONMENT: "gallery.tasks.build_environment",
 }
 
 
@@ -49,7 +50,8 @@ class LeaseLost(Exception):
 
 
 # What the job page says while a job runs (set by the claim itself: no extra write).
-RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home."}
+RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home.",
+                    Job.Kind.ENVIRONMENT: "Building the environment."}
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from .. import notebooks, repo
 from ..errors import GalleryError, NotAllowed
 from ..models import Example, Job, Notification, Review, Revision, Submission, Tag, is_reviewer
+from .environments import queue_environment
 from .history import move_example, move_submission
 from .notifications import notify, notify_decision, notify_users_of
 from .queue import queue_job
@@ -140,6 +141,7 @@ def publish_revision(*, revision: Revision, commit: str, actor: AbstractBaseUser
             example.save(update_fields=["current_revision", "title", "summary", "search_text",
                                         "updated"])
             example.tags.set([Tag.objects.get_or_create(name=t)[0] for t in meta.get("tags", [])])
+            queue_environment(revision)
             submission = Submission.objects.filter(revision=revision).first()
             notify(user=example.contributor, kind=Notification.Kind.PUBLISHED, example=example,
                    submission=submission,

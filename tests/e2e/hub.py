@@ -141,6 +141,7 @@ def start_hub(folder: Path, *, env: dict[str, str] | None = None,
         "GALLERY_QUEUE_DEFAULT": QUEUES["default"],
         "GALLERY_QUEUE_PREVIEWS": QUEUES["previews"],
         "GALLERY_QUEUE_USE": QUEUES["use"],
+        "GALLERY_QUEUE_ENVS": QUEUES["envs"],
         "GALLERY_USE_AS_USER": "0",
         "GALLERY_HUB_RECHECK_SECONDS": "0",  # every request asks the hub: logout shows at once
     }

@@ -1,0 +1,158 @@
+"""Environments: an approved revision's spec locked once (the lock kept on the revision) and
+built once per environment key, by a job on a queue of its own, for everyone who uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from .. import environments
+from ..errors import GalleryError
+from ..models import Environment, Job, Revision
+from .queue import LeaseLost, queue_job, renew_lease
+from .staging import staged_folder
+
+log = logging.getLogger(__name__)
+
+
+def queue_environment(revision: Revision) -> Job | None:
+    """Queue the build of a revision's environment, or return the job already on its way;
+    None when the revision has no environment file."""
+    if not revision.metadata.get("environment"):
+        return None
+    with transaction.atomic():
+        waiting = Job.objects.filter(kind=Job.Kind.ENVIRONMENT, revision=revision,
+                                     state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
+        if waiting is not None:
+            return waiting
+        return queue_job(Job.Kind.ENVIRONMENT, revision=revision,
+                         message="Waiting for a free worker to build the environment.")
+
+
+def do_environment(job: Job) -> dict[str, Any]:
+    """Lock the revision's spec (unless it has its lock already), then build its environment
+    unless the store has it. A spec this gallery cannot build ends the job done, saying so;
+    any other failure ends it failed with uv's reason."""
+    revision = job.revision
+    assert revision is not None
+    name, data = _spec_file(revision)
+    lock_text = revision.environment_lock
+    try:
+        if not lock_text:
+            lock_text = environments.lock(environments.read_spec(name, data))
+            Revision.objects.filter(pk=revision.pk).update(environment_lock=lock_text)
+        key, python = environments.store_key(lock_text)
+    except environments.SpecError as exc:
+        return _failed(revision, _spec_key(name, data), environments.BuildError(str(exc)))
+    except environments.BuildError as exc:
+        return _failed(revision, _spec_key(name, data), exc, lock=lock_text)
+    with transaction.atomic():
+        env, _ = Environment.objects.select_for_update().get_or_create(
+            key=key, defaults={"lock": lock_text, "python": python})
+        Revision.objects.filter(pk=revision.pk).update(environment=env)
+        if env.state == Environment.State.READY and _built(env.path):
+            return _report(env)
+        _set(env, state=Environment.State.BUILDING, reason="", log="")
+    # Outside the transaction: a job of another revision with the same key waits on the
+    # build's lock of the key, then finds the environment finished.
+    try:
+        with _keeping_lease(job):
+            path = environments.build(lock_text)
+    except environments.BuildError as exc:
+        return _failed(revision, key, exc, lock=lock_text)
+    except Exception as exc:  # the runner retries the job; until then the page says so
+        _set(env, state=Environment.State.FAILED,
+             reason=f"The build stopped on an error in the gallery ({type(exc).__name__}).")
+        raise
+    _set(env, state=Environment.State.READY, path=str(path), reason="", log="")
+    return _report(env)
+
+
+def give_up_environment(job: Job, reason: str) -> None:
+    """An environment job the runner gave up on: its environment, if still being built by
+    nobody now, says why instead of "being built" for ever."""
+    Environment.objects.filter(revisions=job.revision_id,
+                               state=Environment.State.BUILDING).update(
+        state=Environment.State.FAILED, reason=reason, updated=timezone.now())
+
+
+def _spec_file(revision: Revision) -> tuple[str, bytes]:
+    name = revision.metadata.get("environment", "")
+    path = staged_folder(revision) / name
+    if not name or not path.is_file():
+        raise GalleryError(f"Revision {revision.number} of {revision.example.slug} has no "
+                           "environment file to build.")
+    return name, path.read_bytes()
+
+
+def _spec_key(name: str, data: bytes) -> str:
+    """The key of a spec that has no lock: its file, so revisions sharing it share the row."""
+    return "spec-" + hashlib.sha256(name.encode() + b"\0" + data).hexdigest()
+
+
+def _built(path: str) -> bool:
+    return bool(path) and (Path(path) / environments.RECORD_FILE).is_file()
+
+
+def _set(env: Environment, **fields: Any) -> None:
+    fields["updated"] = timezone.now()
+    for field, value in fields.items():
+        setattr(env, field, value)
+    env.save(update_fields=list(fields))
+
+
+def _failed(revision: Revision, key: str, exc: environments.BuildError,
+            lock: str = "") -> dict[str, Any]:
+    """Record why an environment cannot be had; a spec this gallery cannot build is an answer
+    (the job is done), any other failure fails the job with the reason."""
+    cannot = isinstance(exc, environments.CannotBuild)
+    state = Environment.State.CANNOT_BUILD if cannot else Environment.State.FAILED
+    with transaction.atomic():
+        env, _ = Environment.objects.select_for_update().get_or_create(
+            key=key, defaults={"lock": lock})
+        _set(env, state=state, reason=exc.reason, log=exc.log, lock=lock or env.lock)
+        Revision.objects.filter(pk=revision.pk).update(environment=env)
+    if not cannot:
+        raise GalleryError(f"The environment could not be built: {exc.reason}")
+    return _report(env)
+
+
+def _report(env: Environment) -> dict[str, Any]:
+    return {"environment": env.key, "state": env.state, "path": env.path,
+            "reason": env.reason}
+
+
+@contextlib.contextmanager
+def _keeping_lease(job: Job) -> Iterator[None]:
+    """Renew the job's lease while a build runs (a build may take far longer than a lease),
+    so the sweep does not hand it to a second worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(max(settings.GALLERY_JOB_LEASE / 3, 0.5)):
+                renew_lease(job)
+        except LeaseLost as exc:
+            log.warning("%s while building its environment", exc)
+        except Exception:  # the build goes on; at worst the sweep rings the job again
+            log.exception("could not renew the lease of job %s", job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    beater = threading.Thread(target=beat, name=f"lease-{job.pk}", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()

@@ -1,0 +1,287 @@
+"""An approved revision's environment: locked once, built once per key by its own job, shown
+on the example's page. Builds run the real uv offline, from the tiny wheels of
+tests/test_environments.py, as the real unprivileged build account."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from gallery import environments, services
+from gallery.models import Environment, Job, Revision
+
+from .base import GalleryTestCase, make_user, notebook_bytes
+from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
+from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
+
+
+class EnvironmentJobTests(GalleryTestCase):
+    @pytest.fixture(autouse=True)
+    def _offline_builds(self, settings, shared: Path, wheels: Path, builder: str,  # noqa: F811
+                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+        settings.GALLERY_BUILD_USER = builder
+        settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+        self.store = settings.GALLERY_ENV_DIR
+
+    def approve(self, title: str, environment: tuple[str, bytes] | None) -> Revision:
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = services.stage_submission(
+                contributor=self.contributor,
+                staged=services.StagedFiles(notebook_name="hello.ipynb",
+                                            notebook=notebook_bytes(), environment=environment),
+                meta=services.ExampleMeta(title=title, summary="Says hello.", tags=["demo"],
+                                          licence="CC-BY-4.0"))
+        with self.captureOnCommitCallbacks(execute=True):
+            services.approve_submission(submission=submission, reviewer=self.reviewer)
+        return Revision.objects.select_related("environment", "example").get(
+            pk=submission.revision_id)
+
+    def built(self) -> list[str]:
+        return sorted(p.name for p in self.store.iterdir() if not p.name.startswith("."))
+
+    def test_it_locks_and_builds_the_environment_of_an_approved_revision(self) -> None:
+        revision = self.approve("Fake A", ("requirements.txt", b"galleryfake-a\n"))
+        self.assertEqual(environments.pins(revision.environment_lock),
+                         ["galleryfake-a==1.0", "galleryfake-b==1.2", "ipykernel==6.0.0"])
+        env = revision.environment
+        self.assertEqual((env.state, env.reason), (Environment.State.READY, ""))
+        self.assertEqual(self.built(), [env.key])
+        self.assertTrue((Path(env.path) / environments.RECORD_FILE).is_file())
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual((job.state, job.result["state"]), (Job.State.DONE, "ready"))
+
+    def test_it_builds_one_environment_for_revisions_with_the_same_spec(self) -> None:
+        real_build = environments.build
+        calls: list[str] = []
+
+        def counting(lock_text: str, **kwargs: Any) -> Path:
+            calls.append(lock_text)
+            return real_build(lock_text, **kwargs)
+
+        with mock.patch.object(environments, "build", counting):
+            first = self.approve("First", ("requirements.txt", b"galleryfake-a\n"))
+            second = self.approve("Second", ("requirements.txt", b"galleryfake-a\n"))
+        self.assertEqual(first.environment_id, second.environment_id)
+        self.assertEqual((Environment.objects.count(), len(calls), len(self.built())), (1, 1, 1))
+        self.assertEqual(second.environment.state, Environment.State.READY)
+
+    def test_it_fails_with_the_reason_when_a_package_is_unknown(self) -> None:
+        revision = self.approve("Unknown", ("requirements.txt", b"galleryfake-zz\n"))
+        env = revision.environment
+        self.assertEqual(env.state, Environment.State.FAILED)
+        self.assertIn("galleryfake-zz was not found", env.reason)
+        self.assertIn("No solution found", env.log)
+        self.assertEqual(revision.environment_lock, "")
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn("galleryfake-zz was not found", job.message)
+        self.assertEqual(self.built(), [])
+
+    def test_it_says_plainly_that_it_cannot_build_conda_dependencies(self) -> None:
+        revision = self.approve("Conda", ("environment.yml", b"dependencies:\n  - hdf5\n"))
+        self.assertEqual(revision.environment.state, Environment.State.CANNOT_BUILD)
+        self.assertIn("conda-compatible executable", revision.environment.reason)
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        self.assertEqual(job.state, Job.State.DONE)
+
+    def test_it_queues_nothing_without_an_environment_file(self) -> None:
+        revision = self.approve("Bare", None)
+        self.assertIsNone(revision.environment)
+        self.assertFalse(Job.objects.filter(kind=Job.Kind.ENVIRONMENT).exists())
+        self.assertIsNone(services.queue_environment(revision))
+
+    def test_it_builds_again_from_the_revisions_lock_on_demand(self) -> None:
+        revision = self.approve("Again", ("requirements.txt", b"galleryfake-a\n"))
+        Revision.objects.filter(pk=revision.pk).update(
+            environment_lock="galleryfake-b==0.5\nipykernel==6.0.0\n")
+        revision.refresh_from_db()
+        with self.captureOnCommitCallbacks(execute=True):
+            services.queue_environment(revision)
+        revision.refresh_from_db()
+        self.assertEqual(environments.pins(revision.environment.lock),
+                         ["galleryfake-b==0.5", "ipykernel==6.0.0"])
+        self.assertEqual(revision.environment.state, Environment.State.READY)
+        self.assertEqual(len(self.built()), 2)
+
+    def test_it_shows_the_resolved_packages_on_the_example_page(self) -> None:
+        revision = self.approve("Shown", ("requirements.txt", b"galleryfake-a\n"))
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "Its environment is built and ready (Python ")
+        self.assertContains(page, '<h4 id="h-pins">Resolved packages</h4>', html=False)
+        for pin in ("galleryfake-a==1.0", "galleryfake-b==1.2", "ipykernel==6.0.0"):
+            self.assertContains(page, f"<li><code>{pin}</code></li>", html=False)
+        detail = self.client.get(f"/api/v1/examples/{revision.example.slug}").json()
+        self.assertEqual(detail["environment_state"], "ready")
+
+    def test_it_shows_why_an_environment_could_not_be_built(self) -> None:
+        revision = self.approve("Broken", ("requirements.txt", b"galleryfake-zz\n"))
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "Its environment could not be built: ")
+        self.assertContains(page, "galleryfake-zz was not found")
+        self.assertNotContains(page, "Resolved packages")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_it_builds_on_a_worker_of_the_environments_queue(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
+    env = worker_env(settings, GALLERY_BUILD_USER=builder)
+    others = [q for kind, q in QUEUES.items() if kind != "envs"]
+    workers = [start_worker(env, tmp_path / "worker.log", queues=others, hostname="rest@%h"),
+               start_worker(env, tmp_path / "envs.log", queues=[QUEUES["envs"]],
+                            hostname="envs@%h", concurrency=1)]
+    try:
+        contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="On a worker", summary="Built there.",
+                                      licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+        job = wait_for(lambda: Job.objects.filter(
+            kind=Job.Kind.ENVIRONMENT, state__in=[Job.State.DONE, Job.State.FAILED]).first(),
+            timeout=180, what="the environment job")
+        assert (job.state, job.message) == (Job.State.DONE, "")
+        assert job.worker.startswith("envs@")
+        revision = Revision.objects.select_related("environment").get(pk=submission.revision_id)
+        assert revision.environment.state == Environment.State.READY
+        assert "galleryfake-b==1.2" in environments.pins(revision.environment_lock)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_jobs_lease_while_a_build_runs(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    settings.GALLERY_JOB_LEASE = 1  # renewed every half second while the build runs
+    real_build = environments.build
+
+    def slow_build(lock_text: str, **kwargs: Any) -> Path:
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        wait_for(lambda: Job.objects.get(pk=job.pk).lease_until > job.lease_until,
+                 what="the lease to be renewed")
+        return real_build(lock_text, **kwargs)
+
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch.object(environments, "build", slow_build):
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Long build", summary="Takes a while.",
+                                      licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+    job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+    assert (job.state, job.revision_id) == (Job.State.DONE, submission.revision_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_never_leaves_an_environment_building_after_an_error(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch.object(environments, "build", side_effect=OSError("disk full")):
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Broken disk", summary="Fails.", licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        while job.state == Job.State.QUEUED:  # the runner's retries, as the sweep would ring
+            services.perform_job(str(job.pk))
+            job.refresh_from_db()
+    assert job.state == Job.State.FAILED
+    env = Revision.objects.get(pk=submission.revision_id).environment
+    assert (env.state, env.reason) == (
+        Environment.State.FAILED, "The build stopped on an error in the gallery (OSError).")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_builds_once_when_two_jobs_of_one_key_run_at_once(
+        settings, tmp_path: Path, shared: Path, wheels: Path, builder: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    if connection.vendor == "sqlite":
+        pytest.skip("two writers at once need PostgreSQL (SQLite serialises them)")
+    settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
+    settings.GALLERY_BUILD_USER = builder
+    settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    revisions = []
+    with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
+        for title in ("Left", "Right"):
+            submission = services.stage_submission(
+                contributor=contributor,
+                staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                            environment=("requirements.txt", b"galleryfake-a\n")),
+                meta=services.ExampleMeta(title=title, summary="Twins.", licence="CC-BY-4.0"))
+            services.approve_submission(submission=submission, reviewer=reviewer)
+            revisions.append(Revision.objects.get(pk=submission.revision_id))
+    jobs = [Job.objects.create(kind=Job.Kind.ENVIRONMENT, revision=r) for r in revisions]
+    real_key, together = environments.store_key, threading.Barrier(2, timeout=60)
+
+    def meeting(lock_text: str, **kwargs: Any) -> tuple[str, str]:
+        found = real_key(lock_text, **kwargs)
+        together.wait()  # both jobs reach the row of their key at once
+        return found
+
+    def run(job: Job) -> None:
+        try:
+            services.perform_job(str(job.pk))
+        finally:
+            connection.close()
+
+    with mock.patch.object(environments, "store_key", meeting):
+        threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [Job.objects.get(pk=j.pk).state for j in jobs] == [Job.State.DONE] * 2
+    envs = {Revision.objects.get(pk=r.pk).environment_id for r in revisions}
+    assert len(envs) == 1 and Environment.objects.count() == 1
+    assert Environment.objects.get().state == Environment.State.READY
+    store = settings.GALLERY_ENV_DIR
+    assert len([p for p in store.iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.mark.django_db
+def test_it_says_why_when_the_sweep_gives_up_on_a_build() -> None:
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
+        submission = services.stage_submission(
+            contributor=contributor,
+            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
+                                        environment=("requirements.txt", b"galleryfake-a\n")),
+            meta=services.ExampleMeta(title="Killed", summary="Cut short.", licence="CC-BY-4.0"))
+        services.approve_submission(submission=submission, reviewer=reviewer)
+    env = Environment.objects.create(key="k" * 64, state=Environment.State.BUILDING)
+    Revision.objects.filter(pk=submission.revision_id).update(environment=env)
+    job = Job.objects.create(kind=Job.Kind.ENVIRONMENT, revision_id=submission.revision_id,
+                             state=Job.State.RUNNING, attempts=services.GIVE_UP_AFTER,
+                             lease_until=timezone.now() - timedelta(seconds=1))
+    services.sweep_jobs()
+    assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
+    env.refresh_from_db()
+    assert (env.state, env.reason) == (Environment.State.FAILED, services.GAVE_UP)
