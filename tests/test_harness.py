@@ -642,8 +642,12 @@ def build_baseline(cast: dict[str, Any]) -> None:
         services.retire_example(example=Example.objects.get(pk=retired.example_id),
                                 actor=cast["reviewer"], reason="Outdated.")
         services.queue_use(example=Example.objects.get(pk=hello.example_id), user=cast["user"])
-    assert Job.objects.exclude(state=Job.State.DONE).count() == 0, list(
-        Job.objects.values("kind", "state", "message"))
+    # Every job ended well; an environment's build may end failed with its reason (the
+    # tests' package index is a folder of a few wheels, and the examples ask for numpy).
+    unfinished = Job.objects.exclude(state=Job.State.DONE).exclude(
+        kind=Job.Kind.ENVIRONMENT, state=Job.State.FAILED)
+    assert not unfinished.exists(), list(Job.objects.values("kind", "state", "message"))
+    assert not crashed_jobs(), crashed_jobs()
 
 
 # --- the oracle -------------------------------------------------------------------------------
