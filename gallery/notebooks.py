@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 from nbformat.validator import iter_validate
 
-from . import environments
+from . import specs
 
 EXAMPLE_FILE = "example.toml"
 ENV_FILES = ("environment.yml", "environment.yaml", "requirements.txt")
@@ -250,8 +250,8 @@ def check_environment(name: str | None, data: bytes | None) -> Check:
     if not name or data is None:
         return Check("environment", "fail", "No environment.yml or requirements.txt was given.")
     try:
-        spec = environments.read_spec(name, data)
-    except environments.SpecError as exc:
+        spec = specs.read_spec(name, data)
+    except specs.SpecError as exc:
         return Check("environment", "fail", str(exc))
     return Check("environment", "pass", spec.summary())
 

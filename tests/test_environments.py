@@ -30,7 +30,7 @@ from django.conf import settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gallery import environments, notebooks
+from gallery import environments, notebooks, specs
 from gallery.environments import BuildConfig, BuildError, SpecError
 
 from .conftest import wait_for
@@ -92,7 +92,7 @@ def test_it_refuses_a_bad_spec_with_a_plain_message(name: str, text: str, messag
 
 
 def test_it_refuses_too_many_requirements() -> None:
-    text = "".join(f"package-{i}\n" for i in range(environments.MAX_REQUIREMENTS + 1))
+    text = "".join(f"package-{i}\n" for i in range(specs.MAX_REQUIREMENTS + 1))
     with pytest.raises(SpecError, match="at most 200"):
         environments.read_spec("requirements.txt", text.encode())
 
