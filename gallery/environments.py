@@ -245,10 +245,11 @@ def _uv_for(config: BuildConfig, account: Account) -> str:
     tools = config.store / ".tools"
     tools.mkdir(mode=0o755, exist_ok=True)
     copy = tools / f"uv-{st.st_size}-{st.st_mtime_ns}"
-    if not copy.is_file():
-        partial = tools / f".{copy.name}.{os.getpid()}"
-        shutil.copyfile(installed, partial)
-        partial.chmod(0o755)
+    if not copy.is_file():  # two builds may copy at once (threads of one process too)
+        fd, partial = tempfile.mkstemp(prefix=f".{copy.name}.", dir=tools)
+        with os.fdopen(fd, "wb") as out, installed.open("rb") as source:
+            shutil.copyfileobj(source, out)
+        os.chmod(partial, 0o755)
         os.replace(partial, copy)
     return str(copy)
 
