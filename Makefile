@@ -20,7 +20,7 @@ redis:
 
 # Every test on SQLite (the zero-setup default), then again on PostgreSQL: the tests with real
 # worker processes, the pages and the API (full-text search), staging's races, the
-# authorisation matrix and the property-based harness.
+# authorisation matrix, the property-based harness and the environment jobs racing for one key.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
 	@scripts/ensure-postgres
@@ -28,7 +28,7 @@ test: venv redis
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py \
-		tests/test_staging.py tests/test_authz.py tests/test_harness.py
+		tests/test_staging.py tests/test_authz.py tests/test_harness.py tests/test_services_environments.py
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not e2e and not worker"

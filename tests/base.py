@@ -35,12 +35,13 @@ def make_user(name: str, *, reviewer: bool = False, password: str = "pw-" + "x" 
 
 def stage(contributor, *, title: str = "Hello example", notebook: bytes | None = None,  # type: ignore[no-untyped-def]
           data_links: list[dict[str, Any]] | None = None, example_slug: str = "",
-          files: dict[str, bytes] | None = None):
+          files: dict[str, bytes] | None = None,
+          environment: tuple[str, bytes] | None = ("requirements.txt", b"numpy>=1.24\n")):
     return services.stage_submission(
         contributor=contributor,
         staged=services.StagedFiles(
             notebook_name="hello.ipynb", notebook=notebook or notebook_bytes(),
-            environment=("requirements.txt", b"numpy>=1.24\n"), files=files or {}),
+            environment=environment, files=files or {}),
         meta=services.ExampleMeta(title=title, summary="Says hello.", tags=["demo", "python"],
                                   licence="CC-BY-4.0",
                                   data_links=data_links if data_links is not None else [

@@ -19,9 +19,11 @@ from django.utils import timezone
 from gallery import environments, services
 from gallery.models import Environment, Job, Revision
 
-from .base import GalleryTestCase, make_user, notebook_bytes
+from .base import GalleryTestCase, make_user, stage
 from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
 from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
+
+SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
 
 
 class EnvironmentJobTests(GalleryTestCase):
@@ -35,12 +37,7 @@ class EnvironmentJobTests(GalleryTestCase):
 
     def approve(self, title: str, environment: tuple[str, bytes] | None) -> Revision:
         with self.captureOnCommitCallbacks(execute=True):
-            submission = services.stage_submission(
-                contributor=self.contributor,
-                staged=services.StagedFiles(notebook_name="hello.ipynb",
-                                            notebook=notebook_bytes(), environment=environment),
-                meta=services.ExampleMeta(title=title, summary="Says hello.", tags=["demo"],
-                                          licence="CC-BY-4.0"))
+            submission = stage(self.contributor, title=title, environment=environment)
         with self.captureOnCommitCallbacks(execute=True):
             services.approve_submission(submission=submission, reviewer=self.reviewer)
         return Revision.objects.select_related("environment", "example").get(
@@ -147,12 +144,7 @@ def test_it_builds_on_a_worker_of_the_environments_queue(
                             hostname="envs@%h", concurrency=1)]
     try:
         contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
-        submission = services.stage_submission(
-            contributor=contributor,
-            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
-                                        environment=("requirements.txt", b"galleryfake-a\n")),
-            meta=services.ExampleMeta(title="On a worker", summary="Built there.",
-                                      licence="CC-BY-4.0"))
+        submission = stage(contributor, title="On a worker", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
         job = wait_for(lambda: Job.objects.filter(
             kind=Job.Kind.ENVIRONMENT, state__in=[Job.State.DONE, Job.State.FAILED]).first(),
@@ -184,12 +176,7 @@ def test_it_keeps_the_jobs_lease_while_a_build_runs(
 
     contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
     with mock.patch.object(environments, "build", slow_build):
-        submission = services.stage_submission(
-            contributor=contributor,
-            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
-                                        environment=("requirements.txt", b"galleryfake-a\n")),
-            meta=services.ExampleMeta(title="Long build", summary="Takes a while.",
-                                      licence="CC-BY-4.0"))
+        submission = stage(contributor, title="Long build", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
     job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
     assert (job.state, job.revision_id) == (Job.State.DONE, submission.revision_id)
@@ -203,11 +190,7 @@ def test_it_never_leaves_an_environment_building_after_an_error(
     settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
     contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
     with mock.patch.object(environments, "build", side_effect=OSError("disk full")):
-        submission = services.stage_submission(
-            contributor=contributor,
-            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
-                                        environment=("requirements.txt", b"galleryfake-a\n")),
-            meta=services.ExampleMeta(title="Broken disk", summary="Fails.", licence="CC-BY-4.0"))
+        submission = stage(contributor, title="Broken disk", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
         job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
         while job.state == Job.State.QUEUED:  # the runner's retries, as the sweep would ring
@@ -231,11 +214,7 @@ def test_it_builds_once_when_two_jobs_of_one_key_run_at_once(
     revisions = []
     with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
         for title in ("Left", "Right"):
-            submission = services.stage_submission(
-                contributor=contributor,
-                staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
-                                            environment=("requirements.txt", b"galleryfake-a\n")),
-                meta=services.ExampleMeta(title=title, summary="Twins.", licence="CC-BY-4.0"))
+            submission = stage(contributor, title=title, environment=SPEC)
             services.approve_submission(submission=submission, reviewer=reviewer)
             revisions.append(Revision.objects.get(pk=submission.revision_id))
     jobs = [Job.objects.create(kind=Job.Kind.ENVIRONMENT, revision=r) for r in revisions]
@@ -270,11 +249,7 @@ def test_it_builds_once_when_two_jobs_of_one_key_run_at_once(
 def test_it_says_why_when_the_sweep_gives_up_on_a_build() -> None:
     contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
     with mock.patch("gallery.services.review.queue_environment"):  # queued by hand below
-        submission = services.stage_submission(
-            contributor=contributor,
-            staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=notebook_bytes(),
-                                        environment=("requirements.txt", b"galleryfake-a\n")),
-            meta=services.ExampleMeta(title="Killed", summary="Cut short.", licence="CC-BY-4.0"))
+        submission = stage(contributor, title="Killed", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
     env = Environment.objects.create(key="k" * 64, state=Environment.State.BUILDING)
     Revision.objects.filter(pk=submission.revision_id).update(environment=env)
