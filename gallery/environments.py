@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -370,11 +370,12 @@ def store_key(lock_text: str, *, config: BuildConfig | None = None) -> tuple[str
     return env_key(lock_text, f"{python.version} {python.path}", python.platform), python.version
 
 
-def build(lock_text: str, *, config: BuildConfig | None = None) -> Path:
+def build(lock_text: str, *, config: BuildConfig | None = None,
+          starting: Callable[[], object] | None = None) -> Path:
     """The environment of a lock, built once: `<store>/<key>`, read-only, readable by all.
     A build of a key already in the store returns it at once; two builds of one key at once
     wait for each other. Failure raises BuildError with the last lines of the log, and leaves
-    nothing in the store."""
+    nothing in the store. `starting` is called when a build really begins."""
     config = config or BuildConfig.from_settings()
     wanted = pins(lock_text)
     with _runner(config) as run:
@@ -385,6 +386,8 @@ def build(lock_text: str, *, config: BuildConfig | None = None) -> Path:
             if (final / RECORD_FILE).is_file():
                 return final
             tmp = config.store / ".building" / f"{key}.tmp-{secrets.token_hex(4)}"
+            if starting is not None:
+                starting()
             try:
                 run([run.uv, "venv", "--quiet", "--relocatable", "--python",
                      python.path, str(tmp)])

@@ -143,7 +143,7 @@ def plan_for(account: Account, source: Path, st: Stage, *, folder: str = "demo",
         data_links=[{"name": "big", "target": str(st.shared / "big.nc")},
                     {"name": "hidden", "target": str(st.rootonly / "secret")},
                     {"name": "docs", "target": "https://example.org/d", "licence": "CC0-1.0"}],
-        delay=delay,
+        delay=delay, home=account.home,
     )
 
 
@@ -733,3 +733,94 @@ def test_it_copies_without_the_helper(writer: tuple[Account, bool], source: Path
     plan = _plan(account, source)
     folder = homes.copy_into_home(plan, as_user=as_user)
     assert_complete_copy(folder, account, plan.job_id)
+
+
+# --- the kernel of the example's environment --------------------------------------------------
+
+KERNEL = {"name": "gallery-demo-0123456789",
+          "spec": {"argv": ["/srv/envs/k/bin/python", "-m", "ipykernel_launcher", "-f",
+                            "{connection_file}"],
+                   "display_name": "Demo (Python 3.11, gallery)", "language": "python"}}
+
+
+def kernel_dir(account: Account) -> Path:
+    return account.home / ".local" / "share" / "jupyter" / "kernels" / KERNEL["name"]
+
+
+@needs_root
+def test_it_installs_the_kernel_as_the_user(st: Stage, source: Path) -> None:
+    plan = plan_for(st.alice, source, st)
+    plan.kernel = KERNEL
+    before = snapshot(st.root)
+    homes.copy_into_home(plan, as_user=True)
+    spec = json.loads((kernel_dir(st.alice) / "kernel.json").read_text())
+    assert spec == KERNEL["spec"]
+    assert sorted(os.listdir(kernel_dir(st.alice))) == ["kernel.json"]  # no temporary file
+    assert all(p.startswith(str(st.alice.home)) for p in changes(before, snapshot(st.root)))
+    owners_are_right(st)
+    # A second Use of it writes the same kernelspec again (a newer one replaces it).
+    again = plan_for(st.alice, source, st, folder="again")
+    again.kernel = {**KERNEL, "spec": {**KERNEL["spec"], "display_name": "Newer"}}
+    homes.copy_into_home(again, as_user=True)
+    assert json.loads((kernel_dir(st.alice) / "kernel.json").read_text())["display_name"] \
+        == "Newer"
+
+
+def plant_local_link_to_other_home(st: Stage) -> None:
+    _link(st, st.alice.home / ".local", st.bob.home)
+
+
+def plant_kernels_link_to_rootonly(st: Stage) -> None:
+    folder = st.alice.home / ".local" / "share" / "jupyter"
+    folder.mkdir(parents=True)
+    for path in (st.alice.home / ".local", folder.parent, folder):
+        os.chown(path, st.alice.uid, st.alice.gid)
+    _link(st, folder / "kernels", st.rootonly)
+
+
+def plant_kernel_folder_as_file(st: Stage) -> None:
+    folder = st.alice.home / ".local" / "share" / "jupyter" / "kernels"
+    folder.mkdir(parents=True)
+    (folder / KERNEL["name"]).write_text("not a folder")
+    for path in [st.alice.home / ".local", *(st.alice.home / ".local").rglob("*")]:
+        os.chown(path, st.alice.uid, st.alice.gid)
+
+
+@needs_root
+@pytest.mark.parametrize("plant", [plant_local_link_to_other_home, plant_kernels_link_to_rootonly,
+                                   plant_kernel_folder_as_file], ids=lambda f: f.__name__[6:])
+def test_it_refuses_a_planted_link_on_the_kernel_path_and_copies_nothing(
+        st: Stage, source: Path, plant: Callable[[Stage], None]) -> None:
+    plant(st)
+    before = snapshot(st.root)
+    plan = plan_for(st.alice, source, st)
+    plan.kernel = KERNEL
+    with pytest.raises(homes.CopyError) as raised:
+        homes.copy_into_home(plan, as_user=True, timeout=20)
+    assert "kernel could not be installed" in str(raised.value)
+    assert "symbolic link or not a folder" in str(raised.value)
+    assert changes(before, snapshot(st.root)) == set()
+    owners_are_right(st)
+    # Only her Use fails: bob's goes ahead.
+    other = plan_for(st.bob, source, st)
+    other.kernel = KERNEL
+    homes.copy_into_home(other, as_user=True)
+    assert (kernel_dir(st.bob) / "kernel.json").is_file()
+
+
+@needs_root
+def test_it_replaces_a_planted_link_at_kernel_json_without_following_it(
+        st: Stage, source: Path) -> None:
+    folder = kernel_dir(st.alice)
+    folder.mkdir(parents=True)
+    for path in [st.alice.home / ".local", *(st.alice.home / ".local").rglob("*")]:
+        os.chown(path, st.alice.uid, st.alice.gid)
+    _link(st, folder / "kernel.json", st.rootonly / "passwd")
+    before = snapshot(st.rootonly)
+    plan = plan_for(st.alice, source, st)
+    plan.kernel = KERNEL
+    homes.copy_into_home(plan, as_user=True)
+    assert not (folder / "kernel.json").is_symlink()
+    assert json.loads((folder / "kernel.json").read_text()) == KERNEL["spec"]
+    assert changes(before, snapshot(st.rootonly)) == set()
+    owners_are_right(st)

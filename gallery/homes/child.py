@@ -10,6 +10,7 @@ descriptor, never follows a link it did not make, and renames into place without
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -162,7 +163,10 @@ def run_child(plan: CopyPlan, action: str, source_fd: int | None, w: int, ids: I
 
 
 def _copy_here(plan: CopyPlan, source: str) -> str:
-    """Copy `source` into a new folder in `plan.parent`; returns the folder's name."""
+    """Install the plan's kernel, then copy `source` into a new folder in `plan.parent`;
+    returns the folder's name."""
+    if plan.kernel:
+        _install_kernel(plan)
     try:
         os.makedirs(plan.parent, 0o755, exist_ok=True)
         dfd = os.open(plan.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -202,6 +206,52 @@ def _copy_here(plan: CopyPlan, source: str) -> str:
         return final
     finally:
         os.close(dfd)
+
+
+KERNELS_DIR = (".local", "share", "jupyter", "kernels")  # as gallery/kernels.py says
+
+
+def _install_kernel(plan: CopyPlan) -> None:
+    """Write the plan's kernelspec to <home>/.local/share/jupyter/kernels/<name>/kernel.json.
+
+    Every folder on the way is opened relative to the one before without following a link,
+    so a link planted anywhere on the path makes this Use fail instead of writing elsewhere;
+    the file is written under a temporary name and renamed over the old one (a rename
+    replaces a link itself, never what it points at).
+    """
+    assert plan.kernel is not None
+    name, spec = plan.kernel["name"], plan.kernel["spec"]
+    shown = "~/" + "/".join((*KERNELS_DIR, name))
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,99}", name) or plan.home is None:
+        raise CopyError("The example's kernel has no usable name; tell the centre's support.")
+    try:
+        fd = os.open(plan.home, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise CopyError(shared.parent_message(exc, plan)) from exc
+    try:
+        for part in (*KERNELS_DIR, name):
+            try:
+                os.mkdir(part, 0o700 if part == ".local" else 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        tmp = f".kernel.json.tmp-{os.urandom(4).hex()}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                      dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as fh:
+                fh.write((json.dumps(spec, indent=1, ensure_ascii=False) + "\n").encode())
+            os.rename(tmp, "kernel.json", src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    except OSError as exc:
+        raise CopyError(shared.kernel_message(exc, shown)) from exc
+    finally:
+        os.close(fd)
 
 
 def _clear_here(plan: CopyPlan) -> int:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import requests
 from django.conf import settings
 
-from .. import hub
+from .. import hub, kernels
 from .shared import (
     PROVENANCE_FILE,
     PROVENANCE_VISIBLE,
@@ -350,8 +350,29 @@ def _user_contents(job: Job, beat: Callable[[], None]) -> Contents:
                     token=settings.JUPYTERHUB_API_TOKEN)
 
 
+def install_kernel(contents: Contents, kernel: dict[str, Any]) -> str:
+    """Write a kernelspec to ~/.local/share/jupyter/kernels/<name>/kernel.json through the
+    server; returns "" when it is in place, else why not, for the person (a server that hides
+    dot folders from its API refuses them: the copy goes ahead without the kernel)."""
+    path = ""
+    try:
+        for part in (*kernels.KERNELS_DIR, kernel["name"]):
+            path = posixpath.join(path, part)
+            contents.mkdir(path)
+        if contents.write(f"{path}/kernel.json", kernels.spec_bytes(kernel["spec"])):
+            return ""
+        reason = "your Jupyter server refused to save kernel.json there"
+    except ContentsError as exc:
+        reason = str(exc).rstrip(".")
+    return (f"The kernel could not be installed in {kernels.KERNELS_SHOWN} ({reason}); a "
+            "server that hides dot folders from the gallery needs "
+            "c.ContentsManager.allow_hidden = True. Install it yourself with the command below.")
+
+
 def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
                           data_links: list[dict[str, Any]],
+                          kernel: dict[str, Any] | None = None,
+                          kernel_note: Callable[[str], object] = lambda note: None,
                           record: Callable[[str], object] = lambda name: None,
                           heartbeat: Callable[[], object] = _no_beat,
                           heartbeat_every: float = 0.0) -> str:
@@ -360,10 +381,15 @@ def copy_through_contents(*, job: Job, source: Path, provenance: dict[str, Any],
 
     `record` is told the folder's name before the rename (the caller keeps it on the job, so
     that a retry finishes the same copy); `heartbeat` is called at most every
-    `heartbeat_every` seconds while the server starts and the files go over.
+    `heartbeat_every` seconds while the server starts and the files go over. A `kernel` is
+    installed first; `kernel_note` is told why when it could not be.
     """
     beat = _every(heartbeat, heartbeat_every)
     contents = _user_contents(job, beat)
+    if kernel:
+        note = install_kernel(contents, kernel)
+        if note:
+            kernel_note(note)
     return copy_folder(contents, source=source, parent=settings.GALLERY_USE_DIR,
                        wanted=job.params["folder"], job_id=str(job.pk), provenance=provenance,
                        data_links=data_links, decided=job.result.get("folder", ""),

@@ -42,6 +42,9 @@ class CopyPlan:
     delay: float = 0.0  # test-only pause before each file
     shown_parent: str = "~/examples"  # how messages name the parent folder
     home: Path | None = None  # the user's home: a missing one is told apart from ~/examples
+    # The kernel to install for the example's environment: {"name": …, "spec": {…}}, written
+    # to <home>/.local/share/jupyter/kernels/<name>/kernel.json before the copy.
+    kernel: dict[str, Any] | None = None
 
     @property
     def temp_prefix(self) -> str:
@@ -120,6 +123,23 @@ def recorded_job(data: bytes) -> str | None:
         return str(json.loads(data).get("job"))
     except (ValueError, AttributeError):
         return None
+
+
+def kernel_message(exc: OSError, shown: str) -> str:
+    """Why the kernelspec could not be written into a home, for its owner."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+        return (f"The example's kernel could not be installed: a part of {shown} is a symbolic "
+                "link or not a folder, and the gallery writes kernels only into real folders "
+                "of your home. Make it a plain folder, then click Use again.")
+    if isinstance(exc, PermissionError):
+        return (f"The example's kernel could not be installed: {shown} is not writable for you "
+                "(permission denied). Make it a folder you own, then click Use again.")
+    if exc.errno == errno.EDQUOT:
+        return "Your home is over its quota; free some space and try again."
+    if exc.errno == errno.ENOSPC:
+        return "The home filesystem is full; try again later or tell the centre's support."
+    return (f"The example's kernel could not be installed in {shown}: "
+            f"{exc.strerror or type(exc).__name__}. Try again.")
 
 
 # --- messages a person can act on -------------------------------------------------------------

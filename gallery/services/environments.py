@@ -8,15 +8,18 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from .. import environments
+from .. import environments, kernels
 from ..errors import GalleryError
 from ..models import Environment, Job, Revision
 from .queue import LeaseLost, queue_job, renew_lease
@@ -65,9 +68,11 @@ def do_environment(job: Job) -> dict[str, Any]:
         _set(env, state=Environment.State.BUILDING, reason="", log="")
     # Outside the transaction: a job of another revision with the same key waits on the
     # build's lock of the key, then finds the environment finished.
+    began: list[float] = []
     try:
         with _keeping_lease(job):
-            path = environments.build(lock_text)
+            path = environments.build(lock_text,
+                                      starting=lambda: began.append(time.monotonic()))
     except environments.BuildError as exc:
         return _failed(revision, key, exc, lock=lock_text)
     except Exception as exc:  # the runner retries the job; until then the page says so
@@ -75,7 +80,87 @@ def do_environment(job: Job) -> dict[str, Any]:
              reason=f"The build stopped on an error in the gallery ({type(exc).__name__}).")
         raise
     _set(env, state=Environment.State.READY, path=str(path), reason="", log="")
-    return _report(env)
+    report = _report(env)
+    if began:  # this job built it (another may have, at the same time, for the same key)
+        report.update(built=True, build_seconds=round(time.monotonic() - began[0], 1))
+    return report
+
+
+# --- what a Use needs of an environment ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForUse:
+    """Where a revision's environment stands for a Use: `none` (no environment file), `ready`,
+    `waiting` (being built, or about to be), `failed` or `cannot_build` (with the reason)."""
+
+    state: str
+    environment: Environment | None = None
+    reason: str = ""
+    estimate: int = 0  # seconds until it is built, roughly, while waiting
+
+    def text(self) -> str:
+        """The plan's words for it, before the person clicks Use."""
+        if self.state == "ready":
+            return "Environment ready: the copy comes with a kernel that has its packages."
+        if self.state == "waiting":
+            return (f"The environment will be built first (about {self.estimate} s); the copy "
+                    "then comes with a kernel that has its packages.")
+        if self.state in ("failed", "cannot_build"):
+            return (f"The environment could not be built here ({self.reason.rstrip('.')}). "
+                    "The copy is made without a kernel of its own; use one of the centre's "
+                    "kernels that has what it needs.")
+        return ""
+
+
+def for_use(revision: Revision) -> ForUse:
+    """Where the revision's environment stands now (read fresh: a build may have ended)."""
+    if not revision.metadata.get("environment"):
+        return ForUse("none")
+    env = Environment.objects.filter(revisions=revision.pk).first()
+    building = Job.objects.filter(kind=Job.Kind.ENVIRONMENT, revision=revision,
+                                  state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
+    if env is not None and env.state == Environment.State.READY and _built(env.path):
+        return ForUse("ready", env)
+    if env is not None and env.state == Environment.State.CANNOT_BUILD:
+        return ForUse("cannot_build", env, env.reason)
+    if env is not None and env.state == Environment.State.FAILED and building is None:
+        return ForUse("failed", env, env.reason or "the build failed")
+    return ForUse("waiting", env, estimate=_estimate(building))
+
+
+def kernel_of(revision: Revision, env: Environment) -> dict[str, Any]:
+    """The kernel a Use of the revision installs for its (built) environment."""
+    slug = revision.example.slug
+    name = kernels.kernel_name(slug, env.key)
+    return kernels.kernel_for(name=name, spec=kernels.kernelspec(
+        env_path=env.path, title=revision.metadata.get("title") or revision.example.title,
+        slug=slug, key=env.key, python=env.python))
+
+
+DEFAULT_ESTIMATE = 60  # seconds a build takes when none has been timed yet
+
+
+def _estimate(building: Job | None) -> int:
+    """Roughly how many seconds until the environment is built: the median of the last
+    builds' times, less what the running build has done already."""
+    times = sorted(
+        float(t) for t in Job.objects.filter(
+            kind=Job.Kind.ENVIRONMENT, state=Job.State.DONE, result__built=True,
+        ).order_by("-finished_at").values_list("result__build_seconds", flat=True)[:20]
+        if isinstance(t, (int, float)))
+    total = times[len(times) // 2] if times else DEFAULT_ESTIMATE
+    if building is not None and building.started_at and building.state == Job.State.RUNNING:
+        total -= (timezone.now() - building.started_at).total_seconds()
+    return max(int(total + 0.5), 5)
+
+
+def uses_waiting_for(job: Job) -> list[Job]:
+    """The parked Uses an environment job's end concerns: those of its revision, and of every
+    revision that shares its environment."""
+    env_ids = Environment.objects.filter(revisions=job.revision_id).values("pk")
+    return list(Job.objects.filter(kind=Job.Kind.USE, state=Job.State.QUEUED).filter(
+        Q(revision=job.revision_id) | Q(revision__environment__in=env_ids)))
 
 
 def give_up_environment(job: Job, reason: str) -> None:

@@ -14,8 +14,8 @@ from django.utils import timezone
 from .. import homes, notebooks
 from ..errors import GalleryError
 from ..models import Job
-from .environments import do_environment, give_up_environment
-from .queue import LeaseLost, claim_job, enqueue, finish_job
+from .environments import do_environment, give_up_environment, uses_waiting_for
+from .queue import LeaseLost, Waiting, claim_job, enqueue, finish_job, park_job
 from .review import do_commit
 from .staging import do_checks, do_preview
 from .use import clear_use, count_uses, do_use
@@ -40,6 +40,14 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     job = claim_job(job_id, worker)
     if job is None:
         return None
+    ended = _perform(job)
+    if job.kind == Job.Kind.ENVIRONMENT and ended is not None and ended.finished:
+        for waiting in uses_waiting_for(job):  # Uses parked until this build ended
+            enqueue(waiting)
+    return ended
+
+
+def _perform(job: Job) -> Job | None:
     if job.attempts > GIVE_UP_AFTER:
         return _give_up(job)
     handler = {
@@ -55,6 +63,11 @@ def perform_job(job_id: str, *, worker: str = "") -> Job | None:
     except LeaseLost as exc:
         log.warning("%s; leaving it to the worker that holds it", exc)
         return None
+    except Waiting as exc:
+        # Parked first, then checked: a wake-up sent in between finds the job queued.
+        if park_job(job, str(exc)) and exc.ready():
+            enqueue(job)
+        return job
     except (homes.CopyError, notebooks.NotebookError, GalleryError) as exc:
         return finish_job(job, Job.State.FAILED, message=str(exc))
     except Exception as exc:

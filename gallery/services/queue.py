@@ -5,12 +5,14 @@ claim it with a lease, renew the lease, finish it. The database is the truth for
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
 from django.db.models import Case, F, Q, TextField, Value, When
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ..models import Job
@@ -90,6 +92,25 @@ def finish_job(job: Job, state: str, *, result: dict[str, Any] | None = None,
     else:  # another attempt holds the job now: report what it did
         job.refresh_from_db()
     return job
+
+
+class Waiting(Exception):  # noqa: N818 - a state, not an error
+    """A job that cannot go on until another one ends (a Use whose environment is being
+    built). It goes back to the queue without counting as an attempt and is rung again when
+    the other job ends; `ready()` tells whether that happened already."""
+
+    def __init__(self, message: str, ready: Callable[[], bool]) -> None:
+        super().__init__(message)
+        self.ready = ready
+
+
+def park_job(job: Job, message: str) -> bool:
+    """Put a running job back in the queue to wait, keeping its attempts as they were; False
+    when this attempt no longer holds it. Marked as rung now: the sweep rings a parked job
+    again only after GALLERY_REQUEUE_AFTER (in case its wake-up was lost)."""
+    return bool(Job.objects.filter(pk=job.pk, worker=job.worker, state=Job.State.RUNNING).update(
+        state=Job.State.QUEUED, worker="", lease_until=None, message=message,
+        attempts=Greatest(F("attempts") - 1, 0), rung_at=timezone.now()))
 
 
 def record_result(job: Job, result: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,10 +17,11 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from .. import homes, notebooks, repo
+from .. import homes, kernels, notebooks, repo
 from ..errors import Conflict, GalleryError, NotAllowed
-from ..models import Example, Job
-from .queue import queue_job, record_result, renew_lease
+from ..models import Example, Job, Revision
+from .environments import ForUse, for_use, kernel_of, queue_environment
+from .queue import Waiting, queue_job, record_result, renew_lease
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "")
     folder = _use_folder_name(example, folder_name)
     parent = f"~/{settings.GALLERY_USE_DIR}"
     env_file = revision.metadata.get("environment", "")
+    env = for_use(revision)
     return {
         "folder": folder,
         "target": f"{parent}/{folder}",
@@ -89,7 +91,13 @@ def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "")
         "commit": revision.git_commit,
         "files": revision.files,
         "environment": env_file,
-        "environment_commands": environment_instructions(env_file, example.slug),
+        "environment_state": env.state,
+        "environment_text": env.text(),
+        "kernel": (kernels.kernel_name(example.slug, env.environment.key)
+                   if env.state == "ready" and env.environment else ""),
+        "environment_commands": (environment_instructions(env_file, example.slug)
+                                 if env.state in ("failed", "cannot_build") else
+                                 {"conda": "", "pip": ""}),
         "data_links": [{"name": d.name, "target": d.target, "description": d.description,
                         "size": d.size, "checksum": d.checksum, "licence": d.licence,
                         "kind": "symlink" if d.is_path else "manifest",
@@ -119,31 +127,44 @@ def environment_instructions(env_file: str, name: str, folder: str = "") -> dict
 
 
 def do_use(job: Job) -> dict[str, Any]:
+    """Copy the revision into the user's home with the kernel of its environment. A Use whose
+    environment is still being built waits for it in the queue (not in a worker) and is rung
+    again when the build ends; one that cannot have it is copied without, saying why."""
     revision = job.revision
     assert revision is not None
     example = revision.example
     username = job.params["username"]
+    env = _environment_for(job, revision)
     export = repo.export_example(
         Path(settings.GALLERY_REPO_PATH), revision.git_commit, example.slug,
         Path(settings.GALLERY_DATA_DIR) / "exports" / revision.git_commit / example.slug,
     )
+    kernel = None
+    if env.state == "ready" and env.environment is not None:
+        kernel = kernel_of(revision, env.environment)
+        export = kernels.with_kernel(export, name=kernel["name"],
+                                     display_name=kernel["spec"]["display_name"])
     provenance = {
         "slug": example.slug, "version": revision.number, "commit": revision.git_commit,
         "title": revision.metadata.get("title", example.title),
         "copied_at": timezone.now().isoformat(), "user": username,
+        **({"kernel": kernel["name"]} if kernel else {}),
     }
     links = [{"name": d.name, "target": d.target, "description": d.description, "size": d.size,
               "checksum": d.checksum, "licence": d.licence} for d in revision.data_links.all()]
+    kernel_notes: list[str] = []
     if job.params.get("backend", "filesystem") == "contents":
         folder = homes.copy_through_contents(
-            job=job, source=export, provenance=provenance, data_links=links,
-            record=lambda name: record_result(job, {"folder": name}),
+            job=job, source=export, provenance=provenance, data_links=links, kernel=kernel,
+            kernel_note=kernel_notes.append,
+            record=lambda name: record_result(job, {**job.result, "folder": name}),
             heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
     else:
         # The name is settled inside the copy (the first of folder, folder-2, … that is free);
         # a retry finds the folder an earlier attempt finished by the job id in it.
         folder = homes.copy_into_home(
-            _copy_plan(job, source=export, provenance=provenance, data_links=links),
+            _copy_plan(job, source=export, provenance=provenance, data_links=links,
+                       kernel=kernel),
             as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
             heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every(),
         ).name
@@ -154,10 +175,51 @@ def do_use(job: Job) -> dict[str, Any]:
         "path": f"~/{rel}",
         "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
             username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
-        "environment": {"file": env_file,
-                        **environment_instructions(env_file, example.slug, rel)},
+        "environment": {"file": env_file, "state": env.state, "reason": env.reason,
+                        **(environment_instructions(env_file, example.slug, rel)
+                           if kernel is None else {"conda": "", "pip": ""})},
+        "kernel": _kernel_result(kernel, kernel_notes),
         "data_links": [d["name"] for d in links],
         "version": revision.number,
+    }
+
+
+def _environment_for(job: Job, revision: Revision) -> ForUse:
+    """The revision's environment for this Use; raises Waiting (after making sure a build is
+    on its way) while it is being built, until GALLERY_USE_WAIT_FOR_BUILD has passed."""
+    env = for_use(revision)
+    if env.state != "waiting":
+        return env
+    since = job.result.get("waiting_since")
+    if since is None:
+        since = timezone.now().isoformat()
+        record_result(job, {**job.result, "waiting_since": since})
+        job.result["waiting_since"] = since
+    waited = (timezone.now() - datetime.fromisoformat(since)).total_seconds()
+    if waited > settings.GALLERY_USE_WAIT_FOR_BUILD:
+        minutes = max(round(waited / 60), 1)
+        return ForUse("failed", env.environment,
+                      f"it was still being built after {minutes} min; click Use again later "
+                      "for a copy with its kernel")
+    queue_environment(revision)
+    raise Waiting(f"Building the example's environment first (about {env.estimate} s); your "
+                  "copy follows by itself.",
+                  ready=lambda: for_use(revision).state != "waiting")
+
+
+def _kernel_result(kernel: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
+    """What the result says of the kernel: its name and display name, whether it is in
+    place, and if not, why and the command that installs it."""
+    if kernel is None:
+        return {}
+    spec = kernel["spec"]
+    python = spec["argv"][0]
+    return {
+        "name": kernel["name"], "display_name": spec["display_name"],
+        "installed": not notes, "note": " ".join(notes),
+        "command": "" if not notes else (
+            f"{shlex.quote(python)} -m ipykernel install --user --name {kernel['name']} "
+            f"--display-name {shlex.quote(spec['display_name'])}"),
     }
 
 
@@ -168,7 +230,8 @@ def _beat_every() -> float:
 
 
 def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | None = None,
-               data_links: list[dict[str, Any]] | None = None) -> homes.CopyPlan:
+               data_links: list[dict[str, Any]] | None = None,
+               kernel: dict[str, Any] | None = None) -> homes.CopyPlan:
     """The `filesystem` backend's plan for a Use job (source and provenance matter to a copy
     only: clearing a job's leftovers needs the rest)."""
     username = job.params["username"]
@@ -177,6 +240,7 @@ def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | 
         home=homes.home_of(username), folder_name=job.params["folder"], job_id=str(job.pk),
         provenance=provenance or {}, data_links=data_links or [],
         delay=settings.GALLERY_COPY_DELAY, shown_parent=f"~/{settings.GALLERY_USE_DIR}",
+        kernel=kernel,
     )
 
 
