@@ -225,6 +225,7 @@ def _install_kernel(plan: CopyPlan) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,99}", name) or plan.home is None:
         raise CopyError("The example's kernel has no usable name; tell the centre's support.")
     try:
+        os.makedirs(plan.home, 0o755, exist_ok=True)  # as the copy makes its parent folder
         fd = os.open(plan.home, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise CopyError(shared.parent_message(exc, plan)) from exc

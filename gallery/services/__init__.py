@@ -14,7 +14,7 @@ Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
 from ..models import is_reviewer
 from ..schema import ExampleMeta
-from .environments import do_environment, queue_environment
+from .environments import ForUse, do_environment, for_use, queue_environment
 from .history import move_example, move_submission, record_change
 from .index import IMPORT_MAX_NOTEBOOKS, ImportReport, import_notebooks, rebuild_index
 from .jobs import GAVE_UP, GIVE_UP_AFTER, MAX_ATTEMPTS, perform_job, sweep_jobs
@@ -30,9 +30,11 @@ from .queue import (
     RUNNING_MESSAGES,
     TASKS,
     LeaseLost,
+    Waiting,
     claim_job,
     enqueue,
     finish_job,
+    park_job,
     queue_job,
     renew_lease,
     task,
@@ -89,6 +91,10 @@ __all__ = [
     "TASKS",
     "approve_submission",
     "claim_job",
+    "ForUse",
+    "for_use",
+    "park_job",
+    "Waiting",
     "clear_use",
     "count_uses",
     "do_checks",
