@@ -20,7 +20,13 @@ import requests
 from django.utils import timezone
 
 from gallery import services
-from gallery.homes.contents import Contents, ContentsError, copy_folder, copy_through_contents
+from gallery.homes.contents import (
+    Contents,
+    ContentsError,
+    copy_folder,
+    copy_through_contents,
+    install_kernel,
+)
 
 from .base import make_user
 
@@ -38,6 +44,19 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     It deletes for good rather than into a trash folder (outside the test's folders), so it
     refuses to delete a folder that is not empty, as such servers do.
     """
+    yield from _server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server_showing_dot_folders(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """A server whose contents API reaches dot folders, as the README asks of user servers
+    under the contents backend (so kernels can go to ~/.local/share/jupyter/kernels)."""
+    yield from _server(tmp_path_factory, "--ContentsManager.allow_hidden=True")
+
+
+def _server(tmp_path_factory: pytest.TempPathFactory,
+            *options: str) -> Iterator[tuple[str, str, Path]]:
     pytest.importorskip("jupyter_server", reason="the hub extra is not installed "
                                                  "(pip install -e '.[hub]')")
     root = tmp_path_factory.mktemp("home")
@@ -47,7 +66,7 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         [sys.executable, "-m", "jupyter_server", "--ip=127.0.0.1", f"--port={port}",
          "--no-browser", "--allow-root", f"--ServerApp.root_dir={root}",
          f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0",
-         "--FileContentsManager.delete_to_trash=False"],
+         "--FileContentsManager.delete_to_trash=False", *options],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -263,3 +282,24 @@ def test_it_clears_the_work_folder_of_a_use_it_gives_up_on(hub_api, jupyter_serv
     assert job.state == Job.State.FAILED
     assert "interrupted too many times" in job.message
     assert _visible(work.parent) == []
+
+
+KERNEL = {"name": "gallery-hello-0123456789",
+          "spec": {"argv": ["/srv/envs/k/bin/python", "-m", "ipykernel_launcher", "-f",
+                            "{connection_file}"],
+                   "display_name": "Hello (Python 3.11, gallery)", "language": "python"}}
+
+
+def test_it_installs_the_kernel_through_the_contents_api(server_showing_dot_folders) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = server_showing_dot_folders
+    assert install_kernel(Contents(base=base, token=token), KERNEL) == ""
+    path = root / ".local" / "share" / "jupyter" / "kernels" / KERNEL["name"] / "kernel.json"
+    assert json.loads(path.read_text()) == KERNEL["spec"]
+
+
+def test_it_says_why_a_server_hiding_dot_folders_gets_no_kernel(jupyter_server) -> None:  # type: ignore[no-untyped-def]
+    base, token, root = jupyter_server
+    note = install_kernel(Contents(base=base, token=token), KERNEL)
+    assert "The kernel could not be installed in ~/.local/share/jupyter/kernels" in note
+    assert "allow_hidden = True" in note
+    assert not (root / ".local" / "share" / "jupyter" / "kernels" / KERNEL["name"]).exists()
