@@ -138,6 +138,11 @@ else:
 PREFIX = "/services/gallery/"
 env = {k: v for k, v in os.environ.items()
        if k.startswith("GALLERY_") and k != "GALLERY_DEMO_PASSWORD"}
+# A proxy and its certificate authority reach the services too: environment builds fetch
+# packages through them (a hub gives its services none of its own environment).
+env.update({k: v for k, v in os.environ.items()
+            if k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+                     "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")})
 env.update({
     "PYTHONUNBUFFERED": "1",
     "GALLERY_USE_BACKEND": os.environ.get("GALLERY_USE_BACKEND") or "contents",

@@ -239,6 +239,11 @@ class UsePlanOut(Schema):
     commit: str
     files: list[dict[str, Any]]
     environment: str
+    environment_state: str = Field(description="none (no environment file), ready, waiting "
+                                   "(it is built before the copy), failed or cannot_build")
+    environment_text: str = Field(description="The same in plain words, with the reason")
+    kernel: str = Field(description="The kernel the copy comes with, when the environment "
+                        "is ready; empty otherwise")
     environment_commands: dict[str, str]
     data_links: list[PlanDataLinkOut]
     provenance_file: str

@@ -81,9 +81,14 @@ class UseKernelTests(GalleryTestCase):
         self.assertEqual(record["kernel"], name)
         # The environment's Python has the packages of the spec.
         self.assertTrue((Path(env.path) / "lib").is_dir())
-        page = self.client_for_user().get(reverse("job", args=[job.pk]))
+        client = self.client_for_user()
+        page = client.get(reverse("job", args=[job.pk]))
         self.assertContains(page, name)
         self.assertContains(page, "Fake A (Python ")
+        api = client.get(f"/api/v1/examples/{example.slug}/use-plan").json()
+        self.assertEqual((api["environment_state"], api["kernel"]), ("ready", name))
+        self.assertContains(client.get(reverse("example", args=[example.slug])),
+                            "Environment ready: the copy comes with a kernel")
 
     def client_for_user(self):  # type: ignore[no-untyped-def]
         self.client.force_login(self.user)
