@@ -127,6 +127,7 @@ class UseKernelTests(GalleryTestCase):
             self.assertEqual(waiting.state, Job.State.DONE, waiting.message)
             self.assertTrue(waiting.result["kernel"]["installed"])
             self.assertEqual(waiting.attempts, 1)
+            self.assertIn("waited_for_environment", waiting.result)
 
     def test_a_use_parked_just_as_the_build_ends_rings_itself(self) -> None:
         example = self.approve(build=False)

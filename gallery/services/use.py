@@ -179,6 +179,8 @@ def do_use(job: Job) -> dict[str, Any]:
                         **(environment_instructions(env_file, example.slug, rel)
                            if kernel is None else {"conda": "", "pip": ""})},
         "kernel": _kernel_result(kernel, kernel_notes),
+        **({"waited_for_environment": since} if (since := job.result.get("waiting_since"))
+           else {}),
         "data_links": [d["name"] for d in links],
         "version": revision.number,
     }
