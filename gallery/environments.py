@@ -404,6 +404,27 @@ def build(lock_text: str, *, config: BuildConfig | None = None,
     return final
 
 
+def remove(key: str, *, config: BuildConfig | None = None) -> bool:
+    """Take an environment out of the store for good; False when it is not there. It is
+    renamed out of the store under the lock of its key (a build of the same key waits, then
+    builds it anew) and only then deleted, so nobody sees half of it."""
+    config = config or BuildConfig.from_settings()
+    if not key or "/" in key or key.startswith("."):
+        raise ValueError(f"not an environment key: {key!r}")
+    final = config.store / key
+    sealing = config.store / ".sealing"
+    if not final.exists() or not sealing.is_dir():
+        return False
+    with _key_lock(sealing / f"{key}.lock"):
+        gone = sealing / f"{key}.gone-{secrets.token_hex(4)}"
+        try:
+            os.rename(final, gone)
+        except FileNotFoundError:
+            return False
+    _remove(gone)
+    return True
+
+
 @contextlib.contextmanager
 def _key_lock(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)

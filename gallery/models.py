@@ -292,6 +292,9 @@ class Environment(models.Model):
     reason = models.TextField(blank=True)  # why it failed, in plain words
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(default=timezone.now)
+    # When an approved example's current revision was last seen using it (built, or found so
+    # by `remove_unused_environments`); unused ones are removed after GALLERY_ENV_KEEP_DAYS.
+    last_used = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return f"environment {self.key[:12]} ({self.state})"

@@ -105,6 +105,9 @@ GALLERY_ENV_DIR = Path(env("GALLERY_ENV_DIR", str(GALLERY_DATA_DIR / "envs")))
 GALLERY_BUILD_USER = env("GALLERY_BUILD_USER")
 GALLERY_BUILD_TIMEOUT = env_int("GALLERY_BUILD_TIMEOUT", 600)
 GALLERY_BUILD_MAX_MB = env_int("GALLERY_BUILD_MAX_MB", 10240)
+# Days an environment no approved example uses any more is kept before
+# `manage.py remove_unused_environments` removes it (copies of older versions lose its kernel).
+GALLERY_ENV_KEEP_DAYS = env_int("GALLERY_ENV_KEEP_DAYS", 30)
 # How long a Use waits (in the queue, not in a worker) for its environment's build before it
 # copies without the kernel, saying so.
 GALLERY_USE_WAIT_FOR_BUILD = env_int("GALLERY_USE_WAIT_FOR_BUILD", 2 * GALLERY_BUILD_TIMEOUT + 300)

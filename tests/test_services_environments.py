@@ -4,6 +4,7 @@ tests/test_environments.py, as the real unprivileged build account."""
 
 from __future__ import annotations
 
+import io
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -12,12 +13,13 @@ from unittest import mock
 
 import pytest
 import redis
+from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
 from gallery import environments, services
-from gallery.models import Environment, Job, Revision
+from gallery.models import Environment, Example, Job, Revision
 
 from .base import GalleryTestCase, make_user, stage
 from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
@@ -26,7 +28,9 @@ from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
 SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
 
 
-class EnvironmentJobTests(GalleryTestCase):
+class OfflineBuilds(GalleryTestCase):
+    """Builds with the real uv, offline from the tests' wheels, as the build account."""
+
     @pytest.fixture(autouse=True)
     def _offline_builds(self, settings, shared: Path, wheels: Path, builder: str,  # noqa: F811
                         tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -46,6 +50,8 @@ class EnvironmentJobTests(GalleryTestCase):
     def built(self) -> list[str]:
         return sorted(p.name for p in self.store.iterdir() if not p.name.startswith("."))
 
+
+class EnvironmentJobTests(OfflineBuilds):
     def test_it_locks_and_builds_the_environment_of_an_approved_revision(self) -> None:
         revision = self.approve("Fake A", ("requirements.txt", b"galleryfake-a\n"))
         self.assertEqual(environments.pins(revision.environment_lock),
@@ -260,3 +266,54 @@ def test_it_says_why_when_the_sweep_gives_up_on_a_build() -> None:
     assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
     env.refresh_from_db()
     assert (env.state, env.reason) == (Environment.State.FAILED, services.GAVE_UP)
+
+
+class RemoveUnusedTests(OfflineBuilds):
+    """`remove_unused_environments`: only what no approved example uses, after the grace."""
+
+    def test_it_removes_only_environments_unused_past_the_grace(self) -> None:
+        kept = self.approve("Kept", SPEC)
+        retired = self.approve("Retired", ("requirements.txt", b"galleryfake-b==0.5\n"))
+        recent = self.approve("Recent", ("requirements.txt", b"galleryfake-big\n"))
+        for revision in (retired, recent):
+            services.retire_example(example=revision.example, actor=self.reviewer,
+                                    reason="superseded")
+        long_ago = timezone.now() - timedelta(days=40)
+        Environment.objects.exclude(pk=recent.environment_id).update(last_used=long_ago)
+        self.assertEqual(len(self.built()), 3)
+        self.assertEqual(services.remove_unused_environments(
+            unused_for=timedelta(days=30), dry_run=True), [retired.environment.key])
+        self.assertEqual(len(self.built()), 3)
+        out = io.StringIO()
+        call_command("remove_unused_environments", "--days", "30", stdout=out)
+        self.assertIn(f"removed {retired.environment.key}", out.getvalue())
+        self.assertIn("1 environment removed", out.getvalue())
+        self.assertEqual(self.built(), sorted([kept.environment.key, recent.environment.key]))
+        self.assertFalse(Environment.objects.filter(pk=retired.environment_id).exists())
+        self.assertIsNone(Revision.objects.get(pk=retired.pk).environment_id)
+        # The one in use was seen in use: its clock starts again.
+        self.assertGreater(Environment.objects.get(pk=kept.environment_id).last_used, long_ago)
+
+    def test_it_never_removes_one_being_built(self) -> None:
+        env = Environment.objects.create(key="b" * 64, state=Environment.State.BUILDING,
+                                         last_used=timezone.now() - timedelta(days=90))
+        self.assertEqual(services.remove_unused_environments(unused_for=timedelta(0)), [])
+        self.assertTrue(Environment.objects.filter(pk=env.pk).exists())
+
+    def test_a_use_after_removal_builds_it_again(self) -> None:
+        revision = self.approve("Again", SPEC)
+        Environment.objects.update(last_used=timezone.now() - timedelta(days=40))
+        Example.objects.filter(pk=revision.example_id).update(state=Example.State.RETIRED)
+        self.assertEqual(len(services.remove_unused_environments(
+            unused_for=timedelta(days=30))), 1)
+        self.assertEqual(self.built(), [])
+        Example.objects.filter(pk=revision.example_id).update(state=Example.State.APPROVED)
+        with self.captureOnCommitCallbacks(execute=True):
+            job = services.queue_use(example=revision.example, user=self.user)
+        with self.captureOnCommitCallbacks(execute=True):
+            services.perform_job(str(job.pk))  # parks and queues the build, run here
+        services.perform_job(str(job.pk))
+        job.refresh_from_db()
+        self.assertEqual(job.state, Job.State.DONE, job.message)
+        self.assertTrue(job.result["kernel"]["installed"])
+        self.assertEqual(len(self.built()), 1)

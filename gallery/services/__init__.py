@@ -14,7 +14,13 @@ Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
 from ..models import is_reviewer
 from ..schema import ExampleMeta
-from .environments import ForUse, do_environment, for_use, queue_environment
+from .environments import (
+    ForUse,
+    do_environment,
+    for_use,
+    queue_environment,
+    remove_unused_environments,
+)
 from .history import move_example, move_submission, record_change
 from .index import IMPORT_MAX_NOTEBOOKS, ImportReport, import_notebooks, rebuild_index
 from .jobs import GAVE_UP, GIVE_UP_AFTER, MAX_ATTEMPTS, perform_job, sweep_jobs
@@ -94,6 +100,7 @@ __all__ = [
     "ForUse",
     "for_use",
     "park_job",
+    "remove_unused_environments",
     "Waiting",
     "clear_use",
     "count_uses",

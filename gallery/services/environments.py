@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from .. import environments, kernels
 from ..errors import GalleryError
-from ..models import Environment, Job, Revision
+from ..models import Environment, Example, Job, Revision
 from .queue import LeaseLost, queue_job, renew_lease
 from .staging import staged_folder
 
@@ -64,6 +65,7 @@ def do_environment(job: Job) -> dict[str, Any]:
             key=key, defaults={"lock": lock_text, "python": python})
         Revision.objects.filter(pk=revision.pk).update(environment=env)
         if env.state == Environment.State.READY and _built(env.path):
+            _set(env, last_used=timezone.now())
             return _report(env)
         _set(env, state=Environment.State.BUILDING, reason="", log="")
     # Outside the transaction: a job of another revision with the same key waits on the
@@ -161,6 +163,35 @@ def uses_waiting_for(job: Job) -> list[Job]:
     env_ids = Environment.objects.filter(revisions=job.revision_id).values("pk")
     return list(Job.objects.filter(kind=Job.Kind.USE, state=Job.State.QUEUED).filter(
         Q(revision=job.revision_id) | Q(revision__environment__in=env_ids)))
+
+
+def remove_unused_environments(*, unused_for: timedelta, dry_run: bool = False) -> list[str]:
+    """Remove the environments no approved example's current revision has used for
+    `unused_for`; returns their keys. Those in use are marked used now; one being built, or
+    queued, is never removed. Each is checked again under its row's lock before it goes."""
+    now = timezone.now()
+    in_use = Example.objects.filter(
+        state=Example.State.APPROVED, current_revision__environment__isnull=False,
+    ).values("current_revision__environment")
+    Environment.objects.filter(pk__in=in_use).update(last_used=now)
+    removed = []
+    for env in Environment.objects.exclude(pk__in=in_use).filter(
+            last_used__lt=now - unused_for).exclude(
+            state__in=[Environment.State.QUEUED, Environment.State.BUILDING]):
+        if dry_run:
+            removed.append(env.key)
+            continue
+        with transaction.atomic():
+            locked = Environment.objects.select_for_update().filter(pk=env.pk).first()
+            if locked is None or Environment.objects.filter(pk=env.pk, pk__in=in_use).exists() \
+                    or locked.last_used >= now - unused_for \
+                    or locked.state in (Environment.State.QUEUED, Environment.State.BUILDING):
+                continue
+            if locked.path:
+                environments.remove(locked.key)
+            locked.delete()  # its revisions keep their lock; a Use of one builds it again
+        removed.append(env.key)
+    return removed
 
 
 def give_up_environment(job: Job, reason: str) -> None:
