@@ -164,6 +164,13 @@ class UseKernelTests(GalleryTestCase):
         plan = services.use_plan(example=example, user=self.user)
         self.assertEqual(plan["environment_state"], "cannot_build")
         self.assertIn("conda-compatible executable", plan["environment_text"])
+        self.assertIn("use one of the centre's kernels", plan["environment_text"])
+        Revision.objects.filter(pk=example.current_revision_id).update(
+            metadata={**example.current_revision.metadata, "kernel": "hdf5-2024"})
+        example = Example.objects.get(pk=example.pk)
+        plan = services.use_plan(example=example, user=self.user)
+        self.assertIn("use the kernel “hdf5-2024” that the example names",
+                      plan["environment_text"])
         job = self.use(example)
         self.assertEqual((job.state, job.result["environment"]["state"]),
                          (Job.State.DONE, "cannot_build"))

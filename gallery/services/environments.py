@@ -100,6 +100,7 @@ class ForUse:
     environment: Environment | None = None
     reason: str = ""
     estimate: int = 0  # seconds until it is built, roughly, while waiting
+    instead: str = ""  # the kernel the example names in example.toml, to use instead
 
     def text(self) -> str:
         """The plan's words for it, before the person clicks Use."""
@@ -109,9 +110,10 @@ class ForUse:
             return (f"The environment will be built first (about {self.estimate} s); the copy "
                     "then comes with a kernel that has its packages.")
         if self.state in ("failed", "cannot_build"):
+            use = (f"use the kernel “{self.instead}” that the example names" if self.instead
+                   else "use one of the centre's kernels that has what it needs")
             return (f"The environment could not be built here ({self.reason.rstrip('.')}). "
-                    "The copy is made without a kernel of its own; use one of the centre's "
-                    "kernels that has what it needs.")
+                    f"The copy is made without a kernel of its own; {use}.")
         return ""
 
 
@@ -124,11 +126,12 @@ def for_use(revision: Revision) -> ForUse:
                                   state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
     if env is not None and env.state == Environment.State.READY and _built(env.path):
         return ForUse("ready", env)
+    instead = str(revision.metadata.get("kernel") or "")
     if env is not None and env.state == Environment.State.CANNOT_BUILD:
-        return ForUse("cannot_build", env, env.reason)
+        return ForUse("cannot_build", env, env.reason, instead=instead)
     if env is not None and env.state == Environment.State.FAILED and building is None:
-        return ForUse("failed", env, env.reason or "the build failed")
-    return ForUse("waiting", env, estimate=_estimate(building))
+        return ForUse("failed", env, env.reason or "the build failed", instead=instead)
+    return ForUse("waiting", env, estimate=_estimate(building), instead=instead)
 
 
 def kernel_of(revision: Revision, env: Environment) -> dict[str, Any]:
