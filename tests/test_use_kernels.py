@@ -114,6 +114,8 @@ class UseKernelTests(GalleryTestCase):
             job.refresh_from_db()
             self.assertEqual((job.state, job.attempts), (Job.State.QUEUED, 0))
             self.assertIn("Building the example's environment first", job.message)
+            page = self.client_for_user().get(reverse("job", args=[job.pk]))
+            self.assertContains(page, '<li class="current">Its environment</li>', html=True)
             self.assertEqual(queued.call_count, 1)
             build = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
             # A second Use waits on the same build.
