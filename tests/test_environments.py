@@ -495,9 +495,8 @@ for spec in wanted:
 """
 
 
-@pytest.fixture
-def conda(shared: Path, config: BuildConfig) -> Iterator[BuildConfig]:
-    """The build settings with the stand-in `micromamba` as GALLERY_CONDA."""
+def write_stand_in(shared: Path) -> Path:
+    """A fresh stand-in `micromamba`, with a folder for its records beside it."""
     folder = Path(tempfile.mkdtemp(dir=shared))
     folder.chmod(0o755)
     records = folder / "records"
@@ -507,7 +506,13 @@ def conda(shared: Path, config: BuildConfig) -> Iterator[BuildConfig]:
     stand_in.write_text(STAND_IN.format(python=settings.GALLERY_BUILD_PYTHON,
                                         records=str(records)))
     stand_in.chmod(0o755)
-    yield replace(config, conda=str(stand_in))
+    return stand_in
+
+
+@pytest.fixture
+def conda(shared: Path, config: BuildConfig) -> BuildConfig:
+    """The build settings with the stand-in `micromamba` as GALLERY_CONDA."""
+    return replace(config, conda=str(write_stand_in(shared)))
 
 
 def calls(config: BuildConfig) -> list[dict[str, object]]:
