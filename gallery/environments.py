@@ -69,6 +69,11 @@ class BuildError(Exception):
         self.log = log
 
 
+class NotConfigured(BuildError):
+    """This gallery is not set up to run uv (no build account, a build Python out of the
+    build account's reach): a fault of the setup, not of the spec."""
+
+
 class CannotBuild(BuildError):
     """An environment this gallery cannot build at all (conda dependencies without a conda
     executable); the message names what to use instead."""
@@ -110,7 +115,7 @@ class BuildConfig:
         build account's PATH is a short fixed one)."""
         found = shutil.which(self.conda)
         if not found:
-            raise BuildError(f"GALLERY_CONDA={self.conda!r} is not an executable here.")
+            raise NotConfigured(f"GALLERY_CONDA={self.conda!r} is not an executable here.")
         return os.path.abspath(found)
 
     def uv_binary(self) -> str:
@@ -139,19 +144,20 @@ def build_account(config: BuildConfig) -> Account:
     me = pwd.getpwuid(os.geteuid())
     if not config.user or config.user == me.pw_name:
         if me.pw_uid == 0:
-            raise BuildError("Environments are never built as root: set GALLERY_BUILD_USER to "
+            raise NotConfigured("Environments are never built as root: set GALLERY_BUILD_USER to "
                              "an unprivileged account (for example a 'gallery-build' system "
                              "user) for the worker to build as.")
         return Account(me.pw_name, me.pw_uid, me.pw_gid)
     try:
         pw = pwd.getpwnam(config.user)
     except KeyError:
-        raise BuildError(f"GALLERY_BUILD_USER={config.user!r} is not an account here.") from None
+        raise NotConfigured(f"GALLERY_BUILD_USER={config.user!r} is not an account here.") \
+            from None
     if pw.pw_uid == 0:
-        raise BuildError(f"GALLERY_BUILD_USER={config.user!r} is root; environments are never "
+        raise NotConfigured(f"GALLERY_BUILD_USER={config.user!r} is root; environments are never "
                          "built as root.")
     if os.geteuid() != 0:
-        raise BuildError(f"GALLERY_BUILD_USER={config.user!r}: the worker runs as "
+        raise NotConfigured(f"GALLERY_BUILD_USER={config.user!r}: the worker runs as "
                          f"{me.pw_name}, not root, so it cannot build as another account; "
                          "leave GALLERY_BUILD_USER empty to build as the worker's own user.")
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, switch=True)
@@ -351,7 +357,7 @@ def _interpreter(run: _Run) -> Interpreter:
         out = run([run.config.python, "-I", "-c", _PROBE])
         path, version, platform = json.loads(out)
     except (BuildError, ValueError) as exc:
-        raise BuildError(f"The build Python {run.config.python} cannot be run by the build "
+        raise NotConfigured(f"The build Python {run.config.python} cannot be run by the build "
                          f"account {run.account.name} (GALLERY_BUILD_PYTHON must name an "
                          f"interpreter every user can run): {exc}") from None
     return Interpreter(path, version, platform)

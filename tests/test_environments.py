@@ -674,3 +674,9 @@ def test_it_builds_the_pip_part_with_uv_when_conda_brings_only_python_and_pip(
     path = environments.build(text, config=conda)
     assert (path / "bin" / "galleryfake-a").is_file()
     assert calls(conda) == []  # conda never ran
+
+
+def test_it_says_when_the_conda_executable_is_not_there(config: BuildConfig) -> None:
+    with pytest.raises(environments.NotConfigured,
+                       match="GALLERY_CONDA='no-such-conda' is not an executable here"):
+        environments.lock(HDF, config=replace(config, conda="no-such-conda"))

@@ -431,6 +431,10 @@ def test_it_deploys_one_worker_per_queue_with_the_right_isolation():
     assert previews["ProtectHome"] == "yes"
     assert "/home" in units["gallery-worker-use"]["Unit"]["RequiresMountsFor"]
     assert "gunicorn.conf.py" in units["gallery-web"]["Service"]["ExecStart"]
+    # Unused environments are removed daily, by a timer or a CronJob.
+    cleanup = "manage.py remove_unused_environments"
+    assert cleanup in units["gallery-envs-cleanup"]["Service"]["ExecStart"]
+    assert "OnCalendar" in (ROOT / "deploy/systemd/gallery-envs-cleanup.timer").read_text()
 
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "gallery.yaml").read_text()))
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
@@ -441,6 +445,9 @@ def test_it_deploys_one_worker_per_queue_with_the_right_isolation():
     web = deployments["gallery-web"]["spec"]["template"]["spec"]["containers"][0]
     assert web["readinessProbe"]["httpGet"]["path"] == "/services/gallery/health"
     assert deployments["gallery-beat"]["spec"]["replicas"] == 1
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    assert " ".join(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+        "command"]).endswith(cleanup)
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
     assert "Egress" in policies["gallery-worker-previews"]["spec"]["policyTypes"]
 

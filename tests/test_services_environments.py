@@ -5,6 +5,7 @@ tests/test_environments.py, as the real unprivileged build account."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,11 @@ from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
 from .test_environments import builder, shared, wheels, write_stand_in  # noqa: F401
 
 SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
+
+
+def builds() -> Any:
+    """Environment jobs that build (not those resolving a submission's spec at staging)."""
+    return Job.objects.exclude(params__has_key="resolve")
 
 
 class OfflineBuilds(GalleryTestCase):
@@ -60,7 +66,7 @@ class EnvironmentJobTests(OfflineBuilds):
         self.assertEqual((env.state, env.reason), (Environment.State.READY, ""))
         self.assertEqual(self.built(), [env.key])
         self.assertTrue((Path(env.path) / environments.RECORD_FILE).is_file())
-        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        job = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
         self.assertEqual((job.state, job.result["state"]), (Job.State.DONE, "ready"))
 
     def test_it_builds_one_environment_for_revisions_with_the_same_spec(self) -> None:
@@ -85,7 +91,7 @@ class EnvironmentJobTests(OfflineBuilds):
         self.assertIn("galleryfake-zz was not found", env.reason)
         self.assertIn("No solution found", env.log)
         self.assertEqual(revision.environment_lock, "")
-        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        job = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
         self.assertEqual(job.state, Job.State.FAILED)
         self.assertIn("galleryfake-zz was not found", job.message)
         self.assertEqual(self.built(), [])
@@ -96,7 +102,7 @@ class EnvironmentJobTests(OfflineBuilds):
         self.assertIn("conda-compatible executable", revision.environment.reason)
         self.assertIn("a centre can name one with GALLERY_CONDA. Use a kernel of the centre "
                       "that already has hdf5 instead.", revision.environment.reason)
-        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+        job = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
         self.assertEqual(job.state, Job.State.DONE)
 
     def test_it_builds_conda_dependencies_with_the_centres_conda(self) -> None:
@@ -119,7 +125,7 @@ class EnvironmentJobTests(OfflineBuilds):
     def test_it_queues_nothing_without_an_environment_file(self) -> None:
         revision = self.approve("Bare", None)
         self.assertIsNone(revision.environment)
-        self.assertFalse(Job.objects.filter(kind=Job.Kind.ENVIRONMENT).exists())
+        self.assertFalse(builds().filter(kind=Job.Kind.ENVIRONMENT).exists())
         self.assertIsNone(services.queue_environment(revision))
 
     def test_it_builds_again_from_the_revisions_lock_on_demand(self) -> None:
@@ -171,7 +177,7 @@ def test_it_builds_on_a_worker_of_the_environments_queue(
         contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
         submission = stage(contributor, title="On a worker", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
-        job = wait_for(lambda: Job.objects.filter(
+        job = wait_for(lambda: builds().filter(
             kind=Job.Kind.ENVIRONMENT, state__in=[Job.State.DONE, Job.State.FAILED]).first(),
             timeout=180, what="the environment job")
         assert (job.state, job.message) == (Job.State.DONE, "")
@@ -194,7 +200,7 @@ def test_it_keeps_the_jobs_lease_while_a_build_runs(
     real_build = environments.build
 
     def slow_build(lock_text: str, **kwargs: Any) -> Path:
-        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        job = builds().get(kind=Job.Kind.ENVIRONMENT)
         wait_for(lambda: Job.objects.get(pk=job.pk).lease_until > job.lease_until,
                  what="the lease to be renewed")
         return real_build(lock_text, **kwargs)
@@ -203,7 +209,7 @@ def test_it_keeps_the_jobs_lease_while_a_build_runs(
     with mock.patch.object(environments, "build", slow_build):
         submission = stage(contributor, title="Long build", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
-    job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+    job = builds().get(kind=Job.Kind.ENVIRONMENT)
     assert (job.state, job.revision_id) == (Job.State.DONE, submission.revision_id)
 
 
@@ -217,7 +223,7 @@ def test_it_never_leaves_an_environment_building_after_an_error(
     with mock.patch.object(environments, "build", side_effect=OSError("disk full")):
         submission = stage(contributor, title="Broken disk", environment=SPEC)
         services.approve_submission(submission=submission, reviewer=reviewer)
-        job = Job.objects.get(kind=Job.Kind.ENVIRONMENT)
+        job = builds().get(kind=Job.Kind.ENVIRONMENT)
         while job.state == Job.State.QUEUED:  # the runner's retries, as the sweep would ring
             services.perform_job(str(job.pk))
             job.refresh_from_db()
@@ -336,3 +342,61 @@ class RemoveUnusedTests(OfflineBuilds):
         self.assertEqual(job.state, Job.State.DONE, job.message)
         self.assertTrue(job.result["kernel"]["installed"])
         self.assertEqual(len(self.built()), 1)
+
+
+class ResolveAtStagingTests(OfflineBuilds):
+    """A submitted spec is resolved with uv before a reviewer sees it: its checks say what it
+    resolves to or why not, and the lock is the one the approved build installs."""
+
+    def staged(self, text: bytes) -> Any:
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = stage(self.contributor, title="Resolved",
+                               environment=("requirements.txt", text))
+        submission.refresh_from_db()
+        return submission
+
+    def check(self, submission: Any) -> dict[str, str]:
+        return next(c for c in submission.checks if c["name"] == "environment resolves")
+
+    def test_an_unknown_package_fails_the_checks_with_uvs_reason(self) -> None:
+        check = self.check(self.staged(b"galleryfake-zz\n"))
+        self.assertEqual(check["status"], "fail")
+        self.assertIn("requirements.txt does not resolve: ", check["message"])
+        self.assertIn("galleryfake-zz was not found", check["message"])
+
+    def test_conflicting_pins_fail_the_checks(self) -> None:
+        check = self.check(self.staged(b"galleryfake-a\ngalleryfake-b==0.5\n"))
+        self.assertEqual(check["status"], "fail")
+        self.assertIn("galleryfake-b", check["message"])
+        self.assertIn("unsatisfiable", check["message"])
+
+    def test_a_good_spec_shows_its_packages_and_the_build_installs_that_lock(self) -> None:
+        real_lock, calls = environments.lock, []
+
+        def counting(*args: Any, **kwargs: Any) -> str:
+            calls.append(args)
+            return real_lock(*args, **kwargs)
+
+        with mock.patch.object(environments, "lock", counting):
+            submission = self.staged(b"galleryfake-a\n")
+            check = self.check(submission)
+            self.assertEqual(check["status"], "pass", check)
+            self.assertIn("galleryfake-a==1.0, galleryfake-b==1.2, ipykernel==6.0.0",
+                          check["message"])
+            with self.captureOnCommitCallbacks(execute=True):
+                services.approve_submission(submission=submission, reviewer=self.reviewer)
+        revision = Revision.objects.select_related("environment").get(pk=submission.revision_id)
+        self.assertEqual(len(calls), 1)  # resolved once, at staging
+        self.assertEqual(revision.environment.state, Environment.State.READY)
+        self.assertEqual(revision.environment.lock, revision.environment_lock)
+        self.client.force_login(self.reviewer)
+        page = self.client.get(reverse("submission", args=[submission.pk]))
+        self.assertContains(page, "environment resolves")
+
+    def test_it_warns_when_this_gallery_cannot_resolve(self) -> None:
+        with self.settings(GALLERY_BUILD_USER=""):
+            check = self.check(self.staged(b"galleryfake-a\n"))
+        if os.geteuid() == 0:
+            self.assertEqual(check["status"], "warn")
+            self.assertIn("Not resolved here: Environments are never built as root",
+                          check["message"])

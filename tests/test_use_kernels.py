@@ -24,6 +24,11 @@ from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
 SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
 
 
+def builds() -> Any:
+    """Environment jobs that build (not those resolving a submission's spec at staging)."""
+    return Job.objects.exclude(params__has_key="resolve")
+
+
 def kernel_json(username: str, name: str) -> dict[str, Any]:
     home = Path(settings.GALLERY_HOME_TEMPLATE.format(username=username))
     path = home.joinpath(*kernels.KERNELS_DIR, name, "kernel.json")
@@ -110,11 +115,11 @@ class UseKernelTests(GalleryTestCase):
             self.assertEqual((job.state, job.attempts), (Job.State.QUEUED, 0))
             self.assertIn("Building the example's environment first", job.message)
             self.assertEqual(queued.call_count, 1)
-            build = Job.objects.get(kind=Job.Kind.ENVIRONMENT, revision=revision)
+            build = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
             # A second Use waits on the same build.
             second = services.queue_use(example=example, user=self.contributor)
             services.perform_job(str(second.pk))
-            self.assertEqual(Job.objects.filter(kind=Job.Kind.ENVIRONMENT).count(), 1)
+            self.assertEqual(builds().filter(kind=Job.Kind.ENVIRONMENT).count(), 1)
             self.assertFalse(rung.called)
             services.perform_job(str(build.pk))
             self.assertEqual(sorted(str(c.args[0].pk) for c in rung.call_args_list),
@@ -164,6 +169,13 @@ class UseKernelTests(GalleryTestCase):
         plan = services.use_plan(example=example, user=self.user)
         self.assertEqual(plan["environment_state"], "cannot_build")
         self.assertIn("conda-compatible executable", plan["environment_text"])
+        self.assertIn("use one of the centre's kernels", plan["environment_text"])
+        Revision.objects.filter(pk=example.current_revision_id).update(
+            metadata={**example.current_revision.metadata, "kernel": "hdf5-2024"})
+        example = Example.objects.get(pk=example.pk)
+        plan = services.use_plan(example=example, user=self.user)
+        self.assertIn("use the kernel “hdf5-2024” that the example names",
+                      plan["environment_text"])
         job = self.use(example)
         self.assertEqual((job.state, job.result["environment"]["state"]),
                          (Job.State.DONE, "cannot_build"))
@@ -185,7 +197,7 @@ class UseKernelTests(GalleryTestCase):
         self.assertEqual((plan["environment_state"], plan["kernel"]), ("none", ""))
         job = self.use(example)
         self.assertEqual((job.state, job.result["kernel"]), (Job.State.DONE, {}))
-        self.assertFalse(Job.objects.filter(kind=Job.Kind.ENVIRONMENT).exists())
+        self.assertFalse(builds().filter(kind=Job.Kind.ENVIRONMENT).exists())
 
 
 @pytest.mark.worker
@@ -223,8 +235,8 @@ def test_concurrent_uses_on_real_workers_cause_one_build(
             worker.stop()
     finished = Job.objects.filter(pk__in=[j.pk for j in jobs])
     assert {(j.state, j.message) for j in finished} == {(Job.State.DONE, "")}
-    builds = Job.objects.filter(kind=Job.Kind.ENVIRONMENT)
-    assert [j.result.get("built") for j in builds if j.result.get("built")] == [True]
+    ran = builds().filter(kind=Job.Kind.ENVIRONMENT)
+    assert [j.result.get("built") for j in ran if j.result.get("built")] == [True]
     assert Environment.objects.count() == 1
     store = settings.GALLERY_ENV_DIR
     assert len([p for p in store.iterdir() if not p.name.startswith(".")]) == 1

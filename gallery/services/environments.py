@@ -24,7 +24,7 @@ from .. import environments, kernels
 from ..errors import GalleryError
 from ..models import Environment, Example, Job, Revision
 from .queue import LeaseLost, queue_job, renew_lease
-from .staging import staged_folder
+from .staging import RESOLVE_CHECK, record_check, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,29 @@ def queue_environment(revision: Revision) -> Job | None:
     if not revision.metadata.get("environment"):
         return None
     with transaction.atomic():
-        waiting = Job.objects.filter(kind=Job.Kind.ENVIRONMENT, revision=revision,
-                                     state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
+        waiting = _builds(revision).filter(
+            state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
         if waiting is not None:
             return waiting
         return queue_job(Job.Kind.ENVIRONMENT, revision=revision,
                          message="Waiting for a free worker to build the environment.")
 
 
+def _builds(revision: Revision) -> Any:
+    """The revision's build jobs (not the resolving of its submission's spec)."""
+    return Job.objects.filter(kind=Job.Kind.ENVIRONMENT, revision=revision).exclude(
+        params__has_key="resolve")
+
+
 def do_environment(job: Job) -> dict[str, Any]:
     """Lock the revision's spec (unless it has its lock already), then build its environment
     unless the store has it. A spec this gallery cannot build ends the job done, saying so;
-    any other failure ends it failed with uv's reason."""
+    any other failure ends it failed with uv's reason. A job of a submission only resolves
+    (`resolve`): the lock is kept on the revision and the result is one of its checks."""
     revision = job.revision
     assert revision is not None
+    if job.params.get("resolve"):
+        return _resolve(job, revision)
     name, data = _spec_file(revision)
     lock_text = revision.environment_lock
     try:
@@ -100,6 +109,7 @@ class ForUse:
     environment: Environment | None = None
     reason: str = ""
     estimate: int = 0  # seconds until it is built, roughly, while waiting
+    instead: str = ""  # the kernel the example names in example.toml, to use instead
 
     def text(self) -> str:
         """The plan's words for it, before the person clicks Use."""
@@ -109,9 +119,10 @@ class ForUse:
             return (f"The environment will be built first (about {self.estimate} s); the copy "
                     "then comes with a kernel that has its packages.")
         if self.state in ("failed", "cannot_build"):
+            use = (f"use the kernel “{self.instead}” that the example names" if self.instead
+                   else "use one of the centre's kernels that has what it needs")
             return (f"The environment could not be built here ({self.reason.rstrip('.')}). "
-                    "The copy is made without a kernel of its own; use one of the centre's "
-                    "kernels that has what it needs.")
+                    f"The copy is made without a kernel of its own; {use}.")
         return ""
 
 
@@ -120,15 +131,16 @@ def for_use(revision: Revision) -> ForUse:
     if not revision.metadata.get("environment"):
         return ForUse("none")
     env = Environment.objects.filter(revisions=revision.pk).first()
-    building = Job.objects.filter(kind=Job.Kind.ENVIRONMENT, revision=revision,
-                                  state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
+    building = _builds(revision).filter(
+        state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
     if env is not None and env.state == Environment.State.READY and _built(env.path):
         return ForUse("ready", env)
+    instead = str(revision.metadata.get("kernel") or "")
     if env is not None and env.state == Environment.State.CANNOT_BUILD:
-        return ForUse("cannot_build", env, env.reason)
+        return ForUse("cannot_build", env, env.reason, instead=instead)
     if env is not None and env.state == Environment.State.FAILED and building is None:
-        return ForUse("failed", env, env.reason or "the build failed")
-    return ForUse("waiting", env, estimate=_estimate(building))
+        return ForUse("failed", env, env.reason or "the build failed", instead=instead)
+    return ForUse("waiting", env, estimate=_estimate(building), instead=instead)
 
 
 def kernel_of(revision: Revision, env: Environment) -> dict[str, Any]:
@@ -196,10 +208,41 @@ def remove_unused_environments(*, unused_for: timedelta, dry_run: bool = False) 
 
 def give_up_environment(job: Job, reason: str) -> None:
     """An environment job the runner gave up on: its environment, if still being built by
-    nobody now, says why instead of "being built" for ever."""
+    nobody now, says why instead of "being built" for ever; a resolving one's check too."""
+    if job.params.get("resolve"):
+        if job.submission_id is not None:
+            record_check(job.submission_id, {"name": RESOLVE_CHECK, "status": "warn",
+                                             "message": f"Not resolved: {reason}"})
+        return
     Environment.objects.filter(revisions=job.revision_id,
                                state=Environment.State.BUILDING).update(
         state=Environment.State.FAILED, reason=reason, updated=timezone.now())
+
+
+def _resolve(job: Job, revision: Revision) -> dict[str, Any]:
+    """Resolve a submitted spec with uv and say what came of it in the submission's checks:
+    the packages it resolves to, or uv's reason (an unknown package, conflicting pins). The
+    lock is kept, so the build after approval installs what the reviewer was shown."""
+    name, data = _spec_file(revision)
+    lock_text = revision.environment_lock
+    try:
+        if not lock_text:
+            lock_text = environments.lock(environments.read_spec(name, data))
+            Revision.objects.filter(pk=revision.pk).update(environment_lock=lock_text)
+        found = environments.pins(lock_text)
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        check = ("pass", f"{name} resolves with uv to {len(found)} packages: {shown}.")
+    except environments.NotConfigured as exc:
+        check = ("warn", f"Not resolved here: {exc.reason}")
+    except environments.CannotBuild as exc:
+        check = ("warn", exc.reason)
+    except (environments.SpecError, environments.BuildError) as exc:
+        check = ("fail", f"{name} does not resolve: "
+                         f"{getattr(exc, 'reason', None) or str(exc)}")
+    if job.submission_id is not None:
+        record_check(job.submission_id, {"name": RESOLVE_CHECK, "status": check[0],
+                                         "message": check[1]})
+    return {"resolved": check[0] == "pass", "check": check[1]}
 
 
 def _spec_file(revision: Revision) -> tuple[str, bytes]:

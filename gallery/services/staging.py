@@ -314,9 +314,33 @@ def do_checks(job: Job) -> dict[str, Any]:
     assert submission is not None
     revision = submission.revision
     results = notebooks.run_checks(staged_folder(revision), revision.metadata)
-    Submission.objects.filter(pk=submission.pk).update(
-        checks=results, checks_state=Submission.ChecksState.DONE, updated=timezone.now())
+    resolve = any(r["name"] == "environment" and r["status"] == "pass" for r in results)
+    if resolve:  # unknown packages and conflicting pins show only when uv resolves the spec
+        results.append({"name": RESOLVE_CHECK, "status": "pending",
+                        "message": "Being resolved with uv on the environments queue."})
+    with transaction.atomic():
+        Submission.objects.filter(pk=submission.pk).update(
+            checks=results, checks_state=Submission.ChecksState.DONE, updated=timezone.now())
+        if resolve:
+            queue_job(Job.Kind.ENVIRONMENT, submission=submission, revision=revision,
+                      params={"resolve": True},
+                      message="Waiting for a free worker to resolve the environment.")
     return {"checks": len(results), "failed": sum(r["status"] == "fail" for r in results)}
+
+
+RESOLVE_CHECK = "environment resolves"
+
+
+def record_check(submission_id: int, check: dict[str, str]) -> None:
+    """Put one check's result in a submission's checks, in place of its earlier one."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().filter(pk=submission_id).first()
+        if submission is None:
+            return
+        submission.checks = [c for c in submission.checks if c.get("name") != check["name"]] \
+            + [check]
+        submission.updated = timezone.now()
+        submission.save(update_fields=["checks", "updated"])
 
 
 def preview_path(sha256: str) -> Path:

@@ -176,6 +176,7 @@ def do_use(job: Job) -> dict[str, Any]:
         "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
             username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
         "environment": {"file": env_file, "state": env.state, "reason": env.reason,
+                        "text": env.text() if kernel is None else "",
                         **(environment_instructions(env_file, example.slug, rel)
                            if kernel is None else {"conda": "", "pip": ""})},
         "kernel": _kernel_result(kernel, kernel_notes),
@@ -200,7 +201,7 @@ def _environment_for(job: Job, revision: Revision) -> ForUse:
     waited = (timezone.now() - datetime.fromisoformat(since)).total_seconds()
     if waited > settings.GALLERY_USE_WAIT_FOR_BUILD:
         minutes = max(round(waited / 60), 1)
-        return ForUse("failed", env.environment,
+        return ForUse("failed", env.environment, instead=env.instead, reason=
                       f"it was still being built after {minutes} min; click Use again later "
                       "for a copy with its kernel")
     queue_environment(revision)
