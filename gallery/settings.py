@@ -135,6 +135,16 @@ except ValueError as exc:
 GALLERY_BUILD_ONLY_WHEELS = env_bool("GALLERY_BUILD_ONLY_WHEELS", True)
 # The uv executable the build account runs; empty means the one installed with the gallery.
 GALLERY_BUILD_UV = env("GALLERY_BUILD_UV")
+# The conda-compatible executable (conda, mamba or micromamba; a path or a name on the
+# worker's PATH) that builds the conda dependencies of an environment.yml; empty means such
+# environments cannot be built here, and the gallery says so.
+GALLERY_CONDA = env("GALLERY_CONDA")
+# The channels conda dependencies come from when an environment.yml names none (names such as
+# conda-forge, or a centre's mirror by URL), separated by commas or spaces.
+GALLERY_CONDA_CHANNELS = env("GALLERY_CONDA_CHANNELS", "conda-forge").replace(",", " ").split() \
+    or ["conda-forge"]
+if any(channel.startswith("-") for channel in GALLERY_CONDA_CHANNELS):
+    raise ImproperlyConfigured("GALLERY_CONDA_CHANNELS names channels, not options.")
 
 # --- reviewers and the hub -----------------------------------------------------------------
 GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")

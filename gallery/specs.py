@@ -25,12 +25,14 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class Spec:
     """What an example asks for: pip requirements (normalised), conda dependencies that need
-    a conda-compatible executable, and the Python version it names, if any."""
+    a conda-compatible executable (and the channels it names for them), and the Python
+    version it names, if any."""
 
     name: str
     requirements: tuple[str, ...] = ()
     conda: tuple[str, ...] = ()
     python: str = ""
+    channels: tuple[str, ...] = ()
 
     def summary(self) -> str:
         parts = [_count(len(self.requirements), "requirement")]
@@ -103,14 +105,17 @@ def _environment_yml(name: str, text: str) -> Spec:
         raise SpecError(f"{name} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("dependencies"), list):
         raise SpecError(f"{name} needs a 'dependencies' list.")
+    channels = _channels(name, data.get("channels"))
     conda, pip, python = [], [], ""
     for number, item in enumerate(data["dependencies"], 1):
         if isinstance(item, dict) and set(item) == {"pip"} and isinstance(item["pip"], list):
             pip.extend(item["pip"])
         elif isinstance(item, str | int | float) and _CONDA_SPEC.match(str(item)):
             dep = str(item).strip()
+            if "::" in dep:
+                conda_channel(dep.split("::")[0], where=f"{name}: dependency {number}")
             head = dep.split("::")[-1]
-            base = head.split("=")[0].split("<")[0].split(">")[0].split("!")[0].strip()
+            base = conda_name(dep)
             if base == "python":
                 python = head[len(base):].strip().lstrip("=") or ""
             elif base != "pip":
@@ -120,7 +125,40 @@ def _environment_yml(name: str, text: str) -> Spec:
                             "conda package spec nor a 'pip:' list of requirements.")
     if not all(isinstance(line, str) for line in pip):
         raise SpecError(f"{name}: the 'pip:' list must hold requirement strings.")
-    return Spec(name, _listed(f"{name} pip:", pip), tuple(conda), python)
+    return Spec(name, _listed(f"{name} pip:", pip), tuple(conda), python, channels)
+
+
+def _channels(name: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise SpecError(f"{name}: 'channels' must be a list of channel names.")
+    # "nodefaults" only says not to add the defaults channel; builds never add any.
+    return tuple(conda_channel(c, where=f"{name}: channels:") for c in value
+                 if c.strip() != "nodefaults")
+
+
+def conda_channel(text: str, *, where: str) -> str:
+    """A conda channel named in a spec, or SpecError: a name (`conda-forge`, `bioconda`,
+    `nvidia/label/cuda-12.4`), never a URL or a path, which would let a spec choose where
+    code comes from."""
+    text = text.strip()
+    if "://" in text or text.startswith((".", "/", "~", "file:")) or "\\" in text:
+        raise SpecError(f"{where} {text[:80]!r} is a path or a URL; only channel names are "
+                        "allowed, the gallery decides where packages come from")
+    if not CHANNEL_NAME.fullmatch(text):
+        raise SpecError(f"{where} {text[:80]!r} is not a conda channel name")
+    return text
+
+
+def conda_name(dep: str) -> str:
+    """The package name of a conda dependency (`conda-forge::hdf5>=1.14` is `hdf5`)."""
+    head = dep.strip().split("::")[-1]
+    return re.split(r"[\s=<>!~]", head, maxsplit=1)[0].strip().lower()
+
+
+# A channel by name, with labels: segments that never begin with a dot or a dash.
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
 
 # name, optional channel prefix, optional version and build; no URLs, paths or options.

@@ -56,6 +56,7 @@ def test_it_reads_the_three_kinds_of_spec() -> None:
                            b"  - pip\n  - conda-forge::hdf5>=1.14\n  - pip:\n    - six\n")
     assert (spec.requirements, spec.conda, spec.python) == (("six",), ("conda-forge::hdf5>=1.14",),
                                                             "3.11")
+    assert spec.channels == ("conda-forge",)
 
 
 @pytest.mark.parametrize("name,text,message", [
@@ -83,6 +84,13 @@ def test_it_reads_the_three_kinds_of_spec() -> None:
     ("environment.yml", "dependencies:\n  - pip:\n    - -e .\n", "pip options (-e)"),
     ("environment.yml", "dependencies:\n  - https://evil.example/x.tar.bz2\n",
      "neither a conda package spec"),
+    ("environment.yml", "channels:\n  - https://evil.example/conda\ndependencies:\n  - hdf5\n",
+     "'https://evil.example/conda' is a path or a URL; only channel names are allowed"),
+    ("environment.yml", "channels: [/srv/channel]\ndependencies: [hdf5]\n",
+     "is a path or a URL; only channel names are allowed"),
+    ("environment.yml", "channels: conda-forge\ndependencies: [hdf5]\n",
+     "'channels' must be a list of channel names"),
+    ("environment.yml", "dependencies: [..::hdf5]\n", "dependency 1 '..' is a path or a URL"),
     ("setup.py", "", "not an environment file"),
 ])
 def test_it_refuses_a_bad_spec_with_a_plain_message(name: str, text: str, message: str) -> None:
@@ -207,7 +215,8 @@ def spec(*lines: str) -> environments.Spec:
 def in_store(config: BuildConfig) -> list[str]:
     return sorted(p.name for p in config.store.iterdir()
                   if not p.name.startswith(".")) + sorted(
-        p.name for p in (config.store / ".building").iterdir() if p.name != "uv-cache")
+        p.name for p in (config.store / ".building").iterdir()
+        if p.name not in ("uv-cache", "conda"))
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="another build account needs root")
@@ -250,8 +259,13 @@ def test_it_says_why_a_spec_cannot_be_locked(config: BuildConfig, lines: tuple[s
 def test_it_says_plainly_that_conda_dependencies_cannot_be_built_here(
         config: BuildConfig) -> None:
     conda = environments.read_spec("environment.yml", b"dependencies:\n  - hdf5\n")
-    with pytest.raises(environments.CannotBuild, match="conda-compatible executable"):
+    with pytest.raises(environments.CannotBuild) as caught:
         environments.lock(conda, config=config)
+    assert caught.value.reason == (
+        "environment.yml has conda dependencies (hdf5), which need a conda-compatible "
+        "executable (conda, mamba or micromamba) that this gallery does not have; a centre "
+        "can name one with GALLERY_CONDA. Use a kernel of the centre that already has hdf5 "
+        "instead.")
 
 
 @pytest.mark.parametrize("wanted,fits", [
@@ -411,3 +425,258 @@ def test_it_builds_a_kernel_environment_from_the_package_index(config: BuildConf
                          check=True, capture_output=True, text=True).stdout
     assert out == "1.16.0\n"
     assert shutil.which("python", path=str(path / "bin"))
+
+
+# --- conda dependencies ----------------------------------------------------------------------
+#
+# No conda channel can be reached from here, so a stand-in plays `micromamba`: it answers
+# `create --dry-run --json` with a LINK list from its own small index (channels as conda names
+# them, or as micromamba's URLs with the platform's subfolder), and `create -y -p PREFIX` by
+# making a real venv at PREFIX that holds the pinned packages; it records every call and the
+# uid it ran as. The pip part is locked and installed by the real uv, offline.
+
+STAND_IN = """#!{python}
+import json, os, re, subprocess, sys
+
+RECORDS = {records!r}
+PYTHON = "%d.%d.%d" % sys.version_info[:3]
+INDEX = {{  # name: (version, build, channel as the LINK list gives it, dependencies)
+    "python": (PYTHON, "h_cpython_0", "conda-forge", []),
+    "ipykernel": ("6.29.5", "pyh3099207_0", "https://conda.anaconda.org/conda-forge/noarch",
+                  ["python"]),
+    "galleryconda-hdf": ("1.14.3", "nompi_h2d575fe_105",
+                         "https://conda.anaconda.org/conda-forge/linux-64", ["galleryconda-zlib"]),
+    "galleryconda-zlib": ("1.3.1", "hb9d3cd8_2", "conda-forge", []),
+    "galleryfake-b": ("1.2", "pyhd8ed1ab_0", "conda-forge", ["python"]),
+}}
+args = sys.argv[1:]
+with open(os.path.join(RECORDS, "%d-%d.json" % (os.getpid(), len(os.listdir(RECORDS)))), "w") as fh:
+    json.dump({{"args": args, "uid": os.getuid(),
+               "env": {{k: os.environ.get(k) for k in ("CONDA_PKGS_DIRS", "MAMBA_ROOT_PREFIX")}}}},
+              fh)
+wanted, skip = [], False
+for arg in args[1:]:
+    if skip:
+        skip = False
+    elif arg in ("-p", "-c"):
+        skip = True
+    elif not arg.startswith("-"):
+        wanted.append(arg)
+prefix = args[args.index("-p") + 1]
+if "--dry-run" in args:
+    names, todo = [], [re.split(r"[=<>! ]", w)[0] for w in wanted]
+    while todo:
+        name = todo.pop()
+        if name not in INDEX:
+            print(json.dumps({{"success": False, "message": "The following packages are not "
+                              "available from current channels: " + name}}))
+            sys.exit(1)
+        if name not in names:
+            names.append(name)
+            todo.extend(INDEX[name][3])
+    print(json.dumps({{"actions": {{"LINK": [
+        {{"name": n, "version": INDEX[n][0], "build_string": INDEX[n][1], "channel": INDEX[n][2]}}
+        for n in names], "PREFIX": prefix}}, "dry_run": True, "success": True}}))
+    sys.exit(0)
+subprocess.run([sys.executable, "-m", "venv", "--without-pip", prefix], check=True)
+site = subprocess.run([prefix + "/bin/python", "-c", "import sysconfig; "
+                       "print(sysconfig.get_paths()['purelib'])"],
+                      check=True, capture_output=True, text=True).stdout.strip()
+os.makedirs(prefix + "/conda-meta")
+for spec in wanted:
+    name, version, build = spec.split("=")
+    assert INDEX[name][:2] == (version, build), spec
+    open("%s/conda-meta/%s-%s-%s.json" % (prefix, name, version, build), "w").write("{{}}")
+    if name not in ("python", "ipykernel"):
+        module = os.path.join(site, name.replace("-", "_"))
+        os.makedirs(module)
+        value = "'conda'" if name == "galleryfake-b" else repr(version)
+        open(module + "/__init__.py", "w").write("X = %s\\n" % value)
+"""
+
+
+def write_stand_in(shared: Path) -> Path:
+    """A fresh stand-in `micromamba`, with a folder for its records beside it."""
+    folder = Path(tempfile.mkdtemp(dir=shared))
+    folder.chmod(0o755)
+    records = folder / "records"
+    records.mkdir(mode=0o777)
+    records.chmod(0o777)
+    stand_in = folder / "micromamba"
+    stand_in.write_text(STAND_IN.format(python=settings.GALLERY_BUILD_PYTHON,
+                                        records=str(records)))
+    stand_in.chmod(0o755)
+    return stand_in
+
+
+@pytest.fixture
+def conda(shared: Path, config: BuildConfig) -> BuildConfig:
+    """The build settings with the stand-in `micromamba` as GALLERY_CONDA."""
+    return replace(config, conda=str(write_stand_in(shared)))
+
+
+def calls(config: BuildConfig) -> list[dict[str, object]]:
+    records = Path(config.conda).parent / "records"
+    return [json.loads(p.read_text()) for p in sorted(records.iterdir(),
+                                                       key=lambda p: p.stat().st_mtime_ns)]
+
+
+def yml(text: str) -> environments.Spec:
+    return environments.read_spec("environment.yml", text.encode())
+
+
+HDF = yml("dependencies:\n  - python=3\n  - pip\n  - galleryconda-hdf>=1.14\n"
+          "  - galleryfake-b\n  - pip:\n    - galleryfake-a\n")
+
+
+def test_it_locks_conda_packages_and_then_the_pip_part(conda: BuildConfig, builder: str) -> None:
+    text = environments.lock(HDF, config=conda)
+    python = subprocess.run([settings.GALLERY_BUILD_PYTHON, "-c", "import platform; "
+                             "print(platform.python_version())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert environments.pins(text) == [
+        "conda: galleryconda-hdf=1.14.3=nompi_h2d575fe_105 conda-forge",
+        "conda: galleryconda-zlib=1.3.1=hb9d3cd8_2 conda-forge",
+        "conda: galleryfake-b=1.2=pyhd8ed1ab_0 conda-forge",  # also the pip part's need
+        "conda: ipykernel=6.29.5=pyh3099207_0 conda-forge",
+        f"conda: python={python}=h_cpython_0 conda-forge",
+        "galleryfake-a==1.0",  # neither galleryfake-b nor ipykernel again from the index
+    ]
+    [solve] = calls(conda)
+    assert solve["args"][:4] == ["create", "--dry-run", "--json", "-p"]
+    assert solve["args"][5:] == ["--override-channels", "-c", "conda-forge",
+                                 "galleryconda-hdf>=1.14", "galleryfake-b", "python=3",
+                                 "ipykernel"]
+    assert solve["uid"] == (pwd.getpwnam(builder).pw_uid if builder else os.geteuid())
+    assert str(solve["env"]["CONDA_PKGS_DIRS"]).startswith(str(conda.store / ".building"))
+    assert not Path(str(solve["args"][4])).exists()  # the dry run's prefix is never made
+
+
+def test_it_asks_the_channels_the_spec_names_else_the_centres(conda: BuildConfig) -> None:
+    mirror = replace(conda, conda_channels=("https://conda.example.org/conda-forge",))
+    text = environments.lock(yml("dependencies: [galleryconda-zlib]\n"), config=mirror)
+    assert "conda: galleryconda-zlib=1.3.1=hb9d3cd8_2 https://conda.example.org/conda-forge" \
+        in environments.pins(text)  # the mirror, as micromamba or conda name it
+    with pytest.raises(BuildError, match="none of the channels asked for"):
+        environments.lock(yml("channels: [gallery-forge, nodefaults]\n"  # the stand-in's
+                              "dependencies: [galleryconda-zlib]\n"), config=mirror)  # differ
+    first, second = (call["args"] for call in calls(conda))
+    assert first[5:8] == ["--override-channels", "-c", "https://conda.example.org/conda-forge"]
+    assert second[5:9] == ["--override-channels", "-c", "gallery-forge", "galleryconda-zlib"]
+
+
+def test_it_says_why_conda_cannot_resolve_a_spec(conda: BuildConfig) -> None:
+    with pytest.raises(BuildError) as caught:
+        environments.lock(yml("dependencies: [galleryconda-zz]\n"), config=conda)
+    assert caught.value.reason == ("The following packages are not available from current "
+                                   "channels: galleryconda-zz")
+    assert in_store(conda) == []
+
+
+def test_it_builds_a_conda_lock_once_as_the_build_account(conda: BuildConfig,
+                                                        builder: str) -> None:
+    text = environments.lock(HDF, config=conda)
+    path = environments.build(text, config=conda)
+    key, python = environments.store_key(text, config=conda)
+    assert path == conda.store / key and python.startswith("3.")
+    as_builder = ["runuser", "-u", builder, "--"] if IS_ROOT else []
+    out = subprocess.run([*as_builder, str(path / "bin" / "galleryfake-a")], check=True,
+                         capture_output=True, text=True).stdout
+    assert out == "fake a conda\n"  # the pip package on conda's galleryfake-b, not the index's
+    subprocess.run([str(path / "bin" / "python"), "-c", "import galleryconda_hdf"], check=True)
+    solve, create = calls(conda)
+    assert create["args"] == [
+        "create", "-y", "-p", str(path), "--override-channels", "-c", "conda-forge",
+        "galleryconda-hdf=1.14.3=nompi_h2d575fe_105", "galleryconda-zlib=1.3.1=hb9d3cd8_2",
+        "galleryfake-b=1.2=pyhd8ed1ab_0", "ipykernel=6.29.5=pyh3099207_0",
+        f"python={python}=h_cpython_0"]
+    assert create["uid"] == (pwd.getpwnam(builder).pw_uid if builder else os.geteuid())
+    record = json.loads((path / environments.RECORD_FILE).read_text())
+    assert (record["key"], record["python"], record["lock"]) == (key, python, text)
+    for item in [path, *path.rglob("*")]:
+        st_ = item.lstat()
+        if not stat.S_ISLNK(st_.st_mode):
+            assert st_.st_mode & 0o222 == 0, item
+            assert st_.st_uid == os.geteuid(), item
+    # A later copy of the same revision: the same key, and conda is not run again.
+    made = path.stat().st_ino
+    shuffled = "# the same pins\n" + "\n".join(reversed(text.splitlines()))
+    assert environments.build(shuffled, config=conda) == path
+    assert path.stat().st_ino == made and len(calls(conda)) == 2
+
+
+def test_it_stops_a_conda_build_past_its_time_limit(conda: BuildConfig, shared: Path) -> None:
+    text = environments.lock(HDF, config=conda)
+    folder = Path(tempfile.mkdtemp(dir=shared))
+    folder.chmod(0o777)
+    stuck = folder / "micromamba"
+    stuck.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {folder}/child\nwait\n")
+    stuck.chmod(0o755)
+    with pytest.raises(BuildError, match="GALLERY_BUILD_TIMEOUT"):
+        environments.build(text, config=replace(conda, conda=str(stuck), time_limit=3))
+    child = int((folder / "child").read_text())
+    wait_for(lambda: not _alive(child), what="the build's child to end")
+    assert [p.name for p in conda.store.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_it_says_plainly_when_a_conda_lock_meets_a_gallery_without_conda(
+        conda: BuildConfig) -> None:
+    text = environments.lock(HDF, config=conda)
+    with pytest.raises(environments.CannotBuild, match="GALLERY_CONDA"):
+        environments.build(text, config=replace(conda, conda=""))
+
+
+@pytest.mark.parametrize("line", [
+    "conda hdf5=1.14.3=h0 conda-forge",  # not a conda line, not a requirement
+    "conda: hdf5>=1.14 conda-forge",
+    "conda: hdf5=1.14.*=h0 conda-forge",
+    "conda: hdf5=1.14.3=h0",
+    "conda: hdf5=1.14.3=h0 conda-forge --yes",
+    "conda: --yes=1.14.3=h0 conda-forge",
+    "conda: hdf5=1.14.3=h0 ../channel",
+    "conda: hdf5=1.14.3=h0 -cevil",
+    "conda: hdf5=1.14.3=h0 https://evil.example/c'$(id)",
+])
+def test_it_refuses_a_lock_line_of_neither_kind(conda: BuildConfig, line: str) -> None:
+    lock = f"conda: python=3.11.2=h0 conda-forge\n{line}\nsix==1.16.0\n"
+    with pytest.raises(BuildError, match="not a pinned package"):
+        environments.pins(lock)
+    with pytest.raises(BuildError, match="not a pinned package"):
+        environments.build(lock, config=conda)
+    assert calls(conda) == []
+
+
+def test_it_builds_only_from_channels_the_centre_allows(conda: BuildConfig) -> None:
+    lock = "conda: python=3.11.2=h0 https://evil.example/c\n"
+    with pytest.raises(BuildError, match="not one of GALLERY_CONDA_CHANNELS"):
+        environments.build(lock, config=conda)
+    assert calls(conda) == []
+
+
+def test_it_keys_conda_and_pip_pins_apart() -> None:
+    conda = "conda: six=1.16.0=pyh0 conda-forge\nconda: python=3.11.2=h0 conda-forge\n"
+    assert environments.pins(conda) == ["conda: python=3.11.2=h0 conda-forge",
+                                        "conda: six=1.16.0=pyh0 conda-forge"]
+    assert environments.env_key(conda, "conda", "linux-x86_64") != environments.env_key(
+        "six==1.16.0\n", "conda", "linux-x86_64")
+    assert environments.env_key(conda, "conda", "linux-x86_64") == environments.env_key(
+        "# another order\n" + "\n".join(reversed(conda.splitlines())), "conda", "linux-x86_64")
+
+
+def test_it_builds_the_pip_part_with_uv_when_conda_brings_only_python_and_pip(
+        conda: BuildConfig) -> None:
+    spec = yml("dependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - galleryfake-a\n")
+    assert (spec.conda, spec.requirements) == ((), ("galleryfake-a",))
+    for config in (conda, replace(conda, conda="")):
+        text = environments.lock(spec, config=config)
+        assert environments.pins(text) == ["galleryfake-a==1.0", "galleryfake-b==1.2",
+                                           "ipykernel==6.0.0"]
+    path = environments.build(text, config=conda)
+    assert (path / "bin" / "galleryfake-a").is_file()
+    assert calls(conda) == []  # conda never ran
+
+
+def test_it_says_when_the_conda_executable_is_not_there(config: BuildConfig) -> None:
+    with pytest.raises(environments.NotConfigured,
+                       match="GALLERY_CONDA='no-such-conda' is not an executable here"):
+        environments.lock(HDF, config=replace(config, conda="no-such-conda"))

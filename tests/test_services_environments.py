@@ -24,7 +24,7 @@ from gallery.models import Environment, Example, Job, Revision
 
 from .base import GalleryTestCase, make_user, stage
 from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
-from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
+from .test_environments import builder, shared, wheels, write_stand_in  # noqa: F401
 
 SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
 
@@ -100,8 +100,27 @@ class EnvironmentJobTests(OfflineBuilds):
         revision = self.approve("Conda", ("environment.yml", b"dependencies:\n  - hdf5\n"))
         self.assertEqual(revision.environment.state, Environment.State.CANNOT_BUILD)
         self.assertIn("conda-compatible executable", revision.environment.reason)
+        self.assertIn("a centre can name one with GALLERY_CONDA. Use a kernel of the centre "
+                      "that already has hdf5 instead.", revision.environment.reason)
         job = builds().get(kind=Job.Kind.ENVIRONMENT, revision=revision)
         self.assertEqual(job.state, Job.State.DONE)
+
+    def test_it_builds_conda_dependencies_with_the_centres_conda(self) -> None:
+        with self.settings(GALLERY_CONDA=str(write_stand_in(self.store.parent))):
+            revision = self.approve("Conda", ("environment.yml", b"dependencies:\n"
+                                              b"  - galleryconda-hdf\n  - pip:\n"
+                                              b"    - galleryfake-a\n"))
+        env = revision.environment
+        self.assertEqual((env.state, env.reason), (Environment.State.READY, ""))
+        pins = environments.pins(revision.environment_lock)
+        self.assertIn("conda: galleryconda-hdf=1.14.3=nompi_h2d575fe_105 conda-forge", pins)
+        self.assertIn("galleryfake-a==1.0", pins)
+        self.assertTrue(env.python.startswith("3."))
+        self.assertTrue((Path(env.path) / "bin" / "python").exists())
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "<li><code>conda: galleryconda-hdf=1.14.3=nompi_h2d575fe_105 "
+                                  "conda-forge</code></li>", html=False)
 
     def test_it_queues_nothing_without_an_environment_file(self) -> None:
         revision = self.approve("Bare", None)
