@@ -231,7 +231,7 @@ def _resolve(job: Job, revision: Revision) -> dict[str, Any]:
             Revision.objects.filter(pk=revision.pk).update(environment_lock=lock_text)
         found = environments.pins(lock_text)
         shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-        check = ("pass", f"{name} resolves with uv to {len(found)} packages: {shown}.")
+        check = ("pass", f"{name} resolves to {len(found)} packages: {shown}.")
     except environments.NotConfigured as exc:
         check = ("warn", f"Not resolved here: {exc.reason}")
     except environments.CannotBuild as exc:

@@ -317,7 +317,7 @@ def do_checks(job: Job) -> dict[str, Any]:
     resolve = any(r["name"] == "environment" and r["status"] == "pass" for r in results)
     if resolve:  # unknown packages and conflicting pins show only when uv resolves the spec
         results.append({"name": RESOLVE_CHECK, "status": "pending",
-                        "message": "Being resolved with uv on the environments queue."})
+                        "message": "Being resolved on the environments queue."})
     with transaction.atomic():
         Submission.objects.filter(pk=submission.pk).update(
             checks=results, checks_state=Submission.ChecksState.DONE, updated=timezone.now())
