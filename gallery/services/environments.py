@@ -35,6 +35,8 @@ def queue_environment(revision: Revision) -> Job | None:
     if not revision.metadata.get("environment"):
         return None
     with transaction.atomic():
+        # Uses of one example at once ask together: the revision's row lets one in at a time.
+        Revision.objects.select_for_update().filter(pk=revision.pk).first()
         waiting = _builds(revision).filter(
             state__in=[Job.State.QUEUED, Job.State.RUNNING]).first()
         if waiting is not None:
