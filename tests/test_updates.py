@@ -308,3 +308,21 @@ class UpdateApiTests(GalleryTestCase):
         self.assertIn("post", paths["/api/v1/examples/{slug}/update"])
         self.assertIn("get", paths["/api/v1/examples/{slug}/update-plan"])
         self.assertIn("get", paths["/api/v1/examples/{slug}/copies"])
+
+    def test_it_offers_the_update_on_the_example_page_and_shows_the_plan_first(self) -> None:
+        page = self.client.get(f"/examples/{self.example.slug}/")
+        self.assertContains(page, 'id="h-update"')
+        self.assertContains(page, "See what will change")
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post(f"/examples/{self.example.slug}/update",
+                                 {"folder": "demo", "apply": "0"})
+        plan = self.client.get(r["Location"])
+        self.assertContains(plan, "From version 1 to version 2")
+        self.assertContains(plan, 'id="update-button"')
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post(f"/examples/{self.example.slug}/update",
+                                 {"folder": "demo", "apply": "1"})
+        done = self.client.get(r["Location"])
+        self.assertContains(done, "Your copy is now of version 2")
+        self.assertNotContains(self.client.get(f"/examples/{self.example.slug}/"),
+                               'id="h-update"')
