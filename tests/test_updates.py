@@ -326,3 +326,22 @@ class UpdateApiTests(GalleryTestCase):
         self.assertContains(done, "Your copy is now of version 2")
         self.assertNotContains(self.client.get(f"/examples/{self.example.slug}/"),
                                'id="h-update"')
+
+
+# --- the reviewer's diff ---------------------------------------------------------------------
+
+
+def test_it_shows_the_reviewer_a_metadata_change_but_not_a_new_execution_count() -> None:
+    from gallery.diff import diff_notebooks
+
+    nb = notebook()
+    tagged = copy.deepcopy(nb)
+    tagged.cells[2].metadata["tags"] = ["parameters"]
+    tagged.metadata["kernelspec"]["name"] = "other"
+    found = diff_notebooks(BASE, nbformat.writes(tagged).encode())
+    assert found.metadata_changed and not found.unchanged
+    assert [c.new_number for c in found.cells if c.metadata_changed] == [3]
+    rerun = copy.deepcopy(nb)
+    rerun.cells[1].execution_count = 99
+    rerun.cells[1].metadata["execution"] = {"iopub.status.busy": "2026-01-01"}
+    assert diff_notebooks(BASE, nbformat.writes(rerun).encode()).unchanged
