@@ -251,8 +251,8 @@ class UsePlanOut(Schema):
 
 
 class UpdateIn(Schema):
-    folder: str = Field(max_length=128, description="The copy's folder name in the Use "
-                        "directory")
+    folder: str = Field("", max_length=128, description="The copy's folder name in the Use "
+                        "directory (the example's slug when empty)")
 
 
 class CopyOut(Schema):
@@ -440,7 +440,7 @@ def my_copies(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
                      "202 with the job that reads it; call again until the answer is 200 "
                      "(the plan, kept five minutes) or 409 (why it cannot be updated). "
                      "`refresh=true` reads the copy again.")
-def update_plan(request: HttpRequest, slug: str, folder: str = Query(..., max_length=128),
+def update_plan(request: HttpRequest, slug: str, folder: str = Query("", max_length=128),
                 refresh: bool = False) -> Any:
     job = services.plan_job(example=_visible_example(request, slug), user=request.auth,
                             folder=folder, refresh=refresh)
