@@ -250,6 +250,44 @@ class UsePlanOut(Schema):
     note: str
 
 
+class UpdateIn(Schema):
+    folder: str = Field("", max_length=128, description="The copy's folder name in the Use "
+                        "directory (the example's slug when empty)")
+
+
+class CopyOut(Schema):
+    folder: str
+    path: str
+    version: int = Field(description="The version the gallery last wrote into it")
+    outdated: bool = Field(description="A newer version is approved: it can be updated")
+    at: str
+
+
+class UpdateFileOut(Schema):
+    path: str
+    status: str = Field(description="updated, added, removed, merged, conflict, kept "
+                        "(yours stays; the new version goes beside it) or unchanged")
+    beside: str = Field(description="Where the new version goes when yours is kept")
+    cells: list[dict[str, Any]] = Field(description="For a notebook: per cell (numbered "
+                                        "as in your version), what changed and on which side")
+    conflicts: list[dict[str, Any]] = Field(description="The cells changed on both sides, "
+                                            "marked in the notebook as nbdime marks them")
+
+
+class UpdatePlanOut(Schema):
+    folder: str
+    path: str
+    from_version: int
+    to_version: int
+    commit: str
+    up_to_date: bool
+    files: list[UpdateFileOut]
+    changes: int = Field(description="How many files the update writes")
+    conflicts: int
+    backup: str = Field(description="Where the files it replaces are kept, in the copy")
+    kernel_name: str
+
+
 class JobOut(Schema):
     id: UUID
     kind: str
@@ -386,6 +424,40 @@ def use_example(request: HttpRequest, slug: str, payload: UseIn | None = None) -
 def use_plan(request: HttpRequest, slug: str, folder: str = "") -> dict[str, Any]:
     example = _visible_example(request, slug)
     return services.use_plan(example=example, user=request.auth, folder_name=folder)
+
+
+@api.get("/examples/{slug}/copies", response={200: list[CopyOut], 404: ErrorOut},
+         summary="The caller's copies of the example, and whether each can be updated")
+def my_copies(request: HttpRequest, slug: str) -> list[dict[str, Any]]:
+    return services.find_copies(example=_visible_example(request, slug), user=request.auth)
+
+
+@api.get("/examples/{slug}/update-plan",
+         response={200: UpdatePlanOut, 202: JobOut, 400: ErrorOut, 404: ErrorOut,
+                   409: ErrorOut},
+         summary="What updating the caller's copy would change; writes nothing to it",
+         description="The copy is read by a worker, as its owner: the first call answers "
+                     "202 with the job that reads it; call again until the answer is 200 "
+                     "(the plan, kept five minutes) or 409 (why it cannot be updated). "
+                     "`refresh=true` reads the copy again.")
+def update_plan(request: HttpRequest, slug: str, folder: str = Query("", max_length=128),
+                refresh: bool = False) -> Any:
+    job = services.plan_job(example=_visible_example(request, slug), user=request.auth,
+                            folder=folder, refresh=refresh)
+    if job.state == Job.State.DONE:
+        return job.result
+    if job.state == Job.State.FAILED:
+        raise services.Conflict(job.message)
+    return Status(202, job.report())
+
+
+@api.post("/examples/{slug}/update", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,
+                                                409: ErrorOut},
+          summary="Update the caller's copy to the approved version, keeping their edits")
+def update_copy(request: HttpRequest, slug: str, payload: UpdateIn) -> Any:
+    job = services.queue_update(example=_visible_example(request, slug), user=request.auth,
+                                folder=payload.folder)
+    return Status(202, job.report())
 
 
 @api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")

@@ -22,11 +22,13 @@ class CellChange:
     source: str = ""
     lines: list[tuple[str, str]] = field(default_factory=list)  # ("+"|"-"|" ", text)
     outputs_changed: bool = False
+    metadata_changed: bool = False  # the cell's metadata (tags, hidden source, …)
 
 
 @dataclass
 class NotebookDiff:
     cells: list[CellChange]
+    metadata_changed: bool = False  # the notebook's own metadata (kernelspec, …)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -37,7 +39,9 @@ class NotebookDiff:
 
     @property
     def unchanged(self) -> bool:
-        return all(c.kind == "same" and not c.outputs_changed for c in self.cells)
+        return not self.metadata_changed and all(
+            c.kind == "same" and not c.outputs_changed and not c.metadata_changed
+            for c in self.cells)
 
 
 def _cells(data: bytes | None) -> list[dict[str, Any]]:
@@ -49,8 +53,15 @@ def _cells(data: bytes | None) -> list[dict[str, Any]]:
         outputs = [{k: v for k, v in o.items() if k != "execution_count"}
                    for o in cell.get("outputs", [])]
         cells.append({"type": cell.cell_type, "source": str(cell.get("source", "")),
-                      "outputs": repr(outputs)})
+                      "outputs": repr(outputs), "metadata": _meta(cell.get("metadata", {}))})
     return cells
+
+
+def _meta(metadata: Any) -> str:
+    """Metadata as compared: what a reviewer should see change (tags, hidden source, a
+    kernelspec), without what every run rewrites (execution timings, scroll state)."""
+    noise = {"execution", "collapsed", "scrolled", "autoscroll"}
+    return repr(sorted((k, repr(v)) for k, v in dict(metadata or {}).items() if k not in noise))
 
 
 def _line_diff(old: str, new: str) -> list[tuple[str, str]]:
@@ -73,7 +84,9 @@ def diff_notebooks(old: bytes | None, new: bytes) -> NotebookDiff:
         if op == "equal":
             for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
                 out.append(CellChange("same", after[j]["type"], i + 1, j + 1, after[j]["source"],
-                                      outputs_changed=before[i]["outputs"] != after[j]["outputs"]))
+                                      outputs_changed=before[i]["outputs"] != after[j]["outputs"],
+                                      metadata_changed=before[i]["metadata"]
+                                      != after[j]["metadata"]))
             continue
         # Within a changed stretch, a cell is edited when one of the same type takes its place.
         types = difflib.SequenceMatcher(a=[c["type"] for c in before[i1:i2]],
@@ -84,7 +97,8 @@ def diff_notebooks(old: bytes | None, new: bytes) -> NotebookDiff:
                     out.append(CellChange(
                         "changed", after[j]["type"], i + 1, j + 1, after[j]["source"],
                         _line_diff(before[i]["source"], after[j]["source"]),
-                        outputs_changed=before[i]["outputs"] != after[j]["outputs"]))
+                        outputs_changed=before[i]["outputs"] != after[j]["outputs"],
+                        metadata_changed=before[i]["metadata"] != after[j]["metadata"]))
                 continue
             for i in range(i1 + a1, i1 + a2):
                 out.append(CellChange("removed", before[i]["type"], i + 1, None,
@@ -93,4 +107,5 @@ def diff_notebooks(old: bytes | None, new: bytes) -> NotebookDiff:
             for j in range(j1 + b1, j1 + b2):
                 out.append(CellChange("added", after[j]["type"], None, j + 1, after[j]["source"],
                                       [("+", line) for line in after[j]["source"].splitlines()]))
-    return NotebookDiff(out)
+    return NotebookDiff(out, metadata_changed=old is not None and _meta(
+        notebooks.read_notebook(old).metadata) != _meta(notebooks.read_notebook(new).metadata))

@@ -472,6 +472,7 @@ class Job(models.Model):
         COMMIT = "commit", "commit"
         USE = "use", "use"
         ENVIRONMENT = "environment", "environment"
+        UPDATE = "update", "update"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)

@@ -126,6 +126,9 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
+        "update_copies": [c for c in services.find_copies(example=item, user=request.user)
+                          if c["outdated"]] if usable
+        and settings.GALLERY_USE_BACKEND == "filesystem" else [],
         "use_form": forms.UseForm(initial={"folder": item.slug}),
         "use_dir": f"~/{settings.GALLERY_USE_DIR}",
     })
@@ -167,6 +170,26 @@ def use(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def update(request: HttpRequest, slug: str) -> HttpResponse:
+    """See what updating a copy changes (apply=0), or update it (apply=1); a job either way."""
+    item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
+    form = forms.UseForm(request.POST)
+    try:
+        if not form.is_valid() or not form.cleaned_data["folder"]:
+            raise services.GalleryError("Say which copy to update.")
+        folder = form.cleaned_data["folder"]
+        if request.POST.get("apply") == "1":
+            job = services.queue_update(example=item, user=request.user, folder=folder)
+        else:
+            job = services.plan_job(example=item, user=request.user, folder=folder)
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect("example", slug=slug)
+    return redirect("job", job_id=job.pk)
+
+
+@login_required
 @require_GET
 def job(request: HttpRequest, job_id: str) -> HttpResponse:
     item = get_object_or_404(Job.objects.select_related("revision__example"), pk=job_id)
@@ -174,6 +197,8 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
         raise Http404("There is no such job.")
     if request.headers.get("Accept", "").startswith("application/json"):
         return JsonResponse(item.report(), json_dumps_params={"default": str})
+    if item.kind == Job.Kind.UPDATE:
+        return render(request, "gallery/update_job.html", {"job": item})
     return render(request, "gallery/job.html", {"job": item})
 
 

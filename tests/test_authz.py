@@ -157,6 +157,10 @@ MATRIX: dict[str, Entry] = {
     # Use: on to the job, or back to the example saying why not.
     "examples/<slug:slug>/use": Entry(GET=page(always(405)), POST=page(seen(SEES_EXAMPLE, 302)),
                                       data={"folder": ""}),
+    # Update my copy: the plan or the update queued (the caller's own home only), or back.
+    "examples/<slug:slug>/update": Entry(GET=page(always(405)),
+                                         POST=page(seen(SEES_EXAMPLE, 302)),
+                                         data={"folder": "demo"}),
     "jobs/<uuid:job_id>/": Entry(GET=page(seen(SEES_JOB, 200)), POST=page(always(405))),
     # The form sent empty is refused (400) once the example it revises is allowed.
     "stage/": Entry(GET=page(revising(200)), POST=page(revising(400)), revises=True),
@@ -190,6 +194,14 @@ MATRIX: dict[str, Entry] = {
                                         json=True),
     "api/v1/examples/<slug>/use-plan": Entry(GET=api(seen(SEES_EXAMPLE, plan)),
                                              POST=always(405), json=True),
+    # Always about the caller's own copies: nothing of another's home to ask for.
+    "api/v1/examples/<slug>/copies": Entry(GET=api(seen(SEES_EXAMPLE, 200)), POST=always(405),
+                                           json=True),
+    "api/v1/examples/<slug>/update-plan": Entry(GET=api(seen(SEES_EXAMPLE, use)),
+                                                POST=always(405), json=True,
+                                                data={"folder": "demo"}),
+    "api/v1/examples/<slug>/update": Entry(GET=always(405), POST=api(seen(SEES_EXAMPLE, use)),
+                                           json=True, data={"folder": "demo"}),
     "api/v1/jobs/<job_id>": Entry(GET=api(seen(SEES_JOB, 200)), POST=always(405), json=True),
     # GET: the caller's own submissions. POST: staging (an empty body is refused with 400).
     "api/v1/submissions": Entry(

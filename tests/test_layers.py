@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
                     0),
     "models": 1,
     **dict.fromkeys(["notebooks", "previews", "repo", "homes", "hub", "caching", "diff",
-                     "metrics", "environments", "specs", "runs", "kernels"], 2),
+                     "metrics", "environments", "specs", "runs", "kernels", "merge"], 2),
     "services": 3,
     **dict.fromkeys(["views", "api", "admin", "forms", "tasks", "urls", "wsgi", "celery", "apps",
                      "login", "inputs", "management", "__init__"], 4),

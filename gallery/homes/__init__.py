@@ -9,7 +9,9 @@ Jupyter server, for homes the workers cannot reach. Callers use the names below.
 
 from .child import copied_by
 from .contents import ContentsError, clear_through_contents, copy_through_contents
-from .filesystem import clear_leftovers, copy_into_home, start_helper
+from .filesystem import clear_leftovers, copy_into_home, read_copy, start_helper, update_copy
+from .inplace import BACKUP_DIR
+from .inplace import MANIFEST as UPDATE_MANIFEST
 from .shared import (
     DATA_MANIFEST,
     DATA_MANIFEST_JSON,
@@ -21,6 +23,8 @@ from .shared import (
 )
 
 __all__ = [
+    "BACKUP_DIR",
+    "UPDATE_MANIFEST",
     "ContentsError",
     "DATA_MANIFEST",
     "DATA_MANIFEST_JSON",
@@ -33,6 +37,8 @@ __all__ = [
     "copy_into_home",
     "copy_through_contents",
     "home_of",
+    "read_copy",
+    "update_copy",
     "start_helper",
     "use_parent",
 ]

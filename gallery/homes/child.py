@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING or __package__:
-    from . import shared
+    from . import inplace, shared
 else:  # the copy helper: a bare interpreter (-I -S) that has only this file's folder
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import inplace
     import shared
 
 CopyError = shared.CopyError
@@ -144,6 +145,15 @@ def run_child(plan: CopyPlan, action: str, source_fd: int | None, w: int, ids: I
         os.chdir("/")
         if action == "clear":
             report = {"cleared": _clear_here(plan)}
+        elif action == "read":  # the source slot holds the descriptor to write the state to
+            assert source_fd is not None
+            report = inplace.read_here(plan, source_fd)
+        elif action == "update":
+            if plan.kernel:
+                _install_kernel(plan)
+            bundle = f"/proc/self/fd/{source_fd}"
+            report = inplace.update_here(
+                plan, bundle if os.path.isdir(bundle) else str(plan.source))
         else:
             source = f"/proc/self/fd/{source_fd}"
             if not os.path.isdir(source):  # no /proc: the source path must then be readable

@@ -29,6 +29,7 @@ memory, which is hundreds of MB; the helper holds a few.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -107,6 +108,58 @@ def clear_leftovers(plan: CopyPlan, *, as_user: bool, timeout: float = CLEAR_TIM
     if isinstance(cleared, int):
         return cleared
     raise CopyError(str(report.get("error") or "The clearing stopped unexpectedly.")[:2000])
+
+
+def read_copy(plan: CopyPlan, *, as_user: bool, timeout: float = 120.0) -> dict[str, Any]:
+    """Read a person's copy as them (homes/inplace.py): its provenance record and the files
+    `plan.request["paths"]` it holds, as {"provenance": {…}, "files": {path: bytes}}. Raises
+    CopyError (a link where a file or the copy should be, a missing copy) with a plain
+    message. Writes nothing."""
+    ids = _account_ids(plan, as_user)
+    out = os.memfd_create("gallery-copy-state", os.MFD_CLOEXEC)
+    try:
+        report = _run_in_child(plan, "read", out, ids, timeout, None, 0.0)
+        if "read" not in report:
+            raise CopyError(str(report.get("error") or "Reading your copy stopped "
+                                "unexpectedly; try again.")[:2000])
+        size = os.fstat(out).st_size
+        limit = int(plan.request.get("max_bytes", 100 << 20)) * 2 + (1 << 20)
+        if size > limit:
+            raise CopyError("Reading your copy stopped unexpectedly; try again.")
+        os.lseek(out, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(out), "rb") as fh:
+            state = json.loads(fh.read(size))
+    finally:
+        os.close(out)
+    # Written by a process the user may have tampered with: keep only what has the shape.
+    provenance = state.get("provenance") if isinstance(state, dict) else None
+    files = state.get("files") if isinstance(state, dict) else None
+    wanted = set(plan.request.get("paths", []))
+    return {"provenance": provenance if isinstance(provenance, dict) else {},
+            "files": {p: base64.b64decode(d) for p, d in (files or {}).items()
+                      if p in wanted and isinstance(d, str)}}
+
+
+def update_copy(plan: CopyPlan, bundle: Path, *, as_user: bool, timeout: float = 300.0,
+                heartbeat: Callable[[], object] | None = None,
+                heartbeat_every: float = 30.0) -> dict[str, Any]:
+    """Write an update bundle (its update.json and new files, see homes/inplace.py) into a
+    person's copy as them; returns the child's report. Safe to call again for the same job."""
+    ids = _account_ids(plan, as_user)
+    try:
+        bundle_fd = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CopyError(f"The update's files are not available ({exc.strerror}); "
+                        "try again later.") from exc
+    try:
+        report = _run_in_child(plan, "update", bundle_fd, ids, timeout,
+                               _Heartbeat(heartbeat) if heartbeat else None, heartbeat_every)
+    finally:
+        os.close(bundle_fd)
+    if "updated" not in report:
+        raise CopyError(str(report.get("error") or "The update stopped unexpectedly; "
+                            "try again.")[:2000])
+    return report
 
 
 def _clear_quietly(plan: CopyPlan, ids: Ids | None) -> None:

@@ -45,6 +45,8 @@ class CopyPlan:
     # The kernel to install for the example's environment: {"name": …, "spec": {…}}, written
     # to <home>/.local/share/jupyter/kernels/<name>/kernel.json before the copy.
     kernel: dict[str, Any] | None = None
+    # What an action other than a copy needs (reading or updating a copy: homes/inplace.py).
+    request: dict[str, Any] = field(default_factory=dict)
 
     @property
     def temp_prefix(self) -> str:

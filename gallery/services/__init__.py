@@ -6,8 +6,9 @@ and queues its slow work only after that transaction commits. The rooms, from th
 `history` (the record of state changes), `notifications`, `queue` (jobs as rows: queue, claim,
 lease, finish), `staging` (a submission, its checks and preview), `environments` (an approved
 revision's environment locked and built once per key), `review` (decisions, retirement,
-publishing), `use` (copies into homes), `jobs` (the runner and the sweep),
-`users` (people and reviewer rights) and `index` (rebuild from the repository, bulk import).
+publishing), `use` (copies into homes), `updates` (a copy brought to the new version with
+its owner's edits kept), `jobs` (the runner and the sweep), `users` (people and reviewer
+rights) and `index` (rebuild from the repository, bulk import).
 Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
 
@@ -67,6 +68,7 @@ from .staging import (
     store_folder,
     sweep_staging,
 )
+from .updates import do_update, find_copies, plan_job, queue_update, update_plan
 from .use import clear_use, count_uses, do_use, environment_instructions, queue_use, use_plan
 from .users import (
     REVIEW_PERMISSIONS,
@@ -132,6 +134,11 @@ __all__ = [
     "queue_environment",
     "queue_preview",
     "queue_use",
+    "queue_update",
+    "update_plan",
+    "plan_job",
+    "find_copies",
+    "do_update",
     "rebuild_index",
     "record_change",
     "reject_submission",

@@ -18,6 +18,7 @@ from .environments import do_environment, give_up_environment, uses_waiting_for
 from .queue import LeaseLost, Waiting, claim_job, enqueue, finish_job, park_job
 from .review import do_commit
 from .staging import do_checks, do_preview
+from .updates import do_update
 from .use import clear_use, count_uses, do_use
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def _perform(job: Job) -> Job | None:
         Job.Kind.COMMIT: do_commit,
         Job.Kind.USE: do_use,
         Job.Kind.ENVIRONMENT: do_environment,
+        Job.Kind.UPDATE: do_update,
     }[Job.Kind(job.kind)]
     started = time.monotonic()
     try:
@@ -101,6 +103,10 @@ def _give_up(job: Job) -> Job | None:
 
 
 def _internal_message(job: Job, exc: Exception) -> str:
+    if job.kind == Job.Kind.UPDATE:
+        return (f"Your copy could not be updated (an error in the gallery: "
+                f"{type(exc).__name__}); nothing of yours was lost. Try again; if it keeps "
+                "failing, tell the centre's support.")
     if job.kind == Job.Kind.USE:  # the person sees this; the log has the details and paths
         return (f"The copy could not be made (an error in the gallery: {type(exc).__name__}). "
                 "Try again; if it keeps failing, tell the centre's support.")

@@ -26,6 +26,8 @@ TASKS = {
     Job.Kind.CHECKS: "gallery.tasks.run_checks", Job.Kind.PREVIEW: "gallery.tasks.render_preview",
     Job.Kind.COMMIT: "gallery.tasks.commit_revision", Job.Kind.USE: "gallery.tasks.run_use",
     Job.Kind.ENVIRONMENT: "gallery.tasks.build_environment",
+    # An update reads and writes a home: the Use queue's workers reach the homes.
+    Job.Kind.UPDATE: "gallery.tasks.run_use",
 }
 
 
@@ -53,7 +55,8 @@ class LeaseLost(Exception):
 
 # What the job page says while a job runs (set by the claim itself: no extra write).
 RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home.",
-                    Job.Kind.ENVIRONMENT: "Building the environment."}
+                    Job.Kind.ENVIRONMENT: "Building the environment.",
+                    Job.Kind.UPDATE: "Reading your copy."}
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:
