@@ -205,6 +205,7 @@ class ExampleOut(Schema):
 
 
 class ExampleDetailOut(ExampleOut):
+    notebook: str = Field(description="The main notebook's path among the files")
     files: list[dict[str, Any]]
     environment: str
     environment_state: str = Field(description="queued, building, ready, failed or "
@@ -394,6 +395,7 @@ def _example_detail(example: Example) -> dict[str, Any]:
     meta = revision.metadata if revision else {}
     return {
         **example_out(example),
+        "notebook": revision.notebook_name if revision else "",
         "files": revision.files if revision else [],
         "environment": meta.get("environment", ""),
         "environment_state": revision.environment.state

@@ -88,6 +88,8 @@ class ApiTests(GalleryTestCase):
         detail = self.json(r)
         self.assertEqual(detail["version"], 1)
         self.assertEqual(len(detail["commit"]), 40)
+        self.assertEqual(detail["notebook"], submission.revision.notebook_name)
+        self.assertIn(detail["notebook"], [f["path"] for f in detail["files"]])
         self.assertEqual(detail["data_links"][0]["target"], "https://example.org/data")
 
     def test_it_queues_a_use_and_reports_the_job(self):

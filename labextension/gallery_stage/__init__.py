@@ -1,5 +1,6 @@
-"""The gallery's "Submit to gallery" button: a JupyterLab 4 / Notebook 7 extension and the
-Jupyter server part that sends the notebook to the gallery under the user's hub identity."""
+"""The gallery in JupyterLab 4 / Notebook 7: the "Submit to gallery" button, and the examples
+(Launcher section, side panel, example tabs, Use), with the Jupyter server part that talks to
+the gallery under the user's hub identity."""
 
 from typing import Any
 
@@ -18,4 +19,4 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     from .handlers import setup_handlers
 
     setup_handlers(server_app.web_app)
-    server_app.log.info("gallery_stage: /gallery-stage/{context,submit} registered")
+    server_app.log.info("gallery_stage: /gallery-stage/{context,submit,examples,jobs} registered")

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -127,4 +127,63 @@ async def send_submission(config: Config, body: dict[str, Any]) -> dict[str, Any
         raise explain(401, payload, config.gallery_url)
     if response.code != 201 or not isinstance(payload, dict):
         raise explain(response.code, payload, config.gallery_url)
+    return payload
+
+
+# --- browsing and Use: the gallery's read API, under the same identity -----------------------
+
+API_PATH = "api/v1/"
+BROWSE_TIMEOUT = 30.0
+
+
+def passed_on(status: int, payload: Any, gallery_url: str) -> StageError:
+    """The gallery's own refusal, status and message as it gave them (a 5xx or a redirect
+    becomes 502 or 403 with a sentence a user can act on)."""
+    detail = payload.get("error") if isinstance(payload, dict) else None
+    detail = str(detail or "").strip()
+    if status in (301, 302, 303, 307, 308) or status == 401:
+        return StageError(403, "not-allowed",
+                          "The gallery did not accept your hub identity. Log out of the hub, "
+                          "log in again and retry.")
+    if 400 <= status < 500:
+        kind = {403: "not-allowed", 404: "not-found", 409: "conflict",
+                413: "too-large"}.get(status, "invalid")
+        return StageError(status, kind, detail or f"The gallery refused the request "
+                                                  f"(HTTP {status}).")
+    return StageError(502, "unreachable",
+                      f"The gallery at {gallery_url} failed to answer (HTTP {status}). "
+                      "Try again in a few minutes.")
+
+
+async def call(config: Config, method: str, path: str, *, query: dict[str, str] | None = None,
+               body: dict[str, Any] | None = None) -> Any:
+    """One call of the gallery's JSON API (`path` under /api/v1/, already validated by the
+    caller); its JSON answer on 2xx, else StageError with the gallery's status and message."""
+    config.require()
+    url = urljoin(config.gallery_url, API_PATH + path)
+    if query:
+        url += "?" + urlencode({k: v for k, v in query.items() if v})
+    request = HTTPRequest(
+        url, method=method, request_timeout=BROWSE_TIMEOUT, connect_timeout=10,
+        body=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {config.token}", "Accept": "application/json",
+                 **({"Content-Type": "application/json"} if body is not None else {})},
+        follow_redirects=False,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+    except (OSError, TimeoutError) as exc:
+        raise StageError(502, "unreachable",
+                         f"The gallery at {config.gallery_url} cannot be reached ({exc}). "
+                         "Try again later, or tell the hub's administrators.") from None
+    if response.code == 599:
+        raise StageError(502, "unreachable",
+                         f"The gallery at {config.gallery_url} cannot be reached "
+                         f"({response.error or 'no answer'}). Try again later.")
+    try:
+        payload = json.loads(response.body or b"null")
+    except ValueError:
+        payload = None
+    if not 200 <= response.code < 300 or payload is None:
+        raise passed_on(response.code, payload, config.gallery_url)
     return payload

@@ -20,7 +20,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
 
-from . import detect
+from . import browse, detect
 from .gallery import Config, StageError, send_submission
 
 MAX_SIBLINGS = 200
@@ -287,4 +287,5 @@ def setup_handlers(web_app: Any) -> None:
     web_app.add_handlers(".*$", [
         (url_path_join(base, "gallery-stage", "context"), ContextHandler),
         (url_path_join(base, "gallery-stage", "submit"), SubmitHandler),
+        *browse.handlers(base),
     ])

@@ -21,6 +21,9 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
+import { el, humanSize, requestAPI, StageError } from './request';
+import examplesPlugin from './examples';
+
 const COMMAND = 'gallery-stage:submit';
 const LABEL = 'Submit to gallery';
 const LICENCES = ['CC-BY-4.0', 'CC0-1.0', 'MIT', 'BSD-3-Clause', 'Apache-2.0'];
@@ -65,85 +68,6 @@ interface IForm {
   files: string[];
   environment: { name: string; content: string } | null;
   data_links: IDataLink[];
-}
-
-class StageError extends Error {
-  constructor(
-    readonly kind: string,
-    message: string
-  ) {
-    super(message);
-  }
-}
-
-/** A request to our server extension; makeRequest adds the XSRF header and the token. */
-async function requestAPI<T>(
-  settings: ServerConnection.ISettings,
-  endPoint: string,
-  init: RequestInit = {}
-): Promise<T> {
-  const url = URLExt.join(settings.baseUrl, 'gallery-stage', endPoint);
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings);
-  } catch (err) {
-    throw new StageError(
-      'unreachable',
-      'Your Jupyter server cannot be reached. Check your connection and retry.'
-    );
-  }
-  const text = await response.text();
-  let data: any = {};
-  try {
-    data = text ? JSON.parse(text) : {};
-  } catch {
-    data = { message: text };
-  }
-  if (!response.ok) {
-    let kind = data.kind || 'invalid';
-    if (response.status === 404 && !data.kind) {
-      kind = 'unreachable';
-      data.message =
-        'The gallery extension is not enabled on this Jupyter server. ' +
-        'Ask the hub administrators to install gallery_stage.';
-    } else if (response.status === 403 && !data.kind) {
-      kind = 'not-allowed';
-    }
-    throw new StageError(
-      kind,
-      data.message || `Request failed (HTTP ${response.status}).`
-    );
-  }
-  return data as T;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attrs: { [key: string]: string } = {},
-  text = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    node.setAttribute(key, value);
-  }
-  if (text) {
-    node.textContent = text;
-  }
-  return node;
-}
-
-function humanSize(size: number | null): string {
-  if (size === null || size === undefined) {
-    return '';
-  }
-  const units = ['B', 'KB', 'MB', 'GB'];
-  let value = size;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
 }
 
 /** The dialog's body: title, summary, tags, licence, files, environment and data links. */
@@ -416,4 +340,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, examplesPlugin];
