@@ -418,3 +418,119 @@ def test_it_says_not_allowed_too_large_and_invalid(jupyter: Jupyter, gallery_hub
     refused = jupyter.post("/gallery-stage/submit", form)
     assert refused.status_code == 403 and refused.json()["kind"] == "not-allowed"
     assert Submission.objects.count() == 0
+
+
+# --- browsing and Use through the server part ------------------------------------------------
+
+
+def test_it_checks_names_folders_and_searches_before_asking_the_gallery() -> None:
+    from gallery_stage.browse import check_folder, check_listing, check_slug
+
+    assert check_slug("sea-ice_2") == "sea-ice_2"
+    assert check_folder(" my copy ") == "my copy" and check_folder(None) == ""
+    for bad in ["..", "a/b", ".hidden", "x" * 101, "a\x00b", "trailing.", 3]:
+        with pytest.raises(StageError) as refused:
+            check_folder(bad)
+        assert refused.value.status == 400
+    for bad in ["", "a b", "../x", "x" * 81, "é"]:
+        with pytest.raises(StageError):
+            check_slug(bad)
+    assert check_listing("sea ice", "climate", "staged", "2")["q"] == "sea ice"
+    for args in [("x" * 201, "", "", ""), ("", "a b", "", ""), ("", "", "retired", ""),
+                 ("", "", "", "0"), ("", "", "", "x"), ("a\nb", "", "", "")]:
+        with pytest.raises(StageError):
+            check_listing(*args)
+
+
+def test_it_places_the_copy_relative_to_the_servers_root(tmp_path: Path) -> None:
+    from gallery_stage.browse import local_path
+
+    home = str(tmp_path / "home")
+    assert local_path("~/examples/sea-ice", home, home) == "examples/sea-ice"
+    assert local_path("~/examples/sea-ice", home + "/examples", home) == "sea-ice"
+    assert local_path("~/examples/sea-ice", str(tmp_path / "elsewhere"), home) == ""
+    assert local_path("~/../etc", home, home) == ""
+    assert local_path("/etc/passwd", home, home) == "" and local_path(None, home, home) == ""
+
+
+def test_it_hands_the_browser_only_paths_and_http_links() -> None:
+    from gallery_stage.browse import safe_link
+
+    local = Config("http://gallery/", "", "t", 1, 1.0)
+    assert safe_link(local, "/services/gallery/previews/ab.html") == (
+        "/services/gallery/previews/ab.html")
+    assert safe_link(local, "https://previews.example.org/ab.html") == (
+        "https://previews.example.org/ab.html")
+    for bad in ["javascript:alert(1)", "//evil.example/x", "data:text/html,x", "", None, 3]:
+        assert safe_link(local, bad) is None
+    public = Config("http://gallery/", "https://hub.example.org", "t", 1, 1.0)
+    assert safe_link(public, "/services/gallery/x") == "https://hub.example.org/services/gallery/x"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_lists_details_plans_and_uses_examples_under_the_hub_identity(
+        jupyter: Jupyter, gallery_hub: HubStub) -> None:
+    from gallery import services
+    from gallery.models import Job
+    from tests.base import make_user, stage
+
+    contributor = make_user("ada")
+    reviewer = make_user("rev", reviewer=True)
+    approved = stage(contributor, title="Sea ice extent", environment=None)
+    services.approve_submission(submission=approved, reviewer=reviewer)
+    staged = stage(contributor, title="Ocean heat", environment=None)
+    slug = approved.example.slug
+
+    listed = jupyter.get("/gallery-stage/examples", state="approved")
+    assert listed.status_code == 200, listed.text
+    assert [e["slug"] for e in listed.json()["results"]] == [slug]
+    found = jupyter.get("/gallery-stage/examples", q="ocean", state="staged").json()
+    assert [e["slug"] for e in found["results"]] == [staged.example.slug]
+    assert jupyter.get("/gallery-stage/examples", tag="demo").json()["count"] == 2
+
+    detail = jupyter.get(f"/gallery-stage/examples/{slug}").json()
+    assert detail["notebook"] == "hello.ipynb" and detail["state"] == "approved"
+    assert detail["preview_url"].startswith("/previews/") and detail["preview_url"].endswith(
+        ".html")
+    plan = jupyter.get(f"/gallery-stage/examples/{slug}/use-plan", folder="mine").json()
+    assert plan["target"] == "~/examples/mine"
+
+    queued = jupyter.post(f"/gallery-stage/examples/{slug}/use", {"folder": "mine"})
+    assert queued.status_code == 202, queued.text
+    job = Job.objects.get(pk=queued.json()["id"])
+    assert job.user.username == "connor" and job.params["folder"] == "mine"
+    status = jupyter.get(f"/gallery-stage/jobs/{job.pk}")
+    assert status.status_code == 200 and status.json()["id"] == str(job.pk)
+    assert "local_path" in status.json()
+
+    # The gallery's refusals come back with their status and message.
+    staged_use = jupyter.post(f"/gallery-stage/examples/{staged.example.slug}/use", {})
+    assert staged_use.status_code == 409, staged_use.text
+    assert "approved" in staged_use.json()["message"]
+    missing = jupyter.get("/gallery-stage/examples/no-such-example")
+    assert missing.status_code == 404 and missing.json()["message"] == "There is no such example."
+    unknown_job = jupyter.get("/gallery-stage/jobs/00000000-0000-0000-0000-000000000000")
+    assert unknown_job.status_code == 404
+    # Bad input stops at the server, before the gallery.
+    for answer in [jupyter.get("/gallery-stage/examples/a%20b"),
+                   jupyter.get("/gallery-stage/jobs/not-a-job"),
+                   jupyter.get("/gallery-stage/examples", tag="a b"),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/use", {"folder": "../x"}),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/use", ["x"])]:
+        assert answer.status_code == 400 and answer.json()["kind"] == "invalid", answer.text
+    assert Job.objects.filter(kind=Job.Kind.USE).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_needs_jupyters_login_and_xsrf_to_browse_and_use(jupyter: Jupyter) -> None:
+    assert requests.get(f"{jupyter.url}/gallery-stage/examples", timeout=30).status_code == 403
+    session = requests.Session()
+    session.get(f"{jupyter.url}/login?next=/api/status", timeout=30)
+    session.post(f"{jupyter.url}/login", data={
+        "password": JUPYTER_TOKEN, "_xsrf": session.cookies.get("_xsrf")}, timeout=30)
+    use = f"{jupyter.url}/gallery-stage/examples/sea-ice/use"
+    assert session.post(use, json={}, timeout=30).status_code == 403
+    # With the header it reaches the handler (and the gallery, which is not this test's).
+    answer = session.post(use, json={"folder": "../x"}, timeout=30,
+                          headers={"X-XSRFToken": session.cookies.get("_xsrf")})
+    assert answer.status_code == 400 and answer.json()["kind"] == "invalid"
