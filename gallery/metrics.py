@@ -92,6 +92,7 @@ def queue_names() -> dict[str, str]:
         "previews": routes.get("gallery.tasks.render_preview", {}).get("queue", ""),
         "use": routes.get("gallery.tasks.run_use", {}).get("queue", ""),
         "envs": routes.get("gallery.tasks.build_environment", {}).get("queue", ""),
+        "runs": routes.get("gallery.tasks.run_example", {}).get("queue", ""),
     }
 
 

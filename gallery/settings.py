@@ -389,6 +389,9 @@ CELERY_TASK_ROUTES = {
 # Warming the preview exporter in each new pool process takes a second or two.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 30
 CELERY_TASK_ANNOTATIONS = {
+    # A run stops itself at GALLERY_RUN_TIMEOUT; this is the backstop for the task around it.
+    "gallery.tasks.run_example": {"soft_time_limit": GALLERY_RUN_TIMEOUT + 120,
+                                  "time_limit": GALLERY_RUN_TIMEOUT + 180},
     "gallery.tasks.render_preview": {"soft_time_limit": GALLERY_RENDER_TIME_LIMIT + 30,
                                      "time_limit": GALLERY_RENDER_TIME_LIMIT + 60},
 }
@@ -399,6 +402,9 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": GALLERY_SWEEP_INTERVAL},
     # Staged folders no revision names, kept a day after they were last stored.
     "sweep-staging": {"task": "gallery.tasks.sweep_staging", "schedule": 3600},
+    # Scheduled runs of approved examples that are due (GALLERY_VERIFY_INTERVAL, spread out).
+    "schedule-verifications": {"task": "gallery.tasks.schedule_verifications",
+                               "schedule": max(60, min(600, GALLERY_VERIFY_INTERVAL // 100))},
 }
 # A job untouched this long after being queued is handed to the broker again by the sweep.
 GALLERY_REQUEUE_AFTER = env_int("GALLERY_REQUEUE_AFTER", 15)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("examples/<slug:slug>/", views.example, name="example"),
     path("examples/<slug:slug>/use", views.use, name="use"),
+    path("examples/<slug:slug>/run", views.rerun, name="rerun"),
     path("jobs/<uuid:job_id>/", views.job, name="job"),
     path("stage/", views.stage, name="stage"),
     path("submissions/", views.my_submissions, name="my-submissions"),

@@ -16,10 +16,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import pytest
 from packaging.requirements import Requirement
+
+from gallery.runs import Account
+
+from .unixusers import TAG, make_account, remove_account
 
 
 def shared_folder(prefix: str) -> Path:
@@ -91,3 +97,34 @@ def notebook(*cells: str, outputs: dict[int, str] | None = None) -> bytes:
             cell.execution_count = i + 1
         nb.cells.append(cell)
     return nbformat.writes(nb).encode()
+
+
+# --- fixtures (made available to every test by tests/conftest.py) ----------------------
+
+
+@pytest.fixture(scope="session")
+def run_root() -> Iterator[Path]:
+    folder = shared_folder("gallery-runs-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kernel_env(run_root: Path) -> Path:
+    return kernel_environment(run_root / "env")
+
+
+@pytest.fixture(scope="session")
+def run_accounts(run_root: Path) -> Iterator[dict[str, Account]]:
+    """A runner, a contributor and a victim whose home holds a world-readable secret."""
+    made = {}
+    for role in ("runner", "contributor", "victim"):
+        acc = make_account(run_root, f"r{role[0]}{TAG}")
+        made[role] = Account(acc.name, acc.uid, acc.gid)
+        (acc.home).chmod(0o755)
+    secret = run_root / "home" / made["victim"].name / "secret.txt"
+    secret.write_text("the victim's secret\n")
+    secret.chmod(0o644)
+    yield made
+    for acc in made.values():
+        remove_account(acc.name)

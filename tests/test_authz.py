@@ -157,6 +157,8 @@ MATRIX: dict[str, Entry] = {
     # Use: on to the job, or back to the example saying why not.
     "examples/<slug:slug>/use": Entry(GET=page(always(405)), POST=page(seen(SEES_EXAMPLE, 302)),
                                       data={"folder": ""}),
+    # Run again: its contributor and the reviewers; others who see it are refused.
+    "examples/<slug:slug>/run": Entry(GET=page(always(405)), POST=page(revising(302))),
     "jobs/<uuid:job_id>/": Entry(GET=page(seen(SEES_JOB, 200)), POST=page(always(405))),
     # The form sent empty is refused (400) once the example it revises is allowed.
     "stage/": Entry(GET=page(revising(200)), POST=page(revising(400)), revises=True),

@@ -1,11 +1,10 @@
 """Runs with real kernels: an example's notebooks top to bottom, as real unprivileged
-accounts, in the bubblewrap sandbox; broken and hostile notebooks end as failed runs with a
+run_accounts, in the bubblewrap sandbox; broken and hostile notebooks end as failed runs with a
 plain reason, leave nothing behind, and the next run still works."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,40 +17,12 @@ import pytest
 from gallery import runs
 from gallery.runs import Account, RunConfig, RunRefused
 
-from .runkit import kernel_environment, notebook, shared_folder
-from .unixusers import TAG, make_account, remove_account
+from .runkit import notebook
+from .unixusers import TAG
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs switch to real accounts: root")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs switch to real run_accounts: root")
 NEEDS_SANDBOX = pytest.mark.skipif(not runs.sandbox_state()[0],
                                    reason="bubblewrap is missing (scripts/ensure-sandbox)")
-
-
-@pytest.fixture(scope="session")
-def run_root() -> Iterator[Path]:
-    folder = shared_folder("gallery-runs-")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def kernel_env(run_root: Path) -> Path:
-    return kernel_environment(run_root / "env")
-
-
-@pytest.fixture(scope="session")
-def accounts(run_root: Path) -> Iterator[dict[str, Account]]:
-    """A runner, a contributor and a victim whose home holds a world-readable secret."""
-    made = {}
-    for role in ("runner", "contributor", "victim"):
-        acc = make_account(run_root, f"r{role[0]}{TAG}")
-        made[role] = Account(acc.name, acc.uid, acc.gid)
-        (acc.home).chmod(0o755)
-    secret = run_root / "home" / made["victim"].name / "secret.txt"
-    secret.write_text("the victim's secret\n")
-    secret.chmod(0o644)
-    yield made
-    for acc in made.values():
-        remove_account(acc.name)
 
 
 @pytest.fixture
@@ -97,24 +68,24 @@ def processes_of(account: Account) -> list[int]:
 
 
 @NEEDS_SANDBOX
-def test_it_runs_every_cell_in_the_sandbox_as_the_runner(tmp_path, kernel_env, accounts,
+def test_it_runs_every_cell_in_the_sandbox_as_the_runner(tmp_path, kernel_env, run_accounts,
                                                          config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "import os\nprint(os.getuid())",
                  "print(open('data.csv').read().splitlines()[1])",
                  "print('changed')", outputs={1: "1,2\n", 2: "saved\n"})
     assert (result.passed, result.reason) == (True, "Every cell ran without an error.")
-    assert (result.account, result.sandboxed) == (accounts["runner"].name, True)
+    assert (result.account, result.sandboxed) == (run_accounts["runner"].name, True)
     assert [c["cell"] for c in result.cells] == [0, 1, 2]
     assert result.differences == [{"notebook": "main.ipynb", "cell": 2}]
     executed = nbformat.reads(result.executed["main.ipynb"].decode(), as_version=4)
-    assert executed.cells[0].outputs[0]["text"] == f"{accounts['runner'].uid}\n"
+    assert executed.cells[0].outputs[0]["text"] == f"{run_accounts['runner'].uid}\n"
 
 
 @NEEDS_SANDBOX
-def test_it_records_the_first_failing_cell_and_its_error(tmp_path, kernel_env, accounts,
+def test_it_records_the_first_failing_cell_and_its_error(tmp_path, kernel_env, run_accounts,
                                                          config) -> None:
-    result = run(tmp_path, kernel_env, accounts["contributor"], config,
+    result = run(tmp_path, kernel_env, run_accounts["contributor"], config,
                  "x = 1", "import numpy_that_is_not_here", "print('never')")
     assert not result.passed
     assert (result.failure.cell, result.failure.error) == (1, "ModuleNotFoundError")
@@ -124,13 +95,13 @@ def test_it_records_the_first_failing_cell_and_its_error(tmp_path, kernel_env, a
     assert [c["cell"] for c in result.cells] == [0]
 
 
-def test_it_runs_as_the_contributor_without_a_sandbox_too(tmp_path, kernel_env, accounts,
+def test_it_runs_as_the_contributor_without_a_sandbox_too(tmp_path, kernel_env, run_accounts,
                                                          config) -> None:
-    result = run(tmp_path, kernel_env, accounts["contributor"], replace(config, sandbox=False),
-                 f"import os\nassert os.getuid() == {accounts['contributor'].uid}\n"
+    result = run(tmp_path, kernel_env, run_accounts["contributor"], replace(config, sandbox=False),
+                 f"import os\nassert os.getuid() == {run_accounts['contributor'].uid}\n"
                  "assert 'GALLERY_SECRET_KEY' not in os.environ")
     assert (result.passed, result.sandboxed, result.account) == (
-        True, False, accounts["contributor"].name)
+        True, False, run_accounts["contributor"].name)
 
 
 def test_it_never_runs_as_root(tmp_path, kernel_env, config) -> None:
@@ -151,10 +122,10 @@ def test_it_refuses_to_run_without_a_runner_account(settings) -> None:
         runs.runner_account()
 
 
-def test_it_says_plainly_when_the_kernel_does_not_start(tmp_path, accounts, config) -> None:
+def test_it_says_plainly_when_the_kernel_does_not_start(tmp_path, run_accounts, config) -> None:
     folder = example(tmp_path, "1")
     result = runs.run_example(folder, ["main.ipynb"], kernel=runs.environment_kernel(
-        str(tmp_path / "no-env")), account=accounts["runner"], config=config)
+        str(tmp_path / "no-env")), account=run_accounts["runner"], config=config)
     assert not result.passed and result.failure.error == "KernelDidNotStart"
     assert "did not start as" in result.reason
 
@@ -188,18 +159,18 @@ def listener() -> Iterator[tuple[int, list[object]]]:
 
 
 @NEEDS_SANDBOX
-def test_it_gives_no_network(tmp_path, kernel_env, accounts, config, listener) -> None:
+def test_it_gives_no_network(tmp_path, kernel_env, run_accounts, config, listener) -> None:
     port, got = listener
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
     assert (result.passed, result.failure.error) == (False, "ConnectionRefusedError")
     assert got == []
 
 
 @NEEDS_SANDBOX
-def test_it_lets_nothing_outside_scratch_change(tmp_path, kernel_env, accounts, config) -> None:
+def test_it_lets_nothing_outside_scratch_change(tmp_path, kernel_env, run_accounts, config) -> None:
     target = Path("/var/tmp") / f"gallery-run-escape-{TAG}"
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "open('inside.txt', 'w').write('fine')",
                  f"open({str(target)!r}, 'w').write('escaped')")
     assert (result.passed, result.failure.cell, result.failure.error) == (False, 1, "OSError")
@@ -208,37 +179,37 @@ def test_it_lets_nothing_outside_scratch_change(tmp_path, kernel_env, accounts, 
 
 
 @NEEDS_SANDBOX
-def test_it_hides_other_peoples_homes(tmp_path, kernel_env, accounts, config, run_root) -> None:
-    secret = run_root / "home" / accounts["victim"].name / "secret.txt"
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+def test_it_hides_other_peoples_homes(tmp_path, kernel_env, run_accounts, config, run_root) -> None:
+    secret = run_root / "home" / run_accounts["victim"].name / "secret.txt"
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  f"print(open({str(secret)!r}).read())")
     assert (result.passed, result.failure.error) == (False, "FileNotFoundError")
     assert "the victim's secret" not in result.executed["main.ipynb"].decode()
 
 
 @NEEDS_SANDBOX
-def test_it_survives_a_fork_bomb(tmp_path, kernel_env, accounts, config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+def test_it_survives_a_fork_bomb(tmp_path, kernel_env, run_accounts, config) -> None:
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "import os\nwhile True:\n    os.fork()")
     assert not result.passed
     assert result.failure.error in ("BlockingIOError", "KernelDied", "Timeout")
     assert result.reason
     (tmp_path / "again").mkdir()
-    assert run(tmp_path / "again", kernel_env, accounts["runner"], config, "print('ok')").passed
+    assert run(tmp_path / "again", kernel_env, run_accounts["runner"], config, "print('ok')").passed
 
 
 @NEEDS_SANDBOX
-def test_it_stops_a_notebook_that_takes_too_much_memory(tmp_path, kernel_env, accounts,
+def test_it_stops_a_notebook_that_takes_too_much_memory(tmp_path, kernel_env, run_accounts,
                                                         config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "x = bytearray(4 * 1024 ** 3)")
     assert (result.passed, result.failure.error) == (False, "MemoryError")
     assert "768 MB of memory (GALLERY_RUN_MEMORY_MB)" in result.reason
 
 
 @NEEDS_SANDBOX
-def test_it_stops_a_cell_that_sleeps_for_ever(tmp_path, kernel_env, accounts, config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config, "1", "import time\n"
+def test_it_stops_a_cell_that_sleeps_for_ever(tmp_path, kernel_env, run_accounts, config) -> None:
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config, "1", "import time\n"
                  "time.sleep(10 ** 6)")
     assert (result.passed, result.failure.cell, result.failure.error) == (False, 1, "Timeout")
     assert result.reason == ("Cell 2 of main.ipynb did not finish within 4 seconds "
@@ -246,17 +217,17 @@ def test_it_stops_a_cell_that_sleeps_for_ever(tmp_path, kernel_env, accounts, co
 
 
 @NEEDS_SANDBOX
-def test_it_stops_a_run_past_its_time(tmp_path, kernel_env, accounts, config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], replace(config, run_timeout=5),
+def test_it_stops_a_run_past_its_time(tmp_path, kernel_env, run_accounts, config) -> None:
+    result = run(tmp_path, kernel_env, run_accounts["runner"], replace(config, run_timeout=5),
                  *["import time\ntime.sleep(2)"] * 5)
     assert not result.passed
     assert "took longer than 5 seconds (GALLERY_RUN_TIMEOUT)" in result.reason
 
 
 @NEEDS_SANDBOX
-def test_it_survives_a_notebook_that_kills_its_parent(tmp_path, kernel_env, accounts,
+def test_it_survives_a_notebook_that_kills_its_parent(tmp_path, kernel_env, run_accounts,
                                                       config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
                  "except OSError as exc:\n    print(exc)",
                  "os.kill(os.getpid(), signal.SIGKILL)")
@@ -265,9 +236,9 @@ def test_it_survives_a_notebook_that_kills_its_parent(tmp_path, kernel_env, acco
 
 
 @NEEDS_SANDBOX
-def test_it_stops_a_notebook_that_prints_gigabytes(tmp_path, kernel_env, accounts,
+def test_it_stops_a_notebook_that_prints_gigabytes(tmp_path, kernel_env, run_accounts,
                                                    config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "while True:\n    print('x' * 100_000, flush=True)")
     assert not result.passed
     assert result.reason == ("The run printed more than 1 MB of output "
@@ -276,9 +247,9 @@ def test_it_stops_a_notebook_that_prints_gigabytes(tmp_path, kernel_env, account
 
 
 @NEEDS_SANDBOX
-def test_it_stops_a_notebook_that_fills_its_folder(tmp_path, kernel_env, accounts,
+def test_it_stops_a_notebook_that_fills_its_folder(tmp_path, kernel_env, run_accounts,
                                                    config) -> None:
-    result = run(tmp_path, kernel_env, accounts["runner"], config,
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
                  "import os\nfor i in range(1000):\n"
                  "    open(f'big{i}', 'wb').write(os.urandom(1024 * 1024))")
     assert not result.passed

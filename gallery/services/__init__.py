@@ -5,9 +5,10 @@ one way to stage, approve, retire or use an example. Each function runs in one t
 and queues its slow work only after that transaction commits. The rooms, from the bottom:
 `history` (the record of state changes), `notifications`, `queue` (jobs as rows: queue, claim,
 lease, finish), `staging` (a submission, its checks and preview), `environments` (an approved
-revision's environment locked and built once per key), `review` (decisions, retirement,
-publishing), `use` (copies into homes), `jobs` (the runner and the sweep),
-`users` (people and reviewer rights) and `index` (rebuild from the repository, bulk import).
+revision's environment locked and built once per key), `runs` (examples run top to bottom,
+their verdicts and schedule), `review` (decisions, retirement, publishing), `use` (copies into
+homes), `jobs` (the runner and the sweep), `users` (people and reviewer rights) and `index`
+(rebuild from the repository, bulk import).
 Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
 
@@ -47,6 +48,16 @@ from .review import (
     retire_example,
     start_review,
 )
+from .runs import (
+    executed_notebook,
+    give_up_run,
+    notebook_names,
+    queue_run,
+    queue_verification,
+    rerun,
+    schedule_verifications,
+    verified_notebook,
+)
 from .staging import (
     STAGING_GRACE,
     StagedFiles,
@@ -71,6 +82,14 @@ from .users import (
 )
 
 __all__ = [
+    "executed_notebook",
+    "give_up_run",
+    "notebook_names",
+    "queue_run",
+    "queue_verification",
+    "rerun",
+    "schedule_verifications",
+    "verified_notebook",
     "Conflict",
     "ExampleMeta",
     "GAVE_UP",

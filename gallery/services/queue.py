@@ -4,12 +4,16 @@ claim it with a lease, renew the lease, finish it. The database is the truth for
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
+from django.db import connection
 from django.db.models import Case, F, Q, TextField, Value, When
 from django.utils import timezone
 
@@ -24,6 +28,7 @@ TASKS = {
     Job.Kind.CHECKS: "gallery.tasks.run_checks", Job.Kind.PREVIEW: "gallery.tasks.render_preview",
     Job.Kind.COMMIT: "gallery.tasks.commit_revision", Job.Kind.USE: "gallery.tasks.run_use",
     Job.Kind.ENVIRONMENT: "gallery.tasks.build_environment",
+    Job.Kind.RUN: "gallery.tasks.run_example",
 }
 
 
@@ -51,7 +56,8 @@ class LeaseLost(Exception):
 
 # What the job page says while a job runs (set by the claim itself: no extra write).
 RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home.",
-                    Job.Kind.ENVIRONMENT: "Building the environment."}
+                    Job.Kind.ENVIRONMENT: "Building the environment.",
+                    Job.Kind.RUN: "Running the example's notebooks."}
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:
@@ -96,3 +102,29 @@ def record_result(job: Job, result: dict[str, Any]) -> None:
     """Keep what a running job has settled so far (a Use's folder name, chosen before its
     rename) on the job, so that a retry of the job finishes the same work."""
     Job.objects.filter(pk=job.pk).update(result=result)
+
+
+@contextlib.contextmanager
+def keeping_lease(job: Job, *, what: str = "working") -> Iterator[None]:
+    """Renew the job's lease while long work runs (a build or a run may take far longer than a
+    lease), so the sweep does not hand it to a second worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(max(settings.GALLERY_JOB_LEASE / 3, 0.5)):
+                renew_lease(job)
+        except LeaseLost as exc:
+            log.warning("%s while %s", exc, what)
+        except Exception:  # the work goes on; at worst the sweep rings the job again
+            log.exception("could not renew the lease of job %s", job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    beater = threading.Thread(target=beat, name=f"lease-{job.pk}", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()

@@ -27,6 +27,7 @@ from ..models import DataLink, Example, Job, Preview, Revision, Submission, Tag
 from ..schema import ExampleMeta, clean_meta
 from .history import move_submission, record_change
 from .queue import queue_job
+from .runs import queue_run_at_staging
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def stage_submission(
                 to_state=submission.state, actor=contributor, reason=f"revision {number}")
         queue_job(Job.Kind.CHECKS, submission=submission, revision=revision)
         queue_preview(revision)
+        queue_run_at_staging(revision)
     return submission
 
 

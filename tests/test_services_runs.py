@@ -1,0 +1,178 @@
+"""Runs as jobs: queued at staging (as the contributor) and after approval (as the runner),
+recorded per revision, shown with the checks and as the example's badge; a change of verdict
+notifies; the schedule spreads runs over the interval. Real kernels, real run_accounts."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from gallery import services
+from gallery.models import Environment, Example, Job, Notification, Revision, Run
+from gallery.services.runs import next_slot
+
+from .base import GalleryTestCase, make_user, stage
+from .runkit import notebook
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs switch to real run_accounts: root")
+PASSING = notebook("import os\nprint('hello from', os.getuid())", outputs={0: "hello\n"})
+FAILING = notebook("x = 1", "import numpy_that_is_not_here", "print(x)")
+
+
+class RunJobTests(GalleryTestCase):
+    @pytest.fixture(autouse=True)
+    def _runs(self, settings, run_root, kernel_env, run_accounts, tmp_path,  # noqa: F811
+              monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        settings.GALLERY_RUN_DIR = run_root / f"scratch-{tmp_path.name}"
+        settings.GALLERY_RUNNER_USER = run_accounts["runner"].name
+        settings.GALLERY_RUN_CELL_TIMEOUT = 20
+        kernels = run_root / "jupyter" / "kernels" / "gallery-test"
+        kernels.mkdir(parents=True, exist_ok=True)
+        (kernels / "kernel.json").write_text(json.dumps({
+            "argv": [str(kernel_env / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
+                     "{connection_file}"], "display_name": "Test kernel", "language": "python"}))
+        monkeypatch.setenv("JUPYTER_PATH", str(run_root / "jupyter"))
+        self.kernel_env, self.run_accounts, self.run_root = kernel_env, run_accounts, run_root
+        self.tag = tmp_path.name
+
+    def setUp(self) -> None:
+        self.owner = make_user(self.run_accounts["contributor"].name)
+
+    def stage_run(self, nb: bytes, *, title: str = "Runs", data_links=None) -> Revision:  # type: ignore[no-untyped-def]
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = services.stage_submission(
+                contributor=self.owner,
+                staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=nb),
+                meta=services.ExampleMeta(title=title, summary="Runs.", licence="CC-BY-4.0",
+                                          kernel="gallery-test", data_links=data_links or []))
+        return Revision.objects.get(pk=submission.revision_id)
+
+    def approve(self, revision: Revision) -> Revision:
+        with self.captureOnCommitCallbacks(execute=True):
+            services.approve_submission(submission=revision.submission, reviewer=self.reviewer)
+        return Revision.objects.get(pk=revision.pk)
+
+    def run_again(self, revision: Revision, kind: str = Run.Kind.STAGING) -> Run:
+        with self.captureOnCommitCallbacks(execute=True):
+            run = services.queue_run(revision, kind=kind)
+        return Run.objects.get(pk=run.pk)
+
+    def test_it_runs_a_submission_as_its_contributor_and_shows_it_with_the_checks(self) -> None:
+        revision = self.stage_run(PASSING)
+        run = Run.objects.get(revision=revision)
+        assert (run.state, run.kind, run.account) == (
+            Run.State.PASSED, Run.Kind.STAGING, self.run_accounts["contributor"].name)
+        assert run.kernel == "gallery-test" and run.job.state == Job.State.DONE
+        assert run.differences == [{"notebook": "hello.ipynb", "cell": 0}]
+        executed = services.executed_notebook(run, "hello.ipynb").decode()
+        assert f"hello from {self.run_accounts['contributor'].uid}" in executed
+        self.client.force_login(self.owner)
+        page = self.client.get(reverse("submission", args=[revision.submission.pk]))
+        self.assertContains(page, "Ran top to bottom")
+        self.assertContains(page, self.run_accounts["contributor"].name)
+
+    def test_it_records_where_a_failing_example_broke_and_shows_it(self) -> None:
+        revision = self.approve(self.stage_run(FAILING, title="Broken one"))
+        run = revision.runs.filter(kind=Run.Kind.SCHEDULED).get()
+        assert (run.state, run.failed_cell, run.error_name) == (
+            Run.State.FAILED, 1, "ModuleNotFoundError")
+        assert run.account == self.run_accounts["runner"].name
+        assert "No module named 'numpy_that_is_not_here'" in run.error_text
+        example = Example.objects.get(pk=revision.example_id)
+        assert example.run_badge().startswith(
+            f"Broken since {example.verdict_since:%Y-%m-%d}: cell 2, ModuleNotFoundError")
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[example.slug]))
+        self.assertContains(page, "Broken since")
+        self.assertContains(page, "numpy_that_is_not_here")
+        self.assertContains(self.client.get(reverse("index")), "Broken since")
+
+    def test_it_verifies_an_approved_example_in_its_built_environment(self) -> None:
+        revision = self.stage_run(PASSING, title="In its environment")
+        env = Environment.objects.create(key="e" * 64, state=Environment.State.READY,
+                                         path=str(self.kernel_env), python="3.11")
+        Revision.objects.filter(pk=revision.pk).update(environment=env)
+        revision = self.approve(Revision.objects.get(pk=revision.pk))
+        run = revision.runs.filter(kind=Run.Kind.SCHEDULED).get()
+        assert run.state == Run.State.PASSED, run.reason
+        assert (run.environment_id, run.kernel) == (
+            env.pk, "environment eeeeeeeeeeee (Python 3.11)")
+        example = Example.objects.get(pk=revision.example_id)
+        assert example.run_badge() == (f"Verified {run.finished:%Y-%m-%d} in environment "
+                                       "eeeeeeeeeeee (Python 3.11)")
+        self.client.force_login(self.user)
+        self.assertContains(self.client.get(reverse("index") + "?verified=1"), example.title)
+        assert services.verified_notebook(revision)[0] == run
+
+    def test_it_tells_contributor_and_reviewers_when_an_example_breaks(self) -> None:
+        data = self.run_root / f"data-{self.tag}"
+        data.mkdir(mode=0o755)
+        (data / "numbers.txt").write_text("1 2 3\n")
+        (data / "numbers.txt").chmod(0o644)
+        revision = self.approve(self.stage_run(
+            notebook("print(open('numbers/numbers.txt').read())"), title="Will break",
+            data_links=[{"name": "numbers", "target": str(data)}]))
+        assert revision.runs.get(kind=Run.Kind.SCHEDULED).state == Run.State.PASSED
+        assert not Notification.objects.filter(kind=Notification.Kind.RUN).exists()
+        (data / "numbers.txt").unlink()  # the data moved away: the example breaks
+        run = self.run_again(revision, Run.Kind.SCHEDULED)
+        assert (run.state, run.error_name) == (Run.State.FAILED, "FileNotFoundError")
+        told = Notification.objects.filter(kind=Notification.Kind.RUN)
+        assert {n.user_id for n in told} == {self.owner.pk, self.reviewer.pk}
+        assert "is broken: cell 1, FileNotFoundError" in told.first().message
+        (data / "numbers.txt").write_text("back\n")
+        assert self.run_again(revision, Run.Kind.SCHEDULED).state == Run.State.PASSED
+        told = Notification.objects.filter(kind=Notification.Kind.RUN)
+        assert told.count() == 4
+        assert "runs again" in told.first().message
+
+    def test_it_says_why_no_run_was_made_without_a_runner_account(self) -> None:
+        revision = self.approve(self.stage_run(PASSING, title="No runner"))
+        with self.settings(GALLERY_RUNNER_USER=""):
+            run = self.run_again(revision, Run.Kind.SCHEDULED)
+        assert run.state == Run.State.NOT_RUN
+        assert "set GALLERY_RUNNER_USER" in run.reason
+        self.client.force_login(self.user)
+        self.assertContains(self.client.get(reverse("example", args=[revision.example.slug])),
+                            "set GALLERY_RUNNER_USER")
+
+    def test_it_lets_the_contributor_and_reviewers_run_it_again(self) -> None:
+        revision = self.stage_run(PASSING, title="Again")
+        self.client.force_login(self.user)
+        url = reverse("rerun", args=[revision.example.slug])
+        assert self.client.post(url).status_code == 403
+        self.client.force_login(self.owner)
+        before = revision.runs.count()
+        with self.captureOnCommitCallbacks(execute=True):
+            response = self.client.post(url)
+        assert response.status_code == 302
+        assert revision.runs.count() == before + 1
+
+
+@pytest.mark.django_db
+def test_it_spreads_scheduled_runs_over_the_interval(
+        settings, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    week = 7 * 24 * 3600
+    slots = sorted(next_slot(pk, 0.0, week) % week for pk in range(1, 201))
+    assert slots[0] < week / 10 and slots[-1] > week * 9 / 10
+    for pk in (1, 2, 3):  # once settled, every run is one interval after the last
+        first = next_slot(pk, 1000.0, week)
+        assert week / 2 <= first - 1000.0 <= week * 1.5
+        assert next_slot(pk, first, week) == pytest.approx(first + week)
+    settings.GALLERY_VERIFY_INTERVAL = week
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    settings.GALLERY_RUN_AT_STAGING = False
+    with django_capture_on_commit_callbacks(execute=False):
+        submission = stage(contributor, environment=None)
+    with django_capture_on_commit_callbacks(execute=True):  # the commit job, not the run
+        services.approve_submission(submission=submission, reviewer=reviewer)
+    revision = Revision.objects.get(pk=submission.revision_id)
+    Run.objects.filter(revision=revision).update(state=Run.State.PASSED,
+                                                 queued=timezone.now() - timedelta(days=20))
+    assert services.schedule_verifications() == 1
+    assert services.schedule_verifications() == 0  # on its way already
