@@ -21,7 +21,7 @@ from django.urls import URLResolver, get_resolver
 
 from gallery import previews, services
 from gallery.api import api as ninja_api
-from gallery.models import Example, Job, Revision, Submission
+from gallery.models import Example, Job, Revision, Run, Submission
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 from .test_hub import FakeHub
@@ -343,6 +343,8 @@ class AuthorisationMatrixTests(GalleryTestCase):
             "pk": str(sub["rejected"].pk),
             "statechange": str(rejected.history.last().pk),  # type: ignore[union-attr]
             "notification": str(self.contributor.notifications.first().pk),  # type: ignore[union-attr]
+            "run": str(Run.objects.create(revision=rejected.latest_revision,
+                                          kind=Run.Kind.STAGING, state=Run.State.FAILED).pk),
             "content_type_id": str(ContentType.objects.get_for_model(Example).pk),
             "app_label": "gallery", "url": "no-such-page/"}
         # What must not show, and who may see it.

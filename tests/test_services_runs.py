@@ -4,11 +4,15 @@ notifies; the schedule spreads runs over the interval. Real kernels, real run_ac
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -36,6 +40,17 @@ class RunJobTests(GalleryTestCase):
         (kernels / "kernel.json").write_text(json.dumps({
             "argv": [str(kernel_env / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
                      "{connection_file}"], "display_name": "Test kernel", "language": "python"}))
+        # A candidate stack: the same Python without the module today's kernel has.
+        today = run_root / "today-site"
+        today.mkdir(exist_ok=True, mode=0o755)
+        (today / "gallery_today.py").write_text("ANSWER = 42\n")
+        (today / "gallery_today.py").chmod(0o644)
+        spec = json.loads((kernels / "kernel.json").read_text())
+        (kernels / "kernel.json").write_text(json.dumps({**spec,
+                                                         "env": {"PYTHONPATH": str(today)}}))
+        candidate = run_root / "jupyter" / "kernels" / "gallery-candidate"
+        candidate.mkdir(parents=True, exist_ok=True)
+        (candidate / "kernel.json").write_text(json.dumps({**spec, "display_name": "Next"}))
         monkeypatch.setenv("JUPYTER_PATH", str(run_root / "jupyter"))
         self.kernel_env, self.run_accounts, self.run_root = kernel_env, run_accounts, run_root
         self.tag = tmp_path.name
@@ -152,6 +167,56 @@ class RunJobTests(GalleryTestCase):
             response = self.client.post(url)
         assert response.status_code == 302
         assert revision.runs.count() == before + 1
+
+    def test_it_checks_a_candidate_stack_without_changing_any_badge(self) -> None:
+        uses = self.approve(self.stage_run(notebook("import gallery_today\n"
+                                                    "print(gallery_today.ANSWER)"),
+                                           title="Uses today"))
+        plain = self.approve(self.stage_run(PASSING, title="Plain"))
+        badges = {e.pk: (e.last_run_id, e.verdict_since) for e in Example.objects.all()}
+        assert {e.last_run.state for e in Example.objects.all()} == {Run.State.PASSED}
+        report_path = Path(self.run_root) / f"report-{self.tag}.json"
+        out = io.StringIO()
+        call_command("verify_examples", "--kernel", "gallery-candidate", "--report",
+                     str(report_path), stdout=out)
+        report = json.loads(report_path.read_text())
+        assert (report["examples"], report["passing"]) == (2, 1)
+        assert [(e["slug"], e["today"], e["candidate"]) for e in report["regressions"]] == [
+            (uses.example.slug, "passed", "failed")]
+        assert report["regressions"][0]["where"].startswith(
+            "cell 1, ModuleNotFoundError: No module named 'gallery_today'")
+        assert "1 of 2 pass in kernel:gallery-candidate; 1 pass today and fail in it" \
+            in out.getvalue()
+        assert {e.pk: (e.last_run_id, e.verdict_since) for e in Example.objects.all()} == badges
+        self.client.force_login(self.reviewer)
+        page = self.client.get(reverse("admin:gallery_run_candidates") + "?batch="
+                               + report["batch"])
+        self.assertContains(page, "Pass today, fail in the candidate")
+        self.assertContains(page, "No module named")
+        call_command("verify_examples", "--python", str(self.kernel_env / "bin" / "python"),
+                     "--only", plain.example.slug, "--report", str(report_path),
+                     stdout=io.StringIO())
+        assert json.loads(report_path.read_text())["passing"] == 1
+        with pytest.raises(CommandError, match="No approved example is named nope"):
+            call_command("verify_examples", "--kernel", "x", "--only", "nope")
+
+
+@pytest.mark.django_db
+def test_it_lists_broken_examples_first_on_the_desk(client) -> None:  # type: ignore[no-untyped-def]
+    contributor, reviewer = make_user("carla"), make_user("rhea", reviewer=True)
+    for title, state in (("Zebra broken", Run.State.FAILED), ("Alpha fine", Run.State.PASSED),
+                         ("Beta broken", Run.State.FAILED)):
+        revision = stage(contributor, title=title, environment=None).revision
+        run = Run.objects.create(revision=revision, kind=Run.Kind.STAGING, state=state,
+                                 finished=timezone.now(), failed_cell=0, error_name="ValueError",
+                                 kernel="k")
+        Example.objects.filter(pk=revision.example_id).update(last_run=run,
+                                                               verdict_since=timezone.now())
+    client.force_login(reviewer)
+    page = client.get(reverse("admin:gallery_example_changelist")).content.decode()
+    broken = [page.index("Zebra broken"), page.index("Beta broken")]
+    assert max(broken) < page.index("Alpha fine")
+    assert "Broken since" in page and "cell 1, ValueError" in page
 
 
 @pytest.mark.django_db

@@ -49,6 +49,9 @@ from .review import (
     start_review,
 )
 from .runs import (
+    candidate_batches,
+    candidate_report,
+    check_candidate,
     executed_notebook,
     give_up_run,
     notebook_names,
@@ -82,6 +85,9 @@ from .users import (
 )
 
 __all__ = [
+    "candidate_batches",
+    "candidate_report",
+    "check_candidate",
     "executed_notebook",
     "give_up_run",
     "notebook_names",

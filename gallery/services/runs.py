@@ -22,7 +22,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .. import runs
-from ..errors import NotAllowed
+from ..errors import GalleryError, NotAllowed
 from ..models import Environment, Example, Job, Notification, Revision, Run
 from .notifications import notify
 from .queue import keeping_lease, queue_job
@@ -81,6 +81,13 @@ def do_run(job: Job) -> dict[str, Any]:
     runner account, no kernel) ends `not run` with the reason; the job is done either way."""
     run = Run.objects.select_related("revision__example__contributor",
                                      "revision__environment").get(job=job)
+    with keeping_lease(job, what="running an example"):
+        make_run(run)
+    return _report(run)
+
+
+def make_run(run: Run) -> Run:
+    """Run a Run's revision now, in this process, and record the result on it."""
     revision = run.revision
     Run.objects.filter(pk=run.pk).update(state=Run.State.RUNNING, started=timezone.now())
     try:
@@ -88,13 +95,12 @@ def do_run(job: Job) -> dict[str, Any]:
         kernel, env = _kernel(run)
     except runs.RunRefused as exc:
         _finish(run, state=Run.State.NOT_RUN, reason=str(exc))
-        return _report(run)
+        return run
     links = {d.name: d.target for d in revision.data_links.all() if d.is_path}
     wants_network = str(revision.metadata.get("resources", {}).get("network", "")).lower()
-    with keeping_lease(job, what="running an example"):
-        result = runs.run_example(
-            _folder(revision), notebook_names(revision), kernel=kernel, account=account,
-            config=runs.RunConfig.from_settings(), links=links, network=wants_network in TRUE)
+    result = runs.run_example(
+        _folder(revision), notebook_names(revision), kernel=kernel, account=account,
+        config=runs.RunConfig.from_settings(), links=links, network=wants_network in TRUE)
     _store_outputs(run, result.executed)
     failure = result.failure
     _finish(run, state=Run.State.PASSED if result.passed else Run.State.FAILED,
@@ -106,7 +112,7 @@ def do_run(job: Job) -> dict[str, Any]:
             failed_cell=failure.cell if failure else None,
             error_name=failure.error if failure else "",
             error_text=failure.text if failure else "")
-    return _report(run)
+    return run
 
 
 def _folder(revision: Revision) -> Path:
@@ -138,11 +144,11 @@ def _account(run: Run) -> tuple[runs.Account, str]:
 def _kernel(run: Run) -> tuple[runs.Kernel, Environment | None]:
     """The candidate stack for a candidate run; else the revision's built environment; else
     the kernel its example.toml names (python3 when it names none)."""
-    params = run.job.params if run.job else {}
-    if run.kind == Run.Kind.CANDIDATE:
-        if params.get("python"):
-            return runs.python_kernel(params["python"]), None
-        return runs.named_kernel(params.get("kernel") or DEFAULT_KERNEL), None
+    if run.kind == Run.Kind.CANDIDATE:  # "python:PATH" or "kernel:NAME"
+        how, _, what = run.candidate.partition(":")
+        if how == "python":
+            return runs.python_kernel(what), None
+        return runs.named_kernel(what or DEFAULT_KERNEL), None
     env = run.revision.environment
     if env is not None and env.state == Environment.State.READY and env.path \
             and os.path.isdir(env.path):
@@ -284,3 +290,66 @@ def give_up_run(job: Job, reason: str) -> None:
     its run says why instead of "running" for ever."""
     Run.objects.filter(job=job, state__in=[Run.State.QUEUED, Run.State.RUNNING]).update(
         state=Run.State.NOT_RUN, reason=reason, finished=timezone.now())
+
+
+# --- a candidate software stack ------------------------------------------------------------
+
+
+def check_candidate(*, kernel: str = "", python: str = "", only: list[str] | None = None,
+                    progress: Any = None) -> dict[str, Any]:
+    """Run every approved example's current revision (or those of `only`) against a
+    candidate stack (an installed kernel by name, or a Python by path), here and now, as the
+    runner account, without changing any badge; returns the report (`candidate_report`)."""
+    if bool(kernel) == bool(python):
+        raise GalleryError("Name a candidate kernel or a candidate Python, not both.")
+    candidate = f"python:{python}" if python else f"kernel:{kernel}"
+    examples = Example.objects.curated().select_related("current_revision").order_by("slug")
+    if only:
+        examples = examples.filter(slug__in=only)
+        missing = set(only) - set(examples.values_list("slug", flat=True))
+        if missing:
+            raise GalleryError(f"No approved example is named {', '.join(sorted(missing))}.")
+    batch = timezone.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    for example in examples:
+        run = Run.objects.create(revision=example.current_revision, kind=Run.Kind.CANDIDATE,
+                                 candidate=candidate, batch=batch)
+        make_run(run)
+        if progress is not None:
+            progress(example, run)
+    return candidate_report(batch)
+
+
+def candidate_report(batch: str) -> dict[str, Any]:
+    """What a candidate check found: each example's verdict today and in the candidate, and
+    first the examples that pass today and fail in the candidate, with their first error."""
+    found = Run.objects.filter(batch=batch, kind=Run.Kind.CANDIDATE).select_related(
+        "revision__example__last_run").order_by("revision__example__slug")
+    entries = []
+    for run in found:
+        example = run.revision.example
+        today = example.last_run
+        entries.append({
+            "slug": example.slug, "title": example.title, "revision": run.revision.number,
+            "today": today.state if today and today.revision_id == run.revision_id else "",
+            "candidate": run.state, "error": run.error_name,
+            "where": run.where_it_failed(run.revision.notebook_name)
+            if run.state != Run.State.PASSED else "",
+            "seconds": run.seconds})
+    first = found.first()
+    return {
+        "batch": batch, "candidate": first.candidate if first else "",
+        "started": first.queued.isoformat() if first else None, "examples": len(entries),
+        "regressions": [e for e in entries if e["today"] == Run.State.PASSED
+                        and e["candidate"] != Run.State.PASSED],
+        "passing": sum(e["candidate"] == Run.State.PASSED for e in entries),
+        "entries": entries,
+    }
+
+
+def candidate_batches(limit: int = 20) -> list[dict[str, Any]]:
+    """The latest candidate checks, newest first: batch, candidate, when, how many."""
+    rows = (Run.objects.filter(kind=Run.Kind.CANDIDATE).values("batch", "candidate")
+            .annotate(started=models.Min("queued"), n=models.Count("pk"),
+                      failed=models.Count("pk", filter=~models.Q(state=Run.State.PASSED)))
+            .order_by("-started")[:limit])
+    return list(rows)
