@@ -241,3 +241,18 @@ def test_it_spreads_scheduled_runs_over_the_interval(
                                                  queued=timezone.now() - timedelta(days=20))
     assert services.schedule_verifications() == 1
     assert services.schedule_verifications() == 0  # on its way already
+
+
+@pytest.mark.django_db
+def test_it_counts_runs_and_unverified_examples_in_the_metrics(client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.GALLERY_METRICS_TOKEN = "t" * 32
+    contributor = make_user("carla")
+    revision = stage(contributor, environment=None).revision
+    Example.objects.filter(pk=revision.example_id).update(state=Example.State.APPROVED,
+                                                          current_revision=revision)
+    Run.objects.create(revision=revision, kind=Run.Kind.SCHEDULED, state=Run.State.FAILED,
+                       seconds=3.5, finished=timezone.now())
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer " + "t" * 32).content.decode()
+    assert 'gallery_runs{kind="scheduled",state="failed"} 1.0' in text
+    assert 'gallery_run_duration_seconds_bucket{kind="scheduled",le="5.0"} 1.0' in text
+    assert "gallery_examples_unverified 1.0" in text
