@@ -85,6 +85,26 @@ def kernel_environment(folder: Path, python: str = "/usr/bin/python3") -> Path:
     return folder
 
 
+def install_kernels(root: Path, env: Path) -> str:
+    """Kernelspecs under `root/jupyter` (a JUPYTER_PATH): `gallery-test`, the kit's kernel
+    with a module of its own on its path (`gallery_today`), and `gallery-candidate`, the same
+    without it (a candidate stack that lost a package)."""
+    import json
+
+    today = root / "today-site"
+    today.mkdir(exist_ok=True, mode=0o755)
+    (today / "gallery_today.py").write_text("ANSWER = 42\n")
+    (today / "gallery_today.py").chmod(0o644)
+    spec = {"argv": [str(env / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
+                     "{connection_file}"], "display_name": "Test kernel", "language": "python"}
+    for name, extra in (("gallery-test", {"env": {"PYTHONPATH": str(today)}}),
+                        ("gallery-candidate", {})):
+        folder = root / "jupyter" / "kernels" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "kernel.json").write_text(json.dumps({**spec, **extra}))
+    return str(root / "jupyter")
+
+
 def notebook(*cells: str, outputs: dict[int, str] | None = None) -> bytes:
     """A notebook of code cells; `outputs` gives saved stdout text of some cells."""
     nb = nbformat.v4.new_notebook()

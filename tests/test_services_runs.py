@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
@@ -21,7 +22,8 @@ from gallery.models import Environment, Example, Job, Notification, Revision, Ru
 from gallery.services.runs import next_slot
 
 from .base import GalleryTestCase, make_user, stage
-from .runkit import notebook
+from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
+from .runkit import install_kernels, notebook
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs switch to real run_accounts: root")
 PASSING = notebook("import os\nprint('hello from', os.getuid())", outputs={0: "hello\n"})
@@ -35,23 +37,7 @@ class RunJobTests(GalleryTestCase):
         settings.GALLERY_RUN_DIR = run_root / f"scratch-{tmp_path.name}"
         settings.GALLERY_RUNNER_USER = run_accounts["runner"].name
         settings.GALLERY_RUN_CELL_TIMEOUT = 20
-        kernels = run_root / "jupyter" / "kernels" / "gallery-test"
-        kernels.mkdir(parents=True, exist_ok=True)
-        (kernels / "kernel.json").write_text(json.dumps({
-            "argv": [str(kernel_env / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
-                     "{connection_file}"], "display_name": "Test kernel", "language": "python"}))
-        # A candidate stack: the same Python without the module today's kernel has.
-        today = run_root / "today-site"
-        today.mkdir(exist_ok=True, mode=0o755)
-        (today / "gallery_today.py").write_text("ANSWER = 42\n")
-        (today / "gallery_today.py").chmod(0o644)
-        spec = json.loads((kernels / "kernel.json").read_text())
-        (kernels / "kernel.json").write_text(json.dumps({**spec,
-                                                         "env": {"PYTHONPATH": str(today)}}))
-        candidate = run_root / "jupyter" / "kernels" / "gallery-candidate"
-        candidate.mkdir(parents=True, exist_ok=True)
-        (candidate / "kernel.json").write_text(json.dumps({**spec, "display_name": "Next"}))
-        monkeypatch.setenv("JUPYTER_PATH", str(run_root / "jupyter"))
+        monkeypatch.setenv("JUPYTER_PATH", install_kernels(run_root, kernel_env))
         self.kernel_env, self.run_accounts, self.run_root = kernel_env, run_accounts, run_root
         self.tag = tmp_path.name
 
@@ -256,3 +242,45 @@ def test_it_counts_runs_and_unverified_examples_in_the_metrics(client, settings)
     assert 'gallery_runs{kind="scheduled",state="failed"} 1.0' in text
     assert 'gallery_run_duration_seconds_bucket{kind="scheduled",le="5.0"} 1.0' in text
     assert "gallery_examples_unverified 1.0" in text
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_it_runs_on_a_worker_of_the_runs_queue_and_outlives_a_fork_bomb(
+        settings, tmp_path, run_root, kernel_env, run_accounts) -> None:  # type: ignore[no-untyped-def]
+    settings.GALLERY_RUN_DIR = run_root / f"scratch-{tmp_path.name}"
+    redis.Redis.from_url(BROKER_URL).delete(*QUEUES.values())
+    env = worker_env(settings, GALLERY_RUNNER_USER=run_accounts["runner"].name,
+                     GALLERY_RUN_DIR=str(settings.GALLERY_RUN_DIR), GALLERY_RUN_CELL_TIMEOUT="5",
+                     GALLERY_RUN_MAX_PROCESSES="48",
+                     JUPYTER_PATH=install_kernels(run_root, kernel_env))
+    others = [q for kind, q in QUEUES.items() if kind != "runs"]
+    workers = [start_worker(env, tmp_path / "worker.log", queues=others, hostname="rest@%h"),
+               start_worker(env, tmp_path / "runs.log", queues=[QUEUES["runs"]],
+                            hostname="runs@%h", concurrency=1)]
+    try:
+        owner = make_user(run_accounts["contributor"].name)
+        staged = {}
+        for title, nb in (("Bomb", notebook("import os\nwhile True:\n    os.fork()")),
+                          ("Fine", PASSING)):
+            staged[title] = services.stage_submission(
+                contributor=owner,
+                staged=services.StagedFiles(notebook_name="hello.ipynb", notebook=nb),
+                meta=services.ExampleMeta(title=title, summary="Runs.", licence="CC-BY-4.0",
+                                          kernel="gallery-test")).revision_id
+
+        def finished() -> list[Run] | None:
+            found = list(Run.objects.filter(revision__in=staged.values()).select_related(
+                "revision__example", "job"))
+            return found if len(found) == 2 and all(r.finished_state for r in found) else None
+
+        done = wait_for(finished, timeout=180, what="both runs")
+        by_title = {r.revision.example.title: r for r in done}
+        assert by_title["Bomb"].state == Run.State.FAILED and by_title["Bomb"].reason
+        assert by_title["Fine"].state == Run.State.PASSED, by_title["Fine"].reason
+        assert by_title["Fine"].account == run_accounts["contributor"].name
+        assert all(r.job.worker.startswith("runs@") for r in done)
+        assert workers[1].process.poll() is None  # the runs worker still serves
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -174,8 +174,8 @@ def _report(run: Run) -> dict[str, Any]:
 def _record_verdict(run: Run) -> None:
     """The run becomes its example's badge when it ran the example's current content; a
     change from passing to failing (or back) is told to the contributor and reviewers."""
-    example = Example.objects.select_for_update().select_related("last_run").get(
-        pk=run.revision.example_id)
+    # Locked alone: PostgreSQL locks no row on the nullable side of a join (last_run).
+    example = Example.objects.select_for_update().get(pk=run.revision.example_id)
     current = example.current_revision_id or example.revisions.order_by("-number").values_list(
         "pk", flat=True).first()
     if run.revision_id != current:
