@@ -599,6 +599,9 @@ class Run(models.Model):
     error_text = models.TextField(blank=True)
     reason = models.TextField(blank=True)  # one line for people
     differences = models.JSONField(default=list)  # [{"notebook", "cell"}]: outputs changed
+    # A main notebook saved without outputs is previewed with this run's: the sha256 of its
+    # executed copy (the key of that preview), set when the run passed.
+    outputs_sha256 = models.CharField(max_length=64, blank=True)
 
     objects = RunQuerySet.as_manager()
 

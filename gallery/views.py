@@ -128,6 +128,9 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "history": item.history.select_related("actor")[:50],
         "sees_reviews": item.revisable_by(request.user),
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
+        # A notebook saved without outputs is previewed with those of its verified run.
+        "outputs_run": (verified := services.verified_preview(revision)),
+        "outputs_preview_url": preview_url(verified.outputs_sha256) if verified else "",
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,

@@ -110,6 +110,21 @@ class RunJobTests(GalleryTestCase):
         self.assertContains(self.client.get(reverse("index") + "?verified=1"), example.title)
         assert services.verified_notebook(revision)[0] == run
 
+    def test_it_previews_a_notebook_saved_without_outputs_with_those_of_its_run(self) -> None:
+        revision = self.approve(self.stage_run(notebook("print(6 * 7)"), title="Bare"))
+        run = revision.runs.get(kind=Run.Kind.SCHEDULED)
+        assert run.state == Run.State.PASSED and run.outputs_sha256
+        assert services.verified_preview(revision) == run
+        html = Path(services.preview_path(run.outputs_sha256)).read_text()
+        assert "42" in html
+        self.client.force_login(self.user)
+        page = self.client.get(reverse("example", args=[revision.example.slug]))
+        self.assertContains(page, "The notebook was saved without outputs: shown here with "
+                                  "the outputs of its verified run")
+        self.assertContains(page, f"{run.outputs_sha256}.html")
+        with_outputs = self.approve(self.stage_run(PASSING, title="Saved with outputs"))
+        assert with_outputs.runs.get(kind=Run.Kind.SCHEDULED).outputs_sha256 == ""
+
     def test_it_tells_contributor_and_reviewers_when_an_example_breaks(self) -> None:
         data = self.run_root / f"data-{self.tag}"
         data.mkdir(mode=0o755)

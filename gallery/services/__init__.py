@@ -60,6 +60,7 @@ from .runs import (
     rerun,
     schedule_verifications,
     verified_notebook,
+    verified_preview,
 )
 from .staging import (
     STAGING_GRACE,
@@ -96,6 +97,7 @@ __all__ = [
     "rerun",
     "schedule_verifications",
     "verified_notebook",
+    "verified_preview",
     "Conflict",
     "ExampleMeta",
     "GAVE_UP",

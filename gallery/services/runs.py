@@ -6,6 +6,7 @@ contributor and the reviewers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from .. import runs
 from ..errors import GalleryError, NotAllowed
-from ..models import Environment, Example, Job, Notification, Revision, Run
+from ..models import Environment, Example, Job, Notification, Preview, Revision, Run
 from .notifications import notify
 from .queue import keeping_lease, queue_job
 
@@ -102,6 +103,8 @@ def make_run(run: Run) -> Run:
         _folder(revision), notebook_names(revision), kernel=kernel, account=account,
         config=runs.RunConfig.from_settings(), links=links, network=wants_network in TRUE)
     _store_outputs(run, result.executed)
+    if result.passed and run.kind != Run.Kind.CANDIDATE:
+        _preview_outputs(run, result.executed.get(revision.notebook_name))
     failure = result.failure
     _finish(run, state=Run.State.PASSED if result.passed else Run.State.FAILED,
             reason=result.reason + (f" ({note})" if note else ""), account=result.account,
@@ -230,6 +233,39 @@ def _store_outputs(run: Run, executed: dict[str, bytes]) -> None:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+
+
+def _preview_outputs(run: Run, executed: bytes | None) -> None:
+    """A main notebook saved without outputs is previewed with the outputs of its passing run
+    (the page labels it): render the executed copy as a preview of its own."""
+    import nbformat
+
+    saved = _folder(run.revision) / run.revision.notebook_name
+    try:
+        nb = nbformat.reads(saved.read_text("utf-8"), as_version=4)
+    except (OSError, ValueError):
+        return
+    if executed is None or any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        return
+    sha = hashlib.sha256(executed).hexdigest()
+    run.outputs_sha256 = sha
+    Run.objects.filter(pk=run.pk).update(outputs_sha256=sha)
+    preview, _ = Preview.objects.get_or_create(sha256=sha)
+    if preview.state != Preview.State.READY and not Job.objects.filter(
+            kind=Job.Kind.PREVIEW, params__sha256=sha,
+            state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
+        queue_job(Job.Kind.PREVIEW, revision=run.revision, params={"sha256": sha, "run": run.pk})
+
+
+def verified_preview(revision: Revision) -> Run | None:
+    """The passing run whose outputs preview a notebook saved without them, when its preview
+    is ready."""
+    run = revision.runs.filter(state=Run.State.PASSED).exclude(outputs_sha256="").order_by(
+        "-finished").first()
+    if run is None or not Preview.objects.filter(sha256=run.outputs_sha256,
+                                                 state=Preview.State.READY).exists():
+        return None
+    return run
 
 
 def executed_notebook(run: Run, name: str) -> bytes | None:
