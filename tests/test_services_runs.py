@@ -108,6 +108,8 @@ class RunJobTests(GalleryTestCase):
                                        "eeeeeeeeeeee (Python 3.11)")
         self.client.force_login(self.user)
         self.assertContains(self.client.get(reverse("index") + "?verified=1"), example.title)
+        detail = self.client.get(f"/api/v1/examples/{example.slug}").json()
+        assert (detail["run_state"], detail["run"]) == ("passed", example.run_badge())
         assert services.verified_notebook(revision)[0] == run
 
     def test_it_previews_a_notebook_saved_without_outputs_with_those_of_its_run(self) -> None:
