@@ -37,6 +37,9 @@ class RunJobTests(GalleryTestCase):
         settings.GALLERY_RUN_DIR = run_root / f"scratch-{tmp_path.name}"
         settings.GALLERY_RUNNER_USER = run_accounts["runner"].name
         settings.GALLERY_RUN_CELL_TIMEOUT = 20
+        # Approved examples run after approval; a run at staging only where a test says so.
+        settings.GALLERY_RUN_AT_STAGING = False
+        self.settings_ = settings
         monkeypatch.setenv("JUPYTER_PATH", install_kernels(run_root, kernel_env))
         self.kernel_env, self.run_accounts, self.run_root = kernel_env, run_accounts, run_root
         self.tag = tmp_path.name
@@ -64,6 +67,7 @@ class RunJobTests(GalleryTestCase):
         return Run.objects.get(pk=run.pk)
 
     def test_it_runs_a_submission_as_its_contributor_and_shows_it_with_the_checks(self) -> None:
+        self.settings_.GALLERY_RUN_AT_STAGING = True
         revision = self.stage_run(PASSING)
         run = Run.objects.get(revision=revision)
         assert (run.state, run.kind, run.account) == (
@@ -138,7 +142,11 @@ class RunJobTests(GalleryTestCase):
         assert revision.runs.get(kind=Run.Kind.SCHEDULED).state == Run.State.PASSED
         assert not Notification.objects.filter(kind=Notification.Kind.RUN).exists()
         (data / "numbers.txt").unlink()  # the data moved away: the example breaks
-        run = self.run_again(revision, Run.Kind.SCHEDULED)
+        # A week and a half later (past any slot of the interval), the schedule runs it again.
+        Run.objects.filter(revision=revision).update(queued=timezone.now() - timedelta(days=11))
+        with self.captureOnCommitCallbacks(execute=True):
+            assert services.schedule_verifications() == 1
+        run = revision.runs.order_by("-queued").first()
         assert (run.state, run.error_name) == (Run.State.FAILED, "FileNotFoundError")
         told = Notification.objects.filter(kind=Notification.Kind.RUN)
         assert {n.user_id for n in told} == {self.owner.pk, self.reviewer.pk}
