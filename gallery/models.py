@@ -145,7 +145,9 @@ class ExampleQuerySet(models.QuerySet["Example"]):
 
     def verified(self) -> ExampleQuerySet:
         """Examples whose last run of their current content passed."""
-        return self.filter(last_run__state=Run.State.PASSED)
+        return self.filter(models.Q(last_run__revision=models.F("current_revision"))
+                           | models.Q(current_revision__isnull=True),
+                           last_run__state=Run.State.PASSED)
 
     def broken(self) -> ExampleQuerySet:
         return self.filter(last_run__state=Run.State.FAILED)
@@ -241,6 +243,8 @@ class Example(models.Model):
         run = self.last_run
         if run is None or self.verdict_since is None:
             return ""
+        if self.current_revision_id and run.revision_id != self.current_revision_id:
+            return ""  # a newer version is published and has not run yet
         if run.state == Run.State.PASSED:
             return f"Verified {run.finished:%Y-%m-%d} in {run.kernel}"
         if run.state == Run.State.FAILED:

@@ -332,11 +332,6 @@ def kill_marked(token: str) -> int:
     return killed
 
 
-def marked_processes(token: str) -> list[int]:
-    mark = f"GALLERY_RUN={token}".encode()
-    return [pid for pid in _pids() if mark in _environ(pid)]
-
-
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
