@@ -203,7 +203,8 @@ def _probe(account: Account | None) -> tuple[bool, str]:
     switch = ({"user": account.uid, "group": account.gid, "extra_groups": []}
               if account and account.uid != os.geteuid() else {})
     try:
-        done = subprocess.run([bwrap, *_BASE, "--tmpfs", "/tmp", "true"], capture_output=True,
+        done = subprocess.run([bwrap, *_BASE, "--size", "1048576", "--tmpfs", "/tmp", "true"],
+                              capture_output=True,
                               timeout=30, **switch)  # type: ignore[call-overload]
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bwrap cannot be started: {exc}"
