@@ -344,6 +344,7 @@ class ExampleAdmin(DeskAdmin):
 class RunAdmin(DeskAdmin):
     """Every run, and the reports of candidate software stacks (`verify_examples`)."""
 
+    change_list_template = "admin/gallery/run/change_list.html"
     list_display = ["id", "revision", "kind", "state", "account", "kernel", "sandboxed",
                     "seconds", "finished"]
     list_filter = ["kind", "state", "sandboxed"]

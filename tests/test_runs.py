@@ -168,6 +168,20 @@ def test_it_gives_no_network(tmp_path, kernel_env, run_accounts, config, listene
 
 
 @NEEDS_SANDBOX
+def test_it_gives_the_network_only_to_an_example_that_needs_it_where_allowed(
+        tmp_path, kernel_env, run_accounts, config, listener) -> None:  # type: ignore[no-untyped-def]
+    port, got = listener
+    cell = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).close()"
+    assert not run(tmp_path, kernel_env, run_accounts["runner"], config, cell,
+                   network=True).passed  # declared, but the centre does not allow it
+    (tmp_path / "allowed").mkdir()
+    result = run(tmp_path / "allowed", kernel_env, run_accounts["runner"],
+                 replace(config, network=True), cell, network=True)
+    assert result.passed, result.reason
+    assert len(got) == 1
+
+
+@NEEDS_SANDBOX
 def test_it_lets_nothing_outside_scratch_change(tmp_path, kernel_env, run_accounts, config) -> None:
     target = Path("/var/tmp") / f"gallery-run-escape-{TAG}"
     result = run(tmp_path, kernel_env, run_accounts["runner"], config,

@@ -200,6 +200,8 @@ class RunJobTests(GalleryTestCase):
             in out.getvalue()
         assert {e.pk: (e.last_run_id, e.verdict_since) for e in Example.objects.all()} == badges
         self.client.force_login(self.reviewer)
+        self.assertContains(self.client.get(reverse("admin:gallery_run_changelist")),
+                            reverse("admin:gallery_run_candidates"))
         page = self.client.get(reverse("admin:gallery_run_candidates") + "?batch="
                                + report["batch"])
         self.assertContains(page, "Pass today, fail in the candidate")
