@@ -379,6 +379,7 @@ def _scratch(folder: Path, token: str, account: Account, config: RunConfig,
     connection file and sockets). Removed afterwards, whatever the run left in it."""
     config.root.mkdir(parents=True, exist_ok=True)
     os.chmod(config.root, 0o711)  # others may pass through to their own run, not list them
+    clear_stale(config)
     base = config.root / token
     base.mkdir(mode=0o700)
     try:
@@ -397,6 +398,23 @@ def _scratch(folder: Path, token: str, account: Account, config: RunConfig,
         yield base, work
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def clear_stale(config: RunConfig) -> int:
+    """Remove what runs of a killed worker left: folders older than any run can last."""
+    cutoff = time.time() - config.run_timeout - 3600
+    removed = 0
+    with os.scandir(config.root) as entries:
+        for entry in entries:
+            try:
+                stale = entry.is_dir(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < cutoff
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _run_notebook(name: str, work: Path, base: Path, token: str, kernel: Kernel,

@@ -5,6 +5,7 @@ plain reason, leave nothing behind, and the next run still works."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -268,3 +269,14 @@ def test_it_stops_a_notebook_that_fills_its_folder(tmp_path, kernel_env, run_acc
                  "    open(f'big{i}', 'wb').write(os.urandom(1024 * 1024))")
     assert not result.passed
     assert "more than 64 MB" in result.reason
+
+
+def test_it_clears_the_folders_a_killed_worker_left(config) -> None:  # type: ignore[no-untyped-def]
+    config.root.mkdir(parents=True, exist_ok=True)
+    old, fresh = config.root / "0ld", config.root / "fresh"
+    for folder in (old, fresh):
+        (folder / "work").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    assert runs.clear_stale(config) == 1
+    assert sorted(p.name for p in config.root.iterdir()) == ["fresh"]
+    shutil.rmtree(fresh)

@@ -152,7 +152,11 @@ class RunJobTests(GalleryTestCase):
         assert {n.user_id for n in told} == {self.owner.pk, self.reviewer.pk}
         assert "is broken: cell 1, FileNotFoundError" in told.first().message
         (data / "numbers.txt").write_text("back\n")
-        assert self.run_again(revision, Run.Kind.SCHEDULED).state == Run.State.PASSED
+        again = self.run_again(revision, Run.Kind.SCHEDULED)
+        assert again.state == Run.State.PASSED
+        # The executed notebooks of older runs are forgotten, but those of the last pass.
+        assert services.verified_notebook(revision)[0] == again
+        assert services.executed_notebook(run, "hello.ipynb") is None
         told = Notification.objects.filter(kind=Notification.Kind.RUN)
         assert told.count() == 4
         assert "runs again" in told.first().message

@@ -13,6 +13,7 @@ import os
 import pwd
 import random
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,8 @@ def _outputs_folder(run: Run | int) -> Path:
 
 
 def _store_outputs(run: Run, executed: dict[str, bytes]) -> None:
-    """Keep the executed notebooks of a run (written whole, then renamed into place)."""
+    """Keep the executed notebooks of a run (written whole, then renamed into place), and
+    forget those of the revision's older runs but its last passing one."""
     folder = _outputs_folder(run)
     for name, data in executed.items():
         target = folder / name
@@ -233,6 +235,11 @@ def _store_outputs(run: Run, executed: dict[str, bytes]) -> None:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+    older = Run.objects.filter(revision=run.revision_id, pk__lt=run.pk).exclude(
+        kind=Run.Kind.CANDIDATE)
+    keep = older.filter(state=Run.State.PASSED).order_by("-pk").values_list("pk", flat=True)[:1]
+    for pk in older.exclude(pk__in=list(keep)).values_list("pk", flat=True):
+        shutil.rmtree(_outputs_folder(pk), ignore_errors=True)
 
 
 def _preview_outputs(run: Run, executed: bytes | None) -> None:
