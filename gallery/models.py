@@ -630,7 +630,10 @@ class Run(models.Model):
         if self.failed_notebook and self.failed_notebook != main:
             head += f" of {self.failed_notebook}"
         _, found, first = self.reason.partition(f": {self.error_name}: ")
-        return f"{head}, {self.error_name}" + (f": {first[:120]}" if found else "")
+        first = first.split(" — ", 1)[0]  # without the hint the run's page gives
+        if len(first) > 100:
+            first = first[:99] + "…"
+        return f"{head}, {self.error_name}" + (f": {first}" if found else "")
 
 
 class Preview(models.Model):

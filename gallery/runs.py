@@ -458,7 +458,7 @@ def _run_notebook(name: str, work: Path, base: Path, token: str, kernel: Kernel,
                 text = _plain(exc.traceback or str(exc))
                 hint = HINTS.get(exc.ename, "").format(**vars(config))
                 reason = (f"Cell {_n(cell_index)} of {name}: {exc.ename}: "
-                          f"{_plain(exc.evalue)[:300]}" + (f" ({hint})" if hint else ""))
+                          f"{_plain(exc.evalue)[:300]}" + (f" — {hint}" if hint else ""))
                 if watchdog.reason:
                     reason = watchdog.reason
                 return _failed(result, name, cell_index, exc.ename, text, reason)
