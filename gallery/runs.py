@@ -221,7 +221,10 @@ def sandbox_command(argv: tuple[str, ...], *, folder: Path, work: Path, config: 
     unless allowed, its own process namespace that dies with the run."""
     bwrap = bwrap_path()
     assert bwrap is not None
-    cmd = [bwrap, *_BASE, "--size", str(config.max_disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    size = str(config.max_disk_mb * 1024 * 1024)
+    # /tmp and /dev/shm are memory: bounded like the run's folder.
+    cmd = [bwrap, *_BASE, "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs",
+           "/dev/shm"]
     for hidden in config.hidden:
         if os.path.isdir(hidden) and not _under(hidden, "/tmp"):
             cmd += ["--tmpfs", hidden]

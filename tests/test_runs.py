@@ -262,6 +262,16 @@ def test_it_stops_a_notebook_that_prints_gigabytes(tmp_path, kernel_env, run_acc
 
 
 @NEEDS_SANDBOX
+def test_it_bounds_the_memory_folders_of_the_sandbox(tmp_path, kernel_env, run_accounts,
+                                                     config) -> None:  # type: ignore[no-untyped-def]
+    result = run(tmp_path, kernel_env, run_accounts["runner"], config,
+                 "for i in range(5):\n"
+                 "    open(f'/dev/shm/big{i}', 'wb').write(b'0' * (30 * 1024 * 1024))")
+    assert (result.passed, result.failure.error) == (False, "OSError")
+    assert "No space left on device" in result.reason
+
+
+@NEEDS_SANDBOX
 def test_it_stops_a_notebook_that_fills_its_folder(tmp_path, kernel_env, run_accounts,
                                                    config) -> None:
     result = run(tmp_path, kernel_env, run_accounts["runner"], config,
