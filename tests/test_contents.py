@@ -546,3 +546,29 @@ def test_it_finishes_an_interrupted_update_when_retried(jupyter_server, tmp_path
             break
         steps += 1
     assert steps == 12, steps  # every step was cut short once
+
+
+class _RefusingPlacement(Contents):
+    """A server that fails to move a new file into place (a network error, say)."""
+
+    def rename(self, old: str, new: str) -> bool:
+        if old.endswith("/hello.ipynb.gallery-tmp-jobunplaced1"):
+            raise ContentsError("Your Jupyter server could not be reached (ConnectionError).")
+        return super().rename(old, new)
+
+
+def test_it_puts_the_old_file_back_when_the_new_one_cannot_be_placed(jupyter_server,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
+    from gallery.homes.contents_inplace import update_copy_folder
+
+    base, token, root = jupyter_server
+    copy_dir = _plant_copy(root, "unplaced")
+    manifest, bundle = _bundle(tmp_path, CHANGES)
+    with pytest.raises(ContentsError, match="could not be reached"):
+        update_copy_folder(_RefusingPlacement(base=base, token=token), parent="upd",
+                           folder="unplaced", manifest=manifest, bundle=bundle,
+                           job_id="job-unplaced-1")
+    assert (copy_dir / "added.txt").read_bytes() == b"added in v2"  # before it, in order
+    assert (copy_dir / "hello.ipynb").read_bytes() == b"old notebook"
+    assert not (copy_dir / "gallery-backup" / "v1-20260101-000000" / "hello.ipynb").exists()
+    assert json.loads((copy_dir / "gallery-provenance.json").read_text())["version"] == 1

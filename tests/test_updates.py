@@ -299,9 +299,11 @@ class UpdateApiTests(GalleryTestCase):
         self.assertEqual(r.status_code, 400, r.content)
         with self.settings(GALLERY_USE_BACKEND="contents"):
             r = self.client.get(f"{url}/update-plan", {"folder": "demo"})
+            page = self.client.get(f"/examples/{self.example.slug}/")
         self.assertEqual(r.status_code, 202, r.content)
         job = Job.objects.get(pk=self.json(r)["id"])
         self.assertEqual(job.params["backend"], "contents")
+        self.assertContains(page, 'id="h-update"')
 
     def test_it_describes_the_update_endpoints_in_the_schema(self) -> None:
         schema = self.json(self.client.get("/api/v1/schema"))

@@ -217,9 +217,12 @@ def _replace(contents: Contents, target: str, tmp: str, backup: str, path: str,
         error = exc
     if present:
         try:
-            contents.rename(saved, target)
+            back = contents.rename(saved, target)
         except ContentsError:
-            pass  # the backup keeps it; a retry of the job finishes the update
+            back = False
+        if not back:  # a retry of this job finishes it; a person should know where it is
+            raise ContentsError(f"{error} The update stopped halfway: your {path} is in the "
+                                "backup folder until it is finished.") from None
     raise error
 
 
