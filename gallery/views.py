@@ -135,8 +135,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
         "update_copies": [c for c in services.find_copies(example=item, user=request.user)
-                          if c["outdated"]] if usable
-        and settings.GALLERY_USE_BACKEND == "filesystem" else [],
+                          if c["outdated"]] if usable else [],
         "use_form": forms.UseForm(initial={"folder": item.slug}),
         "use_dir": f"~/{settings.GALLERY_USE_DIR}",
     })

@@ -303,3 +303,272 @@ def test_it_says_why_a_server_hiding_dot_folders_gets_no_kernel(jupyter_server) 
     assert "The kernel could not be installed in ~/.local/share/jupyter/kernels" in note
     assert "allow_hidden = True" in note
     assert not (root / ".local" / "share" / "jupyter" / "kernels" / KERNEL["name"]).exists()
+
+
+# --- Update my copy through the contents API ---------------------------------------------------
+
+
+def _cells(data: bytes) -> list[str]:
+    import nbformat
+
+    return [c.source for c in nbformat.reads(data.decode(), as_version=4).cells]
+
+
+def _notebook(*sources: str) -> bytes:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(s, id=f"cell-{i}") for i, s in enumerate(sources)])
+    return nbformat.writes(nb).encode()
+
+
+def _edit_cell(path: Path, index: int, source: str) -> None:
+    nb = json.loads(path.read_text())
+    nb["cells"][index]["source"] = source
+    path.write_text(json.dumps(nb))
+
+
+def _tree(root: Path, *, skip: Path) -> dict[str, bytes]:
+    """Every file under `root` but those in `skip`, with its bytes."""
+    return {str(p): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and skip not in p.parents}
+
+
+@pytest.fixture
+def contents_versions(hub_api, jupyter_server, settings, django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+                      request):
+    """Version 1 of an example used by "owner" through the contents API into
+    ~/<test's folder>/demo; yields (copy folder, publish(notebook, helper), update(apply))."""
+    from gallery.models import Example, Job
+
+    from .base import stage
+
+    _, _, root = jupyter_server
+    capture = django_capture_on_commit_callbacks
+    settings.GALLERY_USE_BACKEND = "contents"
+    settings.GALLERY_USE_DIR = f"updates/{request.node.name[:40]}"
+    contributor, reviewer = make_user("ada"), make_user("rev", reviewer=True)
+    owner = make_user("owner")
+
+    def publish(notebook: bytes, helper: bytes, slug: str = "") -> Example:
+        with capture(execute=True):
+            submission = stage(contributor, notebook=notebook, example_slug=slug,
+                               files={"helper.py": helper}, environment=None, data_links=[])
+        with capture(execute=True):
+            services.approve_submission(submission=submission, reviewer=reviewer)
+        return Example.objects.get(pk=submission.example_id)
+
+    example = publish(_notebook("a = 1", "b = 2", "print(a + b)"), b"X = 1\n")
+    with capture(execute=True):
+        use = services.queue_use(example=example, user=owner, folder_name="demo")
+    use.refresh_from_db()
+    assert use.state == Job.State.DONE, use.message
+
+    def update(apply: bool = True) -> Job:
+        with capture(execute=True):
+            job = services.queue_update(example=Example.objects.get(pk=example.pk), user=owner,
+                                        folder="demo", apply=apply)
+        job.refresh_from_db()
+        return job
+
+    yield (root / settings.GALLERY_USE_DIR / "demo",
+           lambda nb, helper: publish(nb, helper, example.slug), update)
+
+
+@pytest.mark.django_db
+def test_it_updates_a_copy_through_the_contents_api_keeping_the_edits(  # type: ignore[no-untyped-def]
+        contents_versions, jupyter_server) -> None:
+    from gallery.homes.shared import PROVENANCE_VISIBLE
+
+    copy_dir, publish, update = contents_versions
+    _, _, root = jupyter_server
+    _edit_cell(copy_dir / "hello.ipynb", 0, "a = 10  # mine")
+    (copy_dir / "helper.py").write_bytes(b"X = 100  # mine\n")
+    (copy_dir / "notes.txt").write_text("my own file")
+    publish(_notebook("a = 1", "b = 2", "print(a + b)", "print(a * b)"), b"X = 2\n")
+
+    before = _tree(root, skip=copy_dir)
+    plan = update(apply=False)
+    assert plan.state == "done", plan.message
+    statuses = {f["path"]: f["status"] for f in plan.result["files"]}
+    assert (statuses["hello.ipynb"], statuses["helper.py"]) == ("merged", "kept")
+    assert plan.result["backup"].startswith(f"{plan.result['path']}/gallery-backup/v1-")
+    assert _cells((copy_dir / "hello.ipynb").read_bytes())[0] == "a = 10  # mine"
+
+    job = update()
+    assert job.state == "done", job.message
+    assert _cells((copy_dir / "hello.ipynb").read_bytes()) == [
+        "a = 10  # mine", "b = 2", "print(a + b)", "print(a * b)"]
+    assert (copy_dir / "helper.py").read_bytes() == b"X = 100  # mine\n"
+    assert (copy_dir / "helper.v2.py").read_bytes() == b"X = 2\n"
+    assert (copy_dir / "notes.txt").read_text() == "my own file"
+    # This server hides dot files: the record and the backup have visible names.
+    backup = copy_dir / "gallery-backup" / job.result["backup"].rsplit("/", 1)[1]
+    assert _cells((backup / "hello.ipynb").read_bytes())[0] == "a = 10  # mine"
+    assert (backup / "helper.py").read_bytes() == b"X = 100  # mine\n"
+    assert json.loads((backup / PROVENANCE_VISIBLE).read_text())["version"] == 1
+    provenance = json.loads((copy_dir / PROVENANCE_VISIBLE).read_text())
+    assert (provenance["version"], provenance["updated_from"], provenance["job"]) == (
+        2, 1, str(job.pk))
+    assert not list(copy_dir.rglob("*.gallery-tmp-*"))
+    assert _tree(root, skip=copy_dir) == before  # nothing outside the copy
+    # Done once: the same job run again changes nothing.
+    services.perform_job(str(job.pk))
+    assert json.loads((copy_dir / PROVENANCE_VISIBLE).read_text())["job"] == str(job.pk)
+    assert [p.name for p in (copy_dir / "gallery-backup").iterdir()] == [backup.name]
+
+
+@pytest.mark.django_db
+def test_it_marks_a_conflict_through_the_contents_api(contents_versions) -> None:  # type: ignore[no-untyped-def]
+    copy_dir, publish, update = contents_versions
+    _edit_cell(copy_dir / "hello.ipynb", 1, "b = 20")
+    publish(_notebook("a = 1", "b = 3", "print(a + b)"), b"X = 1\n")
+    job = update()
+    assert job.state == "done", job.message
+    [result] = [f for f in job.result["files"] if f["path"] == "hello.ipynb"]
+    assert result["status"] == "conflict" and job.result["conflicts"] >= 1
+    assert _cells((copy_dir / "hello.ipynb").read_bytes())[1] == (
+        "<<<<<<< local\nb = 20\n=======\nb = 3\n>>>>>>> remote")
+    [backup] = (copy_dir / "gallery-backup").iterdir()
+    assert _cells((backup / "hello.ipynb").read_bytes())[1] == "b = 20"
+
+
+def _bundle(tmp_path: Path, changes: dict[str, tuple[bytes | None, bytes | None]]) -> tuple[
+        dict[str, object], Path]:
+    """An update bundle as services/updates.py writes it: path -> (bytes before, after)."""
+    from gallery.merge import sha256
+
+    bundle = tmp_path / "bundle"
+    (bundle / "files").mkdir(parents=True)
+    out = []
+    for n, (path, (old, new)) in enumerate(sorted(changes.items())):
+        if new is not None:
+            (bundle / "files" / str(n)).write_bytes(new)
+        out.append({"path": path, "expect": sha256(old), "new": sha256(new),
+                    "file": f"files/{n}" if new is not None else ""})
+    manifest = {"changes": out, "backup": "v1-20260101-000000",
+                "save": sorted(p for p, (old, _) in changes.items() if old is not None),
+                "provenance": {"slug": "hello", "version": 2},
+                "backup_dir": "gallery-backup", "provenance_name": "gallery-provenance.json"}
+    return manifest, bundle
+
+
+CHANGES = {"hello.ipynb": (b"old notebook", b"new notebook"),
+           "sub/data.bin": (b"old data", b"new data"),
+           "gone.txt": (b"removed in v2", None),
+           "added.txt": (None, b"added in v2")}
+
+
+def _plant_copy(root: Path, folder: str) -> Path:
+    copy_dir = root / "upd" / folder
+    (copy_dir / "sub").mkdir(parents=True)
+    for path, (old, _) in CHANGES.items():
+        if old is not None:
+            (copy_dir / path).write_bytes(old)
+    (copy_dir / "gallery-provenance.json").write_text('{"slug": "hello", "version": 1}')
+    return copy_dir
+
+
+def test_it_refuses_an_update_when_a_file_changed_since_the_plan(jupyter_server,  # type: ignore[no-untyped-def]
+                                                                 tmp_path: Path) -> None:
+    from gallery.homes.contents_inplace import Refused, update_copy_folder
+
+    base, token, root = jupyter_server
+    copy_dir = _plant_copy(root, "changed")
+    (copy_dir / "sub" / "data.bin").write_bytes(b"edited after the plan")
+    before = _tree(root, skip=root / "nothing")
+    manifest, bundle = _bundle(tmp_path, CHANGES)
+    with pytest.raises(Refused, match="sub/data.bin in your copy changed"):
+        update_copy_folder(Contents(base=base, token=token), parent="upd", folder="changed",
+                           manifest=manifest, bundle=bundle, job_id="job-refused-1")
+    assert _tree(root, skip=root / "nothing") == before
+    assert _visible(copy_dir) == ["gallery-provenance.json", "gone.txt", "hello.ipynb", "sub"]
+
+
+class _Killed(Exception):
+    """A worker killed mid-update (not a ContentsError: nothing tidies up after it)."""
+
+
+class _DyingContents(Contents):
+    """A server client whose worker dies before its n-th write or rename."""
+
+    def __init__(self, base: str, token: str, die_at: int) -> None:
+        super().__init__(base=base, token=token)
+        self.left = die_at
+
+    def _step(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _Killed
+
+    def write(self, path: str, data: bytes) -> bool:
+        self._step()
+        return super().write(path, data)
+
+    def rename(self, old: str, new: str) -> bool:
+        self._step()
+        return super().rename(old, new)
+
+
+def test_it_finishes_an_interrupted_update_when_retried(jupyter_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gallery.homes.contents_inplace import update_copy_folder
+
+    base, token, root = jupyter_server
+    manifest, bundle = _bundle(tmp_path, CHANGES)
+    # An update here writes 3 temporary files, renames 3 old files into the backup and 3 new
+    # ones into place, then the record (the same three steps): cut short before each of them.
+    steps = 0
+    while True:
+        folder = f"killed-{steps}"
+        copy_dir = _plant_copy(root, folder)
+        kwargs = {"parent": "upd", "folder": folder, "manifest": manifest, "bundle": bundle,
+                  "job_id": "job-killed-1"}
+        try:
+            update_copy_folder(_DyingContents(base, token, steps), **kwargs)  # type: ignore[arg-type]
+            finished = True
+        except _Killed:
+            finished = False
+        report = update_copy_folder(Contents(base=base, token=token), **kwargs)  # type: ignore[arg-type]
+        assert bool(report.get("already")) is finished
+        assert (copy_dir / "hello.ipynb").read_bytes() == b"new notebook", steps
+        assert (copy_dir / "sub" / "data.bin").read_bytes() == b"new data", steps
+        assert (copy_dir / "added.txt").read_bytes() == b"added in v2"
+        assert not (copy_dir / "gone.txt").exists()
+        saved = copy_dir / "gallery-backup" / "v1-20260101-000000"
+        assert (saved / "hello.ipynb").read_bytes() == b"old notebook", steps
+        assert (saved / "sub" / "data.bin").read_bytes() == b"old data"
+        assert (saved / "gone.txt").read_bytes() == b"removed in v2"
+        assert json.loads((saved / "gallery-provenance.json").read_text())["version"] == 1
+        assert json.loads((copy_dir / "gallery-provenance.json").read_text()) == {
+            "slug": "hello", "version": 2, "job": "job-killed-1"}
+        assert not list(copy_dir.rglob("*.gallery-tmp-*")), steps
+        if finished:
+            break
+        steps += 1
+    assert steps == 12, steps  # every step was cut short once
+
+
+class _RefusingPlacement(Contents):
+    """A server that fails to move a new file into place (a network error, say)."""
+
+    def rename(self, old: str, new: str) -> bool:
+        if old.endswith("/hello.ipynb.gallery-tmp-jobunplaced1"):
+            raise ContentsError("Your Jupyter server could not be reached (ConnectionError).")
+        return super().rename(old, new)
+
+
+def test_it_puts_the_old_file_back_when_the_new_one_cannot_be_placed(jupyter_server,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
+    from gallery.homes.contents_inplace import update_copy_folder
+
+    base, token, root = jupyter_server
+    copy_dir = _plant_copy(root, "unplaced")
+    manifest, bundle = _bundle(tmp_path, CHANGES)
+    with pytest.raises(ContentsError, match="could not be reached"):
+        update_copy_folder(_RefusingPlacement(base=base, token=token), parent="upd",
+                           folder="unplaced", manifest=manifest, bundle=bundle,
+                           job_id="job-unplaced-1")
+    assert (copy_dir / "added.txt").read_bytes() == b"added in v2"  # before it, in order
+    assert (copy_dir / "hello.ipynb").read_bytes() == b"old notebook"
+    assert not (copy_dir / "gallery-backup" / "v1-20260101-000000" / "hello.ipynb").exists()
+    assert json.loads((copy_dir / "gallery-provenance.json").read_text())["version"] == 1

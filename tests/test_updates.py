@@ -293,14 +293,17 @@ class UpdateApiTests(GalleryTestCase):
         self.assertEqual(job.state, Job.State.FAILED)
         self.assertIn("There is no folder ~/examples/demo", job.message)
 
-    def test_it_refuses_a_path_and_the_contents_backend(self) -> None:
+    def test_it_refuses_a_path_and_plans_under_either_backend(self) -> None:
         url = f"/api/v1/examples/{self.example.slug}"
         r = self.client.post(f"{url}/update", {"folder": "../x"}, content_type="application/json")
         self.assertEqual(r.status_code, 400, r.content)
         with self.settings(GALLERY_USE_BACKEND="contents"):
             r = self.client.get(f"{url}/update-plan", {"folder": "demo"})
-        self.assertEqual(r.status_code, 409, r.content)
-        self.assertIn("not available on this hub yet", self.json(r)["error"])
+            page = self.client.get(f"/examples/{self.example.slug}/")
+        self.assertEqual(r.status_code, 202, r.content)
+        job = Job.objects.get(pk=self.json(r)["id"])
+        self.assertEqual(job.params["backend"], "contents")
+        self.assertContains(page, 'id="h-update"')
 
     def test_it_describes_the_update_endpoints_in_the_schema(self) -> None:
         schema = self.json(self.client.get("/api/v1/schema"))

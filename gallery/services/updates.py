@@ -1,7 +1,8 @@
 """Update my copy: bring a person's copy of an example to the approved version, keeping their
 edits. A three-way merge (gallery/merge.py, nbdime for notebooks) of the version the copy came
 from (its provenance names it; the examples repository has it), the copy as it is now, and the
-approved version; written into the copy as its owner (homes/inplace.py), with a backup of
+approved version; written into the copy as its owner (homes/inplace.py, or through their
+own Jupyter server under the `contents` backend: homes/contents_inplace.py), with a backup of
 what it replaces inside the copy, and the provenance then naming the new version.
 
 Both the plan (what would change; nothing written) and the update itself are jobs of kind
@@ -95,10 +96,6 @@ def _check(example: Example, user: AbstractBaseUser) -> Revision:
         raise NotAllowed("Log in to update your copy.")
     if example.state != Example.State.APPROVED or example.current_revision is None:
         raise Conflict(f"{example.slug} has no approved version to update to.")
-    if settings.GALLERY_USE_BACKEND != "filesystem":
-        raise Conflict("Updating a copy is not available on this hub yet (its copies are "
-                       "written through your Jupyter server). Use the example again to get "
-                       "the new version beside your copy.")
     return example.current_revision
 
 
@@ -106,9 +103,10 @@ def update_plan(*, example: Example, user: AbstractBaseUser, folder: str) -> dic
     """What updating the copy in `folder` would change, file by file (with a cell-level
     summary of each notebook); reads the copy as its owner, writes nothing."""
     revision = _check(example, user)
-    folder = _use_folder_name(example, folder)
-    plan, _outcomes, _extra = _prepare(revision, user.get_username(), folder)
-    return plan
+    job = Job(kind=Job.Kind.UPDATE, user=user, revision=revision, params={
+        "username": user.get_username(), "folder": _use_folder_name(example, folder),
+        "apply": False, "backend": settings.GALLERY_USE_BACKEND})
+    return _prepare(job)[0]
 
 
 def do_update(job: Job) -> dict[str, Any]:
@@ -123,14 +121,15 @@ def do_update(job: Job) -> dict[str, Any]:
     username, folder = job.params["username"], job.params["folder"]
     if not job.params.get("apply"):
         _progress(job, "Reading your copy and comparing it with the new version.")
-        return _prepare(revision, username, folder)[0]
+        return _prepare(job)[0]
     bundle = Path(settings.GALLERY_DATA_DIR) / "updates" / str(job.pk)
+    kernel_note = ""
     if (bundle / homes.UPDATE_MANIFEST).is_file():
         plan = json.loads((bundle / "plan.json").read_text())
         kernel = plan.pop("_kernel", None)
     else:
         _progress(job, "Reading your copy and merging the new version into it.")
-        plan, outcomes, extra = _prepare(revision, username, folder)
+        plan, outcomes, extra = _prepare(job)
         kernel = extra["kernel"]
         if not plan["up_to_date"]:
             _write_bundle(bundle, job, plan, outcomes, extra)
@@ -138,17 +137,27 @@ def do_update(job: Job) -> dict[str, Any]:
         _progress(job, f"Writing {plan['changes']} file{'s' if plan['changes'] != 1 else ''} "
                        f"into {plan['path']} (a backup of the old ones goes to "
                        f"{plan['backup']}).")
-        homes.update_copy(_home_plan(job, folder, kernel=kernel), bundle,
-                          as_user=settings.GALLERY_USE_AS_USER,
-                          timeout=settings.GALLERY_COPY_TIMEOUT,
-                          heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
+        if _through_contents(job):
+            report = homes.update_through_contents(
+                job=job, bundle=bundle, kernel=kernel, heartbeat=lambda: renew_lease(job),
+                heartbeat_every=_beat_every())
+            kernel_note = report.get("kernel_note", "")
+        else:
+            homes.update_copy(_home_plan(job, folder, kernel=kernel), bundle,
+                              as_user=settings.GALLERY_USE_AS_USER,
+                              timeout=settings.GALLERY_COPY_TIMEOUT,
+                              heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
         shutil.rmtree(bundle, ignore_errors=True)
     rel = f"{settings.GALLERY_USE_DIR}/{folder}"
     return {**plan, "applied": not plan["up_to_date"],
             "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
                 username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
             "kernel": ({"name": kernel["name"], "display_name": kernel["spec"]["display_name"],
-                        "installed": True} if kernel else {})}
+                        "installed": not kernel_note, "note": kernel_note} if kernel else {})}
+
+
+def _through_contents(job: Job) -> bool:
+    return bool(job.params.get("backend", "filesystem") == "contents")
 
 
 def _progress(job: Job, message: str) -> None:
@@ -185,9 +194,12 @@ def _export(revision: Revision) -> Path:
         / revision.example.slug)
 
 
-def _prepare(revision: Revision, username: str, folder: str
-             ) -> tuple[dict[str, Any], list[merge.FileOutcome], dict[str, Any]]:
-    """Read the copy, find its base, merge: the plan, the outcomes and what writing needs."""
+def _prepare(job: Job) -> tuple[dict[str, Any], list[merge.FileOutcome], dict[str, Any]]:
+    """Read the copy named on the update job, find its base, merge: the plan, the outcomes
+    and what writing needs."""
+    revision = job.revision
+    assert revision is not None
+    username, folder = job.params["username"], job.params["folder"]
     example = revision.example
     remote_dir = _export(revision)
     env = for_use(revision)
@@ -200,9 +212,17 @@ def _prepare(revision: Revision, username: str, folder: str
         paths.update(f["path"] for f in rev.files)
     paths |= remote_files.keys()
     paths |= {merge.beside_name(p, revision.number) for p in remote_files}
-    state = homes.read_copy(_copy_plan(username, folder, "", paths=sorted(paths)),
-                            as_user=settings.GALLERY_USE_AS_USER,
-                            timeout=settings.GALLERY_COPY_TIMEOUT)
+    if _through_contents(job):
+        state = homes.read_through_contents(
+            job=job, paths=sorted(paths), max_bytes=MAX_READ_BYTES,
+            heartbeat=lambda: renew_lease(job) if job.pk and job.worker else None,
+            heartbeat_every=_beat_every())
+    else:
+        state = homes.read_copy(_copy_plan(username, folder, "", paths=sorted(paths)),
+                                as_user=settings.GALLERY_USE_AS_USER,
+                                timeout=settings.GALLERY_COPY_TIMEOUT)
+    # A server hiding dot files keeps the record, and so the backup, under visible names.
+    backup_dir = state.get("backup_dir", homes.BACKUP_DIR)
     provenance, local = state["provenance"], state["files"]
     base_rev = _base_revision(example, provenance, folder)
     base_dir = _export(base_rev)
@@ -232,7 +252,7 @@ def _prepare(revision: Revision, username: str, folder: str
         "files": [o.summary() for o in outcomes],
         "changes": len(writes),
         "conflicts": sum(len(o.conflicts) for o in outcomes),
-        "backup": f"{shown}/{homes.BACKUP_DIR}/{backup}",
+        "backup": f"{shown}/{backup_dir}/{backup}",
         "kernel_name": kernel["name"] if kernel else copied_kernel,
     }
     new_provenance = {
@@ -240,11 +260,13 @@ def _prepare(revision: Revision, username: str, folder: str
         "slug": example.slug, "version": revision.number, "commit": revision.git_commit,
         "title": revision.metadata.get("title", example.title),
         "updated_at": timezone.now().isoformat(), "updated_from": base_rev.number,
-        "backup": f"{homes.BACKUP_DIR}/{backup}",
+        "backup": f"{backup_dir}/{backup}",
         **({"kernel": plan["kernel_name"]} if plan["kernel_name"] else {}),
     }
     return plan, outcomes, {"backup": backup, "provenance": new_provenance, "local": local,
-                            "kernel": kernel}
+                            "kernel": kernel, "backup_dir": backup_dir,
+                            "provenance_name": state.get("provenance_name",
+                                                         homes.PROVENANCE_FILE)}
 
 
 def _base_revision(example: Example, provenance: dict[str, Any], folder: str) -> Revision:
@@ -302,7 +324,8 @@ def _write_bundle(bundle: Path, job: Job, plan: dict[str, Any],
         (tmp / "plan.json").write_text(json.dumps({**plan, "_kernel": extra["kernel"]}))
         (tmp / homes.UPDATE_MANIFEST).write_text(json.dumps({
             "changes": changes, "backup": extra["backup"], "save": sorted(local),
-            "provenance": extra["provenance"]}))
+            "provenance": extra["provenance"], "backup_dir": extra["backup_dir"],
+            "provenance_name": extra["provenance_name"]}))
         for path in [tmp, *tmp.rglob("*")]:  # the child reads it as the user
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         os.rename(tmp, bundle)
