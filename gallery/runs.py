@@ -321,19 +321,33 @@ def _size(path: Path) -> int:
 
 def kill_marked(token: str) -> int:
     """SIGKILL every process whose environment carries the run's mark, until none is left
-    (a fork bomb forks while it is being killed); returns how many were killed."""
+    (a fork bomb forks while it is being killed), then wait until each has ended (a process
+    being killed is still listed, its environment already gone, for a moment that a busy
+    machine makes long); returns how many were killed."""
     mark = f"GALLERY_RUN={token}".encode()
-    killed = 0
-    for _ in range(50):
+    killed: set[int] = set()
+    for _ in range(200):
         found = [pid for pid in _pids() if pid != os.getpid() and mark in _environ(pid)]
         if not found:
-            return killed
+            break
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                killed.add(pid)
         time.sleep(0.05)
-    return killed
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in killed):
+        time.sleep(0.05)
+    return len(killed)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie has ended; reaping it is its parent's job)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _pids() -> list[int]:
