@@ -15,7 +15,17 @@ from django.utils import timezone
 
 from .. import notebooks, repo
 from ..errors import GalleryError, NotAllowed
-from ..models import Example, Job, Notification, Review, Revision, Submission, Tag, is_reviewer
+from ..models import (
+    Example,
+    Job,
+    Notification,
+    Review,
+    Revision,
+    Submission,
+    Tag,
+    is_reviewer,
+    may_review,
+)
 from .environments import queue_environment
 from .history import move_example, move_submission
 from .notifications import notify, notify_decision, notify_users_of
@@ -26,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def _require_reviewer(reviewer: AbstractBaseUser, submission: Submission) -> None:
-    if not is_reviewer(reviewer):
-        raise NotAllowed("Only reviewers may decide on submissions.")
+    if not may_review(reviewer, submission.example):
+        raise NotAllowed("Only reviewers may decide on submissions (a project's reviewers on "
+                         "their group's).")
     if submission.contributor_id == reviewer.pk:
         raise NotAllowed("A reviewer cannot decide on their own submission.")
 
