@@ -21,7 +21,16 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from . import diff, forms, services
-from .models import Example, IllegalTransition, Job, Notification, Review, StateChange, Submission
+from .models import (
+    Example,
+    HubGroup,
+    IllegalTransition,
+    Job,
+    Notification,
+    Review,
+    StateChange,
+    Submission,
+)
 from .previews import example_preview_url
 
 OPEN = [Submission.State.STAGED, Submission.State.IN_REVIEW]
@@ -327,3 +336,12 @@ class NotificationAdmin(DeskAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(HubGroup)
+class HubGroupAdmin(DeskAdmin):
+    """Hub groups as the hub last said (for operators; without a hub, set them here)."""
+
+    list_display = ["name"]
+    search_fields = ["name"]
+    filter_horizontal = ["members", "reviewers"]

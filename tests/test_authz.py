@@ -361,6 +361,7 @@ class AuthorisationMatrixTests(GalleryTestCase):
         self.admin_args = {
             "example": str(rejected.pk), "submission": str(sub["rejected"].pk),
             "job": str(jobs["retired"].pk), "user": str(self.contributor.pk), "group": "1",
+            "hubgroup": "1",
             "pk": str(sub["rejected"].pk),
             "statechange": str(rejected.history.last().pk),  # type: ignore[union-attr]
             "notification": str(self.contributor.notifications.first().pk),  # type: ignore[union-attr]
