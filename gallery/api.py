@@ -495,6 +495,8 @@ _SUBMISSION_BODY = {
                     **{k: {"type": "string"} for k in ("title", "summary", "licence", "slug",
                                                        "example", "kernel")},
                     "tags": {"type": "string", "description": "comma-separated"},
+                    "groups": {"type": "string", "description": "comma-separated hub groups "
+                               "of the caller to show it to (empty: everyone)"},
                     "data_links": {"type": "string", "description": "a JSON list"},
                 },
             }},
@@ -560,6 +562,8 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
                   if k in post}
         tags = post.getlist("tags")
         fields["tags"] = [t.strip() for v in tags for t in v.split(",") if t.strip()]
+        fields["groups"] = [g.strip() for v in post.getlist("groups") for g in v.split(",")
+                            if g.strip()]
         for key in ("data_links", "resources", "authors"):
             if key in post:
                 fields[key] = _parse_json(post[key], f"The {key!r} field")

@@ -193,6 +193,17 @@ class VisibilityTests(GroupCast):
         self.assertEqual(Example.objects.get(title="Shared").group_names(),
                          [CHEMISTRY, PHYSICS])
 
+    def test_it_takes_the_groups_from_a_multipart_staging(self) -> None:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        notebook = SimpleUploadedFile("nb.ipynb", notebook_bytes())
+        response = self.as_("both").post("/api/v1/submissions", {
+            "notebook": notebook, "title": "From the stage button",
+            "groups": f"{PHYSICS}, {CHEMISTRY}"})
+        self.assertEqual(response.status_code, 201, response.content)
+        self.assertEqual(Example.objects.get(title="From the stage button").group_names(),
+                         [CHEMISTRY, PHYSICS])
+
     def test_it_offers_the_contributors_own_groups_on_the_stage_page(self) -> None:
         page = self.as_("both").get("/stage/").content.decode()
         self.assertIn(f'value="{PHYSICS}"', page)
