@@ -25,12 +25,14 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 test: venv redis
 	@scripts/ensure-postgres
 	@scripts/ensure-browser
+	@scripts/ensure-sandbox
 	$(PY) -m pytest -q
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
 	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py \
 		tests/test_staging.py tests/test_authz.py tests/test_harness.py tests/test_services_environments.py
 
 test-fast: venv redis
+	@scripts/ensure-sandbox
 	$(PY) -m pytest -q -m "not e2e and not worker"
 
 lint: venv

@@ -152,7 +152,8 @@ env.update({
 queues = ",".join([os.environ.get("GALLERY_QUEUE_DEFAULT") or "gallery",
                    os.environ.get("GALLERY_QUEUE_PREVIEWS") or "gallery-previews",
                    os.environ.get("GALLERY_QUEUE_USE") or "gallery-use",
-                   os.environ.get("GALLERY_QUEUE_ENVS") or "gallery-envs"])
+                   os.environ.get("GALLERY_QUEUE_ENVS") or "gallery-envs",
+                   os.environ.get("GALLERY_QUEUE_RUNS") or "gallery-runs"])
 c.JupyterHub.services = [
     {
         "name": "gallery",

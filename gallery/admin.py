@@ -12,7 +12,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import QuerySet
+from django.db.models import Case, IntegerField, QuerySet, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -28,6 +28,7 @@ from .models import (
     Job,
     Notification,
     Review,
+    Run,
     StateChange,
     Submission,
 )
@@ -49,6 +50,19 @@ def _decide(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
 @admin.action(description="Approve the selected submissions", permissions=["review"])
 def approve(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     _decide(modeladmin, request, queryset, services.approve_submission, "")
+
+
+@admin.action(description="Run the selected examples again", permissions=["view"])
+def run_again(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    for example in queryset:
+        revision = example.current_revision or example.latest_revision
+        if revision is None:
+            continue
+        try:
+            services.rerun(revision=revision, user=request.user)
+            modeladmin.message_user(request, f"{example}: will run again.")
+        except services.GalleryError as exc:
+            modeladmin.message_user(request, f"{example}: {exc}", messages.ERROR)
 
 
 class ReviewInline(admin.TabularInline):
@@ -283,28 +297,94 @@ def retire(modeladmin: admin.ModelAdmin, request: HttpRequest,
     })
 
 
+class RunFilter(admin.SimpleListFilter):
+    """Examples by the verdict of their last run."""
+
+    title = "last run"
+    parameter_name = "run"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("broken", "broken"), ("verified", "verified"), ("none", "not run yet")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "broken":
+            return queryset.broken()
+        if self.value() == "verified":
+            return queryset.verified()
+        if self.value() == "none":
+            return queryset.filter(last_run__isnull=True)
+        return queryset
+
+
 @admin.register(Example)
 class ExampleAdmin(DeskAdmin):
-    list_display = ["slug", "title", "state", "contributor", "use_count", "updated"]
-    list_filter = ["state"]
-    list_select_related = ["contributor"]
+    list_display = ["slug", "title", "state", "verdict", "contributor", "use_count", "updated"]
+    list_filter = [RunFilter, "state"]
+    list_select_related = ["contributor", "last_run", "current_revision"]
     search_fields = ["slug", "title"]
     readonly_fields = ["slug", "state", "contributor", "current_revision", "use_count",
-                       "created", "updated"]
+                       "last_run", "verdict_since", "created", "updated"]
     exclude = ["search_text"]
-    actions = [retire, restore]
+    actions = [retire, restore, run_again]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        # The notebook's text for search, up to 100 kB an example: never shown here. A
-        # project's reviewers see their groups' examples alone.
-        return super().get_queryset(request).defer("search_text").filter(
-            pk__in=Example.objects.reviewable_by(request.user).values("pk"))
+        # The notebook's text for search, up to 100 kB an example: never shown here. Broken
+        # examples come first: they are the ones that need a person. A project's reviewers
+        # see their groups' examples alone.
+        return Example.objects.defer("search_text").filter(
+            pk__in=Example.objects.reviewable_by(request.user).values("pk")).annotate(
+            broken=Case(When(last_run__state=Run.State.FAILED, then=0), default=1,
+                        output_field=IntegerField())).order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        return ["broken", "-updated"]
+
+    @admin.display(description="last run")
+    def verdict(self, obj: Example) -> str:
+        return obj.run_badge() or "not run yet"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(Run)
+class RunAdmin(DeskAdmin):
+    """Every run, and the reports of candidate software stacks (`verify_examples`)."""
+
+    change_list_template = "admin/gallery/run/change_list.html"
+    list_display = ["id", "revision", "kind", "state", "account", "kernel", "sandboxed",
+                    "seconds", "finished"]
+    list_filter = ["kind", "state", "sandboxed"]
+    list_select_related = ["revision__example"]
+    search_fields = ["revision__example__slug", "batch"]
+    readonly_fields = [f.name for f in Run._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("candidates/", wrap(self.candidates_view), name="gallery_run_candidates"),
+            *super().get_urls(),
+        ]
+
+    def candidates_view(self, request: HttpRequest) -> HttpResponse:
+        """The checks of candidate stacks, and one's report: what passes today and fails."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        batch = request.GET.get("batch", "")[:40]
+        report = services.candidate_report(batch) if batch else None
+        return TemplateResponse(request, "admin/gallery/run/candidates.html", {
+            **self.admin_site.each_context(request), "title": "Candidate software stacks",
+            "batches": services.candidate_batches(), "report": report, "opts": self.model._meta,
+        })
 
 
 @admin.register(Job)

@@ -215,6 +215,10 @@ class ExampleDetailOut(ExampleOut):
     licence: str
     commit: str
     versions: list[dict[str, Any]]
+    run_state: str = Field("", description="passed or failed: the verdict of the last run of "
+                           "its current content; empty before one")
+    run: str = Field("", description='"Verified <date> in <environment>" or "Broken since '
+                     '<date>: cell N, Error …"')
 
 
 class ExamplePage(Schema):
@@ -412,6 +416,8 @@ def _example_detail(example: Example) -> dict[str, Any]:
         "commit": revision.git_commit if revision else "",
         "versions": [{"number": r.number, "commit": r.git_commit, "created": r.created.isoformat()}
                      for r in example.revisions.exclude(git_commit="")],
+        "run_state": example.last_run.state if example.last_run_id else "",
+        "run": example.run_badge(),
     }
 
 

@@ -38,6 +38,7 @@ REQUEST_DURATION = Histogram(
 )
 JOB_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 RENDER_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RUN_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
@@ -92,6 +93,7 @@ def queue_names() -> dict[str, str]:
         "previews": routes.get("gallery.tasks.render_preview", {}).get("queue", ""),
         "use": routes.get("gallery.tasks.run_use", {}).get("queue", ""),
         "envs": routes.get("gallery.tasks.build_environment", {}).get("queue", ""),
+        "runs": routes.get("gallery.tasks.run_example", {}).get("queue", ""),
     }
 
 
@@ -127,6 +129,38 @@ def _duration_histogram(name: str, doc: str, rows: Iterator[tuple[str, dict[str,
         seconds = total.total_seconds() if isinstance(total, timedelta) else (total or 0) / 1000
         family.add_metric([kind], cumulative, seconds)
     return family
+
+
+def _runs() -> Iterator[Metric]:
+    """Runs by kind and state, their durations, and approved examples whose verdict is older
+    than GALLERY_VERIFY_INTERVAL (or that never ran), or broken."""
+    from .models import Example, Run
+
+    runs = GaugeMetricFamily("gallery_runs", "Runs of examples by kind and state.",
+                             labels=["kind", "state"])
+    counts = {(r["kind"], r["state"]): r["n"]
+              for r in Run.objects.values("kind", "state").annotate(n=Count("pk"))}
+    for kind in Run.Kind.values:
+        for state in Run.State.values:
+            runs.add_metric([kind, state], counts.get((kind, state), 0))
+    yield runs
+    aggregates = {f"le_{i}": Count("pk", filter=Q(seconds__lte=b))
+                  for i, b in enumerate(RUN_BUCKETS)}
+    rows = Run.objects.filter(seconds__isnull=False).values("kind").annotate(
+        count=Count("pk"), total=Sum("seconds"), **aggregates).order_by("kind")
+    yield _duration_histogram(
+        "gallery_run_duration_seconds", "Time of finished runs, by kind.",
+        ((r["kind"], {**r, "total": (r["total"] or 0) * 1000}) for r in rows), RUN_BUCKETS)
+    due = timezone.now() - timedelta(seconds=settings.GALLERY_VERIFY_INTERVAL)
+    curated = Example.objects.curated()
+    yield GaugeMetricFamily(
+        "gallery_examples_unverified",
+        "Approved examples without a verdict of their current content within the interval.",
+        curated.filter(Q(last_run__isnull=True) | Q(last_run__finished__lt=due)
+                       | ~Q(last_run__revision=F("current_revision"))).count())
+    yield GaugeMetricFamily("gallery_examples_broken",
+                            "Approved examples whose last run failed.",
+                            curated.broken().count())
 
 
 class GalleryCollector:
@@ -192,6 +226,8 @@ class GalleryCollector:
         failed = Job.objects.filter(kind=Job.Kind.PREVIEW, state=Job.State.FAILED).count()
         yield GaugeMetricFamily("gallery_preview_render_failures",
                                 "Preview jobs that ended failed.", failed)
+
+        yield from _runs()
 
         examples = GaugeMetricFamily("gallery_examples", "Examples by state.", labels=["state"])
         by_state = dict(Example.objects.values_list("state").annotate(n=Count("pk")))
@@ -350,6 +386,32 @@ def check_jobs() -> tuple[str, str, dict[str, Any]]:
         "running", details
 
 
+def check_runs() -> tuple[str, str, dict[str, Any]]:
+    """Whether examples can run here and in the sandbox, and how the catalogue stands."""
+    from . import runs
+    from .models import Example, Run
+
+    works, why = runs.sandbox_state()
+    day = timezone.now() - timedelta(days=1)
+    recent = Run.objects.filter(finished__gte=day).exclude(account="")
+    bare = recent.filter(sandboxed=False).count()
+    by_state = dict(Run.objects.values_list("state").annotate(n=Count("pk")))
+    details = {"sandbox": "bubblewrap works" if works else f"missing: {why}",
+               "runs_by_state": by_state, "runs_without_sandbox_last_day": bare,
+               "runner": settings.GALLERY_RUNNER_USER or None,
+               "broken_examples": Example.objects.curated().broken().count()}
+    if not settings.GALLERY_RUNNER_USER:
+        return WARNING, ("examples are not run: set GALLERY_RUNNER_USER to an unprivileged "
+                         "account"), details
+    if bare:
+        return WARNING, (f"the sandbox is missing: {bare} runs in the last day ran without "
+                         "it (install bubblewrap on the runs workers)"), details
+    if not works and settings.GALLERY_RUN_SANDBOX:
+        return WARNING, f"the sandbox is missing here ({why})", details
+    return OK, f"runs are sandboxed; {details['broken_examples']} approved examples broken", \
+        details
+
+
 def health_report() -> dict[str, Any]:
     """Each part of the gallery with a plain status; never raises."""
     checks = {"database": _check(check_database), "broker": _check(check_broker)}
@@ -359,7 +421,8 @@ def health_report() -> dict[str, Any]:
         checks["workers"] = {"status": UNKNOWN,
                              "message": "cannot ask the workers: the broker is down"}
     database_ok = checks["database"]["status"] != ERROR
-    for name, func in (("repository", check_repository), ("jobs", check_jobs)):
+    for name, func in (("repository", check_repository), ("jobs", check_jobs),
+                       ("runs", check_runs)):
         checks[name] = _check(func) if database_ok else {
             "status": UNKNOWN, "message": "needs the database"}
     checks["disk"] = _check(check_disk)

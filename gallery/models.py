@@ -182,8 +182,9 @@ class ExampleQuerySet(models.QuerySet["Example"]):
     def stamp(self) -> tuple[Any, ...]:
         """Changes whenever an example is added or changes state or content (not use counts):
         the key of what pages render once for everyone."""
-        found = self.aggregate(last=models.Max("updated"), n=models.Count("pk"))
-        return (found["last"], found["n"])
+        found = self.aggregate(last=models.Max("updated"), n=models.Count("pk"),
+                               run=models.Max("last_run_id"))
+        return (found["last"], found["n"], found["run"])
 
     def with_latest(self) -> ExampleQuerySet:
         """Fetch the revisions of a page of examples at once (for `latest_revision`)."""
@@ -191,18 +192,30 @@ class ExampleQuerySet(models.QuerySet["Example"]):
             "revisions", to_attr="recent_revisions",
             queryset=Revision.objects.defer("metadata", "files").order_by("-number")))
 
+    def verified(self) -> ExampleQuerySet:
+        """Examples whose last run of their current content passed."""
+        return self.filter(models.Q(last_run__revision=models.F("current_revision"))
+                           | models.Q(current_revision__isnull=True),
+                           last_run__state=Run.State.PASSED)
+
+    def broken(self) -> ExampleQuerySet:
+        return self.filter(last_run__state=Run.State.FAILED)
+
     def find(self, *, q: str = "", tag: str = "", state: str = "",
-             audience: Audience = ()) -> ExampleQuerySet:
+             verified: bool = False, audience: Audience = ()) -> ExampleQuerySet:
         """What the gallery page and the list API show for a query, a tag and a section, to
         the `audience` of a person (`audience_of`; by default the public examples only)."""
         found = {"approved": self.curated(), "staged": self.staged()}.get(state, self.visible())
         found = found.for_audience(audience)
         if tag:
             found = found.tagged(tag)
+        if verified:
+            found = found.verified()
         # search_text can be 100 kB an example; a page of cards never needs it.
-        return found.search(q).select_related("contributor", "current_revision").prefetch_related(
-            "tags").defer("search_text", "current_revision__metadata",
-                                    "current_revision__files")
+        return found.search(q).select_related(
+            "contributor", "current_revision", "last_run").prefetch_related("tags").defer(
+            "search_text", "current_revision__metadata", "current_revision__files",
+            "last_run__cells", "last_run__error_text", "last_run__differences")
 
 
 class TagQuerySet(models.QuerySet["Tag"]):
@@ -302,6 +315,11 @@ class Example(models.Model):
         "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     use_count = models.PositiveIntegerField(default=0)
+    # The last finished run of its current content (what its page and card say: verified or
+    # broken), and since when that verdict holds (the first run of the current streak).
+    last_run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    verdict_since = models.DateTimeField(null=True, blank=True)
     # Title, tags and the notebook's text, for full-text search.
     search_text = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
@@ -334,6 +352,20 @@ class Example(models.Model):
     @property
     def is_public(self) -> bool:
         return not self.group_names()
+
+    def run_badge(self) -> str:
+        """"Verified <date> in <environment>" or "Broken since <date>: cell N, Error …"."""
+        run = self.last_run
+        if run is None or self.verdict_since is None:
+            return ""
+        if self.current_revision_id and run.revision_id != self.current_revision_id:
+            return ""  # a newer version is published and has not run yet
+        if run.state == Run.State.PASSED:
+            return f"Verified {run.finished:%Y-%m-%d} in {run.kernel}"
+        if run.state == Run.State.FAILED:
+            main = self.current_revision.notebook_name if self.current_revision else ""
+            return f"Broken since {self.verdict_since:%Y-%m-%d}: {run.where_it_failed(main)}"
+        return ""
 
     @property
     def latest_revision(self) -> Revision | None:
@@ -605,6 +637,7 @@ class Job(models.Model):
         USE = "use", "use"
         ENVIRONMENT = "environment", "environment"
         UPDATE = "update", "update"
+        RUN = "run", "run"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -653,6 +686,90 @@ class Job(models.Model):
         }
 
 
+class RunQuerySet(models.QuerySet["Run"]):
+    def verdicts(self) -> RunQuerySet:
+        """Finished runs that count for an example's badge (not a candidate stack's)."""
+        return self.filter(state__in=Run.VERDICTS).exclude(kind=Run.Kind.CANDIDATE)
+
+
+class Run(models.Model):
+    """One run of a revision's notebooks top to bottom: where, as whom, in what kernel, and
+    what came of it (per cell times, the first failing cell and its error)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        PASSED = "passed", "passed"
+        FAILED = "failed", "failed"
+        NOT_RUN = "not_run", "not run"  # could not be made here (no runner account, …)
+
+    class Kind(models.TextChoices):
+        STAGING = "staging", "staging"  # a submission, as its contributor
+        SCHEDULED = "scheduled", "scheduled"  # an approved example, as the runner
+        CANDIDATE = "candidate", "candidate"  # against a candidate software stack
+
+    VERDICTS = (State.PASSED, State.FAILED)
+
+    revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="runs")
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="run")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    # A candidate stack: the kernel name or python path, and the batch of one check.
+    candidate = models.CharField(max_length=500, blank=True)
+    batch = models.CharField(max_length=40, blank=True, db_index=True)
+    account = models.CharField(max_length=100, blank=True)
+    sandboxed = models.BooleanField(default=False)
+    kernel = models.CharField(max_length=500, blank=True)  # what it ran in, for people
+    environment = models.ForeignKey(Environment, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="runs")
+    environment_key = models.CharField(max_length=80, blank=True)
+    queued = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    cells = models.JSONField(default=list)  # [{"notebook", "cell", "seconds"}]
+    failed_notebook = models.CharField(max_length=200, blank=True)
+    failed_cell = models.IntegerField(null=True, blank=True)  # index in its notebook
+    error_name = models.CharField(max_length=200, blank=True)
+    error_text = models.TextField(blank=True)
+    reason = models.TextField(blank=True)  # one line for people
+    differences = models.JSONField(default=list)  # [{"notebook", "cell"}]: outputs changed
+    # A main notebook saved without outputs is previewed with this run's: the sha256 of its
+    # executed copy (the key of that preview), set when the run passed.
+    outputs_sha256 = models.CharField(max_length=64, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-queued", "-pk"]
+        indexes = [models.Index(fields=["revision", "-queued"], name="run_revision_queued"),
+                   models.Index(fields=["state", "finished"], name="run_state_finished")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk} of {self.revision_id} ({self.state})"
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in (*self.VERDICTS, self.State.NOT_RUN)
+
+    def where_it_failed(self, main: str = "") -> str:
+        """"cell 7, ModuleNotFoundError …" (or the reason when no cell is to blame); the
+        notebook is named unless it is `main`."""
+        if self.failed_cell is None:
+            return self.reason
+        head = f"cell {self.failed_cell + 1}"
+        if self.failed_notebook and self.failed_notebook != main:
+            head += f" of {self.failed_notebook}"
+        _, found, first = self.reason.partition(f": {self.error_name}: ")
+        first = first.split(" — ", 1)[0]  # without the hint the run's page gives
+        if len(first) > 100:
+            first = first[:99] + "…"
+        return f"{head}, {self.error_name}" + (f": {first}" if found else "")
+
+
 class Preview(models.Model):
     """The rendered, sanitised HTML of one notebook content, keyed by its sha256."""
 
@@ -694,6 +811,7 @@ class Notification(models.Model):
         RESTORED = "restored", "restored"
         UPDATED = "updated", "newer version"
         IMPORTED = "imported", "imported"
+        RUN = "run", "run result"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="notifications")

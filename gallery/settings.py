@@ -153,6 +153,28 @@ GALLERY_CONDA_CHANNELS = env("GALLERY_CONDA_CHANNELS", "conda-forge").replace(",
 if any(channel.startswith("-") for channel in GALLERY_CONDA_CHANNELS):
     raise ImproperlyConfigured("GALLERY_CONDA_CHANNELS names channels, not options.")
 
+# --- runs: every example run top to bottom, in a sandbox, as an unprivileged account ------
+# Scratch folders of runs (one per run, removed after it) and the executed notebooks kept.
+GALLERY_RUN_DIR = Path(env("GALLERY_RUN_DIR", str(GALLERY_DATA_DIR / "runs")))
+GALLERY_RUN_OUTPUT_DIR = Path(env("GALLERY_RUN_OUTPUT_DIR", str(GALLERY_DATA_DIR / "run-outputs")))
+# The account scheduled runs of approved examples use (no access to homes); submissions run
+# as their contributor's own account when it exists here, else as this one. Empty: no runs.
+GALLERY_RUNNER_USER = env("GALLERY_RUNNER_USER")
+# Run a submission's notebooks when it is staged (shown with its checks).
+GALLERY_RUN_AT_STAGING = env_bool("GALLERY_RUN_AT_STAGING", True)
+GALLERY_RUN_CELL_TIMEOUT = env_int("GALLERY_RUN_CELL_TIMEOUT", 300)
+GALLERY_RUN_TIMEOUT = env_int("GALLERY_RUN_TIMEOUT", 1800)
+GALLERY_RUN_MEMORY_MB = env_int("GALLERY_RUN_MEMORY_MB", 2048)
+GALLERY_RUN_MAX_OUTPUT_MB = env_int("GALLERY_RUN_MAX_OUTPUT_MB", 20)
+GALLERY_RUN_MAX_DISK_MB = env_int("GALLERY_RUN_MAX_DISK_MB", 1024)
+GALLERY_RUN_MAX_PROCESSES = env_int("GALLERY_RUN_MAX_PROCESSES", 256)
+# Whether an example that declares `network = true` under [resources] may use the network.
+GALLERY_RUN_NETWORK = env_bool("GALLERY_RUN_NETWORK", False)
+# Sandbox runs with bubblewrap where it works (health says when it does not).
+GALLERY_RUN_SANDBOX = env_bool("GALLERY_RUN_SANDBOX", True)
+# Seconds between two scheduled runs of an approved example (default a week), spread out.
+GALLERY_VERIFY_INTERVAL = env_int("GALLERY_VERIFY_INTERVAL", 7 * 24 * 3600)
+
 # --- reviewers and the hub -----------------------------------------------------------------
 GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")
 GALLERY_REVIEW_GROUP = env("GALLERY_REVIEW_GROUP", "gallery-reviewers")
@@ -388,12 +410,16 @@ CELERY_TASK_ROUTES = {
     "gallery.tasks.render_preview": {"queue": env("GALLERY_QUEUE_PREVIEWS", "gallery-previews")},
     "gallery.tasks.run_use": {"queue": env("GALLERY_QUEUE_USE", "gallery-use")},
     "gallery.tasks.build_environment": {"queue": env("GALLERY_QUEUE_ENVS", "gallery-envs")},
+    "gallery.tasks.run_example": {"queue": env("GALLERY_QUEUE_RUNS", "gallery-runs")},
 }
 # A render stops itself at GALLERY_RENDER_TIME_LIMIT (in a forked child); this is the backstop
 # for the task around it, so a stuck pool process is replaced and the worker carries on.
 # Warming the preview exporter in each new pool process takes a second or two.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 30
 CELERY_TASK_ANNOTATIONS = {
+    # A run stops itself at GALLERY_RUN_TIMEOUT; this is the backstop for the task around it.
+    "gallery.tasks.run_example": {"soft_time_limit": GALLERY_RUN_TIMEOUT + 120,
+                                  "time_limit": GALLERY_RUN_TIMEOUT + 180},
     "gallery.tasks.render_preview": {"soft_time_limit": GALLERY_RENDER_TIME_LIMIT + 30,
                                      "time_limit": GALLERY_RENDER_TIME_LIMIT + 60},
 }
@@ -404,6 +430,9 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": GALLERY_SWEEP_INTERVAL},
     # Staged folders no revision names, kept a day after they were last stored.
     "sweep-staging": {"task": "gallery.tasks.sweep_staging", "schedule": 3600},
+    # Scheduled runs of approved examples that are due (GALLERY_VERIFY_INTERVAL, spread out).
+    "schedule-verifications": {"task": "gallery.tasks.schedule_verifications",
+                               "schedule": max(60, min(600, GALLERY_VERIFY_INTERVAL // 100))},
 }
 # A job untouched this long after being queued is handed to the broker again by the sweep.
 GALLERY_REQUEUE_AFTER = env_int("GALLERY_REQUEUE_AFTER", 15)

@@ -74,6 +74,17 @@ def build_environment(self: Task, job_id: str) -> None:
     _run(self, job_id)
 
 
+@shared_task(bind=True, base=JobTask, name="gallery.tasks.run_example")
+def run_example(self: Task, job_id: str) -> None:
+    _run(self, job_id)
+
+
+@shared_task(name="gallery.tasks.schedule_verifications", acks_late=False)
+def schedule_verifications() -> int:
+    """Queue the scheduled runs that are due (beat calls this every few minutes)."""
+    return services.schedule_verifications()
+
+
 @shared_task(base=JobTask, name="gallery.tasks.email_notification", autoretry_for=(Exception,),
              retry_backoff=30, max_retries=6)
 def email_notification(notification_id: int) -> None:

@@ -33,6 +33,7 @@ from .models import (
     Job,
     Notification,
     Revision,
+    Run,
     Submission,
     Tag,
     snapshot,
@@ -55,23 +56,27 @@ PREVIEW_CSP = (
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
-    q, tag, pages = query = _gallery_query(request)
+    q, tag, pages, verified = query = _gallery_query(request)
     audience = caching.audience(request.user)  # the groups it shows: part of the page's key
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
-        _page_key(*query, audience=audience), lambda: _gallery_html(q, tag, pages, audience),
+        _page_key(*query, audience=audience),
+        lambda: _gallery_html(q, tag, pages, verified, audience),
         user_id=request.user.pk)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
 
-def _gallery_query(request: HttpRequest) -> tuple[str, str, dict[str, str]]:
-    """The search, the tag and the page of each section that the gallery page shows."""
+def _gallery_query(request: HttpRequest) -> tuple[str, str, dict[str, str], bool]:
+    """The search, the tag, the page of each section and whether only verified examples
+    (their last run passed) are shown."""
     return (request.GET.get("q", "")[:200], request.GET.get("tag", "")[:50],
-            {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS})
+            {state: request.GET.get(f"{state}_page", "")[:10] for state in SECTIONS},
+            request.GET.get("verified", "") == "1")
 
 
-def _page_key(q: str, tag: str, pages: dict[str, str], *, audience: Any = ()) -> str:
-    return "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()))).encode()
-                                            ).hexdigest() + caching.audience_key(audience)
+def _page_key(q: str, tag: str, pages: dict[str, str], verified: bool = False, *,
+              audience: Any = ()) -> str:
+    return "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()), verified))
+                                            .encode()).hexdigest() + caching.audience_key(audience)
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
@@ -79,20 +84,22 @@ SECTIONS = {"approved": "Curated, reviewed examples",
 caching.PAGE_KEYS["index"] = lambda request: _page_key(*_gallery_query(request))
 
 
-def _gallery_html(q: str, tag: str, pages: dict[str, str], audience: Any = ()) -> str:
+def _gallery_html(q: str, tag: str, pages: dict[str, str], verified: bool = False,
+                  audience: Any = ()) -> str:
     """Search, tag filters and the cards of both sections: the same for everyone who sees
     the same groups (`audience`)."""
     sections = []
     for state, title in SECTIONS.items():
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, audience=audience),
+        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, verified=verified,
+                                              audience=audience),
                          PAGE_SIZE).get_page(pages[state])
         sections.append({"state": state, "title": title, "page": page})
     # Slow to count over thousands of examples, and the same for everyone of an audience.
     tags = cache.get_or_set("gallery:popular-tags" + caching.audience_key(audience),
                             lambda: list(Tag.objects.popular(audience)[:30]),
                             caching.PAGE_SECONDS)
-    return render_to_string("gallery/gallery.html",
-                            {"sections": sections, "q": q, "tag": tag, "tags": tags})
+    return render_to_string("gallery/gallery.html", {"sections": sections, "q": q, "tag": tag,
+                                                     "tags": tags, "verified": verified})
 
 
 @login_required
@@ -127,6 +134,11 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
                      for i, v in enumerate(versions)][::-1],
         "history": item.history.select_related("actor")[:50],
         "sees_reviews": item.revisable_by(request.user),
+        "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
+        # A notebook saved without outputs is previewed with those of its verified run.
+        "outputs_run": (verified := services.verified_preview(revision)),
+        "outputs_preview_url": example_preview_url(item, verified.outputs_sha256)
+        if verified else "",
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
@@ -301,7 +313,26 @@ def submission(request: HttpRequest, pk: int) -> HttpResponse:
         "submission": item,
         "preview_url": example_preview_url(item.example, item.revision.notebook_sha256),
         "reviews": item.reviews.select_related("reviewer"),
+        "last_run": item.revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
     })
+
+
+@login_required
+@require_POST
+def rerun(request: HttpRequest, slug: str) -> HttpResponse:
+    """Run an example's revision again (its contributor and the reviewers)."""
+    item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
+    revision = get_object_or_404(item.revisions, number=request.POST.get("revision") or (
+        item.latest_revision.number if item.latest_revision else 0))
+    try:
+        services.rerun(revision=revision, user=request.user)
+    except services.NotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
+    messages.info(request, f"Version {revision.number} will run again in a moment.")
+    submission = getattr(revision, "submission", None)
+    if submission is not None and not revision.approved:
+        return redirect("submission", pk=submission.pk)
+    return redirect(reverse("example", args=[slug]) + "#h-run")
 
 
 @login_required
@@ -357,7 +388,8 @@ def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
     """The preview of a group's example, only to those who see the example: a non-member
     who knows its address gets the same 404 as for an address that names nothing."""
     item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
-    if not item.revisions.filter(notebook_sha256=sha256).exists():
+    if not (item.revisions.filter(notebook_sha256=sha256).exists()
+            or item.revisions.filter(runs__outputs_sha256=sha256).exists()):
         raise Http404("There is no such preview.")
     for private in (True, False):
         path = services.preview_path(sha256, private=private)

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from .runkit import kernel_env, run_accounts, run_root  # noqa: F401  (fixtures of runs' tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
 # One Redis database and one set of queue names per test run, so parallel runs and
@@ -25,7 +27,8 @@ REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
 RUN_ID = f"t{os.getpid()}"
 BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
 QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
-          "use": f"gallery-use-{RUN_ID}", "envs": f"gallery-envs-{RUN_ID}"}
+          "use": f"gallery-use-{RUN_ID}", "envs": f"gallery-envs-{RUN_ID}",
+          "runs": f"gallery-runs-{RUN_ID}"}
 # Generated requests per endpoint ("GET /api/v1/examples"), filled by tests/test_harness.py and
 # tests/test_concurrency.py and printed at the end of the run: a harness that stopped reaching
 # an endpoint shows here as a missing or tiny count.
@@ -53,6 +56,7 @@ def _broker() -> Iterator[None]:
             "gallery.tasks.render_preview": {"queue": QUEUES["previews"]},
             "gallery.tasks.run_use": {"queue": QUEUES["use"]},
             "gallery.tasks.build_environment": {"queue": QUEUES["envs"]},
+            "gallery.tasks.run_example": {"queue": QUEUES["runs"]},
         },
     )
     yield
@@ -138,6 +142,7 @@ def worker_env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-unt
         "GALLERY_QUEUE_PREVIEWS": QUEUES["previews"],
         "GALLERY_QUEUE_USE": QUEUES["use"],
         "GALLERY_QUEUE_ENVS": QUEUES["envs"],
+        "GALLERY_QUEUE_RUNS": QUEUES["runs"],
         "PYTHONPATH": str(ROOT),
     }
     env.update(extra)

@@ -21,7 +21,7 @@ from django.urls import URLResolver, get_resolver
 
 from gallery import previews, services
 from gallery.api import api as ninja_api
-from gallery.models import Example, Job, Revision, Submission
+from gallery.models import Example, Job, Revision, Run, Submission
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 from .test_hub import FakeHub
@@ -161,6 +161,8 @@ MATRIX: dict[str, Entry] = {
     "examples/<slug:slug>/update": Entry(GET=page(always(405)),
                                          POST=page(seen(SEES_EXAMPLE, 302)),
                                          data={"folder": "demo"}),
+    # Run again: its contributor and the reviewers; others who see it are refused.
+    "examples/<slug:slug>/run": Entry(GET=page(always(405)), POST=page(revising(302))),
     "jobs/<uuid:job_id>/": Entry(GET=page(seen(SEES_JOB, 200)), POST=page(always(405))),
     # The form sent empty is refused (400) once the example it revises is allowed.
     "stage/": Entry(GET=page(revising(200)), POST=page(revising(400)), revises=True),
@@ -365,6 +367,8 @@ class AuthorisationMatrixTests(GalleryTestCase):
             "pk": str(sub["rejected"].pk),
             "statechange": str(rejected.history.last().pk),  # type: ignore[union-attr]
             "notification": str(self.contributor.notifications.first().pk),  # type: ignore[union-attr]
+            "run": str(Run.objects.create(revision=rejected.latest_revision,
+                                          kind=Run.Kind.STAGING, state=Run.State.FAILED).pk),
             "content_type_id": str(ContentType.objects.get_for_model(Example).pk),
             "app_label": "gallery", "url": "no-such-page/"}
         # What must not show, and who may see it.

@@ -534,3 +534,103 @@ def test_it_needs_jupyters_login_and_xsrf_to_browse_and_use(jupyter: Jupyter) ->
     answer = session.post(use, json={"folder": "../x"}, timeout=30,
                           headers={"X-XSRFToken": session.cookies.get("_xsrf")})
     assert answer.status_code == 400 and answer.json()["kind"] == "invalid"
+
+
+def _cells(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(path, as_version=4).cells]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_plans_and_applies_an_update_of_the_copy_under_the_hub_identity(
+        jupyter: Jupyter, gallery_hub: HubStub, settings: Any) -> None:
+    from gallery import homes, services
+    from gallery.models import Job
+    from tests.base import make_user, stage
+
+    settings.GALLERY_USE_BACKEND = "filesystem"
+    contributor, reviewer = make_user("ada"), make_user("rev", reviewer=True)
+    first = notebook("a = 1", "print(a)")
+    v1 = stage(contributor, title="Sea ice extent", environment=None, data_links=[],
+               notebook=nbformat.writes(nbformat.from_dict(first)).encode())
+    services.approve_submission(submission=v1, reviewer=reviewer)
+    slug = v1.example.slug
+    queued = jupyter.post(f"/gallery-stage/examples/{slug}/use", {"folder": "mine"})
+    assert queued.status_code == 202, queued.text
+    assert Job.objects.get(pk=queued.json()["id"]).state == Job.State.DONE
+    [copy] = jupyter.get(f"/gallery-stage/examples/{slug}/copies").json()
+    assert (copy["folder"], copy["version"], copy["outdated"]) == ("mine", 1, False)
+    assert "local_path" in copy
+
+    # connor edits a cell; version 2 adds one.
+    folder = Path(settings.GALLERY_HOME_TEMPLATE.format(username="connor")) / "examples/mine"
+    mine = nbformat.read(folder / "hello.ipynb", as_version=4)
+    mine.cells[1].source = "a = 10  # mine"
+    nbformat.write(mine, folder / "hello.ipynb")
+    second = notebook("a = 1", "print(a)", "print(a * 2)")
+    v2 = stage(contributor, environment=None, data_links=[], example_slug=slug,
+               notebook=nbformat.writes(nbformat.from_dict(second)).encode())
+    services.approve_submission(submission=v2, reviewer=reviewer)
+    [copy] = jupyter.get(f"/gallery-stage/examples/{slug}/copies").json()
+    assert (copy["version"], copy["outdated"]) == (1, True)
+
+    # The plan: 202 with the job reading the copy, then 200 with the plan, as the gallery
+    # answers them; nothing is written yet.
+    reading = jupyter.get(f"/gallery-stage/examples/{slug}/update-plan", folder="mine")
+    assert reading.status_code == 202, reading.text
+    assert reading.json()["kind"] == "update"
+    plan = jupyter.get(f"/gallery-stage/examples/{slug}/update-plan", folder="mine")
+    assert plan.status_code == 200, plan.text
+    assert (plan.json()["from_version"], plan.json()["to_version"]) == (1, 2)
+    assert {f["path"]: f["status"] for f in plan.json()["files"]}["hello.ipynb"] == "merged"
+    assert _cells(folder / "hello.ipynb")[1] == "a = 10  # mine"
+    again = jupyter.get(f"/gallery-stage/examples/{slug}/update-plan", folder="mine",
+                        refresh="true")
+    assert again.status_code == 202 and again.json()["id"] != reading.json()["id"]
+
+    applied = jupyter.post(f"/gallery-stage/examples/{slug}/update", {"folder": "mine"})
+    assert applied.status_code == 202, applied.text
+    job = jupyter.get(f"/gallery-stage/jobs/{applied.json()['id']}").json()
+    assert job["state"] == "done", job["message"]
+    assert job["result"]["backup"].startswith("~/examples/mine/.gallery-backup/")
+    assert _cells(folder / "hello.ipynb")[1:] == ["a = 10  # mine", "print(a)", "print(a * 2)"]
+    assert json.loads((folder / homes.PROVENANCE_FILE).read_text())["version"] == 2
+    assert Job.objects.get(pk=job["id"]).user.username == "connor"
+
+    # The gallery's refusals come back as it gave them; bad input stops at the server.
+    elsewhere = jupyter.post(f"/gallery-stage/examples/{slug}/update", {"folder": "nothing"})
+    assert elsewhere.status_code == 202  # the job fails, and says why
+    failed = jupyter.get(f"/gallery-stage/jobs/{elsewhere.json()['id']}").json()
+    assert failed["state"] == "failed" and "~/examples/nothing" in failed["message"]
+    staged = stage(contributor, title="Ocean heat", environment=None)
+    refused = jupyter.get(f"/gallery-stage/examples/{staged.example.slug}/update-plan")
+    assert refused.status_code == 409 and "approved" in refused.json()["message"]
+    assert jupyter.get("/gallery-stage/examples/no-such/copies").status_code == 404
+    before = Job.objects.count()
+    for answer in [jupyter.get(f"/gallery-stage/examples/{slug}/update-plan", folder="../x"),
+                   jupyter.get(f"/gallery-stage/examples/{slug}/update-plan", refresh="maybe"),
+                   jupyter.get("/gallery-stage/examples/a%20b/copies"),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/update", {"folder": "a/b"}),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/update", ["mine"])]:
+        assert answer.status_code == 400 and answer.json()["kind"] == "invalid", answer.text
+    assert Job.objects.count() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_needs_jupyters_login_and_xsrf_to_update(jupyter: Jupyter) -> None:
+    slug = "sea-ice"
+    for endpoint in ["copies", "update-plan"]:
+        assert requests.get(f"{jupyter.url}/gallery-stage/examples/{slug}/{endpoint}",
+                            timeout=30).status_code == 403
+    session = requests.Session()
+    session.get(f"{jupyter.url}/login?next=/api/status", timeout=30)
+    session.post(f"{jupyter.url}/login", data={
+        "password": JUPYTER_TOKEN, "_xsrf": session.cookies.get("_xsrf")}, timeout=30)
+    update = f"{jupyter.url}/gallery-stage/examples/{slug}/update"
+    assert session.post(update, json={"folder": "mine"}, timeout=30).status_code == 403
+    answer = session.post(update, json={"folder": "../x"}, timeout=30,
+                          headers={"X-XSRFToken": session.cookies.get("_xsrf")})
+    assert answer.status_code == 400 and answer.json()["kind"] == "invalid"
+    # No cross-origin reading: the answers carry no CORS permission.
+    probe = session.get(f"{jupyter.url}/gallery-stage/examples/{slug}/copies", timeout=30,
+                        headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in probe.headers

@@ -145,7 +145,7 @@ def test_it_runs_each_task_on_the_queue_it_belongs_to(stack, settings) -> None: 
     with psycopg.connect(stack["db"]) as db:
         rows = db.execute("SELECT kind, state, worker FROM gallery_job").fetchall()
     expected = {"checks": hosts["default"], "commit": hosts["default"],
-                "preview": hosts["previews"], "use": hosts["use"]}
+                "preview": hosts["previews"], "use": hosts["use"], "run": hosts["runs"]}
     assert {kind for kind, _, _ in rows} >= set(expected)
     for kind, state, worker in rows:
         assert state == "done", (kind, state, worker)

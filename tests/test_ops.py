@@ -99,7 +99,7 @@ class HealthTests(GalleryTestCase):
         report = self.client.get("/health/detail").json()
         checks = report["checks"]
         self.assertEqual(set(checks), {"database", "broker", "workers", "repository", "jobs",
-                                       "disk"})
+                                       "disk", "runs"})
         for check in checks.values():
             self.assertIn(check["status"], {"ok", "warning", "error", "unknown"})
             self.assertTrue(check["message"])
@@ -111,6 +111,10 @@ class HealthTests(GalleryTestCase):
         self.assertEqual(checks["workers"]["status"], "error")
         self.assertIn("default", checks["workers"]["message"])
         self.assertEqual(report["status"], "error")
+        # No runner account here: runs are not made, and the report says how to fix it.
+        self.assertEqual(checks["runs"]["status"], "warning")
+        self.assertIn("set GALLERY_RUNNER_USER", checks["runs"]["message"])
+        self.assertIn(checks["runs"]["sandbox"].split(":")[0], {"bubblewrap works", "missing"})
 
     def test_it_says_the_broker_is_down_without_a_5xx(self):
         self.client.force_login(self.reviewer)

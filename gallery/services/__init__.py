@@ -5,10 +5,11 @@ one way to stage, approve, retire or use an example. Each function runs in one t
 and queues its slow work only after that transaction commits. The rooms, from the bottom:
 `history` (the record of state changes), `notifications`, `queue` (jobs as rows: queue, claim,
 lease, finish), `staging` (a submission, its checks and preview), `environments` (an approved
-revision's environment locked and built once per key), `review` (decisions, retirement,
-publishing), `use` (copies into homes), `updates` (a copy brought to the new version with
-its owner's edits kept), `jobs` (the runner and the sweep), `users` (people and reviewer
-rights) and `index` (rebuild from the repository, bulk import).
+revision's environment locked and built once per key), `runs` (examples run top to bottom,
+their verdicts and schedule), `review` (decisions, retirement, publishing), `use` (copies into
+homes), `updates` (a copy brought to the new version with its owner's edits kept), `jobs` (the
+runner and the sweep), `users` (people and reviewer rights) and `index` (rebuild from the
+repository, bulk import).
 Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
 
@@ -56,6 +57,20 @@ from .review import (
     retire_example,
     start_review,
 )
+from .runs import (
+    candidate_batches,
+    candidate_report,
+    check_candidate,
+    executed_notebook,
+    give_up_run,
+    notebook_names,
+    queue_run,
+    queue_verification,
+    rerun,
+    schedule_verifications,
+    verified_notebook,
+    verified_preview,
+)
 from .staging import (
     STAGING_GRACE,
     StagedFiles,
@@ -83,6 +98,18 @@ from .users import (
 )
 
 __all__ = [
+    "candidate_batches",
+    "candidate_report",
+    "check_candidate",
+    "executed_notebook",
+    "give_up_run",
+    "notebook_names",
+    "queue_run",
+    "queue_verification",
+    "rerun",
+    "schedule_verifications",
+    "verified_notebook",
+    "verified_preview",
     "Conflict",
     "ExampleMeta",
     "GAVE_UP",

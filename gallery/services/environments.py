@@ -4,26 +4,23 @@ built once per environment key, by a job on a queue of its own, for everyone who
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from .. import environments, kernels
 from ..errors import GalleryError
 from ..models import Environment, Example, Job, Revision
-from .queue import LeaseLost, queue_job, renew_lease
+from .queue import keeping_lease, queue_job
+from .runs import queue_verification
 from .staging import RESOLVE_CHECK, record_check, staged_folder
 
 log = logging.getLogger(__name__)
@@ -83,7 +80,7 @@ def do_environment(job: Job) -> dict[str, Any]:
     # build's lock of the key, then finds the environment finished.
     began: list[float] = []
     try:
-        with _keeping_lease(job):
+        with keeping_lease(job, what="building its environment"):
             path = environments.build(lock_text,
                                       starting=lambda: began.append(time.monotonic()))
     except environments.BuildError as exc:
@@ -93,6 +90,7 @@ def do_environment(job: Job) -> dict[str, Any]:
              reason=f"The build stopped on an error in the gallery ({type(exc).__name__}).")
         raise
     _set(env, state=Environment.State.READY, path=str(path), reason="", log="")
+    queue_verification(revision)  # the example runs in its new environment
     report = _report(env)
     if began:  # this job built it (another may have, at the same time, for the same key)
         report.update(built=True, build_seconds=round(time.monotonic() - began[0], 1))
@@ -291,29 +289,3 @@ def _failed(revision: Revision, key: str, exc: environments.BuildError,
 def _report(env: Environment) -> dict[str, Any]:
     return {"environment": env.key, "state": env.state, "path": env.path,
             "reason": env.reason}
-
-
-@contextlib.contextmanager
-def _keeping_lease(job: Job) -> Iterator[None]:
-    """Renew the job's lease while a build runs (a build may take far longer than a lease),
-    so the sweep does not hand it to a second worker."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        try:
-            while not stop.wait(max(settings.GALLERY_JOB_LEASE / 3, 0.5)):
-                renew_lease(job)
-        except LeaseLost as exc:
-            log.warning("%s while building its environment", exc)
-        except Exception:  # the build goes on; at worst the sweep rings the job again
-            log.exception("could not renew the lease of job %s", job.pk)
-        finally:
-            connection.close()  # this thread's own connection
-
-    beater = threading.Thread(target=beat, name=f"lease-{job.pk}", daemon=True)
-    beater.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beater.join()

@@ -17,6 +17,7 @@ from ..models import Job
 from .environments import do_environment, give_up_environment, uses_waiting_for
 from .queue import LeaseLost, Waiting, claim_job, enqueue, finish_job, park_job
 from .review import do_commit
+from .runs import do_run, give_up_run
 from .staging import do_checks, do_preview
 from .updates import do_update
 from .use import clear_use, count_uses, do_use
@@ -58,6 +59,7 @@ def _perform(job: Job) -> Job | None:
         Job.Kind.USE: do_use,
         Job.Kind.ENVIRONMENT: do_environment,
         Job.Kind.UPDATE: do_update,
+        Job.Kind.RUN: do_run,
     }[Job.Kind(job.kind)]
     started = time.monotonic()
     try:
@@ -71,6 +73,7 @@ def _perform(job: Job) -> Job | None:
             enqueue(job)
         return job
     except (homes.CopyError, notebooks.NotebookError, GalleryError) as exc:
+        _ended_without_result(job, str(exc))
         return finish_job(job, Job.State.FAILED, message=str(exc))
     except Exception as exc:
         log.exception("job %s (%s) failed", job.pk, job.kind)
@@ -78,6 +81,7 @@ def _perform(job: Job) -> Job | None:
             Job.objects.filter(pk=job.pk, worker=job.worker).update(
                 state=Job.State.QUEUED, worker="", message=f"retrying after {type(exc).__name__}")
             return job
+        _ended_without_result(job, _internal_message(job, exc))
         return finish_job(job, Job.State.FAILED, message=_internal_message(job, exc))
     log.info("job %s (%s) done in %.0f ms", job.pk, job.kind, (time.monotonic() - started) * 1e3)
     return finish_job(job, Job.State.DONE, result=result)
@@ -97,9 +101,16 @@ def _give_up(job: Job) -> Job | None:
             return None
         except Exception:  # the job ends all the same; what is left is logged
             log.exception("could not clear what job %s left behind", job.pk)
-    if job.kind == Job.Kind.ENVIRONMENT:
-        give_up_environment(job, GAVE_UP)
+    _ended_without_result(job, GAVE_UP)
     return finish_job(job, Job.State.FAILED, message=GAVE_UP)
+
+
+def _ended_without_result(job: Job, reason: str) -> None:
+    """What a job of some kinds leaves saying "in progress" is told it ended, and why."""
+    if job.kind == Job.Kind.ENVIRONMENT:
+        give_up_environment(job, reason)
+    elif job.kind == Job.Kind.RUN:
+        give_up_run(job, reason)
 
 
 def _internal_message(job: Job, exc: Exception) -> str:
@@ -123,8 +134,8 @@ def sweep_jobs() -> int:
         if job.attempts >= GIVE_UP_AFTER and not last_ring:
             if Job.objects.filter(pk=job.pk, state=job.state).update(
                     state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,
-                    message=GAVE_UP) and job.kind == Job.Kind.ENVIRONMENT:
-                give_up_environment(job, GAVE_UP)
+                    message=GAVE_UP):
+                _ended_without_result(job, GAVE_UP)
             continue
         if not enqueue(job):
             break  # the broker is down: the next sweep tries again

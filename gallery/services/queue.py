@@ -4,13 +4,16 @@ claim it with a lease, renew the lease, finish it. The database is the truth for
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
+from django.db import connection
 from django.db.models import Case, F, Q, TextField, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -28,6 +31,7 @@ TASKS = {
     Job.Kind.ENVIRONMENT: "gallery.tasks.build_environment",
     # An update reads and writes a home: the Use queue's workers reach the homes.
     Job.Kind.UPDATE: "gallery.tasks.run_use",
+    Job.Kind.RUN: "gallery.tasks.run_example",
 }
 
 
@@ -56,7 +60,8 @@ class LeaseLost(Exception):
 # What the job page says while a job runs (set by the claim itself: no extra write).
 RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home.",
                     Job.Kind.ENVIRONMENT: "Building the environment.",
-                    Job.Kind.UPDATE: "Reading your copy."}
+                    Job.Kind.UPDATE: "Reading your copy.",
+                    Job.Kind.RUN: "Running the example's notebooks."}
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:
@@ -120,3 +125,29 @@ def record_result(job: Job, result: dict[str, Any]) -> None:
     """Keep what a running job has settled so far (a Use's folder name, chosen before its
     rename) on the job, so that a retry of the job finishes the same work."""
     Job.objects.filter(pk=job.pk).update(result=result)
+
+
+@contextlib.contextmanager
+def keeping_lease(job: Job, *, what: str = "working") -> Iterator[None]:
+    """Renew the job's lease while long work runs (a build or a run may take far longer than a
+    lease), so the sweep does not hand it to a second worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(max(settings.GALLERY_JOB_LEASE / 3, 0.5)):
+                renew_lease(job)
+        except LeaseLost as exc:
+            log.warning("%s while %s", exc, what)
+        except Exception:  # the work goes on; at worst the sweep rings the job again
+            log.exception("could not renew the lease of job %s", job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    beater = threading.Thread(target=beat, name=f"lease-{job.pk}", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()

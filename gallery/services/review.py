@@ -21,6 +21,7 @@ from ..models import (
     Notification,
     Review,
     Revision,
+    Run,
     Submission,
     Tag,
     is_reviewer,
@@ -30,6 +31,7 @@ from .environments import queue_environment
 from .history import move_example, move_submission
 from .notifications import notify, notify_decision, notify_users_of
 from .queue import queue_job
+from .runs import queue_run
 from .staging import queue_preview, staged_folder
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,8 @@ def publish_revision(*, revision: Revision, commit: str, actor: AbstractBaseUser
             example.save(update_fields=["current_revision", "title", "summary", "search_text",
                                         "updated"])
             example.tags.set([Tag.objects.get_or_create(name=t)[0] for t in meta.get("tags", [])])
-            queue_environment(revision)
+            if queue_environment(revision) is None:  # else run once it is built
+                queue_run(revision, kind=Run.Kind.SCHEDULED)
             submission = Submission.objects.filter(revision=revision).first()
             notify(user=example.contributor, kind=Notification.Kind.PUBLISHED, example=example,
                    submission=submission,

@@ -30,6 +30,7 @@ from ..models import (
     Job,
     Preview,
     Revision,
+    Run,
     Submission,
     Tag,
     is_reviewer,
@@ -37,6 +38,7 @@ from ..models import (
 from ..schema import ExampleMeta, clean_meta
 from .history import move_submission, record_change
 from .queue import queue_job
+from .runs import executed_notebook, queue_run_at_staging
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +328,7 @@ def stage_submission(
                 to_state=submission.state, actor=contributor, reason=f"revision {number}")
         queue_job(Job.Kind.CHECKS, submission=submission, revision=revision)
         queue_preview(revision)
+        queue_run_at_staging(revision)
     return submission
 
 
@@ -387,13 +390,25 @@ def preview_path(sha256: str, *, private: bool = False) -> Path:
     return Path(folder) / f"{sha256}.html"
 
 
+def _notebook_to_preview(job: Job, revision: Revision) -> bytes:
+    """The revision's notebook, or the executed copy of a run (a notebook saved without
+    outputs, previewed with those of its verified run)."""
+    if job.params.get("run"):
+        run = Run.objects.get(pk=job.params["run"])
+        data = executed_notebook(run, revision.notebook_name)
+        if data is None:
+            raise GalleryError("The executed notebook of the run is gone.")
+        return data
+    return (staged_folder(revision) / revision.notebook_name).read_bytes()
+
+
 def do_preview(job: Job) -> dict[str, Any]:
     sha = job.params["sha256"]
     path = preview_path(sha, private=bool(job.params.get("private")))
     if not path.exists():
         revision = job.revision
         assert revision is not None
-        data = (staged_folder(revision) / revision.notebook_name).read_bytes()
+        data = _notebook_to_preview(job, revision)
         started = time.monotonic()
         try:
             # In a forked child with time and memory limits; any failure is a plain reason.

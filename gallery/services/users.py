@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 REVIEW_PERMISSIONS = ["review_submission", "view_submission", "change_submission",
                       "view_example", "change_example", "view_review", "view_job",
-                      "view_statechange"]
+                      "view_statechange", "view_run"]
 
 
 # What a project's reviewers see of the desk: their groups' submissions and examples

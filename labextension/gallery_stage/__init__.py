@@ -1,6 +1,6 @@
 """The gallery in JupyterLab 4 / Notebook 7: the "Submit to gallery" button, and the examples
-(Launcher section, side panel, example tabs, Use), with the Jupyter server part that talks to
-the gallery under the user's hub identity."""
+(Launcher section, side panel, example tabs, Use, Update my copy), with the Jupyter server part
+that talks to the gallery under the user's hub identity."""
 
 from typing import Any
 

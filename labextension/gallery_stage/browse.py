@@ -1,4 +1,5 @@
-"""Browsing and using the gallery's examples from JupyterLab, through this Jupyter server.
+"""Browsing, using and updating the gallery's examples from JupyterLab, through this Jupyter
+server.
 
 The page asks its own server (Jupyter's login and XSRF check, as for every other request of
 JupyterLab); these handlers check what it asks and pass it on to the gallery's JSON API with
@@ -24,13 +25,14 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .gallery import Config, StageError, call
+from .gallery import Config, StageError, call, exchange
 
 SLUG = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 JOB_ID = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@ -]{0,99}$")
 STATES = ("", "approved", "staged")
+FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 MAX_QUERY = 200
 
 
@@ -53,6 +55,12 @@ def check_folder(folder: Any) -> str:
                          "The folder name must be a single name (no '/'), not start with a "
                          "dot, and use letters, digits and . _ - + @ or space (at most 100).")
     return folder
+
+
+def check_flag(value: str, name: str) -> bool:
+    if value.lower() not in FLAGS:
+        raise StageError(400, "invalid", f"'{name}' is true or false.")
+    return FLAGS[value.lower()]
 
 
 def check_listing(q: str, tag: str, state: str, page: str) -> dict[str, str]:
@@ -109,6 +117,20 @@ class GalleryHandler(APIHandler):
         answer = await call(config, method, path, **kwargs)
         return config, answer
 
+    async def relay_status(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """As `relay`, with the gallery's 2xx status (the page tells 202 from 200)."""
+        return await exchange(Config.from_env(), method, path, **kwargs)
+
+    def folder_in_body(self) -> str:
+        """The `folder` of a JSON object body, checked; StageError otherwise."""
+        try:
+            body = self.get_json_body() or {}
+        except web.HTTPError:
+            raise StageError(400, "invalid", "The request is not JSON.") from None
+        if not isinstance(body, dict):
+            raise StageError(400, "invalid", "The request must be a JSON object.")
+        return check_folder(body.get("folder"))
+
     def example_links(self, config: Config, example: dict[str, Any]) -> dict[str, Any]:
         example["url"] = safe_link(config, example.get("url"))
         example["preview_url"] = safe_link(config, example.get("preview_url"))
@@ -158,19 +180,68 @@ class UseHandler(GalleryHandler):
     @authorized
     async def post(self, slug: str) -> None:
         try:
-            body = self.get_json_body() or {}
-        except web.HTTPError:
-            return self.fail(StageError(400, "invalid", "The request is not JSON."))
-        try:
-            if not isinstance(body, dict):
-                raise StageError(400, "invalid", "The request must be a JSON object.")
-            folder = check_folder(body.get("folder"))
+            folder = self.folder_in_body()
             _, job = await self.relay("POST", f"examples/{check_slug(slug)}/use",
                                       body={"folder": folder})
         except StageError as error:
             return self.fail(error)
         self.log.info("gallery_stage: %s uses %s (job %s)", self.current_user.username, slug,
                       job.get("id"))
+        self.set_status(202)
+        self.finish(json.dumps(job))
+
+
+class CopiesHandler(GalleryHandler):
+    """The user's copies of an example, each with whether a newer version can be merged in."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, slug: str) -> None:
+        try:
+            _, copies = await self.relay("GET", f"examples/{check_slug(slug)}/copies")
+        except StageError as error:
+            return self.fail(error)
+        copies = [c for c in copies if isinstance(c, dict)] if isinstance(copies, list) else []
+        root = self.contents_manager.root_dir
+        for copy in copies:
+            copy["local_path"] = local_path(copy.get("path"), root)
+        self.finish(json.dumps(copies))
+
+
+class UpdatePlanHandler(GalleryHandler):
+    """What an update would change: 202 (with the job reading the copy) until the gallery has
+    the plan, then 200 with it, status passed on as the gallery gives it."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, slug: str) -> None:
+        arg = self.get_query_argument
+        try:
+            folder = check_folder(arg("folder", ""))
+            refresh = check_flag(arg("refresh", ""), "refresh")
+            status, answer = await self.relay_status(
+                "GET", f"examples/{check_slug(slug)}/update-plan",
+                query={"folder": folder, "refresh": "true" if refresh else ""})
+        except StageError as error:
+            return self.fail(error)
+        self.set_status(202 if status == 202 else 200)
+        self.finish(json.dumps(answer))
+
+
+class UpdateHandler(GalleryHandler):
+    """Merge the approved version into the user's copy: a job, followed at /jobs/<id>."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, slug: str) -> None:
+        try:
+            folder = self.folder_in_body()
+            _, job = await self.relay("POST", f"examples/{check_slug(slug)}/update",
+                                      body={"folder": folder})
+        except StageError as error:
+            return self.fail(error)
+        self.log.info("gallery_stage: %s updates %s in %r (job %s)",
+                      self.current_user.username, slug, folder, job.get("id"))
         self.set_status(202)
         self.finish(json.dumps(job))
 
@@ -200,5 +271,8 @@ def handlers(base: str) -> list[tuple[str, type[GalleryHandler]]]:
         (url_path_join(ns, "examples", part), DetailHandler),
         (url_path_join(ns, "examples", part, "use-plan"), UsePlanHandler),
         (url_path_join(ns, "examples", part, "use"), UseHandler),
+        (url_path_join(ns, "examples", part, "copies"), CopiesHandler),
+        (url_path_join(ns, "examples", part, "update-plan"), UpdatePlanHandler),
+        (url_path_join(ns, "examples", part, "update"), UpdateHandler),
         (url_path_join(ns, "jobs", part), JobHandler),
     ]

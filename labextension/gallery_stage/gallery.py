@@ -159,6 +159,13 @@ async def call(config: Config, method: str, path: str, *, query: dict[str, str] 
                body: dict[str, Any] | None = None) -> Any:
     """One call of the gallery's JSON API (`path` under /api/v1/, already validated by the
     caller); its JSON answer on 2xx, else StageError with the gallery's status and message."""
+    return (await exchange(config, method, path, query=query, body=body))[1]
+
+
+async def exchange(config: Config, method: str, path: str, *,
+                   query: dict[str, str] | None = None,
+                   body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """As `call`, with the gallery's 2xx status too (202 "not ready yet" vs 200)."""
     config.require()
     url = urljoin(config.gallery_url, API_PATH + path)
     if query:
@@ -186,4 +193,4 @@ async def call(config: Config, method: str, path: str, *, query: dict[str, str] 
         payload = None
     if not 200 <= response.code < 300 or payload is None:
         raise passed_on(response.code, payload, config.gallery_url)
-    return payload
+    return response.code, payload

@@ -1,6 +1,7 @@
 /**
  * The gallery's examples in JupyterLab: a Launcher section, a side panel with search and
- * tags, a tab per example (summary, files, environment, verification, preview) and Use.
+ * tags, a tab per example (summary, files, environment, verification, preview), Use, and
+ * Update my copy (the plan first, then the merge, then the updated notebook).
  *
  * Every request goes to this Jupyter server's /gallery-stage/ handlers, which talk to the
  * gallery with the server's own hub token. The preview is the one thing loaded from the
@@ -21,7 +22,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { el, humanSize, requestAPI, StageError } from './request';
+import { el, humanSize, requestAPI, requestWithStatus, StageError } from './request';
 
 const OPEN = 'gallery-examples:open';
 const BROWSE = 'gallery-examples:browse';
@@ -78,17 +79,77 @@ interface IPlan {
   kernel: string;
 }
 
+interface IKernelResult {
+  name?: string;
+  display_name?: string;
+  installed?: boolean;
+  note?: string;
+}
+
 interface IJob {
   id: string;
+  kind?: string;
   state: string;
   message: string;
   local_path: string;
   result: {
     folder?: string;
     path?: string;
-    kernel?: { name?: string; display_name?: string; installed?: boolean; note?: string };
-  };
+    kernel?: IKernelResult;
+  } & Partial<IUpdatePlan>;
 }
+
+/** A copy the user made of the example (by Use, or brought up to date by an update). */
+interface ICopy {
+  folder: string;
+  path: string;
+  version: number;
+  outdated: boolean;
+  local_path: string;
+}
+
+interface ICellChange {
+  cell: number | null;
+  change: string;
+  side: string;
+}
+
+interface IUpdateFile {
+  path: string;
+  status: string;
+  beside: string;
+  cells: ICellChange[];
+  conflicts: ICellChange[];
+}
+
+/** What an update does to a copy: the gallery's plan, and an update job's result. */
+interface IUpdatePlan {
+  folder: string;
+  path: string;
+  from_version: number;
+  to_version: number;
+  up_to_date: boolean;
+  files: IUpdateFile[];
+  changes: number;
+  conflicts: number;
+  backup: string;
+}
+
+/** What the example tab needs of JupyterLab: open a copy, and tell an unsaved one. */
+export interface ICopyOpener {
+  open(path: string, kernel: string | null, reload?: boolean): Promise<void>;
+  unsaved(path: string): boolean;
+}
+
+const FILE_OUTCOMES: { [status: string]: string } = {
+  updated: 'replaced by the new version (you had not changed it)',
+  added: 'new in this version',
+  removed: 'no longer in the example; removed (kept in the backup)',
+  merged: "your edits and the new version's, merged",
+  conflict: 'conflict: marked in the notebook with <<<<<<< local … >>>>>>> remote',
+  kept: 'yours is kept',
+  unchanged: 'unchanged'
+};
 
 const ENV_STATES: { [state: string]: string } = {
   '': 'No environment has been built for it (yet).',
@@ -111,6 +172,42 @@ function query(params: { [key: string]: string }): string {
 
 function describe(err: unknown): string {
   return err instanceof StageError ? err.message : String(err);
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+function describeCells(cells: ICellChange[]): string {
+  return cells
+    .map(c => `${c.cell ? `cell ${c.cell}` : 'notebook'}: ${c.change} (${c.side})`)
+    .join('; ');
+}
+
+function describeFile(f: IUpdateFile): string {
+  const what = FILE_OUTCOMES[f.status] ?? f.status;
+  return f.status === 'kept' && f.beside ? `${what}; the new version goes beside it as ${f.beside}` : what;
+}
+
+const sleep = (ms: number) => new Promise(resolve => window.setTimeout(resolve, ms));
+
+/** Follow a job of the gallery until it is done or failed (null: given up, or the tab closed). */
+async function followJob(
+  settings: ServerConnection.ISettings,
+  job: IJob,
+  report: (job: IJob) => void,
+  gone: () => boolean
+): Promise<IJob | null> {
+  const started = Date.now();
+  while (job.state !== 'done' && job.state !== 'failed') {
+    report(job);
+    if (gone() || Date.now() - started > POLL_LIMIT_MS) {
+      return null;
+    }
+    await sleep(POLL_MS);
+    job = await requestAPI<IJob>(settings, `jobs/${encodeURIComponent(job.id)}`);
+  }
+  return job;
 }
 
 function stateLabel(state: string): string {
@@ -268,16 +365,17 @@ export class ExamplesPanel extends Widget {
   }
 }
 
-/** One example in a main-area tab, with Use. */
+/** One example in a main-area tab, with Use and Update my copy. */
 export class ExampleView extends Widget {
   private heading: HTMLElement;
   private detail: IDetail | null = null;
   private polling = false;
+  private updating = false;
 
   constructor(
     private settings: ServerConnection.ISettings,
     private slug: string,
-    private openCopy: (path: string, kernel: string | null) => Promise<void>
+    private lab: ICopyOpener
   ) {
     super();
     this.addClass('jp-GalleryExample');
@@ -325,6 +423,9 @@ export class ExampleView extends Widget {
       );
     }
     node.appendChild(this.useSection(d));
+    if (d.state === 'approved') {
+      node.appendChild(this.updateSection(d));
+    }
 
     const section = (id: string, heading: string): HTMLElement => {
       const box = el('section', { 'aria-labelledby': `${id}-${d.slug}` });
@@ -443,18 +544,18 @@ export class ExampleView extends Widget {
     progress.removeAttribute('value');
     status.textContent = 'Asking the gallery for a copy…';
     try {
-      let job = await requestAPI<IJob>(this.settings, `examples/${encodeURIComponent(d.slug)}/use`, {
+      const queued = await requestAPI<IJob>(this.settings, `examples/${encodeURIComponent(d.slug)}/use`, {
         method: 'POST',
         body: JSON.stringify({ folder })
       });
-      const started = Date.now();
-      while (job.state !== 'done' && job.state !== 'failed') {
-        status.textContent = job.message || (job.state === 'queued' ? 'Waiting for a worker…' : 'Copying…');
-        if (this.isDisposed || Date.now() - started > POLL_LIMIT_MS) {
-          return;
-        }
-        await new Promise(resolve => window.setTimeout(resolve, POLL_MS));
-        job = await requestAPI<IJob>(this.settings, `jobs/${encodeURIComponent(job.id)}`);
+      const job = await followJob(
+        this.settings,
+        queued,
+        j => (status.textContent = j.message || (j.state === 'queued' ? 'Waiting for a worker…' : 'Copying…')),
+        () => this.isDisposed
+      );
+      if (job === null) {
+        return;
       }
       progress.hidden = true;
       if (job.state === 'failed') {
@@ -473,13 +574,252 @@ export class ExampleView extends Widget {
         `Copied to ${where}. Opening ${d.notebook}` +
         (withKernel ? ` with the kernel ${kernel?.display_name || withKernel}.` : '.') +
         (kernel && !kernel.installed && kernel.note ? ` ${kernel.note}` : '');
-      await this.openCopy(path, withKernel);
+      await this.lab.open(path, withKernel);
     } catch (err) {
       progress.hidden = true;
       status.textContent = `Use failed: ${describe(err)}`;
     } finally {
       this.polling = false;
       button.disabled = false;
+    }
+  }
+
+  /**
+   * Update my copy: shown when one of the user's copies is of an older approved version.
+   * "See what will change" asks for the plan (the gallery reads the copy in a job: 202 until
+   * it is ready); "Update my copy" merges, reports conflicts and the backup, and opens the
+   * updated notebook.
+   */
+  private updateSection(d: IDetail): HTMLElement {
+    const headingId = `jp-GalleryExample-h-update-${d.slug}`;
+    const box = el('section', { class: 'jp-GalleryExample-update', 'aria-labelledby': headingId, hidden: '' });
+    box.appendChild(el('h2', { id: headingId }, 'Update my copy'));
+    const intro = el('p');
+    const copies = el('ul', { class: 'jp-GalleryExample-copies' });
+    const plan = el('div', { class: 'jp-GalleryExample-updateplan' });
+    const progress = el('progress', { 'aria-label': 'Progress of the update', hidden: '' });
+    const status = el('p', { class: 'jp-GalleryExample-updatestatus', role: 'status', 'aria-live': 'polite' });
+    box.append(intro, copies, progress, status, plan);
+
+    const list = async (): Promise<void> => {
+      let mine: ICopy[];
+      try {
+        mine = await requestAPI<ICopy[]>(this.settings, `examples/${encodeURIComponent(d.slug)}/copies`);
+      } catch (err) {
+        console.warn('gallery-stage: your copies of', d.slug, 'cannot be listed:', describe(err));
+        return;
+      }
+      const outdated = mine.filter(c => c.outdated);
+      copies.replaceChildren();
+      if (outdated.length === 0) {
+        return; // the status line stays when the last copy was just updated
+      }
+      box.hidden = false;
+      intro.textContent =
+        `Version ${d.version} is approved, newer than your ` +
+        (outdated.length === 1 ? 'copy' : 'copies') +
+        ' below. An update merges it into your copy notebook cell by cell: your edits are kept, ' +
+        'a cell changed by both you and the new version is marked in the notebook, a file you ' +
+        'changed stays and the new one goes beside it, and your files as they were are kept in ' +
+        '.gallery-backup/ inside the copy. First see what it will change; nothing is written ' +
+        'until you confirm.';
+      for (const c of outdated) {
+        const item = el('li');
+        item.appendChild(el('code', {}, c.path));
+        item.append(` (version ${c.version}) `);
+        const see = el(
+          'button',
+          { type: 'button', class: 'jp-mod-styled', 'aria-label': `See what updating ${c.path} will change` },
+          'See what will change'
+        );
+        see.addEventListener('click', () => void this.showPlan(d, c, plan, progress, status, list));
+        item.appendChild(see);
+        copies.appendChild(item);
+      }
+    };
+    void list();
+    return box;
+  }
+
+  private async showPlan(
+    d: IDetail,
+    copy: ICopy,
+    box: HTMLElement,
+    progress: HTMLProgressElement,
+    status: HTMLElement,
+    relist: () => Promise<void>
+  ): Promise<void> {
+    if (this.updating) {
+      return;
+    }
+    if (this.unsaved(d, copy, status)) {
+      return;
+    }
+    this.updating = true;
+    box.replaceChildren();
+    progress.hidden = false;
+    progress.removeAttribute('value');
+    status.textContent = `Reading your copy in ${copy.path}…`;
+    const url = `examples/${encodeURIComponent(d.slug)}/update-plan`;
+    try {
+      // The first request reads the copy afresh; later ones wait for that reading.
+      let answer = await requestWithStatus<IUpdatePlan | IJob>(
+        this.settings,
+        url + query({ folder: copy.folder, refresh: 'true' })
+      );
+      const started = Date.now();
+      while (answer.status === 202) {
+        const job = answer.data as IJob;
+        status.textContent = job.message || `Reading your copy in ${copy.path}…`;
+        if (this.isDisposed || Date.now() - started > POLL_LIMIT_MS) {
+          return;
+        }
+        await sleep(POLL_MS);
+        answer = await requestWithStatus<IUpdatePlan | IJob>(this.settings, url + query({ folder: copy.folder }));
+      }
+      progress.hidden = true;
+      const p = answer.data as IUpdatePlan;
+      if (p.up_to_date) {
+        status.textContent = `Your copy is already of version ${p.to_version}; nothing to update.`;
+        return;
+      }
+      status.textContent =
+        `From version ${p.from_version} to version ${p.to_version}: ${plural(p.changes, 'file')} to write` +
+        (p.conflicts ? `, ${plural(p.conflicts, 'conflict')} to resolve by hand` : '') +
+        '. Nothing has been written yet.';
+      const heading = el('h3', { tabindex: '-1' }, `What updating ${p.path} changes`);
+      box.append(heading, this.planTable(p, 'What the update does to each file'));
+      const apply = el('button', { type: 'button', class: 'jp-mod-styled jp-mod-accept' }, 'Update my copy');
+      apply.addEventListener('click', () => void this.applyUpdate(d, copy, apply, box, progress, status, relist));
+      box.appendChild(apply);
+      heading.focus();
+    } catch (err) {
+      progress.hidden = true;
+      status.textContent = `The update cannot be planned: ${describe(err)}`;
+    } finally {
+      this.updating = false;
+    }
+  }
+
+  /** The update reads and merges what is on disk: an open copy with unsaved edits is saved first. */
+  private unsaved(d: IDetail, copy: ICopy, status: HTMLElement): boolean {
+    const notebook = copy.local_path ? `${copy.local_path}/${d.notebook}` : '';
+    if (notebook && this.lab.unsaved(notebook)) {
+      status.textContent =
+        `${notebook} is open with unsaved changes. Save it first: the update merges what is on disk.`;
+      return true;
+    }
+    return false;
+  }
+
+  private planTable(p: IUpdatePlan, caption: string): HTMLTableElement {
+    const table = el('table', { class: 'jp-GalleryExample-files jp-GalleryExample-updatefiles' });
+    table.appendChild(el('caption', { class: 'jp-GalleryExample-hidden' }, caption));
+    const head = el('tr');
+    head.append(
+      el('th', { scope: 'col' }, 'File'),
+      el('th', { scope: 'col' }, 'What happens'),
+      el('th', { scope: 'col' }, 'Cells')
+    );
+    table.appendChild(el('thead')).appendChild(head);
+    const body = el('tbody');
+    for (const f of p.files) {
+      const row = el('tr', { class: `jp-mod-${f.status}`, 'data-path': f.path });
+      const name = el('td');
+      name.appendChild(el('code', {}, f.path));
+      row.append(name, el('td', {}, describeFile(f)), el('td', {}, describeCells(f.cells)));
+      body.appendChild(row);
+    }
+    table.appendChild(body);
+    return table;
+  }
+
+  private async applyUpdate(
+    d: IDetail,
+    copy: ICopy,
+    button: HTMLButtonElement,
+    box: HTMLElement,
+    progress: HTMLProgressElement,
+    status: HTMLElement,
+    relist: () => Promise<void>
+  ): Promise<void> {
+    if (this.updating) {
+      return;
+    }
+    if (this.unsaved(d, copy, status)) {
+      return;
+    }
+    this.updating = true;
+    button.disabled = true;
+    progress.hidden = false;
+    progress.removeAttribute('value');
+    status.textContent = `Asking the gallery to update ${copy.path}…`;
+    try {
+      const queued = await requestAPI<IJob>(this.settings, `examples/${encodeURIComponent(d.slug)}/update`, {
+        method: 'POST',
+        body: JSON.stringify({ folder: copy.folder })
+      });
+      const job = await followJob(
+        this.settings,
+        queued,
+        j => (status.textContent = j.message || (j.state === 'queued' ? 'Waiting for a worker…' : 'Merging…')),
+        () => this.isDisposed
+      );
+      if (job === null) {
+        return;
+      }
+      progress.hidden = true;
+      if (job.state === 'failed') {
+        status.textContent = `The update failed: ${job.message} Nothing of your copy was changed.`;
+        button.disabled = false;
+        return;
+      }
+      const r = job.result as IUpdatePlan;
+      box.replaceChildren();
+      const heading = el('h3', { tabindex: '-1' }, `${copy.path} is now of version ${r.to_version}`);
+      box.appendChild(heading);
+      const conflicts = r.files.filter(f => f.status === 'conflict');
+      if (r.up_to_date) {
+        box.appendChild(el('p', {}, `It was already of version ${r.to_version}; nothing was written.`));
+      } else {
+        box.appendChild(
+          el(
+            'p',
+            { class: 'jp-GalleryExample-updateresult' },
+            `It was of version ${r.from_version}. Your files as they were are in ${r.backup}.`
+          )
+        );
+        if (conflicts.length) {
+          box.appendChild(
+            el('p', {}, 'Conflicts to resolve by hand (marked <<<<<<< local … ======= … >>>>>>> remote):')
+          );
+          const list = el('ul', { class: 'jp-GalleryExample-conflicts' });
+          for (const f of conflicts) {
+            list.appendChild(el('li', {}, `${f.path}: ${describeCells(f.conflicts.length ? f.conflicts : f.cells)}`));
+          }
+          box.appendChild(list);
+        }
+        box.appendChild(this.planTable(r, 'What the update did to each file'));
+      }
+      heading.focus();
+      const kernel = job.result.kernel;
+      const withKernel = kernel && kernel.installed && kernel.name ? kernel.name : null;
+      if (!job.local_path) {
+        status.textContent = `Updated ${r.path}, which is outside this Jupyter server's folder.`;
+      } else {
+        status.textContent =
+          `Updated to version ${r.to_version}` +
+          (r.conflicts ? ` with ${plural(r.conflicts, 'conflict')} to resolve` : '') +
+          `. Opening ${d.notebook}.`;
+        await this.lab.open(`${job.local_path}/${d.notebook}`, withKernel, true);
+      }
+      void relist();
+    } catch (err) {
+      progress.hidden = true;
+      button.disabled = false;
+      status.textContent = `The update failed: ${describe(err)}`;
+    } finally {
+      this.updating = false;
     }
   }
 }
@@ -517,8 +857,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null
   ) => {
     const settings = app.serviceManager.serverSettings;
-    const openCopy = async (path: string, kernel: string | null): Promise<void> => {
-      docManager.open(path, 'default', kernel ? { name: kernel } : undefined, { mode: 'tab-after' });
+    const lab: ICopyOpener = {
+      open: async (path, kernel, reload = false) => {
+        if (kernel) {
+          // The kernel was installed after this page loaded its list of kernels: without a
+          // fresh list the notebook would start in another kernel of the same language.
+          await app.serviceManager.kernelspecs.refreshSpecs();
+        }
+        const open = docManager.findWidget(path);
+        if (open && reload) {
+          await open.context.revert(); // the update changed it on disk
+        }
+        docManager.open(path, 'default', kernel ? { name: kernel } : undefined, { mode: 'tab-after' });
+      },
+      unsaved: path => Boolean(docManager.findWidget(path)?.context.model.dirty)
     };
     const views = new Map<string, MainAreaWidget<ExampleView>>();
     const openExample = async (slug: string): Promise<void> => {
@@ -527,7 +879,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         app.shell.activateById(existing.id);
         return;
       }
-      const view = new ExampleView(settings, slug, openCopy);
+      const view = new ExampleView(settings, slug, lab);
       const widget = new MainAreaWidget({ content: view });
       widget.id = `gallery-example-${slug}`;
       widget.title.label = slug;

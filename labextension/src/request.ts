@@ -23,6 +23,15 @@ export async function requestAPI<T>(
   endPoint: string,
   init: RequestInit = {}
 ): Promise<T> {
+  return (await requestWithStatus<T>(settings, endPoint, init)).data;
+}
+
+/** As requestAPI, with the status of a successful answer (202 "not ready yet" vs 200). */
+export async function requestWithStatus<T>(
+  settings: ServerConnection.ISettings,
+  endPoint: string,
+  init: RequestInit = {}
+): Promise<{ status: number; data: T }> {
   const url = URLExt.join(settings.baseUrl, 'gallery-stage', endPoint);
   let response: Response;
   try {
@@ -55,7 +64,7 @@ export async function requestAPI<T>(
       data.message || `Request failed (HTTP ${response.status}).`
     );
   }
-  return data as T;
+  return { status: response.status, data: data as T };
 }
 
 /** A DOM element with attributes and text (text, never HTML). */

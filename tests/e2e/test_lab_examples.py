@@ -2,11 +2,16 @@
 real single-user JupyterLab with the extension, and a real Chromium. The examples are staged
 and approved through the gallery's API first; then, in Lab: the Launcher's Examples section,
 the side panel's search, an example's tab with its sandboxed preview, Use with a folder name,
-and the copied notebook opening in a new tab.
+and the copied notebook opening in a new tab. Then Update my copy from the same tab: a second
+approved version is merged into an edited copy, the plan shown first.
+
+The hub writes copies straight into the homes (the `filesystem` backend), which updates need;
+tests/e2e/test_kernels.py drives Use in Lab through the `contents` backend.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +20,7 @@ import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from gallery import homes
 from tests.e2e.browser import browser, page  # noqa: F401  (pytest fixtures)
 from tests.e2e.hub import ROOT, RunningHub, start_hub
 from tests.e2e.test_hub import csrf, gallery_login, wait_json
@@ -29,29 +35,39 @@ FAILURES = ROOT / "tests" / "e2e" / "screenshots"
 @pytest.fixture(scope="module")
 def lab_hub(extension_installed: None,  # noqa: F811
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    hub = start_hub(tmp_path_factory.mktemp("lab-hub"))
+    hub = start_hub(tmp_path_factory.mktemp("lab-hub"), env={"GALLERY_USE_BACKEND": "filesystem"})
     try:
         yield hub
     finally:
         hub.stop()
 
 
-def example_notebook(title: str, text: str) -> bytes:
+@pytest.fixture(scope="module")
+def published(lab_hub: RunningHub) -> RunningHub:
+    publish(lab_hub)
+    return lab_hub
+
+
+def example_notebook(title: str, text: str, *more: str) -> bytes:
     nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                "language": "python"}})
-    nb.cells = [new_markdown_cell(f"# {title}\n\n{text}"),
-                new_code_cell("extent = [13.9, 14.6, 14.8]\nprint(max(extent))",
+    # Fixed cell ids, as a notebook keeps them from one version to the next.
+    nb.cells = [new_markdown_cell(f"# {title}\n\n{text}", id="title"),
+                new_code_cell("extent = [13.9, 14.6, 14.8]\nprint(max(extent))", id="extent",
                               execution_count=1,
-                              outputs=[new_output("stream", name="stdout", text="14.8\n")])]
+                              outputs=[new_output("stream", name="stdout", text="14.8\n")]),
+                *(new_code_cell(source, id=f"more-{n}") for n, source in enumerate(more))]
     return nbformat.writes(nb).encode()
 
 
 def stage(user: requests.Session, hub: RunningHub, slug: str, title: str, summary: str,
-          tags: str) -> int:
+          tags: str, *more: str, revision_of: str = "") -> int:
     answer = user.post(hub.gallery("/api/v1/submissions"), headers=csrf(user), timeout=60,
-                       files={"notebook": (f"{slug}.ipynb", example_notebook(title, summary))},
+                       files={"notebook": (f"{slug}.ipynb",
+                                           example_notebook(title, summary, *more))},
                        data={"title": title, "slug": slug, "summary": summary, "tags": tags,
-                             "licence": "CC-BY-4.0"})
+                             "licence": "CC-BY-4.0",
+                             **({"example": revision_of} if revision_of else {})})
     assert answer.status_code == 201, answer.text
     return int(answer.json()["id"])
 
@@ -80,18 +96,17 @@ def publish(hub: RunningHub) -> None:
 
 
 def test_it_finds_opens_and_uses_an_example_inside_jupyterlab(
-        lab_hub: RunningHub, page: Any) -> None:  # noqa: F811
+        published: RunningHub, page: Any) -> None:  # noqa: F811
     try:
-        find_open_and_use(lab_hub, page)
+        find_open_and_use(published, page)
     except Exception:
         FAILURES.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(FAILURES / "lab-examples-failure.png"))
-        print("hub log (tail):\n" + lab_hub.log_text()[-6000:])
+        print("hub log (tail):\n" + published.log_text()[-6000:])
         raise
 
 
 def find_open_and_use(hub: RunningHub, page: Any) -> None:  # noqa: F811
-    publish(hub)
     page.set_viewport_size({"width": 1366, "height": 860})
     to_gallery_api: list[str] = []
     page.on("request", lambda r: to_gallery_api.append(r.url)
@@ -169,3 +184,91 @@ def find_open_and_use(hub: RunningHub, page: Any) -> None:  # noqa: F811
     assert cells[0].source.startswith("# Sea ice extent")
     # Every call went to the user's own server; the page never called the gallery's API.
     assert to_gallery_api == []
+
+
+def test_it_updates_an_edited_copy_from_the_example_tab(
+        published: RunningHub, page: Any) -> None:  # noqa: F811
+    try:
+        update_from_lab(published, page)
+    except Exception:
+        FAILURES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(FAILURES / "lab-update-failure.png"))
+        print("hub log (tail):\n" + published.log_text()[-6000:])
+        raise
+
+
+MY_EDIT = "extent = [13.9, 14.6, 14.8, 15.1]  # my own measurements\nprint(max(extent))"
+NEW_CELL = "print(min(extent))  # new in version 2"
+
+
+def update_from_lab(hub: RunningHub, page: Any) -> None:  # noqa: F811
+    # A copy of version 1, which its owner edits; then version 2 adds a cell.
+    user = gallery_login(hub, USER)
+    used = user.post(hub.gallery("/api/v1/examples/sea-ice/use"), headers=csrf(user),
+                     json={"folder": "ice-update"}, timeout=60)
+    assert used.status_code == 202, used.text
+    job = wait_json(user, hub.gallery(f"/api/v1/jobs/{used.json()['id']}"),
+                    lambda j: j["state"] in ("done", "failed"))
+    assert job["state"] == "done", job["message"]
+    copy = hub.home / USER / "examples" / "ice-update"
+    mine = nbformat.read(copy / "sea-ice.ipynb", as_version=4)
+    mine.cells[1].source = MY_EDIT
+    nbformat.write(mine, copy / "sea-ice.ipynb")
+    reviewer = gallery_login(hub, "demo-reviewer")
+    pk = stage(user, hub, "sea-ice", "Sea ice extent", "Arctic sea ice, month by month.",
+               "climate,ice", NEW_CELL, revision_of="sea-ice")
+    approved = reviewer.post(hub.gallery(f"/submissions/{pk}/review"), timeout=60,
+                             headers=csrf(reviewer), data={"decision": "approve"})
+    assert approved.status_code == 200
+    wait_json(user, hub.gallery("/api/v1/examples/sea-ice"), lambda e: e.get("version") == 2)
+
+    # In Lab: the example's tab offers the update of that copy, plan first.
+    page.set_viewport_size({"width": 1366, "height": 860})
+    hub_login(page, hub)
+    page.goto(f"{hub.url}/hub/spawn/{USER}?next=/user/{USER}/lab")
+    side = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="gallery-examples-panel"]')
+    side.wait_for(timeout=120_000)
+    panel = page.locator("#gallery-examples-panel")
+    if not panel.is_visible():
+        side.click()
+    panel.locator("button.jp-GalleryExamples-item", has_text="Sea ice extent").click()
+    section = page.locator(".jp-GalleryExample .jp-GalleryExample-update")
+    section.get_by_role("heading", name="Update my copy").wait_for(timeout=60_000)
+    assert "Version 2 is approved" in section.inner_text()
+    section.get_by_role(
+        "button", name="See what updating ~/examples/ice-update will change").click()
+    status = section.locator(".jp-GalleryExample-updatestatus")
+    status.filter(has_text="From version 1 to version 2").wait_for(timeout=60_000)
+    assert "Nothing has been written yet" in status.inner_text()
+    row = section.locator('tr[data-path="sea-ice.ipynb"]')
+    assert "merged" in row.inner_text() and "(yours)" in row.inner_text(), row.inner_text()
+    assert "(new version)" in row.inner_text()
+    assert nbformat.read(copy / "sea-ice.ipynb", as_version=4).cells[1].source == MY_EDIT
+    news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news question
+    if news.count():
+        news.first.click()
+    section.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "lab-example-update.png"))
+
+    # Update: the updated notebook opens in a new tab; the example's tab (now behind it)
+    # reports the merge, with the backup.
+    section.get_by_role("button", name="Update my copy").click()
+    cells = page.locator(".jp-NotebookPanel:visible .jp-Cell")
+    cells.filter(has_text="new in version 2").first.wait_for(timeout=120_000)
+    assert cells.filter(has_text="my own measurements").count() == 1
+    current = page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+    assert "sea-ice.ipynb" in current.inner_text()
+    heading = section.locator("h3", has_text="~/examples/ice-update is now of version 2")
+    heading.wait_for(state="attached", timeout=30_000)
+    result = section.locator(".jp-GalleryExample-updateresult").text_content() or ""
+    assert "It was of version 1" in result and "~/examples/ice-update/.gallery-backup/" in result
+    assert section.locator(".jp-GalleryExample-conflicts").count() == 0
+    assert "Updated to version 2" in (status.text_content() or "")
+
+    # On disk: the user's edit kept, the new cell there, the provenance naming version 2.
+    sources = [c.source for c in nbformat.read(copy / "sea-ice.ipynb", as_version=4).cells]
+    assert sources[1:] == [MY_EDIT, NEW_CELL], sources
+    provenance = json.loads((copy / homes.PROVENANCE_FILE).read_text())
+    assert (provenance["version"], provenance["updated_from"]) == (2, 1), provenance
+    [backup] = (copy / homes.BACKUP_DIR).iterdir()
+    assert nbformat.read(backup / "sea-ice.ipynb", as_version=4).cells[1].source == MY_EDIT
