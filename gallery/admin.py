@@ -23,6 +23,7 @@ from django.utils.timesince import timesince
 from . import diff, forms, services
 from .models import (
     Example,
+    HubGroup,
     IllegalTransition,
     Job,
     Notification,
@@ -31,7 +32,7 @@ from .models import (
     StateChange,
     Submission,
 )
-from .previews import preview_url
+from .previews import example_preview_url
 
 OPEN = [Submission.State.STAGED, Submission.State.IN_REVIEW]
 
@@ -159,7 +160,12 @@ class SubmissionAdmin(DeskAdmin):
         return timesince(obj.created, timezone.now())
 
     def has_review_permission(self, request: HttpRequest) -> bool:
-        return services.is_reviewer(request.user)
+        return services.is_reviewer(request.user) or services.reviews_a_group(request.user)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # A project's reviewers see their groups' submissions, nothing of the others.
+        return super().get_queryset(request).filter(
+            example__in=Example.objects.reviewable_by(request.user))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -185,9 +191,11 @@ class SubmissionAdmin(DeskAdmin):
 
     def decide_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """Approve, request changes, reject (with a comment) or start the review."""
-        if request.method != "POST" or not services.is_reviewer(request.user):
+        if request.method != "POST":
             raise PermissionDenied
-        submission = get_object_or_404(Submission, pk=pk)
+        submission = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not services.may_review(request.user, submission.example):
+            raise PermissionDenied
         form = forms.DecisionForm(request.POST)
         here = HttpResponseRedirect(reverse("admin:gallery_submission_change", args=[pk]))
         if not form.is_valid():
@@ -251,9 +259,9 @@ def review_context(submission: Submission, request: HttpRequest) -> dict[str, An
     return {
         "submission": submission, "base": base, "notebook_diff": notebook_diff,
         "diff_error": diff_error, "files_changes": revision.changes_from(base),
-        "preview_url": preview_url(revision.notebook_sha256),
+        "preview_url": example_preview_url(example, revision.notebook_sha256),
         "decision_form": forms.DecisionForm(),
-        "can_decide": submission.state in OPEN and services.is_reviewer(request.user)
+        "can_decide": submission.state in OPEN and services.may_review(request.user, example)
         and submission.contributor_id != request.user.pk,
     }
 
@@ -321,8 +329,10 @@ class ExampleAdmin(DeskAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # The notebook's text for search, up to 100 kB an example: never shown here. Broken
-        # examples come first: they are the ones that need a person.
-        return Example.objects.defer("search_text").annotate(
+        # examples come first: they are the ones that need a person. A project's reviewers
+        # see their groups' examples alone.
+        return Example.objects.defer("search_text").filter(
+            pk__in=Example.objects.reviewable_by(request.user).values("pk")).annotate(
             broken=Case(When(last_run__state=Run.State.FAILED, then=0), default=1,
                         output_field=IntegerField())).order_by(*self.get_ordering(request))
 
@@ -406,3 +416,12 @@ class NotificationAdmin(DeskAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(HubGroup)
+class HubGroupAdmin(DeskAdmin):
+    """Hub groups as the hub last said (for operators; without a hub, set them here)."""
+
+    list_display = ["name"]
+    search_fields = ["name"]
+    filter_horizontal = ["members", "reviewers"]

@@ -27,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, hub, services
 from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
-from .previews import preview_url
+from .previews import example_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
 
@@ -316,7 +316,8 @@ def example_out(example: Example) -> dict[str, Any]:
         "author": example.contributor.get_username(), "updated": example.updated.isoformat(),
         "use_count": example.use_count, "version": revision.number if revision else None,
         "url": reverse("example", args=[example.slug]),
-        "preview_url": preview_url(revision.notebook_sha256 if revision else None),
+        "preview_url": example_preview_url(example, revision.notebook_sha256 if revision
+                                           else None),
     }
 
 
@@ -328,7 +329,8 @@ def submission_out(submission: Submission) -> dict[str, Any]:
         "reviews": [{"decision": r.decision, "comment": r.comment,
                      "reviewer": r.reviewer.get_username(), "created": r.created.isoformat()}
                     for r in submission.reviews.all()],
-        "preview_url": preview_url(submission.revision.notebook_sha256),
+        "preview_url": example_preview_url(submission.example,
+                                           submission.revision.notebook_sha256),
         "preview": preview_out(submission.revision.notebook_sha256),
         "url": reverse("submission", args=[submission.pk]),
     }
@@ -349,17 +351,20 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
     if state not in ("", "approved", "staged"):
         raise services.GalleryError("state must be 'approved' or 'staged'.")
 
+    audience = caching.audience(request.auth)  # the groups it shows: part of the key
+
     def build() -> str:
-        found = Example.objects.find(q=q, tag=tag, state=state).with_latest()
+        found = Example.objects.find(q=q, tag=tag, state=state, audience=audience).with_latest(
+        ).prefetch_related("groups")
         paginator = Paginator(found, 24)
         current = paginator.get_page(page)
         return ExamplePage.model_validate({
             "count": paginator.count, "page": current.number, "pages": paginator.num_pages,
             "results": [example_out(e) for e in current.object_list]}).model_dump_json()
 
-    # The same for every caller until an example changes (use counts may lag five minutes):
-    # checked against the schema and written as JSON once.
-    key = _list_key(q, tag, state, page)
+    # The same for every caller who sees the same groups until an example changes (use
+    # counts may lag five minutes): checked against the schema and written as JSON once.
+    key = _list_key(q, tag, state, page) + caching.audience_key(audience)
     return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")
 
 
@@ -496,6 +501,8 @@ _SUBMISSION_BODY = {
                     **{k: {"type": "string"} for k in ("title", "summary", "licence", "slug",
                                                        "example", "kernel")},
                     "tags": {"type": "string", "description": "comma-separated"},
+                    "groups": {"type": "string", "description": "comma-separated hub groups "
+                               "of the caller to show it to (empty: everyone)"},
                     "data_links": {"type": "string", "description": "a JSON list"},
                 },
             }},
@@ -561,6 +568,8 @@ def _from_multipart(request: HttpRequest) -> tuple[services.StagedFiles, Submiss
                   if k in post}
         tags = post.getlist("tags")
         fields["tags"] = [t.strip() for v in tags for t in v.split(",") if t.strip()]
+        fields["groups"] = [g.strip() for v in post.getlist("groups") for g in v.split(",")
+                            if g.strip()]
         for key in ("data_links", "resources", "authors"):
             if key in post:
                 fields[key] = _parse_json(post[key], f"The {key!r} field")
@@ -597,15 +606,14 @@ def create_submission(request: HttpRequest) -> Any:
 
 @api.get("/submissions", response=list[SubmissionOut], summary="The caller's submissions")
 def my_submissions(request: HttpRequest) -> list[dict[str, Any]]:
-    mine = Submission.objects.filter(contributor=request.auth).select_related(
-        "example", "revision")[:200]
+    mine = Submission.objects.filter(contributor=request.auth).seen_by(
+        request.auth).select_related("example", "revision")[:200]
     return [submission_out(s) for s in mine]
 
 
 @api.get("/submissions/{submission_id}", response=SubmissionOut, summary="One submission")
 def get_submission(request: HttpRequest, submission_id: int) -> dict[str, Any]:
-    submission = Submission.objects.filter(pk=submission_id).first()
-    if submission is None or (submission.contributor_id != request.auth.pk
-                              and not services.is_reviewer(request.auth)):
+    submission = Submission.objects.filter(pk=submission_id).seen_by(request.auth).first()
+    if submission is None:
         raise HttpError(404, "There is no such submission.")
     return submission_out(submission)

@@ -121,7 +121,10 @@ class PrefetchMiddleware:
         user_id = request.session.get(SESSION_KEY)  # else no user to read: nothing to gain
         page_key = key_of(request) if user_id is not None else ""
         if page_key:
-            keys = [STAMP_KEY, page_key, _user_key(user_id), _unread_key(user_id)]
+            # The page of the public audience: most people's; a group member's key needs
+            # their groups first (`audience`), which are read here too.
+            keys = [STAMP_KEY, page_key, _user_key(user_id), _unread_key(user_id),
+                    _groups_key(user_id), AUDIENCES_KEY]
             _prefetched.set((frozenset(keys), cache.get_many(keys)))
 
 
@@ -164,6 +167,46 @@ def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
         return page[2], None
     unread = found.get(_unread_key(user_id))
     return page[2], unread_count(user_id) if unread is None else unread
+
+
+GROUPS_SECONDS = 300  # a membership change made behind the signals' back stays unseen so long
+AUDIENCES_KEY = "gallery:audiences"
+
+
+def _groups_key(user_id: Any) -> str:
+    return f"gallery:groups:{user_id}"
+
+
+def audience(user: Any) -> Any:
+    """`models.audience_of(user)`, from the shared cache: the groups whose examples the
+    person's listings show, which names the cached pages they get (a page rendered for one
+    set of groups is only ever served to people with the same set). Both of what it is made
+    of are forgotten when a membership or an example's groups change."""
+    from .models import audience_of, groups_of, groups_with_examples, narrow_audience
+
+    if not user.is_authenticated:
+        return ()
+    if not shared():
+        return audience_of(user)
+    keys = [_groups_key(user.pk), AUDIENCES_KEY]
+    found = _get_many(keys)
+    mine = found.get(keys[0])
+    if mine is None:
+        groups = groups_of(user)
+        mine = {"all": groups is None, "ids": list(groups or ())}
+        cache.set(keys[0], mine, GROUPS_SECONDS)
+    with_examples = found.get(AUDIENCES_KEY)
+    if with_examples is None:
+        with_examples = groups_with_examples()
+        cache.set(AUDIENCES_KEY, with_examples, GROUPS_SECONDS)
+    return narrow_audience(None if mine["all"] else tuple(mine["ids"]), with_examples)
+
+
+def audience_key(value: Any) -> str:
+    """The part of a cached page's key that names its audience ("" for the public one)."""
+    if value is None:
+        return ":all"
+    return ":g" + ",".join(map(str, value)) if value else ""
 
 
 def _user_key(pk: Any) -> str:
@@ -209,13 +252,24 @@ class CachedModelBackend(ModelBackend):
 
 def connect() -> None:
     """Forget the cached answers whenever a model that feeds them is written."""
-    from .models import Example, Notification, Revision
+    from .models import Example, HubGroup, Notification, Revision
 
     def stamp_changed(**_: Any) -> None:
         forget(STAMP_KEY)
 
+    def audiences_changed(**_: Any) -> None:
+        forget(STAMP_KEY, AUDIENCES_KEY)
+
+    def memberships_changed(instance: Any, pk_set: Any = None, **_: Any) -> None:
+        # From the user's side (user.hub_groups.set) the instance is the user; from the
+        # group's, pk_set names the users (None when a group is cleared: its members are not
+        # known here, and their entries expire after GROUPS_SECONDS).
+        user_ids = [instance.pk] if not isinstance(instance, HubGroup) else list(pk_set or ())
+        forget(*(_groups_key(pk) for pk in user_ids))
+        forget_unread(user_ids)
+
     def user_changed(instance: Any, **_: Any) -> None:
-        forget(_user_key(instance.pk))
+        forget(_user_key(instance.pk), _groups_key(instance.pk))
 
     def notification_changed(instance: Any, **_: Any) -> None:
         forget_unread([instance.user_id])
@@ -224,6 +278,9 @@ def connect() -> None:
     receivers = [(post_save, stamp_changed, Example), (post_delete, stamp_changed, Example),
                  (post_save, stamp_changed, Revision), (post_delete, stamp_changed, Revision),
                  (m2m_changed, stamp_changed, Example.tags.through),
+                 (m2m_changed, audiences_changed, Example.groups.through),
+                 (m2m_changed, memberships_changed, HubGroup.members.through),
+                 (m2m_changed, memberships_changed, HubGroup.reviewers.through),
                  (post_save, user_changed, user_model), (post_delete, user_changed, user_model),
                  (post_save, notification_changed, Notification),
                  (post_delete, notification_changed, Notification)]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.db import models
 from pydantic import ValidationError
 
 from . import schema, services
-from .models import Example
+from .models import Example, HubGroup
 from .schema import SubmissionMetaIn
 
 
@@ -40,6 +41,21 @@ class StageForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=20000,
         help_text="One per line: name, then a path or URL, e.g. 'era5 /shared/data/era5'.")
     example = forms.SlugField(required=False, widget=forms.HiddenInput)
+    groups = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Audience",
+        help_text="Leave all unticked for everyone; tick your hub groups to show it to their "
+                  "members only (and have their reviewers review it).")
+
+    def __init__(self, *args: Any, user: Any = None, revising: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = list(HubGroup.objects.filter(
+            models.Q(members=user) | models.Q(reviewers=user)).distinct().values_list(
+            "name", flat=True)) if user is not None and user.is_authenticated else []
+        if revising or not names:  # a revision keeps its example's groups
+            del self.fields["groups"]
+        else:
+            self.fields["groups"].choices = [(n, n) for n in sorted(names)]
 
     @classmethod
     def initial_for(cls, example: Example) -> dict[str, Any]:
@@ -74,6 +90,7 @@ class StageForm(forms.Form):
                 "title": data["title"], "summary": data["summary"], "licence": data["licence"],
                 "tags": [t.strip() for t in data["tags"].split(",") if t.strip()],
                 "data_links": data["data_links"], "example": data["example"] or "",
+                "groups": data.get("groups") or [],
             })
         except ValidationError as exc:
             for err in exc.errors(include_url=False):

@@ -125,6 +125,21 @@ def is_reviewer_model(model: dict[str, Any]) -> bool:
             or settings.GALLERY_REVIEW_GROUP in model.get("groups", []))
 
 
+def reviewed_groups(model: dict[str, Any]) -> set[str]:
+    """The groups a hub user reviews the examples of: `X` for each of their hub groups that
+    GALLERY_GROUP_REVIEWERS names for `X` (`physics-reviewers` with `{group}-reviewers`)."""
+    pattern = settings.GALLERY_GROUP_REVIEWERS
+    if not pattern:
+        return set()
+    prefix, suffix = pattern.split("{group}")
+    found = set()
+    for name in model.get("groups", []):
+        if (name != settings.GALLERY_REVIEW_GROUP and name.startswith(prefix)
+                and name.endswith(suffix) and len(name) > len(prefix) + len(suffix)):
+            found.add(name[len(prefix):len(name) - len(suffix)])
+    return found
+
+
 # --- login through the hub ----------------------------------------------------------------
 
 

@@ -45,8 +45,29 @@ REVIEW_PERMISSION = "gallery.review_submission"
 
 
 def is_reviewer(user: Any) -> bool:
-    """Reviewers hold the review permission (from the hub's review scope or group)."""
+    """The centre's reviewers hold the review permission (from the hub's review scope or
+    group): they review every example, of every group. A project's reviewers do not hold it
+    (`HubGroup.reviewers`, `may_review`)."""
     return bool(user.is_active and user.has_perm(REVIEW_PERMISSION))
+
+
+def reviews_a_group(user: Any) -> bool:
+    """Whether a person reviews the examples of some group (a project's reviewer)."""
+    return bool(user.is_authenticated and user.is_active
+                and HubGroup.objects.filter(reviewers=user).exists())
+
+
+def may_review(user: Any, example: Example) -> bool:
+    """The centre's reviewers review every example; a project's reviewers those of their
+    group(s)."""
+    if not user.is_authenticated:
+        return False
+    return is_reviewer(user) or (user.is_active
+                                 and example.groups.filter(reviewers=user).exists())
+
+
+# The ids of the groups whose examples a listing shows; None: of every group.
+Audience = tuple[int, ...] | None
 
 
 def search_words(q: str) -> list[str]:
@@ -84,19 +105,47 @@ class ExampleQuerySet(models.QuerySet["Example"]):
     def visible_to(self, user: Any) -> ExampleQuerySet:
         """The examples a person may see, by the one rule every page and API call follows.
 
-        Curated and staged examples are for everyone logged in. A rejected or retired one
-        stays with its contributor and the reviewers; a retired one also with those who hold
-        a copy of it, as retiring hides an example from new users only.
+        An example is public or belongs to hub groups; a group's example is for its members
+        alone (the hub says who they are: `HubGroup.members`, kept at login and at every
+        recheck of the session). Within what their groups allow: curated and staged examples
+        are for everyone logged in; a rejected or retired one stays with its contributor; a
+        retired one also with those who hold a copy of it, as retiring hides an example from
+        new users only. The centre's reviewers see everything; a project's reviewers
+        everything of their group.
         """
         if not user.is_authenticated:
             return self.none()
         if is_reviewer(user):
             return self.all()
+        in_groups = Example.groups.through.objects.filter(example=models.OuterRef("pk"))
+        audience = ~models.Exists(in_groups) | models.Exists(
+            in_groups.filter(hubgroup__members=user))
+        reviews = models.Exists(in_groups.filter(hubgroup__reviewers=user))
         holds_copy = models.Exists(Job.objects.filter(
             kind=Job.Kind.USE, state=Job.State.DONE, user=user,
             revision__example=models.OuterRef("pk")))
-        return self.filter(models.Q(state__in=Example.PUBLIC_STATES) | models.Q(contributor=user)
-                           | (models.Q(state=Example.State.RETIRED) & holds_copy))
+        return self.filter((audience & (
+            models.Q(state__in=Example.PUBLIC_STATES) | models.Q(contributor=user)
+            | (models.Q(state=Example.State.RETIRED) & holds_copy))) | reviews)
+
+    def for_audience(self, audience: Audience) -> ExampleQuerySet:
+        """The public examples and those of the groups in `audience` (None: of every group).
+        `audience_of` gives a person's, so that a listing shows what `visible_to` allows."""
+        if audience is None:
+            return self
+        in_groups = Example.groups.through.objects.filter(example=models.OuterRef("pk"))
+        return self.filter(~models.Exists(in_groups)
+                           | models.Exists(in_groups.filter(hubgroup__in=audience)))
+
+    def reviewable_by(self, user: Any) -> ExampleQuerySet:
+        """The examples a person reviews: all for the centre's reviewers, their groups' for a
+        project's reviewers, none for anyone else."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        if is_reviewer(user):
+            return self.all()
+        return self.filter(pk__in=Example.groups.through.objects.filter(
+            hubgroup__reviewers=user).values("example"))
 
     def tagged(self, tag: str) -> ExampleQuerySet:
         return self.filter(tags__name=tag)
@@ -153,9 +202,11 @@ class ExampleQuerySet(models.QuerySet["Example"]):
         return self.filter(last_run__state=Run.State.FAILED)
 
     def find(self, *, q: str = "", tag: str = "", state: str = "",
-             verified: bool = False) -> ExampleQuerySet:
-        """What the gallery page and the list API show for a query, a tag and a section."""
+             verified: bool = False, audience: Audience = ()) -> ExampleQuerySet:
+        """What the gallery page and the list API show for a query, a tag and a section, to
+        the `audience` of a person (`audience_of`; by default the public examples only)."""
         found = {"approved": self.curated(), "staged": self.staged()}.get(state, self.visible())
+        found = found.for_audience(audience)
         if tag:
             found = found.tagged(tag)
         if verified:
@@ -168,11 +219,65 @@ class ExampleQuerySet(models.QuerySet["Example"]):
 
 
 class TagQuerySet(models.QuerySet["Tag"]):
-    def popular(self) -> TagQuerySet:
-        """Tags of curated examples, the most used first."""
+    def popular(self, audience: Audience = ()) -> TagQuerySet:
+        """Tags of curated examples an `audience` sees (`audience_of`), the most used first."""
+        shown = Example.objects.curated().for_audience(audience).values("pk")
         return self.annotate(uses=models.Count(
-            "examples", filter=models.Q(examples__state=Example.State.APPROVED))).filter(
+            "examples", filter=models.Q(examples__in=shown))).filter(
             uses__gt=0).order_by("-uses", "name")
+
+
+class HubGroup(models.Model):
+    """A hub group as the gallery knows it: the audience of its examples, its members and
+    its reviewers, as the hub said when each person last logged in or was rechecked."""
+
+    name = models.CharField(max_length=255, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True,
+                                     related_name="hub_groups")
+    reviewers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True,
+                                       related_name="reviewed_groups")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def groups_of(user: Any) -> Audience:
+    """The ids of the groups a person is a member or a reviewer of, sorted; None for the
+    centre's reviewers, who see every group's examples."""
+    if not user.is_authenticated:
+        return ()
+    if user.is_staff and is_reviewer(user):  # the centre's reviewers are staff (grant_review)
+        return None
+    return tuple(_groups_of(user).values_list("pk", flat=True))
+
+
+def _groups_of(user: Any) -> models.QuerySet[HubGroup]:
+    return HubGroup.objects.filter(models.Q(members=user) | models.Q(reviewers=user)).order_by(
+        "pk").distinct()
+
+
+def groups_with_examples() -> frozenset[int]:
+    """The ids of the groups that have examples: the only ones a listing can differ by."""
+    return frozenset(Example.groups.through.objects.values_list("hubgroup", flat=True))
+
+
+def audience_of(user: Any) -> Audience:
+    """The groups whose examples a person's listings show (as `visible_to` allows): the
+    groups they are a member or a reviewer of, among those that have examples; None for the
+    centre's reviewers, who see all. Sorted, so it can name a cached page."""
+    if not user.is_authenticated:
+        return ()
+    if user.is_staff and is_reviewer(user):
+        return None
+    return tuple(_groups_of(user).filter(pk__in=Example.groups.through.objects.values(
+        "hubgroup")).values_list("pk", flat=True))
+
+
+def narrow_audience(groups: Audience, with_examples: frozenset[int]) -> Audience:
+    return None if groups is None else tuple(g for g in groups if g in with_examples)
 
 
 class Tag(models.Model):
@@ -200,6 +305,8 @@ class Example(models.Model):
     title = models.CharField(max_length=200)
     summary = models.TextField(blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="examples")
+    # None: public. Else only the members of these hub groups see it (`visible_to`).
+    groups = models.ManyToManyField("HubGroup", blank=True, related_name="examples")
     state = models.CharField(max_length=20, choices=State.choices, default=State.STAGED)
     contributor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="examples"
@@ -235,8 +342,16 @@ class Example(models.Model):
         return Example.objects.visible_to(user).filter(pk=self.pk).exists()
 
     def revisable_by(self, user: Any) -> bool:
-        """Its contributor and the reviewers send new revisions of an example."""
-        return self.contributor_id == user.pk or is_reviewer(user)
+        """Its contributor and its reviewers send new revisions of an example."""
+        return self.contributor_id == user.pk or may_review(user, self)
+
+    def group_names(self) -> list[str]:
+        """The hub groups it belongs to (empty: public); prefetched by `find`."""
+        return sorted(g.name for g in self.groups.all())
+
+    @property
+    def is_public(self) -> bool:
+        return not self.group_names()
 
     def run_badge(self) -> str:
         """"Verified <date> in <environment>" or "Broken since <date>: cell N, Error …"."""
@@ -363,6 +478,19 @@ class DataLink(models.Model):
         return self.target.startswith("/")
 
 
+class SubmissionQuerySet(models.QuerySet["Submission"]):
+    def seen_by(self, user: Any) -> SubmissionQuerySet:
+        """The submissions a person may read: their own, of examples they still see, and
+        those they review (`ExampleQuerySet.reviewable_by`)."""
+        if not user.is_authenticated:
+            return self.none()
+        if is_reviewer(user):
+            return self.all()
+        return self.filter(
+            (models.Q(contributor=user) & models.Q(example__in=Example.objects.visible_to(user)))
+            | models.Q(example__in=Example.objects.reviewable_by(user)))
+
+
 class Submission(models.Model):
     """A contributor's request to publish a revision, and its way through review."""
 
@@ -406,6 +534,8 @@ class Submission(models.Model):
     checks = models.JSONField(default=list)  # [{"name", "status": pass|warn|fail, "message"}]
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(default=timezone.now)
+
+    objects = SubmissionQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"submission {self.pk} ({self.example.slug})"
@@ -662,6 +792,12 @@ class Preview(models.Model):
 class NotificationQuerySet(models.QuerySet["Notification"]):
     def unread(self) -> NotificationQuerySet:
         return self.filter(read_at__isnull=True)
+
+    def seen_by(self, user: Any) -> NotificationQuerySet:
+        """Those whose example the person still sees: a member removed from a group keeps no
+        news of its examples."""
+        return self.filter(models.Q(example__isnull=True)
+                           | models.Q(example__in=Example.objects.visible_to(user)))
 
 
 class Notification(models.Model):

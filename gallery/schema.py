@@ -31,6 +31,7 @@ class ExampleMeta:
     resources: dict[str, Any] = field(default_factory=dict)
     authors: list[str] = field(default_factory=list)
     kernel: str = ""
+    groups: list[str] = field(default_factory=list)  # hub groups; empty: public
 
     @classmethod
     def from_toml(cls, toml: dict[str, Any], **fallbacks: Any) -> ExampleMeta:
@@ -46,17 +47,19 @@ class ExampleMeta:
             tags=get("tags", "tags", []), licence=get("licence", "licence", ""),
             slug=fallbacks.get("slug", ""), data_links=get("data", "data_links", []),
             resources=get("resources", "resources", {}), authors=get("authors", "authors", []),
-            kernel=get("kernel", "kernel", ""),
+            kernel=get("kernel", "kernel", ""), groups=get("groups", "groups", []),
         )
 
     def to_toml(self, *, notebook: str, environment: str = "") -> dict[str, Any]:
-        """The `example.toml` of a cleaned metadata, for a folder with `notebook`."""
+        """The `example.toml` of a cleaned metadata, for a folder with `notebook`; `groups`
+        only for a group's example, so a public one's file is as it always was."""
         return {
             "title": self.title, "summary": self.summary, "tags": self.tags,
             "licence": self.licence, "authors": self.authors, "notebook": notebook,
             "kernel": self.kernel, "environment": environment, "resources": self.resources,
             "data": [{k: v for k, v in link.items() if v not in (None, "")}
                      for link in self.data_links],
+            **({"groups": self.groups} if self.groups else {}),
         }
 
 
@@ -69,6 +72,7 @@ LARGEST_WHOLE_NUMBER = 2**63 - 1
 # stage form and the cleaning below.
 TITLE_MAX, SUMMARY_MAX, LICENCE_MAX, SLUG_MAX, KERNEL_MAX = 200, 5000, 100, 80, 100
 TAGS_MAX, TAG_MAX, AUTHORS_MAX, AUTHOR_MAX, RESOURCES_MAX = 20, 50, 20, 200, 10
+GROUPS_MAX, GROUP_MAX = 20, 255
 DATA_LINKS_MAX, LINK_NAME_MAX, CHECKSUM_MAX = 50, 100, 200
 LINK_TARGET_MAX = LINK_TEXT_MAX = 2000
 
@@ -180,13 +184,27 @@ def clean_meta(meta: ExampleMeta) -> ExampleMeta:
             "licence": str(link.get("licence") or "")[:LICENCE_MAX],
         })
     slug = slugify(meta.slug or "")[:SLUG_MAX]
-    return ExampleMeta(
+    return ExampleMeta(groups=clean_groups(meta.groups),
         title=title, summary=meta.summary.strip(), tags=tags,
         licence=meta.licence.strip()[:LICENCE_MAX],
         slug=slug, data_links=links, resources=dict(meta.resources or {}),
         authors=[str(a)[:AUTHOR_MAX] for a in meta.authors][:AUTHORS_MAX],
         kernel=str(meta.kernel or "")[:KERNEL_MAX],
     )
+
+
+def clean_groups(groups: Any) -> list[str]:
+    """The hub groups an example is for, sorted, once each; GalleryError for a name no hub
+    group has."""
+    if not isinstance(groups, list):
+        raise GalleryError("groups must be a list of hub group names.")
+    clean = sorted({str(g).strip() for g in groups if str(g).strip()})
+    if len(clean) > GROUPS_MAX:
+        raise GalleryError(f"At most {GROUPS_MAX} groups.")
+    for name in clean:
+        if len(name) > GROUP_MAX or any(c.isspace() or c == "/" for c in name):
+            raise GalleryError(f"{name[:40]!r} is not the name of a hub group.")
+    return clean
 
 
 # --- the shape of metadata as the API and the stage form take it ---------------------------
@@ -214,6 +232,10 @@ class SubmissionMetaIn(Schema):
     resources: dict[str, str | int | float] = Field(default_factory=dict, max_length=RESOURCES_MAX)
     authors: list[str] = Field(default_factory=list, max_length=AUTHORS_MAX)
     kernel: str = Field("", max_length=KERNEL_MAX)
+    groups: list[str] = Field(
+        default_factory=list, max_length=GROUPS_MAX,
+        description="The hub groups this example is for, among the caller's own; empty: "
+                    "public. Set when the example is first staged; a revision keeps them.")
 
 
 def meta_from_input(meta: SubmissionMetaIn) -> ExampleMeta:
@@ -222,4 +244,5 @@ def meta_from_input(meta: SubmissionMetaIn) -> ExampleMeta:
         title=meta.title, summary=meta.summary, tags=meta.tags, licence=meta.licence,
         slug=meta.slug, data_links=[link.model_dump() for link in meta.data_links],
         resources=meta.resources, authors=meta.authors, kernel=meta.kernel,
+        groups=meta.groups,
     )

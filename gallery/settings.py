@@ -65,6 +65,13 @@ GALLERY_DATA_DIR = Path(env("GALLERY_DATA_DIR", str(BASE_DIR / "var"))).resolve(
 GALLERY_REPO_PATH = Path(env("GALLERY_REPO_PATH", str(GALLERY_DATA_DIR / "examples.git")))
 GALLERY_STAGING_DIR = Path(env("GALLERY_STAGING_DIR", str(GALLERY_DATA_DIR / "staging")))
 GALLERY_PREVIEW_DIR = Path(env("GALLERY_PREVIEW_DIR", str(GALLERY_DATA_DIR / "previews")))
+# Previews of groups' examples: served only through the gallery, to members; never inside
+# the public GALLERY_PREVIEW_DIR, which a web server may serve to anyone.
+GALLERY_GROUP_PREVIEW_DIR = Path(env("GALLERY_GROUP_PREVIEW_DIR",
+                                     str(GALLERY_DATA_DIR / "group-previews")))
+if GALLERY_GROUP_PREVIEW_DIR.resolve().is_relative_to(GALLERY_PREVIEW_DIR.resolve()):
+    raise ImproperlyConfigured("GALLERY_GROUP_PREVIEW_DIR must not be inside GALLERY_PREVIEW_DIR, "
+                               "whose files are served to anyone.")
 GALLERY_STARTER_DIR = BASE_DIR / "examples_repo"
 
 # --- Use -----------------------------------------------------------------------------------
@@ -171,6 +178,11 @@ GALLERY_VERIFY_INTERVAL = env_int("GALLERY_VERIFY_INTERVAL", 7 * 24 * 3600)
 # --- reviewers and the hub -----------------------------------------------------------------
 GALLERY_REVIEW_SCOPE = env("GALLERY_REVIEW_SCOPE", "custom:gallery:review")
 GALLERY_REVIEW_GROUP = env("GALLERY_REVIEW_GROUP", "gallery-reviewers")
+# A project's reviewers: the members of the hub group this names for a group (with {group}).
+GALLERY_GROUP_REVIEWERS = env("GALLERY_GROUP_REVIEWERS", "{group}-reviewers")
+if GALLERY_GROUP_REVIEWERS and GALLERY_GROUP_REVIEWERS.count("{group}") != 1:
+    raise ImproperlyConfigured("GALLERY_GROUP_REVIEWERS names a hub group with {group} in it "
+                               "once, such as '{group}-reviewers' (empty: no project reviewers).")
 JUPYTERHUB_API_URL = env("JUPYTERHUB_API_URL")
 JUPYTERHUB_API_TOKEN = env("JUPYTERHUB_API_TOKEN")
 JUPYTERHUB_CLIENT_ID = env("JUPYTERHUB_CLIENT_ID", "service-gallery")

@@ -38,7 +38,7 @@ from .models import (
     Tag,
     snapshot,
 )
-from .previews import preview_url
+from .previews import example_preview_url
 from .schema import meta_from_input
 
 PAGE_SIZE = 24  # cards per section and page
@@ -57,8 +57,10 @@ PREVIEW_CSP = (
 def index(request: HttpRequest) -> HttpResponse:
     """The gallery: curated and staged sections, search, tag filters, a page of cards each."""
     q, tag, pages, verified = query = _gallery_query(request)
+    audience = caching.audience(request.user)  # the groups it shows: part of the page's key
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
-        _page_key(*query), lambda: _gallery_html(q, tag, pages, verified),
+        _page_key(*query, audience=audience),
+        lambda: _gallery_html(q, tag, pages, verified, audience),
         user_id=request.user.pk)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
@@ -71,9 +73,10 @@ def _gallery_query(request: HttpRequest) -> tuple[str, str, dict[str, str], bool
             request.GET.get("verified", "") == "1")
 
 
-def _page_key(q: str, tag: str, pages: dict[str, str], verified: bool = False) -> str:
+def _page_key(q: str, tag: str, pages: dict[str, str], verified: bool = False, *,
+              audience: Any = ()) -> str:
     return "gallery:page:" + hashlib.sha256(repr((q, tag, sorted(pages.items()), verified))
-                                            .encode()).hexdigest()
+                                            .encode()).hexdigest() + caching.audience_key(audience)
 
 
 SECTIONS = {"approved": "Curated, reviewed examples",
@@ -81,16 +84,20 @@ SECTIONS = {"approved": "Curated, reviewed examples",
 caching.PAGE_KEYS["index"] = lambda request: _page_key(*_gallery_query(request))
 
 
-def _gallery_html(q: str, tag: str, pages: dict[str, str], verified: bool = False) -> str:
-    """Search, tag filters and the cards of both sections: the same for every user."""
+def _gallery_html(q: str, tag: str, pages: dict[str, str], verified: bool = False,
+                  audience: Any = ()) -> str:
+    """Search, tag filters and the cards of both sections: the same for everyone who sees
+    the same groups (`audience`)."""
     sections = []
     for state, title in SECTIONS.items():
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, verified=verified),
+        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, verified=verified,
+                                              audience=audience),
                          PAGE_SIZE).get_page(pages[state])
         sections.append({"state": state, "title": title, "page": page})
-    # Slow to count over thousands of examples, and the same for everyone.
-    tags = cache.get_or_set("gallery:popular-tags",
-                            lambda: list(Tag.objects.popular()[:30]), caching.PAGE_SECONDS)
+    # Slow to count over thousands of examples, and the same for everyone of an audience.
+    tags = cache.get_or_set("gallery:popular-tags" + caching.audience_key(audience),
+                            lambda: list(Tag.objects.popular(audience)[:30]),
+                            caching.PAGE_SECONDS)
     return render_to_string("gallery/gallery.html", {"sections": sections, "q": q, "tag": tag,
                                                      "tags": tags, "verified": verified})
 
@@ -120,7 +127,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "environment": _environment_text(revision),
         "built_environment": revision.environment,
         "pins": _pins(revision),
-        "preview_url": preview_url(revision.notebook_sha256),
+        "preview_url": example_preview_url(item, revision.notebook_sha256),
         "versions": [{"revision": v, "changes": v.changes_from(versions[i - 1] if i else None),
                       "review": next(iter(v.submission.reviews.all()), None)
                       if hasattr(v, "submission") else None}
@@ -130,7 +137,8 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
         # A notebook saved without outputs is previewed with those of its verified run.
         "outputs_run": (verified := services.verified_preview(revision)),
-        "outputs_preview_url": preview_url(verified.outputs_sha256) if verified else "",
+        "outputs_preview_url": example_preview_url(item, verified.outputs_sha256)
+        if verified else "",
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
@@ -213,11 +221,13 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
 def stage(request: HttpRequest) -> HttpResponse:
     """Stage a notebook; with ?example=<slug>, a new revision of that example."""
     revising = _revised_example(request)
-    form = forms.StageForm(initial=forms.StageForm.initial_for(revising) if revising else None)
+    form = forms.StageForm(initial=forms.StageForm.initial_for(revising) if revising else None,
+                           user=request.user, revising=revising is not None)
     context = {"form": form, "revising": revising}
     if request.method == "POST":
         # An upload over the limit never gets here: inputs.RequestInputMiddleware answers 413.
-        form = forms.StageForm(request.POST, request.FILES)
+        form = forms.StageForm(request.POST, request.FILES, user=request.user,
+                               revising=revising is not None)
         context["form"] = form
         if form.is_valid():
             try:
@@ -252,8 +262,8 @@ def _revised_example(request: HttpRequest) -> Example | None:
 @require_GET
 def my_submissions(request: HttpRequest) -> HttpResponse:
     """A contributor's submissions: state, checks, reviewers' comments, what to do next."""
-    mine = Submission.objects.filter(contributor=request.user).select_related(
-        "example", "revision").prefetch_related("reviews__reviewer")
+    mine = Submission.objects.filter(contributor=request.user).seen_by(
+        request.user).select_related("example", "revision").prefetch_related("reviews__reviewer")
     page = Paginator(mine, 50).get_page(request.GET.get("page"))
     return render(request, "gallery/my_submissions.html", {"page": page})
 
@@ -265,7 +275,8 @@ def notifications(request: HttpRequest) -> HttpResponse:
         count = services.mark_notifications_read(user=request.user)
         messages.success(request, f"{count} notification{'s' if count != 1 else ''} marked read.")
         return redirect("notifications")
-    mine = Notification.objects.filter(user=request.user).select_related("example", "submission")
+    mine = Notification.objects.filter(user=request.user).seen_by(request.user).select_related(
+        "example", "submission")
     page = Paginator(mine, 50).get_page(request.GET.get("page"))
     return render(request, "gallery/notifications.html", {"page": page})
 
@@ -295,11 +306,11 @@ def nav_links(prefix: str) -> dict[str, str]:
 @login_required
 @require_GET
 def submission(request: HttpRequest, pk: int) -> HttpResponse:
-    item = get_object_or_404(Submission.objects.select_related("example", "revision"), pk=pk)
-    if item.contributor_id != request.user.pk and not services.is_reviewer(request.user):
-        raise Http404("There is no such submission.")
+    item = get_object_or_404(Submission.objects.seen_by(request.user).select_related(
+        "example", "revision"), pk=pk)
     return render(request, "gallery/submission.html", {
-        "submission": item, "preview_url": preview_url(item.revision.notebook_sha256),
+        "submission": item,
+        "preview_url": example_preview_url(item.example, item.revision.notebook_sha256),
         "reviews": item.reviews.select_related("reviewer"),
         "last_run": item.revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
     })
@@ -327,9 +338,11 @@ def rerun(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def review(request: HttpRequest, pk: int) -> HttpResponse:
     """A reviewer's decision from the submission page (the admin offers the same)."""
-    if not services.is_reviewer(request.user):
+    if not (services.is_reviewer(request.user) or services.reviews_a_group(request.user)):
         raise PermissionDenied("Only reviewers decide on submissions.")
-    item = get_object_or_404(Submission, pk=pk)
+    item = get_object_or_404(Submission.objects.seen_by(request.user), pk=pk)
+    if not services.may_review(request.user, item.example):  # a project reviewer's own
+        raise PermissionDenied("Only reviewers decide on submissions.")
     form = forms.ReviewForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a decision.")
@@ -365,6 +378,28 @@ def preview(request: HttpRequest, sha256: str) -> HttpResponse:
         response = HttpResponse(PREVIEW_STATUS_PAGE.format(message=escape(message)), status=404,
                                 content_type="text/html; charset=utf-8")
         response["Cache-Control"] = "no-store"
+    return _preview_headers(response)
+
+
+@login_required
+@require_GET
+def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
+    """The preview of a group's example, only to those who see the example: a non-member
+    who knows its address gets the same 404 as for an address that names nothing."""
+    item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
+    if not (item.revisions.filter(notebook_sha256=sha256).exists()
+            or item.revisions.filter(runs__outputs_sha256=sha256).exists()):
+        raise Http404("There is no such preview.")
+    for private in (True, False):
+        path = services.preview_path(sha256, private=private)
+        if path.is_file():
+            response: HttpResponse = FileResponse(path.open("rb"),
+                                                  content_type="text/html; charset=utf-8")
+            response["Cache-Control"] = "private, max-age=3600"
+            return _preview_headers(response)
+    response = HttpResponse(PREVIEW_STATUS_PAGE.format(message="The preview is being prepared."),
+                            status=404, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
     return _preview_headers(response)
 
 

@@ -74,6 +74,7 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
     settings.GALLERY_REPO_PATH = tmp_path / "data" / "examples.git"
     settings.GALLERY_STAGING_DIR = tmp_path / "data" / "staging"
     settings.GALLERY_PREVIEW_DIR = tmp_path / "data" / "previews"
+    settings.GALLERY_GROUP_PREVIEW_DIR = tmp_path / "data" / "group-previews"
     settings.GALLERY_HOME_TEMPLATE = str(tmp_path / "homes" / "{username}")
     settings.GALLERY_USE_AS_USER = False
     # Environments are built into the test's folder, and never from the package index
@@ -132,6 +133,7 @@ def worker_env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-unt
         "GALLERY_REPO_PATH": str(settings.GALLERY_REPO_PATH),
         "GALLERY_STAGING_DIR": str(settings.GALLERY_STAGING_DIR),
         "GALLERY_PREVIEW_DIR": str(settings.GALLERY_PREVIEW_DIR),
+        "GALLERY_GROUP_PREVIEW_DIR": str(settings.GALLERY_GROUP_PREVIEW_DIR),
         "GALLERY_ENV_DIR": str(settings.GALLERY_ENV_DIR),
         "GALLERY_BUILD_INDEX_OPTIONS": settings.GALLERY_BUILD_INDEX_OPTIONS,
         "GALLERY_HOME_TEMPLATE": settings.GALLERY_HOME_TEMPLATE,

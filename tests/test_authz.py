@@ -181,6 +181,13 @@ MATRIX: dict[str, Entry] = {
         GET=lambda case: 404 if case.target == "missing" else 200, POST=always(405)),
     r"^previews/(?P<name>preview-[0-9a-f]{12}\.css)$": Entry(
         GET=lambda case: 404 if case.target == "missing" else 200, POST=always(405)),
+    # A group's example's preview: through the example, to those who see it (any example's
+    # notebook answers; only a group's example's page links here). Its stylesheet is the
+    # shared one.
+    r"^examples/(?P<slug>[-a-zA-Z0-9_]+)/previews/(?P<sha256>[0-9a-f]{64})\.html$": Entry(
+        GET=page(seen(SEES_EXAMPLE, 200)), POST=page(always(405))),
+    r"^examples/[-a-zA-Z0-9_]+/previews/(?P<name>preview-[0-9a-f]{12}\.css)$": Entry(
+        GET=lambda case: 404 if case.target == "missing" else 200, POST=always(405)),
     "health": Entry(GET=always(200), POST=always(405)),
     "health/detail": Entry(GET=lambda case: 200 if case.actor == "reviewer" else 403,
                            POST=always(405)),
@@ -231,6 +238,10 @@ ADMIN_ENTRY = Entry(GET=lambda case: {"anonymous": 302, "reviewer": NOT_5XX}.get
 REGEX_PATHS = {
     r"^previews/(?P<sha256>[0-9a-f]{64})\.html$": "previews/{sha256}.html",
     r"^previews/(?P<name>preview-[0-9a-f]{12}\.css)$": "previews/{name}",
+    r"^examples/(?P<slug>[-a-zA-Z0-9_]+)/previews/(?P<sha256>[0-9a-f]{64})\.html$":
+        "examples/{slug}/previews/{sha256}.html",
+    r"^examples/[-a-zA-Z0-9_]+/previews/(?P<name>preview-[0-9a-f]{12}\.css)$":
+        "examples/any/previews/{name}",
     r"admin/^(?P<app_label>auth|gallery)/$": "admin/{app_label}/",
     r"admin/(?P<url>.*)$": "admin/{url}",
 }
@@ -352,6 +363,7 @@ class AuthorisationMatrixTests(GalleryTestCase):
         self.admin_args = {
             "example": str(rejected.pk), "submission": str(sub["rejected"].pk),
             "job": str(jobs["retired"].pk), "user": str(self.contributor.pk), "group": "1",
+            "hubgroup": "1",
             "pk": str(sub["rejected"].pk),
             "statechange": str(rejected.history.last().pk),  # type: ignore[union-attr]
             "notification": str(self.contributor.notifications.first().pk),  # type: ignore[union-attr]

@@ -78,7 +78,8 @@ class WarmPagesTests(GalleryTestCase):
                 self.assertContains(response, "Broadcasting in NumPy")
 
     def test_a_warm_gallery_page_and_list_take_two_round_trips_to_the_cache(self):
-        # The session, then the user, the stamp, the page and the unread count at once.
+        # The session, then the user, the stamp, the page, the unread count and the groups
+        # whose examples the person sees (with those that have examples) at once.
         for url in (reverse("index"), reverse("index") + "?q=numpy&approved_page=1",
                     "/api/v1/examples?q=numpy&page=1", "/api/v1/examples?state=staged"):
             with self.subTest(url=url):
@@ -86,7 +87,7 @@ class WarmPagesTests(GalleryTestCase):
                 with CountedCacheReads() as reads:
                     self.assertEqual(self.client.get(url).status_code, 200)
                 self.assertEqual(len(reads), 2, reads)
-                self.assertEqual(len(reads[1]), 4, reads)
+                self.assertEqual(len(reads[1]), 6, reads)
         self.assertIsNone(caching._prefetched.get())  # nothing of a request outlives it
 
     def test_a_new_example_shows_at_once_on_a_warm_page(self):

@@ -11,6 +11,7 @@ from .child import failure_reason, render_isolated, stop_render_child, warm_expo
 from .render import (
     PAGE_CSP,
     PREVIEW_CSS,
+    example_preview_url,
     preview_css_name,
     preview_url,
     render_preview,
@@ -30,7 +31,8 @@ from .sanitise import (
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
-    "PreviewError", "PreviewLimits", "failure_reason", "preview_css_name", "preview_url",
+    "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",
+    "preview_css_name", "preview_url",
     "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",
     "warm_exporter", "write_atomically", "write_preview_css", "write_preview_file",
 ]

@@ -235,11 +235,19 @@ def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | N
                                css=html.escape(css_href or preview_css_name()), body=body)
 
 
-def preview_url(sha256: str | None) -> str | None:
-    """Where a preview is served: the gallery's own /previews/, or GALLERY_PREVIEW_BASE_URL."""
+def preview_url(sha256: str | None, *, group_example: str = "") -> str | None:
+    """Where a preview is served: the gallery's own /previews/, or GALLERY_PREVIEW_BASE_URL;
+    a group's example's (`group_example`, its slug) only through the gallery, to members."""
     if not sha256:
         return None
+    if group_example:
+        return reverse("group-preview", args=[group_example, sha256])
     base = settings.GALLERY_PREVIEW_BASE_URL
     if base:
         return f"{base.rstrip('/')}/{sha256}.html"
     return reverse("preview", args=[sha256])
+
+
+def example_preview_url(example: Any, sha256: str | None) -> str | None:
+    """`preview_url` of one of an example's notebooks: a group's example's goes through it."""
+    return preview_url(sha256, group_example="" if example.is_public else example.slug)

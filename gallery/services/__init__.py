@@ -14,7 +14,7 @@ Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
 
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
-from ..models import is_reviewer
+from ..models import is_reviewer, may_review, reviews_a_group
 from ..schema import ExampleMeta
 from .environments import (
     ForUse,
@@ -88,9 +88,11 @@ from .use import clear_use, count_uses, do_use, environment_instructions, queue_
 from .users import (
     REVIEW_PERMISSIONS,
     ensure_user,
+    grant_group_review,
     grant_review,
     import_user,
     revoke_review,
+    set_hub_groups,
     sync_hub_user,
     user_for_person,
 )
@@ -144,10 +146,13 @@ __all__ = [
     "ensure_user",
     "environment_instructions",
     "finish_job",
+    "grant_group_review",
     "grant_review",
     "import_notebooks",
     "import_user",
     "is_reviewer",
+    "may_review",
+    "reviews_a_group",
     "mark_notifications_read",
     "move_example",
     "move_submission",
@@ -180,6 +185,7 @@ __all__ = [
     "store_folder",
     "sweep_jobs",
     "sweep_staging",
+    "set_hub_groups",
     "sync_hub_user",
     "task",
     "use_plan",

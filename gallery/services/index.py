@@ -20,8 +20,18 @@ from django.utils.text import slugify
 
 from .. import notebooks, repo
 from ..errors import GalleryError, NotAllowed
-from ..models import DataLink, Example, Job, Notification, Review, Revision, Submission, is_reviewer
-from ..schema import SLUG_MAX, TAGS_MAX, TITLE_MAX, ExampleMeta
+from ..models import (
+    DataLink,
+    Example,
+    HubGroup,
+    Job,
+    Notification,
+    Review,
+    Revision,
+    Submission,
+    is_reviewer,
+)
+from ..schema import SLUG_MAX, TAGS_MAX, TITLE_MAX, ExampleMeta, clean_groups
 from .history import record_change
 from .notifications import notify
 from .queue import queue_job
@@ -48,6 +58,11 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
         if nb_name not in published.files:
             log.warning("skipping %s at %s: no notebook", published.slug, published.commit[:10])
             continue
+        try:
+            groups = clean_groups(meta.get("groups", []))
+        except GalleryError as exc:  # never published to all for want of a readable audience
+            log.warning("skipping %s at %s: %s", published.slug, published.commit[:10], exc)
+            continue
         digest, _ = store_folder(published.files)
         author, committer = user_for_person(published.author), user_for_person(published.committer)
         with transaction.atomic():
@@ -57,6 +72,9 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
             if created:
                 record_change(example=example, subject="example", from_state="",
                         to_state=example.state, actor=author, reason="restored from repository")
+            # Its groups as its example.toml says (the newest commit, read last, decides).
+            if groups != example.group_names():
+                example.groups.set([HubGroup.objects.get_or_create(name=n)[0] for n in groups])
             revision = example.revisions.filter(git_commit=published.commit).first()
             if revision is None:
                 revision = example.revisions.filter(content_hash=digest, git_commit="").first()

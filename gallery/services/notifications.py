@@ -10,19 +10,22 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from .. import caching
-from ..models import Example, Job, Notification, Review, Revision, Submission
+from ..models import Example, HubGroup, Job, Notification, Review, Revision, Submission
 from .queue import task
 
 log = logging.getLogger(__name__)
 
 
 def notify(*, user: AbstractBaseUser, kind: str, message: str, example: Example | None = None,
-           submission: Submission | None = None, email: bool = True) -> Notification:
+           submission: Submission | None = None, email: bool = True) -> Notification | None:
     """Tell a person something in the gallery; by email too when a mail server is configured.
 
     The email is queued after the surrounding transaction commits, so a decision that is
-    rolled back never mails anyone.
+    rolled back never mails anyone. Nobody hears of an example they do not see (a group's
+    example, to one no longer in the group): None then.
     """
+    if example is not None and not example.is_visible_to(user):
+        return None
     note = Notification.objects.create(user=user, kind=kind, message=message, example=example,
                                        submission=submission)
     if email and settings.EMAIL_HOST and email_address(user):
@@ -51,6 +54,10 @@ def notify_users_of(example: Example, *, kind: str, message: str,
         used = used.exclude(user__in=Job.objects.filter(
             kind=Job.Kind.USE, state=Job.State.DONE, revision=exclude_revision).values("user"))
     users = set(used.values_list("user", flat=True)) - {example.contributor_id}
+    if example.groups.exists():  # a group's example: its members and reviewers only
+        groups = HubGroup.objects.filter(examples=example)
+        users &= {*groups.values_list("members", flat=True),
+                  *groups.values_list("reviewers", flat=True)}
     Notification.objects.bulk_create(
         Notification(user_id=pk, kind=kind, message=message, example=example) for pk in users)
     caching.forget_unread(users)  # bulk_create sends no signal

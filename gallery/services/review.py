@@ -25,6 +25,7 @@ from ..models import (
     Submission,
     Tag,
     is_reviewer,
+    may_review,
 )
 from .environments import queue_environment
 from .history import move_example, move_submission
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 
 
 def _require_reviewer(reviewer: AbstractBaseUser, submission: Submission) -> None:
-    if not is_reviewer(reviewer):
-        raise NotAllowed("Only reviewers may decide on submissions.")
+    if not may_review(reviewer, submission.example):
+        raise NotAllowed("Only reviewers may decide on submissions (a project's reviewers on "
+                         "their group's).")
     if submission.contributor_id == reviewer.pk:
         raise NotAllowed("A reviewer cannot decide on their own submission.")
 

@@ -261,7 +261,9 @@ def _preview_outputs(run: Run, executed: bytes | None) -> None:
     if preview.state != Preview.State.READY and not Job.objects.filter(
             kind=Job.Kind.PREVIEW, params__sha256=sha,
             state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
-        queue_job(Job.Kind.PREVIEW, revision=run.revision, params={"sha256": sha, "run": run.pk})
+        # A group's example's outputs are previewed apart from the public ones too.
+        queue_job(Job.Kind.PREVIEW, revision=run.revision, params={
+            "sha256": sha, "run": run.pk, "private": run.revision.example.groups.exists()})
 
 
 def verified_preview(revision: Revision) -> Run | None:

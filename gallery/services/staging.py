@@ -16,14 +16,25 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
 from .. import notebooks, previews
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
-from ..models import DataLink, Example, Job, Preview, Revision, Run, Submission, Tag
+from ..models import (
+    DataLink,
+    Example,
+    HubGroup,
+    Job,
+    Preview,
+    Revision,
+    Run,
+    Submission,
+    Tag,
+    is_reviewer,
+)
 from ..schema import ExampleMeta, clean_meta
 from .history import move_submission, record_change
 from .queue import queue_job
@@ -209,6 +220,22 @@ def _unique_slug(base: str) -> str:
     return slug
 
 
+def _audience(groups: list[str], contributor: AbstractBaseUser) -> list[HubGroup]:
+    """The hub groups a new example is for: only groups the contributor is a member or a
+    reviewer of (the centre's reviewers may name any)."""
+    if not groups:
+        return []
+    found = HubGroup.objects.filter(name__in=groups)
+    if not is_reviewer(contributor):
+        found = found.filter(models.Q(members=contributor) | models.Q(reviewers=contributor))
+    found_list = list(found.distinct())
+    missing = sorted(set(groups) - {g.name for g in found_list})
+    if missing and not is_reviewer(contributor):
+        raise NotAllowed(f"You can only share an example with groups you belong to; not with "
+                         f"{', '.join(missing)[:200]}.")
+    return found_list + [HubGroup.objects.get_or_create(name=n)[0] for n in missing]
+
+
 def _create_example(meta: ExampleMeta, contributor: AbstractBaseUser) -> Example:
     """A new example under the first free slug. Another staging may take the same slug
     between the look and the insert; its row commits first and the next try skips it."""
@@ -248,13 +275,16 @@ def stage_submission(
     if not contributor.is_authenticated:
         raise NotAllowed("Log in to stage an example.")
     meta = clean_meta(meta)
+    if example_slug:  # a revision is for the example's groups, whatever the form said
+        meta.groups = _example_to_revise(example_slug, contributor, lock=False).group_names()
+        audience: list[HubGroup] = []
+    else:
+        audience = _audience(meta.groups, contributor)
     try:
         nb = notebooks.read_notebook(staged.notebook)
         files = _folder_files(staged, meta)
     except notebooks.NotebookError as exc:
         raise GalleryError(str(exc)) from None
-    if example_slug:
-        _example_to_revise(example_slug, contributor, lock=False)
     nb_name = next(iter(files))
     digest, _ = store_folder(files)
 
@@ -263,6 +293,7 @@ def stage_submission(
             example = _example_to_revise(example_slug, contributor, lock=True)
         else:
             example = _create_example(meta, contributor)
+            example.groups.set(audience)
             record_change(example=example, subject="example", from_state="", to_state=example.state,
                     actor=contributor, reason="staged")
         if example.state != Example.State.APPROVED:
@@ -302,13 +333,19 @@ def stage_submission(
 
 
 def queue_preview(revision: Revision) -> None:
+    """Render a revision's preview unless it is there: a group's example's apart from the
+    public ones (`preview_path`)."""
     preview, _ = Preview.objects.get_or_create(sha256=revision.notebook_sha256)
-    if preview.state == Preview.State.READY and preview_path(preview.sha256).exists():
+    private = revision.example.groups.exists()
+    if preview.state == Preview.State.READY and preview_path(preview.sha256,
+                                                             private=private).exists():
         return
     if Job.objects.filter(kind=Job.Kind.PREVIEW, params__sha256=preview.sha256,
+                          params__private=private,
                           state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
         return
-    queue_job(Job.Kind.PREVIEW, revision=revision, params={"sha256": preview.sha256})
+    queue_job(Job.Kind.PREVIEW, revision=revision,
+              params={"sha256": preview.sha256, "private": private})
 
 
 def do_checks(job: Job) -> dict[str, Any]:
@@ -345,8 +382,12 @@ def record_check(submission_id: int, check: dict[str, str]) -> None:
         submission.save(update_fields=["checks", "updated"])
 
 
-def preview_path(sha256: str) -> Path:
-    return Path(settings.GALLERY_PREVIEW_DIR) / f"{sha256}.html"
+def preview_path(sha256: str, *, private: bool = False) -> Path:
+    """Where a preview file is: a public one in GALLERY_PREVIEW_DIR, served to anyone who
+    knows its hash; one of a group's example (`private`) in GALLERY_GROUP_PREVIEW_DIR, served
+    only through the example, to those who see it."""
+    folder = settings.GALLERY_GROUP_PREVIEW_DIR if private else settings.GALLERY_PREVIEW_DIR
+    return Path(folder) / f"{sha256}.html"
 
 
 def _notebook_to_preview(job: Job, revision: Revision) -> bytes:
@@ -363,7 +404,7 @@ def _notebook_to_preview(job: Job, revision: Revision) -> bytes:
 
 def do_preview(job: Job) -> dict[str, Any]:
     sha = job.params["sha256"]
-    path = preview_path(sha)
+    path = preview_path(sha, private=bool(job.params.get("private")))
     if not path.exists():
         revision = job.revision
         assert revision is not None

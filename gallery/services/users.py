@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from .. import hub, repo
 from ..errors import NotAllowed
-from ..models import is_reviewer
+from ..models import HubGroup, is_reviewer
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,39 @@ log = logging.getLogger(__name__)
 REVIEW_PERMISSIONS = ["review_submission", "view_submission", "change_submission",
                       "view_example", "change_example", "view_review", "view_job",
                       "view_statechange", "view_run"]
+
+
+# What a project's reviewers see of the desk: their groups' submissions and examples
+# (gallery/admin.py narrows the lists to them), and no decision on others'.
+GROUP_REVIEW_PERMISSIONS = ["view_submission", "view_example", "view_review"]
+GROUP_NAME_MAX = HubGroup._meta.get_field("name").max_length or 255
+
+
+def grant_group_review(user: AbstractBaseUser) -> None:
+    """Open the desk to a project's reviewer: staff, seeing their groups' submissions."""
+    from django.contrib.auth.models import Permission
+
+    user.is_staff = True  # type: ignore[attr-defined]
+    user.save()
+    user.user_permissions.set(Permission.objects.filter(  # type: ignore[attr-defined]
+        content_type__app_label="gallery", codename__in=GROUP_REVIEW_PERMISSIONS))
+
+
+def set_hub_groups(user: AbstractBaseUser, *, member_of: set[str], reviews: set[str]) -> bool:
+    """Keep what the hub says of a person's groups: those they are a member of, and those
+    they review. Returns whether anything changed."""
+    member_of = {n for n in member_of if len(n) <= GROUP_NAME_MAX}
+    reviews = {n for n in reviews if len(n) <= GROUP_NAME_MAX}
+    if (set(user.hub_groups.values_list("name", flat=True)) == member_of  # type: ignore[attr-defined]
+            and set(user.reviewed_groups.values_list(  # type: ignore[attr-defined]
+                "name", flat=True)) == reviews):
+        return False
+    groups = {g.name: g for g in HubGroup.objects.filter(name__in=member_of | reviews)}
+    for name in (member_of | reviews) - groups.keys():
+        groups[name] = HubGroup.objects.get_or_create(name=name)[0]
+    user.hub_groups.set([groups[n] for n in member_of])  # type: ignore[attr-defined]
+    user.reviewed_groups.set([groups[n] for n in reviews])  # type: ignore[attr-defined]
+    return True
 
 
 def grant_review(user: AbstractBaseUser) -> None:
@@ -65,17 +98,31 @@ def ensure_user(username: str, *, email: str = "") -> AbstractBaseUser:
 
 
 def sync_hub_user(model: dict[str, Any]) -> AbstractBaseUser:
-    """The user of a hub user (the hub's model of `GET /user`), with review rights as the hub
-    says today."""
+    """The user of a hub user (the hub's model of `GET /user`), with their hub groups and
+    review rights as the hub says today: the centre's reviewers from the review scope or
+    group, a project's reviewers from the groups GALLERY_GROUP_REVIEWERS names."""
     from django.contrib.auth import get_user_model
 
     user = ensure_user(model["name"])
+    reviews = hub.reviewed_groups(model)
+    set_hub_groups(user, member_of=set(model.get("groups", [])), reviews=reviews)
     reviewer = hub.is_reviewer_model(model)
-    if reviewer != is_reviewer(user) or reviewer != user.is_staff:
-        if reviewer:
+    centre = is_reviewer(user)
+    changed = False
+    if reviewer:
+        if not centre or not user.is_staff:
             grant_review(user)
-        elif not user.is_superuser:  # local superusers keep what the operator gave them
-            revoke_review(user)
+            changed = True
+    elif user.is_superuser:
+        pass  # local superusers keep what the operator gave them
+    elif reviews:
+        if centre or not user.is_staff or not user.has_perm("gallery.view_submission"):
+            grant_group_review(user)
+            changed = True
+    elif centre or user.is_staff:
+        revoke_review(user)
+        changed = True
+    if changed:
         user = get_user_model().objects.get(pk=user.pk)  # drop the permission cache
     return user
 
