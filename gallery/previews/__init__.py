@@ -4,10 +4,13 @@ A preview is another person's notebook shown to logged-in users, so it is made i
 layers: a preprocessor keeps only an allowlist of output types and nh3 cleans HTML and
 markdown (`sanitise`), our own nbconvert template escapes everything and loads nothing from
 outside (`render`), and the page is served with a CSP `sandbox` and no script. Rendering runs
-in a forked child with a time and a memory limit (`child`).
+in a forked child with a time and a memory limit (`child`). TeX becomes MathML (`math`), the
+example's own figures are inlined and its links resolved at render time (`files`), and every
+image is checked by Pillow first (`images`).
 """
 
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
+from .files import ExampleSource
 from .render import (
     PAGE_CSP,
     PREVIEW_CSS,
@@ -30,6 +33,7 @@ from .sanitise import (
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
+    "ExampleSource",
     "PreviewError", "PreviewLimits", "failure_reason", "preview_css_name", "preview_url",
     "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",
     "warm_exporter", "write_atomically", "write_preview_css", "write_preview_file",

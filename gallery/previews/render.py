@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from django.conf import settings
 from django.urls import reverse
 
 from ..notebooks import decode_notebook
+from . import files, math, sanitise
+from .files import ExampleSource
 from .sanitise import (
     PREVIEW_MIMES,
     PreviewError,
@@ -36,12 +39,43 @@ def _preview_exporter_class() -> type:
         InvalidNotebook,
         IPythonRenderer,
         MarkdownWithMath,
+        MathBlockParser,
+        MathInlineParser,
     )
 
+    class PreviewRenderer(IPythonRenderer):  # type: ignore[misc]
+        """Markdown as JupyterLab shows it: TeX as MathML, headings with ids to link to."""
+
+        def block_math(self, body: str) -> str:
+            return math.tex_html(body, display=True, shown=f"$${body}$$")
+
+        def inline_math(self, body: str) -> str:
+            return math.tex_html(body, display=False, shown=f"${body}$")
+
+        def latex_environment(self, name: str, body: str) -> str:
+            tex = f"\\begin{{{name}}}{body}\\end{{{name}}}"
+            return math.tex_html(tex, display=True, shown=tex)
+
+        def heading(self, text: str, level: int, **attrs: Any) -> str:
+            # JupyterLab's id: the heading's text with spaces as dashes.
+            anchor = html.unescape(_TAGS.sub("", text)).strip().replace(" ", "-")
+            return f'<h{level} id="{html.escape(anchor)}">{text}</h{level}>\n'
+
+    class PreviewBlockParser(MathBlockParser):  # type: ignore[misc]
+        SPECIFICATION = {**MathBlockParser.SPECIFICATION,
+                         "multiline_math": f"(?s:{math.MULTILINE_MATH})"}
+
+    class PreviewInlineParser(MathInlineParser):  # type: ignore[misc]
+        SPECIFICATION = {**MathInlineParser.SPECIFICATION,
+                         "inline_math_tex": f"(?s:{math.INLINE_MATH_TEX})",
+                         "inline_math_latex": f"(?s:{math.INLINE_MATH_LATEX})",
+                         "block_math_latex": f"(?s:{math.BLOCK_MATH_LATEX})"}
+
     def markdown(attachments: dict[str, Any]) -> Any:
-        return MarkdownWithMath(renderer=IPythonRenderer(
-            escape=False, attachments=attachments, embed_images=False,
-            exclude_anchor_links=True))
+        return MarkdownWithMath(
+            renderer=PreviewRenderer(escape=False, attachments=attachments, embed_images=False,
+                                     exclude_anchor_links=True),
+            block=PreviewBlockParser(), inline=PreviewInlineParser(hard_wrap=False))
 
     class PreviewExporter(HTMLExporter):  # type: ignore[misc]
         """nbconvert's HTML exporter with our template and filters, minus its slow passes.
@@ -95,11 +129,13 @@ def _preview_exporter_class() -> type:
         return next((m for m in PREVIEW_MIMES if isinstance(data, dict) and m in data), "")
 
     PreviewExporter.extra_filters = {"clean_html": sanitize_html, "prompt": prompt,
+                                     "latex_html": math.latex_output_html,
                                      "preview_mime": preview_mime,
                                      "strip_files_prefix": lambda s: s}
     return PreviewExporter
 
 
+_TAGS = re.compile(r"<[^>]*>")
 _highlighters: dict[str, tuple[Any, Any]] = {}
 
 
@@ -221,15 +257,21 @@ def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
     return nb
 
 
-def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None) -> str:
-    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process)."""
+def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None,
+                   source: ExampleSource | None = None) -> str:
+    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process).
+
+    With `source`, relative URLs of the notebook lead to the example's files: figures are
+    inlined, links point to the other notebooks' previews and to the example's page.
+    """
     import html
 
-    global _limits_for_filter
     limits = limits or PreviewLimits()
-    _limits_for_filter = limits
+    sanitise.use_limits(limits)
     nb = strict_outputs(_read_for_preview(data), limits)
-    body, _ = _get_exporter().from_notebook_node(nb)
+    with files.rendering(source, max_bytes=limits.max_output_bytes,
+                         max_pixels=limits.max_image_pixels, preview_url=preview_url):
+        body, _ = _get_exporter().from_notebook_node(nb)
     title = nb.metadata.get("title") or "Notebook preview"
     return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
                                css=html.escape(css_href or preview_css_name()), body=body)
