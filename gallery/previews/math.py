@@ -53,11 +53,13 @@ def mathml_value_ok(value: str) -> bool:
     return _SAFE_VALUE.fullmatch(value) is not None
 
 
-# How mathematics is found in markdown, as in nbconvert (and JupyterLab) with two changes:
-# inline `$…$` is mathematics unless the closing `$` is followed by a digit, so "costs $5 and
-# $10" stays prose (as in Pandoc), and it holds no `$` or backtick, so it never reaches into
-# a code span; `\(…\)` and `\[…\]` are mathematics written with one backslash or two.
-INLINE_MATH_TEX = (r"(?<![$\\])\$(?!\s*\$)(?P<math_inline_tex>(?:[^$\\`]|\\.)+?)\$(?!\d)")
+# How mathematics is found in markdown, as in nbconvert (and JupyterLab) with two changes.
+# Inline `$…$` is not mathematics when it looks like money: the closing `$` is followed by a
+# digit ("costs $5 and $10", as in Pandoc), or what it holds starts with a digit and ends
+# with a space ("$20 in all; a $ sign"); and it holds no `$` or backtick, so it never reaches
+# into a code span. `\(…\)` and `\[…\]` are mathematics with one backslash or two.
+INLINE_MATH_TEX = (r"(?<![$\\])\$(?!\s*\$)(?!\d(?:[^$\\`]|\\.)*\s\$)"
+                   r"(?P<math_inline_tex>(?:[^$\\`]|\\.)+?)\$(?!\d)")
 INLINE_MATH_LATEX = r"(?<!\\)\\{1,2}\((?P<math_inline_latex>.*?)\\{1,2}\)"
 BLOCK_MATH_LATEX = r"(?<!\\)\\{1,2}\[(?P<math_block_latex>.*?)\\{1,2}\]"
 MULTILINE_MATH = (r"(?<!\\)[$]{2}.*?(?<!\\)[$]{2}|(?<!\\)\\{1,2}\[.*?\\{1,2}\]"
@@ -106,7 +108,7 @@ _ENVIRONMENTS = {
     **dict.fromkeys(["gather", "gather*", "gathered", "multline", "multline*"], "array}{c"),
 }
 _ENV = re.compile(r"\\(begin|end)\s*\{([a-zA-Z]+\*?)\}(\{\d+\})?")
-_REPEATED_COLUMNS = re.compile(r"\*\{(\d{1,3})\}\{?([lcr|]+)\}?")
+_REPEATED_COLUMNS = re.compile(r"\*\{(\d{1,3})\}(?:\{([lcr|]+)\}|([lcr|]))")
 _TEXT_ARGUMENT = re.compile(r"(\\(?:text[a-z]*|mbox|hbox)\s*\{)([^{}]*)\}")
 _DROPPED = re.compile(r"\\label\s*\{[^{}]*\}|\\nonumber\b|\\notag\b")
 _UNICODE = re.compile(r"\\unicode\b(?!\s*\{\s*x?[0-9A-Fa-f]{1,6}\s*\})")
@@ -128,7 +130,7 @@ def _prepare(tex: str) -> str | None:
         return f"\\begin{{{name}}}"
 
     tex = _ENV.sub(environment, _DROPPED.sub("", tex))
-    tex = _REPEATED_COLUMNS.sub(lambda m: m.group(2) * int(m.group(1)), tex)
+    tex = _REPEATED_COLUMNS.sub(lambda m: (m.group(2) or m.group(3)) * int(m.group(1)), tex)
     # Text arguments are copied as they are: make their markup characters text.
     return _TEXT_ARGUMENT.sub(lambda m: m.group(1) + m.group(2).replace("\\&", "&").replace(
         "&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") + "}", tex)
