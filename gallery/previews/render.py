@@ -17,6 +17,7 @@ from django.urls import reverse
 from ..notebooks import decode_notebook
 from . import files, math, sanitise
 from .files import ExampleSource
+from .highlight import highlight
 from .sanitise import (
     PREVIEW_MIMES,
     PreviewError,
@@ -90,8 +91,8 @@ def _preview_exporter_class() -> type:
         _plain_markdown: Any = None
 
         @pass_context
-        def markdown2html(self, context: Any, source: str) -> str:
-            attachments = context.get("cell", {}).get("attachments") or {}
+        def markdown2html(self, context: Any, source: str,
+                          attachments: dict[str, Any] | None = None) -> str:
             if not attachments:
                 if self._plain_markdown is None:
                     self._plain_markdown = markdown({})
@@ -136,31 +137,6 @@ def _preview_exporter_class() -> type:
 
 
 _TAGS = re.compile(r"<[^>]*>")
-_highlighters: dict[str, tuple[Any, Any]] = {}
-
-
-def highlight(source: str, language: str) -> str:
-    """Code as Pygments HTML: token text escaped by Pygments, class names from a fixed set.
-
-    Its output needs no sanitiser pass (the language name is checked in `strict_outputs`).
-    """
-    import pygments
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import get_lexer_by_name
-    from pygments.util import ClassNotFound
-
-    if language not in _highlighters:
-        try:
-            lexer = get_lexer_by_name("python" if language.startswith("ipython") else language)
-        except ClassNotFound:
-            lexer = get_lexer_by_name("text")
-        if len(_highlighters) > 200:
-            _highlighters.clear()
-        _highlighters[language] = (lexer, HtmlFormatter(cssclass=f"highlight hl-{language}"))
-    lexer, formatter = _highlighters[language]
-    return pygments.highlight(source, lexer, formatter)
-
-
 _exporter = None
 
 
@@ -235,26 +211,30 @@ def write_preview_css(directory: Path) -> Path:
     return path
 
 
-def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
-    """Parse notebook bytes without schema validation (staging validated them already)."""
+def _read_for_preview(data: bytes) -> Any:
+    """Parse notebook bytes without schema validation (staging validated them already).
+
+    A version 4 notebook stays plain JSON: `strict_outputs` reads it defensively and builds
+    the notebook the template sees. Older versions are upgraded by nbformat first.
+    """
     from nbformat import reader, versions
 
     _, raw = decode_notebook(data, PreviewError)
     try:  # what nbformat.reader.reads does once the JSON is parsed
         major, minor = reader.get_version(raw)
+        if major == 4:
+            return raw
         nb = versions[major].to_notebook_json(raw, minor=minor)
     except MemoryError:
         raise
     except Exception as exc:  # nbformat raises assorted types on odd input
         raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
-    if nb.get("nbformat") != 4:
-        try:
-            nb = nbformat.convert(nb, 4)
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
-    return nb
+    try:
+        return nbformat.convert(nb, 4)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
 
 
 def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None,
