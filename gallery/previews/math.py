@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+from typing import Any
 
 MAX_TEX_CHARS = 4_000  # one formula; conversion time grows with its length
 MAX_TEX_DEPTH = 40  # groups, \left…\right and environments inside each other
@@ -109,7 +110,6 @@ _ENVIRONMENTS = {
 }
 _ENV = re.compile(r"\\(begin|end)\s*\{([a-zA-Z]+\*?)\}(\{\d+\})?")
 _REPEATED_COLUMNS = re.compile(r"\*\{(\d{1,3})\}(?:\{([lcr|]+)\}|([lcr|]))")
-_TEXT_ARGUMENT = re.compile(r"(\\(?:text[a-z]*|mbox|hbox)\s*\{)([^{}]*)\}")
 _DROPPED = re.compile(r"\\label\s*\{[^{}]*\}|\\nonumber\b|\\notag\b")
 _UNICODE = re.compile(r"\\unicode\b(?!\s*\{\s*x?[0-9A-Fa-f]{1,6}\s*\})")
 
@@ -130,26 +130,48 @@ def _prepare(tex: str) -> str | None:
         return f"\\begin{{{name}}}"
 
     tex = _ENV.sub(environment, _DROPPED.sub("", tex))
-    tex = _REPEATED_COLUMNS.sub(lambda m: (m.group(2) or m.group(3)) * int(m.group(1)), tex)
-    # Text arguments are copied as they are: make their markup characters text.
-    return _TEXT_ARGUMENT.sub(lambda m: m.group(1) + m.group(2).replace("\\&", "&").replace(
-        "&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") + "}", tex)
+    return _REPEATED_COLUMNS.sub(lambda m: (m.group(2) or m.group(3)) * int(m.group(1)), tex)
 
 
 @functools.lru_cache(maxsize=4096)
 def _convert(tex: str, display: bool) -> str:
     """MathML for TeX, or "" when latex2mathml cannot read it (cached: formulas repeat)."""
-    from latex2mathml.converter import convert
+    from latex2mathml.converter import convert_to_element
 
     prepared = _prepare(tex)
     if prepared is None:
         return ""
     try:
-        return convert(prepared, display="block" if display else "inline")
+        tree = convert_to_element(prepared, display="block" if display else "inline")
     except MemoryError:
         raise
     except Exception:  # latex2mathml raises its own errors and assorted others on bad TeX
         return ""
+    out: list[str] = []
+    _serialize(tree, out)
+    return "".join(out)
+
+
+_ATTRIBUTE = str.maketrans({"&": "&amp;", '"': "&quot;", "<": "&lt;", ">": "&gt;"})
+_TEXT = str.maketrans({"<": "&lt;", ">": "&gt;"})
+
+
+def _serialize(element: Any, out: list[str]) -> None:
+    """latex2mathml's tree as markup. Its text holds character references (`&#x0003D;`) that
+    it means to keep, so `&` stays; anything else that could be markup is escaped (its own
+    serialiser unescapes the whole output, which lets `\\text{<b>}` out as a tag)."""
+    out.append("<" + element.tag)
+    for key, value in element.attrib.items():
+        if key != "xmlns":
+            out.append(f' {key}="{value.translate(_ATTRIBUTE)}"')
+    out.append(">")
+    if element.text:
+        out.append(element.text.translate(_TEXT))
+    for child in element:
+        _serialize(child, out)
+    out.append(f"</{element.tag}>")
+    if element.tail:
+        out.append(element.tail.translate(_TEXT))
 
 
 # A text/latex output: mathematics between delimiters, and any text around it.
