@@ -35,6 +35,7 @@ def _preview_exporter_class() -> type:
 
     from jinja2 import pass_context
     from markupsafe import Markup
+    from mistune import InlineParser
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import (
         InvalidNotebook,
@@ -72,11 +73,15 @@ def _preview_exporter_class() -> type:
                          "inline_math_latex": f"(?s:{math.INLINE_MATH_LATEX})",
                          "block_math_latex": f"(?s:{math.BLOCK_MATH_LATEX})"}
 
-    def markdown(attachments: dict[str, Any]) -> Any:
+    def markdown(attachments: dict[str, Any], maths: bool = True) -> Any:
+        # Without `maths`, for text with no `$` or backslash: the math rules cannot match
+        # there, and leaving them out of the inline parser's pattern saves a third of its time.
         return MarkdownWithMath(
             renderer=PreviewRenderer(escape=False, attachments=attachments, embed_images=False,
                                      exclude_anchor_links=True),
-            block=PreviewBlockParser(), inline=PreviewInlineParser(hard_wrap=False))
+            block=PreviewBlockParser(),
+            inline=PreviewInlineParser(hard_wrap=False) if maths else InlineParser(
+                hard_wrap=False))
 
     class PreviewExporter(HTMLExporter):  # type: ignore[misc]
         """nbconvert's HTML exporter with our template and filters, minus its slow passes.
@@ -88,17 +93,18 @@ def _preview_exporter_class() -> type:
         normalised notebook, and the formatter and parser are built once.
         """
 
-        _plain_markdown: Any = None
+        _markdown: dict[bool, Any] = {}
 
         @pass_context
         def markdown2html(self, context: Any, source: str,
                           attachments: dict[str, Any] | None = None) -> str:
+            maths = "$" in source or "\\" in source
             if not attachments:
-                if self._plain_markdown is None:
-                    self._plain_markdown = markdown({})
-                parser = self._plain_markdown
+                if maths not in self._markdown:
+                    self._markdown[maths] = markdown({}, maths)
+                parser = self._markdown[maths]
             else:
-                parser = markdown(attachments)
+                parser = markdown(attachments, maths)
             try:
                 return parser.render(source)
             except InvalidNotebook:  # a missing attachment: show the rest without it
