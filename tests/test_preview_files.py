@@ -158,6 +158,14 @@ def test_it_links_other_files_of_the_example_and_headings_of_the_notebook(tmp_pa
     assert latent(page)[0] == []
 
 
+def test_it_shows_markdown_attachments_and_drops_missing_ones():
+    page = previews.render_preview(notebook(new_markdown_cell(
+        "![a](attachment:a.png) and ![m](attachment:missing.png)",
+        attachments={"a.png": {"image/png": corpus.png()}})))
+    assert figures(page) == ["image/png"]
+    assert latent(page)[0] == []
+
+
 def test_it_shows_pngs_whose_pixel_data_starts_late():
     late = png_bytes(metadata_first=True)
     assert late.index(b"IDAT") > 6000

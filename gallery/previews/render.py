@@ -58,6 +58,12 @@ def _preview_exporter_class() -> type:
             tex = f"\\begin{{{name}}}{body}\\end{{{name}}}"
             return math.tex_html(tex, display=True, shown=tex)
 
+        def _embed_image_or_attachment(self, src: str) -> str:
+            # A missing attachment is one image the less, not the cell's others too.
+            if src.startswith("attachment:") and src[11:] not in self.attachments:
+                return ""
+            return str(super()._embed_image_or_attachment(src))
+
         def heading(self, text: str, level: int, **attrs: Any) -> str:
             # JupyterLab's id: the heading's text with spaces as dashes.
             anchor = html.unescape(_TAGS.sub("", text)).strip().replace(" ", "-")

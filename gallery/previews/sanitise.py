@@ -375,11 +375,27 @@ def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.Not
             count = cell.get("execution_count")
             clean["execution_count"] = count if _is_count(count) else None
             outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
-            clean["outputs"] = _merge_streams(
-                [kept for o in outputs for kept in _clean_output(o, limits)], limits)
-        cells.append(clean)
-    return nbformat.from_dict({
+            clean["outputs"] = [_output_node(o) for o in _merge_streams(
+                [kept for o in outputs for kept in _clean_output(o, limits)], limits)]
+        cells.append(_Node(clean, metadata=_Node(),
+                           **({"attachments": _Node(clean["attachments"])}
+                              if "attachments" in clean else {})))
+    return _Node({
         "nbformat": 4, "nbformat_minor": 5, "cells": cells,
-        "metadata": {"language_info": {"name": lexer} if lexer else {},
-                     "title": title if isinstance(title, str) else ""},
+        "metadata": _Node({"language_info": _Node({"name": lexer} if lexer else {}),
+                           "title": title if isinstance(title, str) else ""}),
     })
+
+
+_Node = nbformat.NotebookNode
+
+
+def _output_node(output: dict[str, Any]) -> nbformat.NotebookNode:
+    """A cleaned output as the template reads it (what `nbformat.from_dict` would make of it,
+    without walking every string)."""
+    node = _Node(output)
+    for key in ("data", "metadata"):
+        if key in node:
+            node[key] = _Node({k: _Node(v) if isinstance(v, dict) else v
+                               for k, v in node[key].items()})
+    return node
