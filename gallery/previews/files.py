@@ -228,9 +228,10 @@ def read_example_file(folder: str, path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-_A_TAG = re.compile(r'<a\s[^>]*>')
+# A tag as nh3 writes it: every attribute value double-quoted, with `"` escaped in it.
+_A_TAG = re.compile(r'<a\s(?:[^>"]|"[^"]*")*>')
 _HREF = re.compile(r'\shref="([^"]*)"')
-_NOTICE_IMG = re.compile(r'<img\s[^>]*src="#gallery-notice-(\d+)"[^>]*>')
+_NOTICE_IMG = re.compile(r'<img\s(?:[^>"]|"[^"]*")*?src="#gallery-notice-(\d+)"(?:[^>"]|"[^"]*")*>')
 _NOTICE_HREF = re.compile(r'\shref="#gallery-notice-(\d+)"')
 
 
