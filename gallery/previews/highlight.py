@@ -21,7 +21,7 @@ def fast_python_lexer_class() -> type:
     from pygments import unistring
     from pygments.lexer import inherit, words
     from pygments.lexers.python import PythonLexer
-    from pygments.token import Name, Operator, Punctuation, Text
+    from pygments.token import Name, Operator, Punctuation, Text, Whitespace
 
     def pattern(rule: Any) -> str:
         return rule[0].get() if isinstance(rule[0], words) else rule[0]
@@ -55,7 +55,7 @@ def fast_python_lexer_class() -> type:
         name = "Python (gallery)"
         aliases: list[str] = []
         tokens = {
-            "root": [spaces, punctuation, operators, *numbers,
+            "root": [(r"\n", Whitespace), spaces, punctuation, operators, *numbers,
                      names_unless(("keywords", "soft-keywords", *words_in_expr), operator_words,
                                   r"(?:def|class|lazy|from|import)\b"),
                      inherit],
