@@ -11,6 +11,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from gallery import previews
 from gallery.previews import math
 
+from . import corpus
 from .corpus import latent
 
 
@@ -55,6 +56,13 @@ def test_it_turns_text_latex_outputs_into_mathml():
     assert "<mn>1.0</mn>" in page and "<mo>*</mo>" not in page  # *{11}c is a column spec
     assert "<pre>no delimiters \\alpha</pre>" in page
     assert latent(page)[0] == []
+
+
+def test_it_prefers_tex_to_an_image_of_it_as_jupyterlab_does():
+    page = page_of(new_code_cell("sympy", execution_count=1, outputs=[new_output(
+        "display_data", data={"text/latex": "$x^{2}$", "image/png": corpus.png(),
+                              "text/plain": "x**2"})]))
+    assert maths(page) == ["inline"] and "<img" not in page
 
 
 def test_it_leaves_dollar_amounts_in_prose_as_text():

@@ -38,9 +38,10 @@ ALLOWED_ATTRIBUTES = {
 }
 # Removed with everything inside them (other disallowed tags leave their text).
 CLEAN_CONTENT_TAGS = {"script", "style", "annotation-xml"}
-# What a preview shows of an output, best first; everything else is dropped.
-PREVIEW_MIMES = ("text/html", "text/markdown", "image/svg+xml", "image/png", "image/jpeg",
-                 "image/gif", "text/latex", "text/plain")
+# What a preview shows of an output, best first (JupyterLab's order: TeX before images);
+# everything else is dropped.
+PREVIEW_MIMES = ("text/html", "text/markdown", "text/latex", "image/svg+xml", "image/png",
+                 "image/jpeg", "image/gif", "text/plain")
 SCRIPT_MIMES = ("application/javascript", "text/javascript", "application/x-javascript")
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
                 "application/vnd.jupyter.widget-state+json")
