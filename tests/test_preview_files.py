@@ -85,7 +85,8 @@ def test_it_shows_a_notice_instead_of_any_path_that_leaves_the_folder(tmp_path):
     folder = tmp_path / "example"
     data = notebook(new_markdown_cell(
         "![a](../outside.png) ![b](/etc/passwd) ![c](file:///etc/passwd) ![d](missing.png) "
-        '<img src="figures/../../outside.png"> ![e](link.png) ![f](inside.png)'))
+        '<img src="figures/../../outside.png"> ![e](link.png) ![f](inside.png) '
+        '<img src="#top"> <img src="?x=1">'))
     source = example(folder, data, extra={"real.png": png_bytes()})
     os.symlink(tmp_path / "outside.png", folder / "link.png")
     os.symlink("real.png", folder / "inside.png")  # a link that stays inside is followed
@@ -99,6 +100,7 @@ def test_it_shows_a_notice_instead_of_any_path_that_leaves_the_folder(tmp_path):
         "link.png: leaves the example&#x27;s folder",
     ]
     assert len(figures(page)) == 1
+    assert 'src="#' not in page and 'src="?' not in page  # nothing that loads this page
     assert latent(page)[0] == []
 
 

@@ -83,7 +83,9 @@ def rewrite_url(tag: str, attr: str, value: str) -> str | None:
     Absolute http(s)/mailto links and data: URIs are the sanitiser's; this resolves the rest:
     fragments, paths inside the example, and `file:` URLs (which only ever become a notice).
     """
-    if value.startswith("#"):
+    if value.startswith("#"):  # a place in this page: something to link to, not to load
+        if tag != "a":
+            return None
         return "#" + ANCHOR_PREFIX + value[1:] if len(value) > 1 else "#"
     if value.lower().startswith("file:"):
         return _notice(f"{value[:80]}: a file: URL is not shown")
@@ -94,7 +96,8 @@ def rewrite_url(tag: str, attr: str, value: str) -> str | None:
     if fragment is None:  # `path` is the reason
         return _notice(f"{value[:80]}: {path}")
     if tag == "img":
-        return _figure(path, value)
+        return _figure(path, value) if path != posixpath.normpath(
+            _current.source.notebook) else None  # type: ignore[union-attr]
     return _link(path, fragment, value) if tag == "a" else None
 
 
