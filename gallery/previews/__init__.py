@@ -5,8 +5,9 @@ layers: a preprocessor keeps only an allowlist of output types and nh3 cleans HT
 markdown (`sanitise`), our own nbconvert template escapes everything and loads nothing from
 outside (`render`), and the page is served with a CSP `sandbox` and no script. Rendering runs
 in a forked child with a time and a memory limit (`child`). TeX becomes MathML (`math`), the
-example's own figures are inlined and its links resolved at render time (`files`), and every
-image is checked by Pillow first (`images`).
+example's own figures are inlined and its links resolved at render time (`files`), every
+image is checked by Pillow first (`images`), and code is highlighted by a faster lexer with
+Pygments' tokens (`highlight`).
 """
 
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
