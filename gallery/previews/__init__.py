@@ -4,10 +4,14 @@ A preview is another person's notebook shown to logged-in users, so it is made i
 layers: a preprocessor keeps only an allowlist of output types and nh3 cleans HTML and
 markdown (`sanitise`), our own nbconvert template escapes everything and loads nothing from
 outside (`render`), and the page is served with a CSP `sandbox` and no script. Rendering runs
-in a forked child with a time and a memory limit (`child`).
+in a forked child with a time and a memory limit (`child`). TeX becomes MathML (`math`), the
+example's own figures are inlined and its links resolved at render time (`files`), every
+image is checked by Pillow first (`images`), and code is highlighted by a faster lexer with
+Pygments' tokens (`highlight`).
 """
 
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
+from .files import ExampleSource
 from .render import (
     PAGE_CSP,
     PREVIEW_CSS,
@@ -31,6 +35,7 @@ from .sanitise import (
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
+    "ExampleSource",
     "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",
     "preview_css_name", "preview_url",
     "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",

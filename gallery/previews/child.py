@@ -16,6 +16,7 @@ from typing import Any
 import nbformat
 
 from ..notebooks import NotebookError
+from .files import ExampleSource
 from .render import _get_exporter, render_preview
 from .sanitise import PreviewError, PreviewLimits
 
@@ -47,20 +48,20 @@ _child: _RenderChild | None = None
 
 
 def render_isolated(data: bytes, *, limits: PreviewLimits | None = None,
-                    css_href: str = "") -> str:
+                    css_href: str = "", source: ExampleSource | None = None) -> str:
     """`render_preview` in a forked child with a wall-time and an address-space limit.
 
     The child is forked from this warm process and then serves render after render (a fork
     per render cost more than most renders: copy-on-write faults, a cold heap), so a
     notebook that loops, recurses or balloons takes down only the child; this process
     reports why and forks a fresh child for the next render. Raises PreviewError with the
-    reason.
+    reason. `source` is the example's folder, as for `render_preview`.
     """
     global _child
     limits = limits or PreviewLimits()
     if not hasattr(os, "fork"):
         try:
-            return render_preview(data, css_href=css_href, limits=limits)
+            return render_preview(data, css_href=css_href, limits=limits, source=source)
         except Exception as exc:
             raise PreviewError(failure_reason(exc, limits)) from exc
     with _child_lock:
@@ -68,7 +69,8 @@ def render_isolated(data: bytes, *, limits: PreviewLimits | None = None,
             _child.stop()
             _child = None
         child, _child = _child or _RenderChild(limits.memory_limit), None
-        page, grown = child.render(data, css_href, limits)  # a child that failed is stopped
+        # A child that failed is stopped.
+        page, grown = child.render(data, css_href, limits, source)
         # What the child keeps is missing from the address space the next render may add.
         if (child.renders < MAX_CHILD_RENDERS
                 and grown <= min(MAX_CHILD_GROWTH, limits.memory_limit // 4)):
@@ -127,13 +129,14 @@ class _RenderChild:
         # and ours would mix on one socket.
         return self.owner == os.getpid() and self.memory_limit == limits.memory_limit
 
-    def render(self, data: bytes, css_href: str, limits: PreviewLimits) -> tuple[str, int]:
+    def render(self, data: bytes, css_href: str, limits: PreviewLimits,
+               source: ExampleSource | None) -> tuple[str, int]:
         """The page and how much the child has grown; when the render fails, runs out of time
         or the child dies, the child is stopped and PreviewError says why."""
         try:
             self.sock.settimeout(limits.time_limit)
             with contextlib.suppress(OSError):  # a child that is gone shows as EOF below
-                _send(self.sock, [css_href, asdict(limits)], data)
+                _send(self.sock, [css_href, asdict(limits), source and asdict(source)], data)
             # A page cannot outgrow the child's memory: a larger size is a broken child.
             (reason, grown), page = _receive(self.sock, limit=limits.memory_limit)
             if not reason:
@@ -180,12 +183,13 @@ def _serve(sock: socket.socket, memory_limit: int) -> None:
     while True:
         try:
             try:
-                (css_href, fields), data = _receive(sock)
+                (css_href, fields, where), data = _receive(sock)
             except EOFError:
                 return
             limits = PreviewLimits(**fields)
+            source = ExampleSource(**where) if where else None
             signal.alarm(int(limits.time_limit) + 5)
-            page = render_preview(data, css_href=css_href, limits=limits).encode()
+            page = render_preview(data, css_href=css_href, limits=limits, source=source).encode()
             signal.alarm(0)
             _send(sock, ["", _address_space() - start], page)
         except BaseException as exc:  # noqa: B036 - everything becomes a reason

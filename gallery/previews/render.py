@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from django.conf import settings
 from django.urls import reverse
 
 from ..notebooks import decode_notebook
+from . import files, math, sanitise
+from .files import ExampleSource
+from .highlight import highlight
 from .sanitise import (
     PREVIEW_MIMES,
     PreviewError,
@@ -31,17 +35,59 @@ def _preview_exporter_class() -> type:
 
     from jinja2 import pass_context
     from markupsafe import Markup
+    from mistune import InlineParser
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import (
         InvalidNotebook,
         IPythonRenderer,
         MarkdownWithMath,
+        MathBlockParser,
+        MathInlineParser,
     )
 
-    def markdown(attachments: dict[str, Any]) -> Any:
-        return MarkdownWithMath(renderer=IPythonRenderer(
-            escape=False, attachments=attachments, embed_images=False,
-            exclude_anchor_links=True))
+    class PreviewRenderer(IPythonRenderer):  # type: ignore[misc]
+        """Markdown as JupyterLab shows it: TeX as MathML, headings with ids to link to."""
+
+        def block_math(self, body: str) -> str:
+            return math.tex_html(body, display=True, shown=f"$${body}$$")
+
+        def inline_math(self, body: str) -> str:
+            return math.tex_html(body, display=False, shown=f"${body}$")
+
+        def latex_environment(self, name: str, body: str) -> str:
+            tex = f"\\begin{{{name}}}{body}\\end{{{name}}}"
+            return math.tex_html(tex, display=True, shown=tex)
+
+        def _embed_image_or_attachment(self, src: str) -> str:
+            # A missing attachment is one image the less, not the cell's others too.
+            if src.startswith("attachment:") and src[11:] not in self.attachments:
+                return ""
+            return str(super()._embed_image_or_attachment(src))
+
+        def heading(self, text: str, level: int, **attrs: Any) -> str:
+            # JupyterLab's id: the heading's text with spaces as dashes.
+            anchor = html.unescape(_TAGS.sub("", text)).strip().replace(" ", "-")
+            return f'<h{level} id="{html.escape(anchor)}">{text}</h{level}>\n'
+
+    class PreviewBlockParser(MathBlockParser):  # type: ignore[misc]
+        SPECIFICATION = {**MathBlockParser.SPECIFICATION,
+                         "multiline_math": f"(?s:{math.MULTILINE_MATH})"}
+
+    class PreviewInlineParser(MathInlineParser):  # type: ignore[misc]
+        SPECIFICATION = {**MathInlineParser.SPECIFICATION,
+                         "inline_math_tex": f"(?s:{math.INLINE_MATH_TEX})",
+                         "inline_math_latex": f"(?s:{math.INLINE_MATH_LATEX})",
+                         "block_math_latex": f"(?s:{math.BLOCK_MATH_LATEX})"}
+
+    def markdown(attachments: dict[str, Any], maths: bool = True) -> Any:
+        # Without `maths`, for text with no `$` or backslash: the math rules cannot match
+        # there, and leaving them out of the inline parser's pattern saves a third of its time.
+        return MarkdownWithMath(
+            renderer=PreviewRenderer(escape=False, attachments=attachments, embed_images=False,
+                                     exclude_anchor_links=True),
+            block=PreviewBlockParser(),
+            inline=PreviewInlineParser(hard_wrap=False) if maths else InlineParser(
+                hard_wrap=False))
 
     class PreviewExporter(HTMLExporter):  # type: ignore[misc]
         """nbconvert's HTML exporter with our template and filters, minus its slow passes.
@@ -53,17 +99,18 @@ def _preview_exporter_class() -> type:
         normalised notebook, and the formatter and parser are built once.
         """
 
-        _plain_markdown: Any = None
+        _markdown: dict[bool, Any] = {}
 
         @pass_context
-        def markdown2html(self, context: Any, source: str) -> str:
-            attachments = context.get("cell", {}).get("attachments") or {}
+        def markdown2html(self, context: Any, source: str,
+                          attachments: dict[str, Any] | None = None) -> str:
+            maths = "$" in source or "\\" in source
             if not attachments:
-                if self._plain_markdown is None:
-                    self._plain_markdown = markdown({})
-                parser = self._plain_markdown
+                if maths not in self._markdown:
+                    self._markdown[maths] = markdown({}, maths)
+                parser = self._markdown[maths]
             else:
-                parser = markdown(attachments)
+                parser = markdown(attachments, maths)
             try:
                 return parser.render(source)
             except InvalidNotebook:  # a missing attachment: show the rest without it
@@ -95,36 +142,13 @@ def _preview_exporter_class() -> type:
         return next((m for m in PREVIEW_MIMES if isinstance(data, dict) and m in data), "")
 
     PreviewExporter.extra_filters = {"clean_html": sanitize_html, "prompt": prompt,
+                                     "latex_html": math.latex_output_html,
                                      "preview_mime": preview_mime,
                                      "strip_files_prefix": lambda s: s}
     return PreviewExporter
 
 
-_highlighters: dict[str, tuple[Any, Any]] = {}
-
-
-def highlight(source: str, language: str) -> str:
-    """Code as Pygments HTML: token text escaped by Pygments, class names from a fixed set.
-
-    Its output needs no sanitiser pass (the language name is checked in `strict_outputs`).
-    """
-    import pygments
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import get_lexer_by_name
-    from pygments.util import ClassNotFound
-
-    if language not in _highlighters:
-        try:
-            lexer = get_lexer_by_name("python" if language.startswith("ipython") else language)
-        except ClassNotFound:
-            lexer = get_lexer_by_name("text")
-        if len(_highlighters) > 200:
-            _highlighters.clear()
-        _highlighters[language] = (lexer, HtmlFormatter(cssclass=f"highlight hl-{language}"))
-    lexer, formatter = _highlighters[language]
-    return pygments.highlight(source, lexer, formatter)
-
-
+_TAGS = re.compile(r"<[^>]*>")
 _exporter = None
 
 
@@ -199,37 +223,47 @@ def write_preview_css(directory: Path) -> Path:
     return path
 
 
-def _read_for_preview(data: bytes) -> nbformat.NotebookNode:
-    """Parse notebook bytes without schema validation (staging validated them already)."""
+def _read_for_preview(data: bytes) -> Any:
+    """Parse notebook bytes without schema validation (staging validated them already).
+
+    A version 4 notebook stays plain JSON: `strict_outputs` reads it defensively and builds
+    the notebook the template sees. Older versions are upgraded by nbformat first.
+    """
     from nbformat import reader, versions
 
     _, raw = decode_notebook(data, PreviewError)
     try:  # what nbformat.reader.reads does once the JSON is parsed
         major, minor = reader.get_version(raw)
+        if major == 4:
+            return raw
         nb = versions[major].to_notebook_json(raw, minor=minor)
     except MemoryError:
         raise
     except Exception as exc:  # nbformat raises assorted types on odd input
         raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
-    if nb.get("nbformat") != 4:
-        try:
-            nb = nbformat.convert(nb, 4)
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
-    return nb
+    try:
+        return nbformat.convert(nb, 4)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
 
 
-def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None) -> str:
-    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process)."""
+def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None,
+                   source: ExampleSource | None = None) -> str:
+    """Render notebook bytes to a complete, sanitised, script-free HTML page (in-process).
+
+    With `source`, relative URLs of the notebook lead to the example's files: figures are
+    inlined, links point to the other notebooks' previews and to the example's page.
+    """
     import html
 
-    global _limits_for_filter
     limits = limits or PreviewLimits()
-    _limits_for_filter = limits
+    sanitise.use_limits(limits)
     nb = strict_outputs(_read_for_preview(data), limits)
-    body, _ = _get_exporter().from_notebook_node(nb)
+    with files.rendering(source, max_bytes=limits.max_output_bytes,
+                         max_pixels=limits.max_image_pixels, preview_url=preview_url):
+        body, _ = _get_exporter().from_notebook_node(nb)
     title = nb.metadata.get("title") or "Notebook preview"
     return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
                                css=html.escape(css_href or preview_css_name()), body=body)

@@ -2,7 +2,8 @@
 
 Everything a notebook carries is dropped unless it is known to be inert: output types
 outside the allowlist, script and widget outputs, images that do not decode or are too big,
-attributes and URLs nh3 would not keep.
+attributes and URLs nh3 would not keep. MathML (from the notebook's TeX, see `math`) passes
+with its own allowlist; relative URLs are resolved against the example's files (`files`).
 """
 from __future__ import annotations
 
@@ -13,25 +14,34 @@ from typing import Any
 import nbformat
 
 from ..notebooks import NotebookError
+from . import files
+from .images import IMAGE_MIMES, clean_base64_image
+from .math import MATHML_ATTRIBUTES, MATHML_TAGS, mathml_value_ok
 
-ALLOWED_TAGS = {
+HTML_TAGS = {
     "a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details", "div",
     "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd",
     "li", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strong", "sub", "summary",
     "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul", "var",
 }
+ALLOWED_TAGS = HTML_TAGS | MATHML_TAGS
 ALLOWED_ATTRIBUTES = {
     "*": {"class", "title", "lang", "dir"},
-    "a": {"href"},
+    "a": {"href", "id"},
     "img": {"src", "alt", "width", "height"},
     "td": {"colspan", "rowspan", "align"},
     "th": {"colspan", "rowspan", "align", "scope"},
     "ol": {"start"},
+    # Anchors for links inside the notebook; every id is prefixed (files.ANCHOR_PREFIX).
+    **{tag: {"id"} for tag in ("h1", "h2", "h3", "h4", "h5", "h6", "div", "span")},
+    **MATHML_ATTRIBUTES,
 }
-IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF"}
-# What a preview shows of an output, best first; everything else is dropped.
-PREVIEW_MIMES = ("text/html", "text/markdown", "image/svg+xml", "image/png", "image/jpeg",
-                 "image/gif", "text/latex", "text/plain")
+# Removed with everything inside them (other disallowed tags leave their text).
+CLEAN_CONTENT_TAGS = {"script", "style", "annotation-xml"}
+# What a preview shows of an output, best first (JupyterLab's order: TeX before images);
+# everything else is dropped.
+PREVIEW_MIMES = ("text/html", "text/markdown", "text/latex", "image/svg+xml", "image/png",
+                 "image/jpeg", "image/gif", "text/plain")
 SCRIPT_MIMES = ("application/javascript", "text/javascript", "application/x-javascript")
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
                 "application/vnd.jupyter.widget-state+json")
@@ -73,11 +83,18 @@ class PreviewError(NotebookError):
 _limits_for_filter = PreviewLimits()
 
 
+def use_limits(limits: PreviewLimits) -> None:
+    """The limits the sanitiser checks images in HTML against, for the render under way."""
+    global _limits_for_filter
+    _limits_for_filter = limits
+
+
 def sanitize_html(html: str) -> str:
     """Untrusted HTML, reduced to an allowlist with nh3 (no script, no handlers, no styles).
 
-    Relative URLs are dropped too: on the serving origin they would be requests the viewer's
-    browser makes on the author's behalf.
+    Relative URLs are resolved against the example's files or dropped: left to the browser,
+    they would be requests the viewer's browser makes on the author's behalf. Links that
+    leave the preview open a new tab.
     """
     global _cleaner
     if _cleaner is None:
@@ -85,18 +102,20 @@ def sanitize_html(html: str) -> str:
 
         _cleaner = nh3.Cleaner(
             tags=ALLOWED_TAGS,
+            clean_content_tags=CLEAN_CONTENT_TAGS,
             attributes=ALLOWED_ATTRIBUTES,
-            url_schemes={"http", "https", "mailto", "data"},
-            url_relative="deny",
+            # file: only reaches the attribute filter, which turns it into a notice.
+            url_schemes={"http", "https", "mailto", "data", "file"},
+            url_relative="pass_through",  # the attribute filter resolves or drops them
             attribute_filter=_attribute_filter,
-            link_rel="noopener noreferrer nofollow",
+            link_rel="noopener noreferrer",
             strip_comments=True,
         )
     if html.count("<") > MAX_HTML_DEPTH and _nesting_depth(html) > MAX_HTML_DEPTH:
         # The HTML parser's time grows with the square of the depth.
         return ('<p class="gallery-notice">[HTML nested more than '
                 f"{MAX_HTML_DEPTH:,} levels deep is not shown in the preview.]</p>")
-    return _cleaner.clean(html)
+    return files.finish(_cleaner.clean(html))
 
 
 _cleaner: Any = None
@@ -123,13 +142,17 @@ def _nesting_depth(html: str) -> int:
 
 def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
     if attr in {"href", "src"}:
-        if _BAD_URL_CHARS.search(value.strip()):
+        url = value.strip()
+        if not url or _BAD_URL_CHARS.search(url):
             return None
-        is_data = value.strip()[:5].lower() == "data:"
-        if tag == "img":  # images are inline data or nothing: no beacons, no internal URLs
-            return value if is_data and _data_uri_image_ok(value.strip()) else None
-        if is_data:
-            return None
+        if url[:5].lower() == "data:":  # images are inline data: no beacons, no internal URLs
+            return url if tag == "img" and _data_uri_image_ok(url) else None
+        return files.rewrite_url(tag, attr, url)
+    if attr == "id":
+        anchor = value.strip()[:200]
+        return files.ANCHOR_PREFIX + anchor if anchor else None
+    if tag in MATHML_TAGS:
+        return value if mathml_value_ok(value) else None
     if attr in {"width", "height"}:
         if not value.isdigit() or not 0 < int(value) <= MAX_IMAGE_SIDE:
             return None
@@ -150,46 +173,9 @@ def _image_problem(mime: str, b64: str, limits: PreviewLimits) -> str | None:
     return _clean_image(mime, b64, limits)[1]
 
 
-_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
 def _clean_image(mime: str, b64: str, limits: PreviewLimits) -> tuple[str, str | None]:
-    """A base64 image without whitespace, and why it cannot be shown (None when it can).
-
-    Only the header is decoded for PNG and GIF, where the size is; the pixel count is checked
-    before any browser would decode it (a small file can be a decompression bomb).
-    """
-    import binascii
-    import io
-
-    from PIL import Image
-
-    try:
-        raw = b64.encode("ascii")
-    except UnicodeEncodeError:
-        return "", "image data that is not base64"
-    if b"\n" in raw or b" " in raw or b"\r" in raw or b"\t" in raw:
-        raw = raw.translate(None, b" \t\r\n")
-    if len(raw) > limits.max_output_bytes * 4 // 3:
-        return "", f"image larger than {limits.max_output_bytes // 1024:,} KiB"
-    if not raw or raw.rstrip(b"=").translate(None, _B64_CHARS) or len(raw) - len(
-            raw.rstrip(b"=")) > 2:
-        return "", "image data that is not base64"
-    clean = raw.decode("ascii")
-    kind = IMAGE_MIMES[mime]
-    try:
-        head = binascii.a2b_base64(raw if kind == "JPEG" else raw[:1024])
-        with Image.open(io.BytesIO(head), formats=[kind]) as image:
-            width, height = image.size
-    except Image.DecompressionBombError:
-        return "", "image with too many pixels (a decompression bomb)"
-    except MemoryError:
-        raise
-    except Exception:  # Pillow and binascii raise assorted types on broken data
-        return "", f"image that is not a valid {kind}"
-    if width * height > limits.max_image_pixels:
-        return "", f"image of {width}x{height} pixels (the limit is {limits.max_image_pixels:,})"
-    return clean, None
+    """A base64 image without whitespace, and why it cannot be shown (None when it can)."""
+    return clean_base64_image(mime, b64, limits.max_output_bytes, limits.max_image_pixels)
 
 
 # --- layer 2: the output allowlist ------------------------------------------------------------
@@ -390,11 +376,27 @@ def strict_outputs(nb: Any, limits: PreviewLimits | None = None) -> nbformat.Not
             count = cell.get("execution_count")
             clean["execution_count"] = count if _is_count(count) else None
             outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
-            clean["outputs"] = _merge_streams(
-                [kept for o in outputs for kept in _clean_output(o, limits)], limits)
-        cells.append(clean)
-    return nbformat.from_dict({
+            clean["outputs"] = [_output_node(o) for o in _merge_streams(
+                [kept for o in outputs for kept in _clean_output(o, limits)], limits)]
+        cells.append(_Node(clean, metadata=_Node(),
+                           **({"attachments": _Node(clean["attachments"])}
+                              if "attachments" in clean else {})))
+    return _Node({
         "nbformat": 4, "nbformat_minor": 5, "cells": cells,
-        "metadata": {"language_info": {"name": lexer} if lexer else {},
-                     "title": title if isinstance(title, str) else ""},
+        "metadata": _Node({"language_info": _Node({"name": lexer} if lexer else {}),
+                           "title": title if isinstance(title, str) else ""}),
     })
+
+
+_Node = nbformat.NotebookNode
+
+
+def _output_node(output: dict[str, Any]) -> nbformat.NotebookNode:
+    """A cleaned output as the template reads it (what `nbformat.from_dict` would make of it,
+    without walking every string)."""
+    node = _Node(output)
+    for key in ("data", "metadata"):
+        if key in node:
+            node[key] = _Node({k: _Node(v) if isinstance(v, dict) else v
+                               for k, v in node[key].items()})
+    return node

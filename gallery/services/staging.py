@@ -332,11 +332,27 @@ def stage_submission(
     return submission
 
 
+MAX_NOTEBOOK_PREVIEWS = 20  # notebooks of one revision that get a preview of their own
+
+
 def queue_preview(revision: Revision) -> None:
-    """Render a revision's preview unless it is there: a group's example's apart from the
-    public ones (`preview_path`)."""
-    preview, _ = Preview.objects.get_or_create(sha256=revision.notebook_sha256)
+    """Render the previews of a revision's notebooks that are not there yet: the main one, and
+    the others its links may lead to (each keyed by the sha256 of its bytes); a group's
+    example's apart from the public ones (`preview_path`)."""
     private = revision.example.groups.exists()
+    _queue_preview(revision, revision.notebook_sha256, "", private)
+    others = [f["path"] for f in revision.files
+              if f["path"].endswith(".ipynb") and f["path"] != revision.notebook_name]
+    for path in others[:MAX_NOTEBOOK_PREVIEWS - 1]:
+        try:
+            data = (staged_folder(revision) / path).read_bytes()
+        except OSError:
+            continue
+        _queue_preview(revision, notebooks.sha256(data), path, private)
+
+
+def _queue_preview(revision: Revision, sha: str, path: str, private: bool) -> None:
+    preview, _ = Preview.objects.get_or_create(sha256=sha)
     if preview.state == Preview.State.READY and preview_path(preview.sha256,
                                                              private=private).exists():
         return
@@ -344,8 +360,8 @@ def queue_preview(revision: Revision) -> None:
                           params__private=private,
                           state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
         return
-    queue_job(Job.Kind.PREVIEW, revision=revision,
-              params={"sha256": preview.sha256, "private": private})
+    params = {"sha256": preview.sha256, "private": private, **({"path": path} if path else {})}
+    queue_job(Job.Kind.PREVIEW, revision=revision, params=params)
 
 
 def do_checks(job: Job) -> dict[str, Any]:
@@ -402,17 +418,39 @@ def _notebook_to_preview(job: Job, revision: Revision) -> bytes:
     return (staged_folder(revision) / revision.notebook_name).read_bytes()
 
 
+def _example_url(revision: Revision) -> str:
+    """The example's page as a preview links to it: under GALLERY_PUBLIC_URL when set; else
+    on the gallery's own origin, which is the preview's too unless GALLERY_PREVIEW_BASE_URL
+    moves previews elsewhere (then nothing to link to)."""
+    from django.urls import reverse
+
+    page = reverse("example", args=[revision.example.slug])
+    if settings.GALLERY_PUBLIC_URL:
+        return settings.GALLERY_PUBLIC_URL.rstrip("/") + page
+    return "" if settings.GALLERY_PREVIEW_BASE_URL else page
+
+
 def do_preview(job: Job) -> dict[str, Any]:
     sha = job.params["sha256"]
     path = preview_path(sha, private=bool(job.params.get("private")))
     if not path.exists():
         revision = job.revision
         assert revision is not None
-        data = _notebook_to_preview(job, revision)
+        folder = staged_folder(revision)
+        if job.params.get("run"):  # a run's executed notebook, with the revision's files
+            name, data = revision.notebook_name, _notebook_to_preview(job, revision)
+        else:
+            name = job.params.get("path") or revision.notebook_name
+            if name not in {f["path"] for f in revision.files}:
+                raise GalleryError(f"{name} is not a file of revision {revision.pk}.")
+            data = (folder / name).read_bytes()
+        source = previews.ExampleSource(folder=str(folder), notebook=name,
+                                        example_url=_example_url(revision))
         started = time.monotonic()
         try:
             # In a forked child with time and memory limits; any failure is a plain reason.
-            html = previews.render_isolated(data, limits=previews.PreviewLimits.from_settings())
+            html = previews.render_isolated(data, limits=previews.PreviewLimits.from_settings(),
+                                            source=source)
         except previews.PreviewError as exc:
             Preview.objects.filter(sha256=sha).update(state=Preview.State.FAILED, error=str(exc))
             raise

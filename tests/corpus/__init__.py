@@ -13,15 +13,17 @@ import base64
 import io
 import itertools
 import json
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
+from pathlib import Path
 
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output, new_raw_cell
 
-from gallery.previews import ALLOWED_TAGS
+from gallery.previews import ALLOWED_TAGS, ExampleSource
 
 CANARY = "http://canary.invalid"
 JS = f"alert(1);document.title='PWNED';fetch('{CANARY}/js')"
@@ -34,6 +36,30 @@ class Case:
     expect: int | str = "render"  # "render", or the HTTP status of the refusal
     shows: list[str] = field(default_factory=list)  # text the rendered page must contain
     hides: list[str] = field(default_factory=list)  # text it must not contain (raw markup)
+    files: dict[str, bytes] = field(default_factory=dict)  # other files of the example
+    # Symlinks put into the example's folder once staged (no upload can make one): path ->
+    # target. They point out of the folder.
+    symlinks: dict[str, str] = field(default_factory=dict)
+
+
+NOTEBOOK = "notebook.ipynb"  # the name a case's notebook has in its example
+
+
+def write_example(case: Case, folder: Path) -> ExampleSource:
+    """A case as an example folder on disk (notebook, files, symlinks), as staging leaves it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / NOTEBOOK).write_bytes(case.data)
+    for name, data in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    add_symlinks(case, folder)
+    return ExampleSource(folder=str(folder), notebook=NOTEBOOK)
+
+
+def add_symlinks(case: Case, folder: Path) -> None:
+    for name, target in case.symlinks.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, folder / name)
 
 
 def _nb(*cells: dict, metadata: dict | None = None) -> bytes:
@@ -68,6 +94,7 @@ def _md(text: str, **kw: dict) -> bytes:
 
 @cache
 def png(width: int = 4, height: int = 3) -> str:
+    """A small PNG, base64."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -233,7 +260,7 @@ def cases() -> list[Case]:  # noqa: PLR0915 - one list, read top to bottom
             "image/png": {"unconfined": f"\" onload=\"{JS}"}})]))))
     add(Case("out-latex", _nb(new_code_cell("tex", execution_count=1, outputs=[_out({
         "text/latex": f"$\\href{{javascript:alert(1)}}{{x}}$</div><script>{JS}</script>"})])),
-        shows=["\\href"]))
+        shows=["</div><script>"]))
     add(Case("out-markdown", _nb(new_code_cell("md", execution_count=1, outputs=[_out({
         "text/markdown": f"**bold** <img src=x onerror=\"{JS}\"> [x](javascript:alert(1))"},
         kind="execute_result")])), shows=["bold"]))
@@ -289,6 +316,68 @@ def cases() -> list[Case]:  # noqa: PLR0915 - one list, read top to bottom
                  for i in range(10_000)))
     add(Case("dos-10k-cells", many, shows=["cell 9998"]))
 
+    # --- mathematics: TeX made MathML, and MathML written by hand ------------------------
+    mathml = ('<math display="block"><mrow href="javascript:alert(1)">'
+              '<mi xlink:href="javascript:alert(1)" href="javascript:alert(1)">hrefx</mi></mrow>'
+              f'<mi style="background:url({CANARY}/style.png)" onclick="{JS}">styled</mi>'
+              '<maction actiontype="statusline"><mi>act</mi><mtext>javascript:alert(1)</mtext>'
+              '</maction><semantics><mi>sem</mi><annotation-xml encoding="text/html">'
+              f'<img src=x onerror="{JS}"><a href="javascript:alert(1)">annot</a>'
+              '</annotation-xml><annotation encoding="text/html">&lt;b&gt;</annotation>'
+              '</semantics><mtext><a href="javascript:alert(1)">mlink</a>'
+              f'<img src="{CANARY}/m.png"></mtext><mglyph src="{CANARY}/g.png"/>'
+              f'<mspace width="url({CANARY}/w)" mathbackground="url({CANARY}/b)"/></math>')
+    add(Case("mathml-links-styles-actions", _nb(
+        new_markdown_cell("Hand-written MathML " + mathml),
+        new_code_cell("m", execution_count=1, outputs=[_out({"text/html": mathml})])),
+        shows=["hrefx", "styled", "mlink"]))
+    tex = ("$\\href{javascript:alert(1)}{click}$ and $$\\style{background:url(" + CANARY
+           + "/s.png)}{styled}$$ and $\\class{x\" onmouseover=\"" + JS + "}{y}$ and "
+           "$\\color{url(" + CANARY + "/c.png)}{z}$ and $\\text{<img src=x onerror=alert(1)>}$"
+           " and $\\unicode{<img src=x onerror=alert(1)>}$ and "
+           "$\\mathrm{</math><img src=x onerror=alert(1)>}$ and "
+           "\\begin{equation}\\href{" + CANARY + "/eq}{e}\\end{equation} and "
+           "\\(\\cssId{a}{\\href{javascript:alert(1)}{b}}\\)")
+    add(Case("tex-href-style-unicode", _nb(
+        new_markdown_cell(tex),
+        new_code_cell("tex", execution_count=1, outputs=[_out({"text/latex": tex})])),
+        shows=["\\unicode{<img"]))
+    add(Case("tex-huge-and-nested", _nb(new_markdown_cell(
+        "$" + "x+" * 100_000 + "x$\n\n$$" + "{" * 5_000 + "x" + "}" * 5_000 + "$$\n\n"
+        "$" + "\\sqrt{" * 300 + "x" + "}" * 300 + "$\n\n$" + "\\left(" * 2_000 + "x"
+        + "\\right)" * 2_000 + "$\n\n" + "\\begin{matrix}" * 100 + "x" + "\\end{matrix}" * 100
+        + "\n\nafter the deep TeX"),
+        new_markdown_cell(" ".join(f"$x_{{{i}}} + y^{{{i}}}$" for i in range(30_000)))),
+        shows=["after the deep TeX", "$x+x+x+"]))
+
+    # --- the example's own files: paths that lead out, links, symlinks ---------------------
+    add(Case("files-paths-out-of-the-example", _nb(new_markdown_cell(
+        "![a](../../etc/passwd) ![b](/etc/passwd) ![c](file:///etc/passwd) "
+        "![d](figures/../../secret.png) ![e](figures/%2e%2e/%2e%2e/etc/passwd) "
+        "![w](figures\\..\\..\\x.png) ![h](//canary.invalid/x.png)\n\n"
+        '<img src="../outside.png"> <img src="/etc/hostname"> <img src="file:///etc/hostname">'
+        ' <img src="file:figures/fit.png">\n\n'
+        "[l](../../etc/passwd) [m](file:///etc/passwd) [n](/admin/) [o](../other/x.ipynb)"
+        " shown figure ![fit](figures/fit.png)")),
+        files={"figures/fit.png": base64.b64decode(png())},
+        shows=["leaves the example's folder", "not a path inside the example",
+               "a file: URL is not shown", "shown figure"]))
+    add(Case("files-symlinks-out", _nb(new_markdown_cell(
+        "![l](figures/leak.png) ![u](figures/up/outside.png) ![d](figures/etc/hostname) "
+        '<img src="figures/leak.png"> [x](figures/leak.png) [y](figures/etc/passwd)'
+        " ![ok](figures/ok.png) end of links")),
+        files={"figures/ok.png": base64.b64decode(png())},
+        symlinks={"figures/leak.png": "/etc/passwd", "figures/up": "../..",
+                  "figures/etc": "/etc"},
+        shows=["leaves the example's folder", "end of links"], hides=["root:"]))
+    add(Case("files-that-are-not-figures", _nb(new_markdown_cell(
+        "![c](data.csv) ![f](fake.png) ![s](evil.svg) ![b](bomb.png) ![m](missing.png) "
+        "![d](figures) [folder](figures) [data](data.csv)")),
+        files={"data.csv": b"a,b\n1,2\n", "fake.png": f"<script>{JS}</script>".encode(),
+               "evil.svg": SVG_SCRIPT.encode(), "bomb.png": base64.b64decode(png_bomb()),
+               "figures/x.txt": b"x"},
+        shows=["not a PNG, JPEG, GIF or SVG", "decompression bomb", "not found in the example"]))
+
     # --- refused at staging ---------------------------------------------------------------
     add(Case("bad-execution-count", json.dumps({**json.loads(_nb(new_code_cell("1"))), "cells": [
         {"cell_type": "code", "id": "a1", "metadata": {}, "source": "1", "outputs": [],
@@ -312,6 +401,11 @@ def cases() -> list[Case]:  # noqa: PLR0915 - one list, read top to bottom
 OVERSIZED_LIMIT = 6 * 1024 * 1024  # the upload limit under which `bad-oversized` is refused
 
 
+# The gallery's own addresses a preview may link to: another notebook's preview, the page of
+# the example (tests serve previews from the gallery or from GALLERY_PREVIEW_BASE_URL).
+LINKS_INSIDE = ("/previews/", "/examples/")
+
+
 class Latent(HTMLParser):
     """Everything in a page that could run, load or navigate, were the CSP ever missing."""
 
@@ -327,14 +421,17 @@ class Latent(HTMLParser):
             self.found.append(f"<{tag}>")
         for name, value in attrs:
             value = (value or "").strip().lower()
-            if name.startswith("on") or name in {"style", "id", "srcset", "formaction"} or (
+            if name.startswith("on") or name in {"style", "srcset", "formaction"} or (
                     name == "name" and tag != "meta"):
                 self.found.append(f"<{tag} {name}>")
+            if name == "id" and not value.startswith("nb-"):  # only anchors, prefixed
+                self.found.append(f"<{tag} id={value[:40]}>")
             if name == "src" and not value.startswith("data:image/"):
                 self.found.append(f"<{tag} src={value[:40]}>")
-            if name == "href" and tag == "a" and not value.startswith(("http:", "https:",
-                                                                      "mailto:")):
-                self.found.append(f"<a href={value[:40]}>")
+            if name == "href" and tag not in ("a", "link") or (
+                    name == "href" and tag == "a" and not value.startswith(
+                        ("http:", "https:", "mailto:", "#", *LINKS_INSIDE))):
+                self.found.append(f"<{tag} href={value[:40]}>")
             if tag == "link" and (name == "href" and not value.startswith("preview-")):
                 self.found.append(f"<link href={value[:40]}>")
             if tag == "meta" and name == "http-equiv" and value != "content-security-policy":

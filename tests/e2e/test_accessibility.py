@@ -21,6 +21,7 @@ from gallery.previews import preview_url
 from tests.base import make_user, notebook_bytes, stage
 from tests.e2e.browser import browser  # noqa: F401  (pytest fixture)
 from tests.e2e.test_journeys import approved, log_in
+from tests.e2e.test_preview_browser import figure_png, multi_file_notebook
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 AXE = Path(__file__).resolve().parent / "axe" / "node_modules" / "axe-core" / "axe.min.js"
@@ -77,6 +78,8 @@ def test_every_page_passes_an_automated_accessibility_audit(audited, live_server
                              comment="Please say which grid sizes are safe.")
     revision = stage(contributor, title="Broadcasting in NumPy", example_slug=example.slug,
                      notebook=notebook_bytes(5, text="np.ones(3)"))
+    figures = stage(contributor, title="Fitting a line", notebook=multi_file_notebook(),
+                    files={"figures/fit.png": figure_png(), "points.csv": b"x,y\n1,2\n"})
     services.notify(user=user, kind=Notification.Kind.REVIEW, message="A newer version is out.",
                     example=example)
     example.refresh_from_db()
@@ -88,7 +91,8 @@ def test_every_page_passes_an_automated_accessibility_audit(audited, live_server
     for path in ["/", "/?q=numpy", "/?tag=demo", "/?q=nothing-matches-this",
                  f"/examples/{example.slug}/", f"/examples/{staged.example.slug}/",
                  f"/jobs/{use.pk}/", "/stage/", "/notifications/", "/submissions/",
-                 preview_url(example.current_revision.notebook_sha256)]:
+                 preview_url(example.current_revision.notebook_sha256),
+                 preview_url(figures.revision.notebook_sha256)]:  # equations and a figure
         problems += person(path)
     author = audited(contributor)
     for path in ["/submissions/", f"/submissions/{asked.pk}/",

@@ -1,13 +1,20 @@
 """The hostile corpus in a real Chromium: staged through the API, rendered by the worker code,
 then shown on the example page (gallery origin) in its sandboxed frame from a separate preview
-origin, and opened directly. Nothing may run, load from elsewhere, open or navigate."""
+origin, and opened directly. Nothing may run, load from elsewhere, open or navigate.
+
+Also what a reader sees: an equation as MathML, and a multi-file example's own figure (with a
+screenshot, GALLERY_SCREENSHOTS as in test_journeys.py)."""
 
 from __future__ import annotations
 
+import base64
 import html
+import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,7 +43,9 @@ INSPECT = """() => {
     }
   }
   const tags = 'script, iframe, frame, object, embed, form, input, button, style, base, '
-             + 'svg, math, video, audio, meta[http-equiv=refresh], link:not([rel=stylesheet])';
+             + 'svg, video, audio, meta[http-equiv=refresh], link:not([rel=stylesheet]), '
+             + 'maction, annotation-xml, mglyph, math [href], '
+             + 'a[href^="http"]:not([target]):not([href*="/previews/"])';
   return {
     origin: self.origin, title: document.title, bad,
     tags: [...document.querySelectorAll(tags)].map(e => e.tagName),
@@ -49,18 +58,35 @@ INSPECT = """() => {
 def stage_corpus(client: Any) -> list[tuple[corpus.Case, Submission]]:
     staged = []
     for case in corpus.cases():
-        r = client.post("/api/v1/submissions", {
-            "notebook": SimpleUploadedFile(f"{case.name}.ipynb", case.data), "title": case.name})
+        if case.files:  # an example of several files: the JSON form of the API
+            r = client.post("/api/v1/submissions", json.dumps({
+                "notebook": case.data.decode(), "notebook_name": corpus.NOTEBOOK,
+                "title": case.name, "files": [
+                    {"path": path, "content_base64": base64.b64encode(data).decode()}
+                    for path, data in case.files.items()]}), content_type="application/json")
+        else:
+            r = client.post("/api/v1/submissions", {
+                "notebook": SimpleUploadedFile(f"{case.name}.ipynb", case.data),
+                "title": case.name})
         if case.expect != "render":
             assert r.status_code == case.expect, (case.name, r.content[:300])
             continue
         assert r.status_code == 201, (case.name, r.content[:300])
-        preview = client.get(f"/api/v1/submissions/{r.json()['id']}").json()["preview"]
-        assert preview["state"] == "ready", (case.name, preview)
         submission = Submission.objects.select_related("example", "revision").get(
             pk=r.json()["id"])
+        if case.symlinks:  # no upload makes one: put them in, and render again
+            corpus.add_symlinks(case, services.staged_folder(submission.revision))
+            path = services.preview_path(submission.revision.notebook_sha256)
+            for stale in (path, path.with_name(path.name + ".gz")):
+                stale.unlink(missing_ok=True)
+            services.queue_preview(submission.revision)
+        preview = client.get(f"/api/v1/submissions/{r.json()['id']}").json()["preview"]
+        assert preview["state"] == "ready", (case.name, preview)
         page = services.preview_path(submission.revision.notebook_sha256).read_text()
-        assert latent(page)[0] == [], case.name
+        found, text = latent(page)
+        assert found == [], case.name
+        for words in case.hides:
+            assert words not in text, (case.name, words)
         staged.append((case, submission))
     return staged
 
@@ -166,4 +192,112 @@ def test_it_keeps_every_corpus_preview_inert_in_chromium(live_server, settings, 
     assert [u for u in seen.navigations if u not in visited] == []
     refused = [m for m in seen.console if "Refused" in m or "Blocked" in m]
     assert refused == [], refused[:5]
+    context.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SHOTS = Path(os.environ.get("GALLERY_SCREENSHOTS", ROOT / "tests" / "e2e" / "screenshots"))
+
+
+def figure_png() -> bytes:
+    """A plot-like figure, saved with metadata chunks before its pixel data as many tools do."""
+    import io
+
+    from PIL import Image, ImageDraw, PngImagePlugin
+
+    image = Image.new("RGB", (480, 260), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(40, 20), (40, 230), (460, 230)], fill="black", width=2)
+    points = [(60 + 40 * i, 210 - 17 * i + (9 if i % 2 else -7)) for i in range(10)]
+    for x, y in points:
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(31, 119, 180))
+    draw.line([(50, 213), (450, 40)], fill=(214, 39, 40), width=3)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>" + "figure " * 500 + "</x:xmpmeta>")
+    buf = io.BytesIO()
+    image.save(buf, "PNG", pnginfo=info, icc_profile=os.urandom(2000))
+    return buf.getvalue()
+
+
+def multi_file_notebook() -> bytes:
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    return json.dumps(new_notebook(cells=[
+        new_markdown_cell("# Fitting a line\n\nWe fit $y = a x + b$ by least squares, which "
+                          "minimises\n\n$$S(a, b) = \\sum_{i=1}^{n} \\left(y_i - a x_i - b"
+                          "\\right)^2, \\qquad a = \\frac{\\operatorname{cov}(x, y)}"
+                          "{\\operatorname{var}(x)}.$$\n\n"
+                          "The figure beside this notebook, `figures/fit.png`:\n\n"
+                          "![The fitted line](figures/fit.png)\n\nThe points are in "
+                          "[points.csv](points.csv)."),
+        new_code_cell("a, b = np.polyfit(x, y, 1)\nprint(a, b)", execution_count=1, outputs=[
+            new_output("stream", name="stdout", text="-0.43 213.1\n")]),
+    ], metadata={"language_info": {"name": "python"}})).encode()
+
+
+def log_in(tab: Any, live_server: Any, user: Any) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies["gallery-sessionid"]
+    tab.context.add_cookies([{"name": "gallery-sessionid", "value": cookie.value,
+                              "url": live_server.url}])
+
+
+def test_it_shows_a_multi_file_example_with_its_figure_and_equations(live_server, request):
+    from tests.base import make_user, stage
+
+    submission = stage(make_user("connor"), title="Fitting a line",
+                       notebook=multi_file_notebook(),
+                       files={"figures/fit.png": figure_png(), "points.csv": b"x,y\n1,2\n"})
+    context = request.getfixturevalue("browser").new_context(viewport={"width": 1200,
+                                                                        "height": 900})
+    page = context.new_page()
+    seen = watch(page, live_server.url + "/")
+    log_in(page, live_server, make_user("ursula"))
+    page.goto(f"{live_server.url}/examples/{submission.example.slug}/", wait_until="load")
+    iframe = page.locator("iframe.preview")
+    assert iframe.get_attribute("sandbox") == ""
+    iframe.scroll_into_view_if_needed()
+    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    frame = wait_for_frame(page, preview)
+    shown = frame.evaluate("""() => {
+      const img = document.querySelector('img[alt="The fitted line"]');
+      const m = document.querySelector('math[display=block]');
+      return {src: img.src.slice(0, 22), complete: img.complete, width: img.naturalWidth,
+              height: img.naturalHeight, mathml: m instanceof MathMLElement,
+              notices: document.querySelectorAll('.gallery-notice').length};
+    }""")
+    assert shown == {"src": "data:image/png;base64,", "complete": True, "width": 480,
+                     "height": 260, "mathml": True, "notices": 0}
+    iframe.evaluate("f => { f.style.height = '900px'; }")
+    page.wait_for_timeout(300)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    iframe.screenshot(path=str(SHOTS / "preview-figure-and-equations.png"))
+    assert seen.blocked == [] and seen.popups == [] and seen.dialogs == []
+    context.close()
+
+
+def test_it_lays_out_equations_as_mathml(live_server, request):
+    from tests.base import make_user, stage
+
+    submission = stage(make_user("connor"), title="Fitting a line",
+                       notebook=multi_file_notebook(), files={"figures/fit.png": figure_png()})
+    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    context = request.getfixturevalue("browser").new_context()
+    page = context.new_page()
+    page.goto(preview, wait_until="load")
+    laid = page.evaluate("""() => {
+      const block = document.querySelector('math[display=block]');
+      const frac = block.querySelector('mfrac');
+      const [num, den] = [...frac.children].map(c => c.getBoundingClientRect());
+      const inline = document.querySelector('math[display=inline]');
+      return {ns: block.namespaceURI, display: getComputedStyle(block).display,
+              inline: getComputedStyle(inline).display,
+              stacked: den.top >= num.bottom - 1, centred: block.getBoundingClientRect().width > 0,
+              text: document.body.innerText.includes('$')};
+    }""")
+    assert laid == {"ns": "http://www.w3.org/1998/Math/MathML", "display": "block math",
+                    "inline": "math", "stacked": True, "centred": True, "text": False}
     context.close()

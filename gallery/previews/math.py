@@ -1,0 +1,199 @@
+"""Mathematics in previews: TeX turned into MathML when the preview is rendered, so a browser
+shows it natively and no script is needed.
+
+latex2mathml does the conversion. Its output is untrusted (it copies `\\href{javascript:…}`
+into an attribute and `\\text{<…>}` into the markup as it is), so it goes through the same nh3
+pass as all other HTML, with an allowlist of MathML elements and attributes (`MATHML_TAGS`,
+`MATHML_ATTRIBUTES`): no links, no styles, no `maction`, no `annotation-xml`. TeX that is too
+long, nested too deeply, over the render's budget or not understood stays readable TeX in a
+code span.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import re
+from typing import Any
+
+MAX_TEX_CHARS = 4_000  # one formula; conversion time grows with its length
+MAX_TEX_DEPTH = 40  # groups, \left…\right and environments inside each other
+MAX_TEX_PER_RENDER = 200_000  # characters of TeX one render converts at most
+
+# MathML Core's presentation elements, and `semantics`/`annotation` (text only) that
+# converters wrap around them. Not `maction` (interaction), `annotation-xml` (may hold HTML)
+# or `mglyph` (an image).
+MATHML_TAGS = {
+    "math", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msub", "msup", "msubsup",
+    "mfrac", "msqrt", "mroot", "mstyle", "mtable", "mtr", "mtd", "munder", "mover",
+    "munderover", "mpadded", "mphantom", "menclose", "merror", "mmultiscripts", "mprescripts",
+    "none", "semantics", "annotation",
+}
+_COMMON = {"mathvariant", "displaystyle", "scriptlevel", "mathcolor", "mathbackground",
+           "mathsize"}
+_SPECIFIC = {
+    "math": {"display"},
+    "mo": {"stretchy", "fence", "separator", "lspace", "rspace", "form", "minsize", "maxsize",
+           "largeop", "movablelimits", "symmetric", "accent"},
+    "mover": {"accent"}, "munder": {"accentunder"}, "munderover": {"accent", "accentunder"},
+    "mfrac": {"linethickness"},
+    "mspace": {"width", "height", "depth"},
+    "mpadded": {"width", "height", "depth", "lspace", "voffset"},
+    "mtable": {"columnalign", "rowalign", "columnspacing", "rowspacing", "columnlines",
+               "rowlines", "frame", "framespacing", "width"},
+    "mtr": {"columnalign", "rowalign"},
+    "mtd": {"columnalign", "rowalign", "columnspan", "rowspan"},
+    "menclose": {"notation"},
+}
+MATHML_ATTRIBUTES = {tag: _COMMON | _SPECIFIC.get(tag, set()) for tag in MATHML_TAGS}
+# Attribute values of MathML: words, numbers and lengths; never a URL, quote or parenthesis.
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9 .%#+-]{0,200}")
+
+
+def mathml_value_ok(value: str) -> bool:
+    """Whether a MathML attribute value is a plain word, number or length."""
+    return _SAFE_VALUE.fullmatch(value) is not None
+
+
+# How mathematics is found in markdown, as in nbconvert (and JupyterLab) with two changes.
+# Inline `$…$` is not mathematics when it looks like money: the closing `$` is followed by a
+# digit ("costs $5 and $10", as in Pandoc), or what it holds starts with a digit and ends
+# with a space ("$20 in all; a $ sign"); and it holds no `$` or backtick, so it never reaches
+# into a code span. `\(…\)` and `\[…\]` are mathematics with one backslash or two.
+INLINE_MATH_TEX = (r"(?<![$\\])\$(?!\s*\$)(?!\d(?:[^$\\`]|\\.)*\s\$)"
+                   r"(?P<math_inline_tex>(?:[^$\\`]|\\.)+?)\$(?!\d)")
+INLINE_MATH_LATEX = r"(?<!\\)\\{1,2}\((?P<math_inline_latex>.*?)\\{1,2}\)"
+BLOCK_MATH_LATEX = r"(?<!\\)\\{1,2}\[(?P<math_block_latex>.*?)\\{1,2}\]"
+MULTILINE_MATH = (r"(?<!\\)[$]{2}.*?(?<!\\)[$]{2}|(?<!\\)\\{1,2}\[.*?\\{1,2}\]"
+                  r"|\\begin\{(?P<math_env_name>[a-z]*\*?)\}.*?\\end\{(?P=math_env_name)\}")
+
+_budget = [MAX_TEX_PER_RENDER]
+
+
+def start_render() -> None:
+    """A new render: the budget of TeX it may convert starts afresh."""
+    _budget[0] = MAX_TEX_PER_RENDER
+
+
+def tex_html(tex: str, *, display: bool, shown: str) -> str:
+    """TeX as MathML, or `shown` (the TeX with its delimiters) in a code span when it cannot,
+    or may not, be converted."""
+    if tex.strip() and len(tex) <= min(MAX_TEX_CHARS, _budget[0]) and _depth(tex) <= MAX_TEX_DEPTH:
+        _budget[0] -= len(tex)
+        mathml = _convert(tex, display)
+        if mathml:
+            return mathml
+    return f'<code class="gallery-tex">{html.escape(shown)}</code>'
+
+
+_NESTING = re.compile(r"\\(?:left|right|begin|end)\b|(?<!\\)[{}]")
+
+
+def _depth(tex: str) -> int:
+    depth = deepest = 0
+    for match in _NESTING.finditer(tex):
+        token = match.group()
+        if token in ("{", "\\left", "\\begin"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+# Environments latex2mathml does not know, as ones it does: numbered ones are shown
+# unnumbered, as JupyterLab shows them.
+_ENVIRONMENTS = {
+    **dict.fromkeys(["equation", "equation*", "displaymath", "math", "subequations"], ""),
+    **dict.fromkeys(["align", "eqnarray", "eqnarray*", "flalign", "flalign*", "alignat",
+                     "alignat*", "aligned", "alignedat"], "align*"),
+    **dict.fromkeys(["gather", "gather*", "gathered", "multline", "multline*"], "array}{c"),
+}
+_ENV = re.compile(r"\\(begin|end)\s*\{([a-zA-Z]+\*?)\}(\{\d+\})?")
+_REPEATED_COLUMNS = re.compile(r"\*\{(\d{1,3})\}(?:\{([lcr|]+)\}|([lcr|]))")
+_DROPPED = re.compile(r"\\label\s*\{[^{}]*\}|\\nonumber\b|\\notag\b")
+_UNICODE = re.compile(r"\\unicode\b(?!\s*\{\s*x?[0-9A-Fa-f]{1,6}\s*\})")
+
+
+def _prepare(tex: str) -> str | None:
+    """TeX as latex2mathml reads it best, or None for TeX it would copy into the markup."""
+    if _UNICODE.search(tex):  # \unicode{…} is copied into an entity unchecked
+        return None
+
+    def environment(m: re.Match[str]) -> str:
+        name = _ENVIRONMENTS.get(m.group(2))
+        if name is None:
+            return m.group(0)
+        if not name:
+            return ""
+        if m.group(1) == "end":
+            return "\\end{array}" if name.startswith("array") else f"\\end{{{name}}}"
+        return f"\\begin{{{name}}}"
+
+    tex = _ENV.sub(environment, _DROPPED.sub("", tex))
+    return _REPEATED_COLUMNS.sub(lambda m: (m.group(2) or m.group(3)) * int(m.group(1)), tex)
+
+
+@functools.lru_cache(maxsize=4096)
+def _convert(tex: str, display: bool) -> str:
+    """MathML for TeX, or "" when latex2mathml cannot read it (cached: formulas repeat)."""
+    from latex2mathml.converter import convert_to_element
+
+    prepared = _prepare(tex)
+    if prepared is None:
+        return ""
+    try:
+        tree = convert_to_element(prepared, display="block" if display else "inline")
+    except MemoryError:
+        raise
+    except Exception:  # latex2mathml raises its own errors and assorted others on bad TeX
+        return ""
+    out: list[str] = []
+    _serialize(tree, out)
+    return "".join(out)
+
+
+_ATTRIBUTE = str.maketrans({"&": "&amp;", '"': "&quot;", "<": "&lt;", ">": "&gt;"})
+_TEXT = str.maketrans({"<": "&lt;", ">": "&gt;"})
+
+
+def _serialize(element: Any, out: list[str]) -> None:
+    """latex2mathml's tree as markup. Its text holds character references (`&#x0003D;`) that
+    it means to keep, so `&` stays; anything else that could be markup is escaped (its own
+    serialiser unescapes the whole output, which lets `\\text{<b>}` out as a tag)."""
+    out.append("<" + element.tag)
+    for key, value in element.attrib.items():
+        if key != "xmlns":
+            out.append(f' {key}="{value.translate(_ATTRIBUTE)}"')
+    out.append(">")
+    if element.text:
+        out.append(element.text.translate(_TEXT))
+    for child in element:
+        _serialize(child, out)
+    out.append(f"</{element.tag}>")
+    if element.tail:
+        out.append(element.tail.translate(_TEXT))
+
+
+# A text/latex output: mathematics between delimiters, and any text around it.
+_LATEX_OUTPUT = re.compile(
+    r"(?<!\\)\$\$(?P<dd>.+?)(?<!\\)\$\$|\\\[(?P<bracket>.+?)\\\]|\\\((?P<paren>.+?)\\\)"
+    r"|(?<!\\)\$(?P<d>.+?)(?<!\\)\$"
+    r"|(?P<env>\\begin\{(?P<name>[a-zA-Z]+\*?)\}.*?\\end\{(?P=name)\})", re.DOTALL)
+
+
+def latex_output_html(text: str) -> str:
+    """A text/latex output as HTML: its formulas as MathML, the text around them escaped
+    (what MathJax shows in JupyterLab). Without any delimiter it is shown as text."""
+    parts: list[str] = []
+    end = 0
+    for m in _LATEX_OUTPUT.finditer(text):
+        parts.append(html.escape(text[end:m.start()]))
+        inline = m.group("d") is not None or m.group("paren") is not None
+        tex = next(g for g in (m.group("dd"), m.group("bracket"), m.group("paren"),
+                               m.group("d"), m.group("env")) if g is not None)
+        parts.append(tex_html(tex, display=not inline, shown=m.group(0)))
+        end = m.end()
+    if not parts:
+        return f"<pre>{html.escape(text)}</pre>"
+    parts.append(html.escape(text[end:]))
+    return "".join(parts)
