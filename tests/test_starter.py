@@ -5,7 +5,7 @@ from pathlib import Path
 
 import git
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from gallery import notebooks
 from gallery.models import Example, Submission
@@ -44,3 +44,10 @@ class StarterTests(GalleryTestCase):
         # Running it again changes nothing.
         call_command("import_starter_examples", reviewer="rita", stdout=out)
         self.assertEqual(Example.objects.count(), approved.count())
+
+    def test_it_refuses_a_user_name_too_long_to_keep_with_a_plain_error(self):
+        for option in ("reviewer", "contributor"):
+            with self.subTest(option=option), self.assertRaises(CommandError) as raised:
+                call_command("import_starter_examples", **{option: "r" * 151}, stdout=StringIO())
+            self.assertIn("is longer than the 150 characters", str(raised.exception))
+        self.assertFalse(Example.objects.exists())

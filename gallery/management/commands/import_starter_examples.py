@@ -21,8 +21,11 @@ class Command(BaseCommand):
                             help="leave the jobs to the workers instead of running them here")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        contributor = services.ensure_user(options["contributor"])
-        reviewer = services.ensure_user(options["reviewer"])
+        try:
+            contributor = services.ensure_user(options["contributor"])
+            reviewer = services.ensure_user(options["reviewer"])
+        except services.GalleryError as exc:  # a name the user table cannot keep
+            raise CommandError(str(exc)) from None
         services.grant_review(reviewer)
         reviewer = get_user_model().objects.get(pk=reviewer.pk)  # reload: permissions are cached
         jobs = []
