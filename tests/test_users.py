@@ -23,6 +23,16 @@ class EnsureUserTests(GalleryTestCase):
         self.assertFalse(get_user_model().objects.filter(username="n" * 151).exists())
 
 
+    def test_it_keeps_no_address_of_a_git_author_too_long_for_the_user_table(self) -> None:
+        from gallery.repo import Person
+
+        address = "a" * 250 + "@example.org"
+        user = services.user_for_person(Person(name="Long", email=address))
+        self.assertEqual((user.get_username(), user.email), (address[:150], ""))
+        short = services.user_for_person(Person(name="Ann", email="ann@example.org"))
+        self.assertEqual(short.email, "ann@example.org")
+
+
 class SyncUserTests(GalleryTestCase):
     def model(self, name: str, scopes: list[str] = (), groups: list[str] = ()) -> dict:  # type: ignore[assignment]
         return {"name": name, "kind": "user", "groups": list(groups),

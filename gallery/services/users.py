@@ -128,10 +128,11 @@ def sync_hub_user(model: dict[str, Any]) -> AbstractBaseUser:
 
 
 def user_for_person(person: repo.Person) -> AbstractBaseUser:
-    """The user of a git author or committer: the name of a local address, else the address."""
+    """The user of a git author or committer: the name of a local address, else the address.
+    An address longer than the user table keeps (254 characters) is not kept as the e-mail."""
     username = person.email.split("@")[0] if person.email.endswith("@localhost") else person.email
-    return ensure_user(username[:150] or person.name[:150],
-                       email="" if person.email.endswith("@localhost") else person.email)
+    email = "" if person.email.endswith("@localhost") or len(person.email) > 254 else person.email
+    return ensure_user(username[:150] or person.name[:150], email=email)
 
 
 def import_user() -> AbstractBaseUser:
