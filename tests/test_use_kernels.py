@@ -17,16 +17,10 @@ from django.urls import reverse
 from gallery import environments, kernels, services
 from gallery.models import Environment, Example, Job, Revision
 
-from .base import GalleryTestCase, make_user, stage
+from .base import make_user, stage
 from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
 from .test_environments import builder, shared, wheels  # noqa: F401  (fixtures)
-
-SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
-
-
-def builds() -> Any:
-    """Environment jobs that build (not those resolving a submission's spec at staging)."""
-    return Job.objects.exclude(params__has_key="resolve")
+from .test_services_environments import SPEC, OfflineBuilds, builds
 
 
 def kernel_json(username: str, name: str) -> dict[str, Any]:
@@ -35,14 +29,7 @@ def kernel_json(username: str, name: str) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-class UseKernelTests(GalleryTestCase):
-    @pytest.fixture(autouse=True)
-    def _offline_builds(self, settings, shared: Path, wheels: Path, builder: str,  # noqa: F811
-                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-        settings.GALLERY_ENV_DIR = shared / f"store-{tmp_path.name}"
-        settings.GALLERY_BUILD_USER = builder
-        settings.GALLERY_BUILD_INDEX_OPTIONS = f"--no-index --find-links {wheels}"
-
+class UseKernelTests(OfflineBuilds):
     def approve(self, environment: tuple[str, bytes] | None = SPEC, *,
                 build: bool = True) -> Example:
         with self.captureOnCommitCallbacks(execute=True):
