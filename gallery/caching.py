@@ -221,7 +221,9 @@ def unread_count(user_id: int) -> int:
     from .models import Notification
 
     def count() -> int:
-        return Notification.objects.filter(user_id=user_id).unread().count()
+        # Only news of what they still see: a member who left a group keeps none of its.
+        user = get_user_model().objects.get(pk=user_id)
+        return Notification.objects.filter(user_id=user_id).unread().seen_by(user).count()
 
     return cache.get_or_set(_unread_key(user_id), count, UNREAD_SECONDS) if shared() else count()
 

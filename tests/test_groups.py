@@ -232,8 +232,10 @@ class VisibilityTests(GroupCast):
                         kind=Notification.Kind.UPDATED, message="Photon puzzle news")
         client = self.as_("both")
         self.assertContains(client.get("/notifications/"), "Photon puzzle news")
+        self.assertEqual(caching.unread_count(self.people["both"].pk), 1)
         services.sync_hub_user(hub_model("bea", CHEMISTRY))
         self.assertNotContains(client.get("/notifications/"), "Photon puzzle news")
+        self.assertEqual(caching.unread_count(self.people["both"].pk), 0)  # nor in the badge
         self.assertEqual(client.get(reverse("example",
                                             args=[self.examples[PHYSICS].slug])).status_code, 404)
 
@@ -329,6 +331,16 @@ class CachedPagesTests(GroupCast):
         self.assertIn("Catalyst crumble", index)
         self.assertEqual(caching.audience(self.people["physicist"]),
                          (HubGroup.objects.get(name=CHEMISTRY).pk,))
+
+    def test_it_counts_no_unread_news_of_a_group_its_member_left(self) -> None:
+        services.notify(user=self.people["both"], example=self.examples[PHYSICS],
+                        kind=Notification.Kind.UPDATED, message="Photon puzzle news")
+        client = self.as_("both")
+        badge = '1<span class="visually-hidden"> unread)'
+        self.assertContains(client.get("/"), badge)
+        self.assertContains(client.get("/"), badge)  # from the cache
+        services.sync_hub_user(hub_model("bea", CHEMISTRY))
+        self.assertNotContains(client.get("/"), badge)
 
 
 @override_settings(**NO_HUB, **ACCESS)
