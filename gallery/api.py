@@ -215,6 +215,8 @@ class ExampleDetailOut(ExampleOut):
     licence: str
     commit: str
     versions: list[dict[str, Any]]
+    groups: list[str] = Field(default_factory=list, description="The hub groups whose "
+                              "members see it; empty: everyone")
     run_state: str = Field("", description="passed or failed: the verdict of the last run of "
                            "its current content; empty before one")
     run: str = Field("", description='"Verified <date> in <environment>" or "Broken since '
@@ -253,6 +255,13 @@ class UsePlanOut(Schema):
     data_links: list[PlanDataLinkOut]
     provenance_file: str
     note: str
+
+
+class AudienceIn(Schema):
+    groups: list[str] = Field(description="The hub groups whose members see the example; "
+                              "empty: everyone. The centre's reviewers set any; a project's "
+                              "reviewer changes only the groups they review and never makes "
+                              "an example public; its contributor only narrows it.")
 
 
 class UpdateIn(Schema):
@@ -416,9 +425,19 @@ def _example_detail(example: Example) -> dict[str, Any]:
         "commit": revision.git_commit if revision else "",
         "versions": [{"number": r.number, "commit": r.git_commit, "created": r.created.isoformat()}
                      for r in example.revisions.exclude(git_commit="")],
+        "groups": example.group_names(),
         "run_state": example.last_run.state if example.last_run_id else "",
         "run": example.run_badge(),
     }
+
+
+@api.put("/examples/{slug}/groups", response={200: ExampleDetailOut, 400: ErrorOut,
+                                              403: ErrorOut, 404: ErrorOut},
+         summary="Change who sees the example: its hub groups, or everyone")
+def set_groups(request: HttpRequest, slug: str, payload: AudienceIn) -> dict[str, Any]:
+    example = services.set_audience(example_slug=slug, groups=payload.groups,
+                                    actor=request.auth)
+    return _example_detail(Example.objects.get(pk=example.pk))
 
 
 @api.post("/examples/{slug}/use", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,

@@ -145,16 +145,17 @@ def gallery_stamp() -> tuple[Any, ...]:
     return cache.get_or_set(STAMP_KEY, Example.objects.stamp, STAMP_SECONDS)
 
 
-def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
+def cached_page(key: str, render: Callable[[], T], *, user: Any = None
                 ) -> tuple[T, int | None]:
     """What a page shows for everyone, rendered once per change of the gallery's stamp (so a
-    staged, approved or retired example shows at once), and the unread count of `user_id`.
+    staged, approved or retired example shows at once), and the unread count of `user`.
 
     The stamp, the page and the count come in one round trip to a warm shared cache. A page
     is rendered again for its use counts after 80-100% of PAGE_SECONDS (spread, so pages
     rendered together are not all due together), by one request while the others still get
     it: a search page over thousands of examples takes some 100 ms to render.
     """
+    user_id = None if user is None else user.pk
     wanted = [key] if user_id is None else [key, _unread_key(user_id)]
     found = _get_many([STAMP_KEY, *wanted]) if shared() else cache.get_many(wanted[:1])
     stamp = found.get(STAMP_KEY) or gallery_stamp()
@@ -166,7 +167,7 @@ def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
     if user_id is None:
         return page[2], None
     unread = found.get(_unread_key(user_id))
-    return page[2], unread_count(user_id) if unread is None else unread
+    return page[2], unread_count(user) if unread is None else unread
 
 
 GROUPS_SECONDS = 300  # a membership change made behind the signals' back stays unseen so long
@@ -217,15 +218,15 @@ def _unread_key(user_id: Any) -> str:
     return f"gallery:unread:{user_id}"
 
 
-def unread_count(user_id: int) -> int:
+def unread_count(user: Any) -> int:
     from .models import Notification
 
     def count() -> int:
+        unread = Notification.objects.filter(user_id=user.pk).unread()
         # Only news of what they still see: a member who left a group keeps none of its.
-        user = get_user_model().objects.get(pk=user_id)
-        return Notification.objects.filter(user_id=user_id).unread().seen_by(user).count()
+        return unread.seen_by(user).count() if unread.exists() else 0
 
-    return cache.get_or_set(_unread_key(user_id), count, UNREAD_SECONDS) if shared() else count()
+    return cache.get_or_set(_unread_key(user.pk), count, UNREAD_SECONDS) if shared() else count()
 
 
 def forget_unread(user_ids: Any) -> None:

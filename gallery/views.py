@@ -61,7 +61,7 @@ def index(request: HttpRequest) -> HttpResponse:
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
         _page_key(*query, audience=audience),
         lambda: _gallery_html(q, tag, pages, verified, audience),
-        user_id=request.user.pk)
+        user=request.user)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
 
@@ -134,6 +134,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
                      for i, v in enumerate(versions)][::-1],
         "history": item.history.select_related("actor")[:50],
         "sees_reviews": item.revisable_by(request.user),
+        "audience_choices": services.audience_choices(item, request.user),
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
         # A notebook saved without outputs is previewed with those of its verified run.
         "outputs_run": (verified := services.verified_preview(revision)),
@@ -290,7 +291,7 @@ def nav(request: HttpRequest) -> dict[str, Any]:
         return context
     unread = getattr(request, "unread_notifications", None)
     context["unread_notifications"] = SimpleLazyObject(
-        lambda: caching.unread_count(user.pk)) if unread is None else unread
+        lambda: caching.unread_count(user)) if unread is None else unread
     return context
 
 
@@ -332,6 +333,29 @@ def rerun(request: HttpRequest, slug: str) -> HttpResponse:
     if submission is not None and not revision.approved:
         return redirect("submission", pk=submission.pk)
     return redirect(reverse("example", args=[slug]) + "#h-run")
+
+
+@login_required
+@require_POST
+def audience(request: HttpRequest, slug: str) -> HttpResponse:
+    """Change who sees an example (`services.set_audience` says who may, and how)."""
+    get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
+    try:
+        item = services.set_audience(example_slug=slug, groups=request.POST.getlist("groups"),
+                                     actor=request.user)
+    except services.NotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect(reverse("example", args=[slug]) + "#h-audience")
+    if not item.is_visible_to(request.user):  # they narrowed it past themselves
+        messages.info(request, f"\u201c{item.title}\u201d is now for "
+                               f"{', '.join(item.group_names())} only.")
+        return redirect("index")
+    names = item.group_names()
+    messages.info(request, "Everyone sees it now." if not names
+                  else f"Only members of {', '.join(names)} see it now.")
+    return redirect(reverse("example", args=[slug]) + "#h-audience")
 
 
 @login_required

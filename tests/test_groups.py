@@ -232,10 +232,10 @@ class VisibilityTests(GroupCast):
                         kind=Notification.Kind.UPDATED, message="Photon puzzle news")
         client = self.as_("both")
         self.assertContains(client.get("/notifications/"), "Photon puzzle news")
-        self.assertEqual(caching.unread_count(self.people["both"].pk), 1)
+        self.assertEqual(caching.unread_count(self.people["both"]), 1)
         services.sync_hub_user(hub_model("bea", CHEMISTRY))
         self.assertNotContains(client.get("/notifications/"), "Photon puzzle news")
-        self.assertEqual(caching.unread_count(self.people["both"].pk), 0)  # nor in the badge
+        self.assertEqual(caching.unread_count(self.people["both"]), 0)  # nor in the badge
         self.assertEqual(client.get(reverse("example",
                                             args=[self.examples[PHYSICS].slug])).status_code, 404)
 
