@@ -12,6 +12,7 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -145,6 +146,28 @@ def gallery_stamp() -> tuple[Any, ...]:
     return cache.get_or_set(STAMP_KEY, Example.objects.stamp, STAMP_SECONDS)
 
 
+_rendering: ContextVar[tuple[Any, ...] | None] = ContextVar("rendering", default=None)
+
+
+def cached_parts(prefix: str, ids: list[int], make: Callable[[list[int]], dict[int, T]]
+                 ) -> list[T]:
+    """The parts of a page that are the same for everyone who sees them (an example's card,
+    its item in the list API), kept per example and gallery stamp and so shared by every
+    audience: a person whose groups no one shares gets the page's frame rendered for them,
+    not its cards. `make` makes the missing ones, all at once. In the order of `ids`."""
+    if not ids:
+        return []
+    stamp = hashlib.sha256(repr(_rendering.get() or gallery_stamp()).encode()).hexdigest()[:16]
+    keys = {pk: f"gallery:{prefix}:{stamp}:{pk}" for pk in ids}
+    found = cache.get_many(list(keys.values()))
+    missing = [pk for pk in ids if keys[pk] not in found]
+    if missing:
+        made = {keys[pk]: part for pk, part in make(missing).items()}
+        cache.set_many(made, PAGE_SECONDS)
+        found.update(made)
+    return [found[keys[pk]] for pk in ids if keys[pk] in found]
+
+
 def cached_page(key: str, render: Callable[[], T], *, user: Any = None
                 ) -> tuple[T, int | None]:
     """What a page shows for everyone, rendered once per change of the gallery's stamp (so a
@@ -162,7 +185,11 @@ def cached_page(key: str, render: Callable[[], T], *, user: Any = None
     page = found.get(key)
     if (page is None or page[0] != stamp or time.time() > page[1]
             and cache.add(f"{key}:refreshing", 1, PAGE_SECONDS)):
-        page = (stamp, time.time() + PAGE_SECONDS * random.uniform(0.8, 1.0), render())
+        rendering = _rendering.set(stamp)  # the stamp of its parts (`cached_parts`)
+        try:
+            page = (stamp, time.time() + PAGE_SECONDS * random.uniform(0.8, 1.0), render())
+        finally:
+            _rendering.reset(rendering)
         cache.set(key, page, PAGE_KEEP_SECONDS)
     if user_id is None:
         return page[2], None

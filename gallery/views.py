@@ -18,11 +18,12 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
 from django.templatetags.static import static
 from django.urls import get_script_prefix, reverse
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import escape
+from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -79,6 +80,16 @@ def _page_key(q: str, tag: str, pages: dict[str, str], verified: bool = False, *
                                             .encode()).hexdigest() + caching.audience_key(audience)
 
 
+def _cards(ids: list[int]) -> dict[int, str]:
+    """The gallery page's card of each of these examples."""
+    found = Example.objects.filter(pk__in=ids).select_related(
+        "contributor", "current_revision", "last_run").prefetch_related("tags").defer(
+        "search_text", "current_revision__metadata", "current_revision__files",
+        "last_run__cells", "last_run__error_text", "last_run__differences")
+    template = get_template("gallery/card.html")
+    return {ex.pk: mark_safe(template.render({"ex": ex})) for ex in found}  # noqa: S308
+
+
 SECTIONS = {"approved": "Curated, reviewed examples",
             "staged": "Staged examples still under review"}
 caching.PAGE_KEYS["index"] = lambda request: _page_key(*_gallery_query(request))
@@ -90,10 +101,13 @@ def _gallery_html(q: str, tag: str, pages: dict[str, str], verified: bool = Fals
     the same groups (`audience`)."""
     sections = []
     for state, title in SECTIONS.items():
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, verified=verified,
-                                              audience=audience),
-                         PAGE_SIZE).get_page(pages[state])
-        sections.append({"state": state, "title": title, "page": page})
+        found = Example.objects.find(q=q, tag=tag, state=state, verified=verified,
+                                     audience=audience)
+        page = Paginator(found.select_related(None).prefetch_related(None).values_list(
+            "pk", flat=True), PAGE_SIZE).get_page(pages[state])
+        # The cards are the same for everyone who sees them: made once, whatever the groups.
+        cards = caching.cached_parts("card", list(page.object_list), _cards)
+        sections.append({"state": state, "title": title, "page": page, "cards": cards})
     # Slow to count over thousands of examples, and the same for everyone of an audience.
     tags = cache.get_or_set("gallery:popular-tags" + caching.audience_key(audience),
                             lambda: list(Tag.objects.popular(audience)[:30]),

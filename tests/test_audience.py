@@ -7,6 +7,7 @@ import json
 
 import git
 from django.conf import settings
+from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from hypothesis import HealthCheck, given
@@ -17,6 +18,7 @@ from hypothesis.extra.django import TestCase as HypothesisTestCase
 from gallery import notebooks, services
 from gallery.models import Example, Job, Preview, StateChange
 
+from .test_caching import shared_cache
 from .test_groups import CHEMISTRY, PHYSICS, GroupCast, stage_for
 
 
@@ -221,3 +223,26 @@ class AudienceFuzzTests(HypothesisTestCase, GroupCast):
             self.assertLessEqual(after, set(self.people[who].hub_groups.values_list(
                 "name", flat=True)))
 
+
+
+@shared_cache
+class AudienceCacheTests(GroupCast):
+    def setUp(self) -> None:
+        cache.clear()
+        super().setUp()
+
+    def test_no_cached_page_shows_an_example_to_its_old_audience(self) -> None:
+        example = self.examples["public"]
+        for _ in range(2):  # the second from the cache
+            self.assertIn("Open otter", self.as_("nobody").get("/").content.decode())
+            self.assertIn("Open otter", [e["title"] for e in self.as_("nobody").get(
+                "/api/v1/examples").json()["results"]])
+        client = self.as_("reviewer")
+        with self.captureOnCommitCallbacks(execute=True):
+            self.assertEqual(client.put(f"/api/v1/examples/{example.slug}/groups",
+                                        json.dumps({"groups": [PHYSICS]}),
+                                        content_type="application/json").status_code, 200)
+        self.assertNotIn("Open otter", self.as_("nobody").get("/").content.decode())
+        self.assertNotIn("Open otter", [e["title"] for e in self.as_("nobody").get(
+            "/api/v1/examples").json()["results"]])
+        self.assertIn("Open otter", self.as_("physicist").get("/").content.decode())

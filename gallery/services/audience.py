@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.utils import timezone
 
 from .. import notebooks, repo
 from ..errors import NotAllowed, NotFound
@@ -50,6 +51,9 @@ def set_audience(*, example_slug: str, groups: Any, actor: AbstractBaseUser) -> 
             return example
         _check_allowed(actor, example, current, wanted)
         example.groups.set([HubGroup.objects.get_or_create(name=n)[0] for n in wanted])
+        # A change of the gallery's stamp: no page cached before shows it to the old audience.
+        example.updated = timezone.now()
+        example.save(update_fields=["updated"])
         change = record_change(
             example=example, subject="audience", from_state=_state(current),
             to_state=_state(wanted), actor=actor,
