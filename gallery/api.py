@@ -363,18 +363,28 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
     audience = caching.audience(request.auth)  # the groups it shows: part of the key
 
     def build() -> str:
-        found = Example.objects.find(q=q, tag=tag, state=state, audience=audience).with_latest(
-        ).prefetch_related("groups")
-        paginator = Paginator(found, 24)
+        found = Example.objects.find(q=q, tag=tag, state=state, audience=audience)
+        paginator = Paginator(found.select_related(None).prefetch_related(None).values_list(
+            "pk", flat=True), 24)
         current = paginator.get_page(page)
+        # An example's item is the same for everyone who sees it: made once, whatever the groups.
         return ExamplePage.model_validate({
             "count": paginator.count, "page": current.number, "pages": paginator.num_pages,
-            "results": [example_out(e) for e in current.object_list]}).model_dump_json()
+            "results": caching.cached_parts("item", list(current.object_list), _items),
+        }).model_dump_json()
 
     # The same for every caller who sees the same groups until an example changes (use
     # counts may lag five minutes): checked against the schema and written as JSON once.
     key = _list_key(q, tag, state, page) + caching.audience_key(audience)
     return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")
+
+
+def _items(ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The list API's item of each of these examples."""
+    found = Example.objects.filter(pk__in=ids).select_related(
+        "contributor", "current_revision").prefetch_related("tags", "groups").with_latest(
+        ).defer("search_text", "current_revision__metadata", "current_revision__files")
+    return {e.pk: example_out(e) for e in found}
 
 
 def _list_key(q: str, tag: str, state: str, page: int) -> str:
