@@ -128,6 +128,16 @@ def revising(ok: Expected | Callable[[str], Expected]) -> Rule:
     return rule
 
 
+def audience(ok: Expected) -> Rule:
+    """Who sees an example: its reviewers change it (here: a public example made one of a
+    group nobody of the cast is in), 403 for others who see it, 404 for those who do not."""
+    def rule(case: Case) -> Expected:
+        if case.actor not in SEES_EXAMPLE[case.target]:
+            return 404
+        return ok if case.actor == "reviewer" else 403
+    return rule
+
+
 def use(target: str) -> int:
     return 202 if target == "approved" else 409  # only an approved version can be used
 
@@ -146,6 +156,7 @@ class Entry:
 
     GET: Rule
     POST: Rule
+    PUT: Rule | None = None  # the API's changes; None: no such method
     data: dict[str, Any] = field(default_factory=dict)
     json: bool = False  # the API: JSON bodies; every 4xx but 405 is JSON {"error": ...}
     revises: bool = False  # about an example named in ?example= (the body for the API)
@@ -163,6 +174,8 @@ MATRIX: dict[str, Entry] = {
                                          data={"folder": "demo"}),
     # Run again: its contributor and the reviewers; others who see it are refused.
     "examples/<slug:slug>/run": Entry(GET=page(always(405)), POST=page(revising(302))),
+    "examples/<slug:slug>/audience": Entry(GET=page(always(405)), POST=page(audience(302)),
+                                           data={"groups": ["physics"]}),
     "jobs/<uuid:job_id>/": Entry(GET=page(seen(SEES_JOB, 200)), POST=page(always(405))),
     # The form sent empty is refused (400) once the example it revises is allowed.
     "stage/": Entry(GET=page(revising(200)), POST=page(revising(400)), revises=True),
@@ -204,6 +217,9 @@ MATRIX: dict[str, Entry] = {
     "api/v1/examples/<slug>/use-plan": Entry(GET=api(seen(SEES_EXAMPLE, plan)),
                                              POST=always(405), json=True),
     # Always about the caller's own copies: nothing of another's home to ask for.
+    "api/v1/examples/<slug>/groups": Entry(GET=always(405), POST=always(405),
+                                           PUT=api(audience(200)), json=True,
+                                           data={"groups": ["physics"]}),
     "api/v1/examples/<slug>/copies": Entry(GET=api(seen(SEES_EXAMPLE, 200)), POST=always(405),
                                            json=True),
     "api/v1/examples/<slug>/update-plan": Entry(GET=api(seen(SEES_EXAMPLE, use)),
@@ -418,8 +434,9 @@ class AuthorisationMatrixTests(GalleryTestCase):
             if method == "GET":
                 response = client.get(path, **headers)
             elif entry.json:
-                response = client.post(path, json.dumps(data), content_type="application/json",
-                                       **headers)
+                send = client.put if method == "PUT" else client.post
+                response = send(path, json.dumps(data), content_type="application/json",
+                                **headers)
             else:
                 response = client.post(path, data, **headers)
             transaction.set_rollback(True)
@@ -460,7 +477,7 @@ class AuthorisationMatrixTests(GalleryTestCase):
         how = " (hub token)" if token else ""
         for route in routes:
             entry = MATRIX.get(route, ADMIN_ENTRY)
-            for method in ("GET", "POST"):
+            for method in ("GET", "POST", "PUT")[:3 if entry.PUT else 2]:
                 for target, args in self.targets(route, entry).items():
                     for actor in ACTORS:
                         case = Case(actor, target)
@@ -477,7 +494,8 @@ class AuthorisationMatrixTests(GalleryTestCase):
         self.assertGreater(len([r for r in routes if r.startswith(ADMIN)]), 40)
         for route, methods in api_operations().items():
             self.assertIn(route, MATRIX)
-            self.assertLessEqual(methods, {"GET", "POST"}, f"/{route}: give the method rules")
+            ruled = {"GET", "POST"} | ({"PUT"} if MATRIX[route].PUT else set())
+            self.assertLessEqual(methods, ruled, f"/{route}: give the method rules")
 
     def test_it_answers_every_page_and_api_call_as_the_rules_say(self) -> None:
         self.run_matrix([r for r in url_routes() if r in MATRIX])
