@@ -911,6 +911,10 @@ class Delivery(models.Model):
         return self.state
 
     @property
+    def current_state_display(self) -> str:
+        return str(self.State(self.current_state).label)
+
+    @property
     def can_accept_again(self) -> bool:
         """An acceptance whose copy failed may be tried again (the recipient fixed their home)."""
         return (self.state == self.State.ACCEPTED and self.job is not None

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from .. import notebooks
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound, TooManyRequests
-from ..models import CopySettings, Delivery, HubGroup, Job, Notification, SentCopy
+from ..models import CopySettings, Delivery, HubGroup, Job, Notification, SentCopy, is_reviewer
 from .notifications import notify
 from .queue import queue_job
 from .staging import StagedFiles, checked_files
@@ -383,6 +383,12 @@ def withdraw_copy(*, sent: SentCopy, user: AbstractBaseUser, recipient: str = ""
 # --- the job, and the sweep ---------------------------------------------------------------
 
 
+def sees_job(user: AbstractBaseUser, job: Job) -> bool:
+    """Whether a person sees another's job: the centre's reviewers see every job but the
+    acceptance of a copy someone sent, which is its recipient's alone."""
+    return is_reviewer(user) and job.kind != Job.Kind.ACCEPT
+
+
 def do_accept(job: Job) -> dict[str, Any]:
     """Write an accepted copy into its recipient's home, as them (the Use backends)."""
     delivery = Delivery.objects.select_related("sent__sender").filter(
@@ -441,7 +447,9 @@ def remove_files_if_done(sent: SentCopy) -> bool:
             return False
         locked.removed = timezone.now()
         locked.save(update_fields=["removed"])
-    shutil.rmtree(sent_folder(locked), ignore_errors=True)
+        # Only once that is for good: a rolled-back removal leaves the files in place.
+        folder = sent_folder(locked)
+        transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
     return True
 
 
