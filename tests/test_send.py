@@ -60,9 +60,6 @@ class SendCase(GalleryTestCase):
         HubGroup.objects.create(name="chemistry").members.set([cls.carl])
         CopySettings.objects.create(user=cls.ray, refuse_all=True)
 
-    def setUp(self) -> None:
-        settings.GALLERY_SEND_DIR = Path(settings.GALLERY_DATA_DIR) / "sent"
-
     def send(self, to: tuple[str, ...] = ("rosa",), groups: tuple[str, ...] = (), *,
              message: str = "Here is the parcel notebook.", **kwargs: Any) -> SentCopy:
         with self.captureOnCommitCallbacks(execute=True):
@@ -522,7 +519,6 @@ class RaceTests(SendCase):
 @pytest.mark.django_db(transaction=True)
 def test_it_lets_exactly_one_of_an_acceptance_and_a_withdrawal_happen(settings) -> None:  # type: ignore[no-untyped-def]
     """Both at the same moment, from two threads with their own connections, many times."""
-    settings.GALLERY_SEND_DIR = Path(settings.GALLERY_DATA_DIR) / "sent"
     sender, recipient = make_user("sam"), make_user("rosa")
     outcomes = []
     for _ in range(12):
@@ -913,3 +909,20 @@ class MetricsTests(SendCase):
         self.accept(self.offer(self.send()))
         r = self.client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-secret")
         self.assertContains(r, 'gallery_jobs{kind="accept",state="done"} 1.0')
+
+
+class DeskTests(SendCase):
+    def test_it_keeps_acceptances_and_offers_off_the_reviewers_desk(self) -> None:
+        job = self.accept(self.offer(self.send()))
+        self.client.force_login(self.reviewer)
+        listed = self.client.get("/admin/gallery/job/")
+        self.assertEqual(listed.status_code, 200)
+        self.assertNotContains(listed, str(job.pk))
+        one = self.client.get(f"/admin/gallery/job/{job.pk}/change/")
+        self.assertNotEqual(one.status_code, 200)  # "does not exist": back to the desk
+        operator = make_user("root", reviewer=True)
+        type(operator).objects.filter(pk=operator.pk).update(is_superuser=True)
+        self.client.force_login(operator)
+        notes = self.client.get("/admin/gallery/notification/")
+        self.assertEqual(notes.status_code, 200)
+        self.assertNotContains(notes, "parcel")
