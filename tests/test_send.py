@@ -5,6 +5,7 @@ limits, the race of an acceptance with a withdrawal, expiry and what is kept on 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -926,3 +927,186 @@ class DeskTests(SendCase):
         notes = self.client.get("/admin/gallery/notification/")
         self.assertEqual(notes.status_code, 200)
         self.assertNotContains(notes, "parcel")
+
+
+# --- as the recipient, on a real filesystem with real accounts ------------------------------
+# (tests/test_homes.py's stage: two throwaway users, sentinels, and snapshots of every entry)
+
+from .test_homes import Stage, changes, needs_root, owners_are_right, snapshot  # noqa: E402
+from .test_homes import st as st  # noqa: E402,F401  (fixtures, used by name)
+from .test_homes import stage_root as stage_root  # noqa: E402,F401
+
+
+def _plant_use_dir_to_rootonly(st: Stage) -> None:
+    st.alice.examples.symlink_to(st.rootonly)
+    os.lchown(st.alice.examples, st.alice.uid, st.alice.gid)
+
+
+def _plant_target_to_rootonly(st: Stage) -> None:
+    st.alice.examples.mkdir()
+    os.chown(st.alice.examples, st.alice.uid, st.alice.gid)
+    (st.alice.examples / "parcel").symlink_to(st.rootonly)
+    os.lchown(st.alice.examples / "parcel", st.alice.uid, st.alice.gid)
+
+
+@needs_root
+@pytest.mark.django_db
+def test_it_writes_an_accepted_copy_as_the_recipient_only(  # type: ignore[no-untyped-def]
+        st: Stage, django_capture_on_commit_callbacks) -> None:
+    alice, bob = make_user(st.alice.name), make_user(st.bob.name)
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = services.send_copy(sender=make_user("sam"), staged=staged(),
+                                  to=[alice.username, bob.username])
+    # The send folder's parents are root's alone: the copy reads it through the worker.
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.accept_delivery(delivery=sent.deliveries.get(recipient=bob), user=bob)
+    job.refresh_from_db()
+    assert job.state == Job.State.DONE, job.message
+    copy = st.bob.examples / "parcel"
+    assert (copy / "parcel.ipynb").read_bytes() == NOTEBOOK
+    for path in [copy, *copy.rglob("*")]:
+        assert (os.lstat(path).st_uid, os.lstat(path).st_gid) == (st.bob.uid, st.bob.gid), path
+    assert homes.copied_by(copy) == str(job.pk)
+
+
+@needs_root
+@pytest.mark.django_db
+@pytest.mark.parametrize("plant", [_plant_use_dir_to_rootonly, _plant_target_to_rootonly],
+                         ids=["use-dir", "target"])
+def test_it_lets_a_planted_link_fail_only_its_planters_copy(  # type: ignore[no-untyped-def]
+        st: Stage, django_capture_on_commit_callbacks, plant) -> None:
+    alice, bob = make_user(st.alice.name), make_user(st.bob.name)
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = services.send_copy(sender=make_user("sam"), staged=staged(),
+                                  to=[alice.username, bob.username])
+    plant(st)
+    before = snapshot(st.root)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.accept_delivery(delivery=sent.deliveries.get(recipient=alice),
+                                       user=alice)
+    job.refresh_from_db()
+    written = {p for p in changes(before, snapshot(st.root))}
+    if plant is _plant_use_dir_to_rootonly:
+        assert job.state == Job.State.FAILED
+        assert "cannot write into ~/examples (a link to" in job.message
+        assert written == set()
+    else:  # the link stays a link; the copy goes beside it, into her own folder
+        assert job.state == Job.State.DONE, job.message
+        assert job.result["folder"] == "parcel-2"
+        assert all(p.startswith(str(st.alice.examples)) for p in written), written
+    assert sorted(os.listdir(st.rootonly)) == ["passwd", "secret"]
+    with django_capture_on_commit_callbacks(execute=True):
+        other = services.accept_delivery(delivery=sent.deliveries.get(recipient=bob), user=bob)
+    other.refresh_from_db()
+    assert other.state == Job.State.DONE, other.message
+    assert (st.bob.examples / "parcel" / "helper.py").read_bytes() == FILES["helper.py"]
+    owners_are_right(st)
+
+
+# --- generated input -------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, event, given  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+from hypothesis.extra.django import TestCase as HypothesisTestCase  # noqa: E402
+
+names = hst.one_of(hst.sampled_from(["rosa", "otto", "sam", "ray", "nobody", "", " rosa ",
+                                     "ROSA", "rosa\x00", "r\u00f6sa", "a" * 200]),
+                   hst.text(max_size=30))
+paths = hst.one_of(hst.sampled_from(["helper.py", "data/x.csv", "../x", "/etc/passwd", "a\\b",
+                                     ".hidden", "example.toml", "a/b/c/d/e/f", "x\x00",
+                                     "parcel.ipynb", "dir/", "a b.txt", "\ud800.py"]),
+                   hst.text(min_size=1, max_size=20))
+messages = hst.one_of(hst.text(max_size=100), hst.sampled_from(
+    ["", "x" * 2001, "\x00", "line\nline", "\ud800", "<script>alert(1)</script>"]))
+notebooks_ = hst.one_of(hst.just(json.loads(NOTEBOOK)), hst.text(max_size=50),
+                        hst.dictionaries(hst.text(max_size=5), hst.integers(), max_size=3))
+
+
+class GeneratedSendTests(HypothesisTestCase):
+    """Whatever is sent: an answer below 500 with a message; refused, nothing stored;
+    accepted, exactly what was sent is kept."""
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        cls.sender, cls.recipient = make_user("sam"), make_user("rosa")
+        make_user("otto")
+        ray = make_user("ray")
+        CopySettings.objects.create(user=ray, refuse_all=True)
+        group = HubGroup.objects.create(name="physics")
+        group.members.set([cls.sender, cls.recipient])
+
+    @hypothesis_settings(max_examples=120, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+    @given(to=hst.one_of(hst.lists(hst.sampled_from(["rosa", "otto"]), min_size=1, max_size=2),
+                         hst.lists(names, max_size=4)),
+           groups=hst.one_of(hst.just([]), hst.lists(hst.one_of(
+               hst.sampled_from(["physics", "chemistry"]), hst.text(max_size=10)), max_size=2)),
+           message=hst.one_of(hst.text(hst.characters(blacklist_categories=("Cc", "Cs")),
+                                       max_size=100), messages),
+           name=hst.one_of(hst.just(""), hst.sampled_from(["for-you", "a b"]), names),
+           files=hst.one_of(
+               hst.dictionaries(hst.sampled_from(["helper.py", "data/x.csv", "a b.txt"]),
+                                hst.binary(max_size=50), max_size=3).map(lambda d: [*d.items()]),
+               hst.lists(hst.tuples(paths, hst.binary(max_size=50)), max_size=4)),
+           notebook=hst.one_of(hst.just(json.loads(NOTEBOOK)), notebooks_))
+    def test_it_answers_every_send_below_500_and_stores_nothing_it_refuses(
+            self, to: list[str], groups: list[str], message: str, name: str,
+            files: list[tuple[str, bytes]], notebook: Any) -> None:
+        client = Client()
+        client.force_login(self.sender)
+        body = {"notebook": notebook, "notebook_name": "parcel.ipynb", "to": to,
+                "groups": groups, "message": message, "name": name,
+                "files": [{"path": p, "content_base64": base64.b64encode(d).decode()}
+                          for p, d in files]}
+        before = (SentCopy.objects.count(), Delivery.objects.count(),
+                  Notification.objects.count(), sent_files())
+        with override_settings(GALLERY_SEND_PER_HOUR=10_000):
+            r = client.post("/api/v1/copies", json.dumps(body, ensure_ascii=True),
+                            content_type="application/json")
+        self.assertLess(r.status_code, 500, r.content)
+        event(f"send answered {r.status_code}")
+        if r.status_code != 201:
+            self.assertTrue(r.json()["error"])
+            self.assertEqual((SentCopy.objects.count(), Delivery.objects.count(),
+                              Notification.objects.count(), sent_files()), before)
+            return
+        sent = SentCopy.objects.get(pk=r.json()["id"])
+        folder = services.sent_folder(sent)
+        kept = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+                if p.is_file()}
+        sent_notebook = notebook if isinstance(notebook, str) else json.dumps(notebook)
+        self.assertEqual(kept, {"parcel.ipynb": sent_notebook.encode(),
+                                **{p: d for p, d in files}})
+        self.assertGreater(sent.deliveries.count(), 0)
+        self.assertNotIn(self.sender.pk, sent.deliveries.values_list("recipient", flat=True))
+
+    @hypothesis_settings(max_examples=40, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+    @given(folder=hst.one_of(names, hst.sampled_from(["parcel", "a.b", "x y", "-", "..",
+                                                     "parcel-2", "é"])))
+    def test_it_answers_every_folder_name_below_500_and_writes_whole_copies_only(
+            self, folder: str) -> None:
+        with override_settings(GALLERY_SEND_PER_HOUR=10_000):
+            sent = services.send_copy(sender=self.sender, staged=staged(), to=["rosa"])
+        offer = sent.deliveries.get()
+        client = Client()
+        client.force_login(self.recipient)
+        with self.captureOnCommitCallbacks(execute=True):
+            r = client.post(f"/api/v1/copies/received/{offer.pk}/accept",
+                            json.dumps({"folder": folder}), content_type="application/json")
+        self.assertIn(r.status_code, (202, 400), r.content)
+        event(f"accept answered {r.status_code}")
+        offer.refresh_from_db()
+        parent = homes.use_parent("rosa")
+        leftovers = [p for p in parent.iterdir() if p.name.startswith(".")] \
+            if parent.is_dir() else []
+        self.assertEqual(leftovers, [])
+        if r.status_code == 400:
+            self.assertEqual(offer.state, Delivery.State.PENDING)
+            return
+        job = Job.objects.get(pk=r.json()["id"])
+        self.assertEqual(job.state, Job.State.DONE, job.message)
+        copy = parent / job.result["folder"]
+        self.assertEqual((copy / "parcel.ipynb").read_bytes(), NOTEBOOK)
+        self.assertEqual((copy / "helper.py").read_bytes(), FILES["helper.py"])
