@@ -1110,3 +1110,38 @@ class GeneratedSendTests(HypothesisTestCase):
         copy = parent / job.result["folder"]
         self.assertEqual((copy / "parcel.ipynb").read_bytes(), NOTEBOOK)
         self.assertEqual((copy / "helper.py").read_bytes(), FILES["helper.py"])
+
+
+# --- through HTTP and a real worker process ------------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_it_sends_and_accepts_through_http_and_a_real_worker(live_server, celery_worker,  # type: ignore[no-untyped-def]
+                                                             settings) -> None:
+    from .conftest import wait_for
+    from .test_lifecycle import PASSWORD, login
+
+    for name in ("sam", "rosa"):
+        make_user(name, password=PASSWORD)
+    base = live_server.url
+    sam, rosa = login(base, "sam"), login(base, "rosa")
+    r = sam.post(f"{base}/api/v1/copies", files={
+        "notebook": ("parcel.ipynb", NOTEBOOK), "files": ("helper.py", FILES["helper.py"])},
+        data={"to": "rosa", "message": "Through the worker"})
+    assert r.status_code == 201, r.text
+    offers = rosa.get(f"{base}/api/v1/copies/received").json()
+    assert [(o["sent_by"], o["message"]) for o in offers] == [("sam", "Through the worker")]
+    r = rosa.post(f"{base}/api/v1/copies/received/{offers[0]['id']}/accept",
+                  json={"folder": "via-worker"})
+    assert r.status_code == 202, r.text
+    job_url = f"{base}/api/v1/jobs/{r.json()['id']}"
+    job = wait_for(lambda: (j := rosa.get(job_url).json())["state"] in ("done", "failed") and j,
+                   what="the acceptance's job")
+    assert job["state"] == "done", job["message"]
+    copy = homes.use_parent("rosa") / "via-worker"
+    assert (copy / "parcel.ipynb").read_bytes() == NOTEBOOK
+    assert (copy / "helper.py").read_bytes() == FILES["helper.py"]
+    assert json.loads((copy / homes.PROVENANCE_FILE).read_text())["sent_by"] == "sam"
+    assert sam.get(f"{base}/api/v1/copies/sent").json()[0]["recipients"][0]["state"] == \
+        "accepted"
