@@ -559,6 +559,36 @@ def test_it_lets_exactly_one_of_an_acceptance_and_a_withdrawal_happen(settings) 
     assert len(outcomes) == 12
 
 
+@pytest.mark.django_db(transaction=True)
+def test_it_sends_copies_both_ways_at_the_same_moment(settings) -> None:  # type: ignore[no-untyped-def]
+    """Two people sending each other a copy at once: each send holds its sender's row while
+    its offers point at the other's."""
+    sam, rosa = make_user("sam"), make_user("rosa")
+    for _ in range(8):
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def send(sender: Any, to: str, start: threading.Barrier = start,
+                 errors: list[BaseException] = errors) -> None:
+            try:
+                start.wait()
+                services.send_copy(sender=sender, staged=staged(), to=[to])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(sam, "rosa")),
+                   threading.Thread(target=send, args=(rosa, "sam"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+    assert SentCopy.objects.filter(sender=sam).count() == SentCopy.objects.filter(
+        sender=rosa).count() == 8
+
+
 # --- notifications --------------------------------------------------------------------------
 
 

@@ -79,7 +79,9 @@ def send_copy(*, sender: AbstractBaseUser, staged: StagedFiles, to: list[str] | 
     try:
         with transaction.atomic():
             # One send at a time per sender, so the rate holds for sends at the same moment.
-            get_user_model().objects.select_for_update().filter(pk=sender.pk).first()
+            # NO KEY: the offers of a send to this sender take KEY SHARE locks on their row.
+            get_user_model().objects.select_for_update(no_key=True).filter(
+                pk=sender.pk).first()
             _check_rate(sender)
             now = timezone.now()
             sent = SentCopy.objects.create(
@@ -358,15 +360,17 @@ def withdraw_copy(*, sent: SentCopy, user: AbstractBaseUser, recipient: str = ""
     recipient = _clean_text(recipient, "A user name", NAME_MAX)
     expire_offers(sent_id=sent.pk)
     with transaction.atomic():
-        offers = Delivery.objects.filter(sent=sent)
+        # Locks in the order an acceptance takes them, the sent copy first: never a deadlock.
+        SentCopy.objects.select_for_update(of=("self",)).filter(pk=sent.pk).first()
+        offers = Delivery.objects.filter(sent=sent).order_by()
         if recipient:
             offers = offers.filter(recipient__username=recipient)
             if not offers.exists():
                 raise GalleryError(f"This copy was not sent to {recipient!r}.")
         # Locked, then changed only where still pending: of a withdrawal and an acceptance
         # at the same moment, exactly one happens.
-        waiting = list(offers.select_for_update().filter(state=Delivery.State.PENDING)
-                       .values_list("pk", flat=True))
+        waiting = list(offers.select_for_update(of=("self",)).filter(
+            state=Delivery.State.PENDING).values_list("pk", flat=True))
         withdrawn = Delivery.objects.filter(pk__in=waiting, state=Delivery.State.PENDING).update(
             state=Delivery.State.WITHDRAWN, decided=timezone.now())
         if not withdrawn and recipient:
