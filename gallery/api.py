@@ -17,6 +17,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
@@ -753,8 +754,7 @@ def sent_copy_out(sent: SentCopy) -> dict[str, Any]:
         "recipients": [{"id": d.pk, "recipient": d.recipient.get_username(),
                         "group": d.group.name if d.group else "", "state": d.current_state,
                         "decided": _iso(d.decided)}
-                       for d in sent.deliveries.select_related("recipient", "group").order_by(
-                           "recipient__username")],
+                       for d in sent.deliveries.all()],
         "url": reverse("sent-copies") + f"#sent-{sent.pk}",
     }
 
@@ -859,19 +859,27 @@ def send_copy(request: HttpRequest) -> Any:
     else:
         raise services.GalleryError("Send multipart/form-data or application/json.", status=415)
     sent = services.send_copy(sender=request.auth, **arguments)
-    return Status(201, sent_copy_out(sent))
+    return Status(201, sent_copy_out(_with_offers(SentCopy.objects).get(pk=sent.pk)))
 
 
 @api.get("/copies/sent", response=list[SentCopyOut], summary="The copies the caller sent, "
                                                               "newest first (the last 200)")
 def my_sent_copies(request: HttpRequest) -> list[dict[str, Any]]:
-    return [sent_copy_out(s) for s in SentCopy.objects.filter(sender=request.auth)[:200]]
+    return [sent_copy_out(s) for s in _with_offers(SentCopy.objects.filter(
+        sender=request.auth))[:200]]
+
+
+def _with_offers(sent: Any) -> Any:
+    """Sent copies with their offers, by recipient, fetched at once."""
+    return sent.prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.select_related(
+        "recipient", "group", "sent").order_by("recipient__username")))
 
 
 @api.get("/copies/sent/{sent_id}", response={200: SentCopyOut, 404: ErrorOut},
          summary="A copy the caller sent, with the state of each recipient's offer")
 def get_sent_copy(request: HttpRequest, sent_id: UUID) -> dict[str, Any]:
-    return sent_copy_out(services.sent_by(request.auth, sent_id))
+    return sent_copy_out(_with_offers(SentCopy.objects).get(
+        pk=services.sent_by(request.auth, sent_id).pk))
 
 
 @api.post("/copies/sent/{sent_id}/withdraw", response={200: SentCopyOut, 400: ErrorOut,
@@ -882,7 +890,7 @@ def withdraw_copy(request: HttpRequest, sent_id: UUID) -> dict[str, Any]:
     sent = services.sent_by(request.auth, sent_id)
     services.withdraw_copy(sent=sent, user=request.auth,
                            recipient=_small_body(request, WithdrawIn).recipient)
-    return sent_copy_out(sent)
+    return sent_copy_out(_with_offers(SentCopy.objects).get(pk=sent.pk))
 
 
 @api.get("/copies/received", response=list[OfferOut],

@@ -713,7 +713,7 @@ def sent_copies(request: HttpRequest) -> HttpResponse:
     """The copies I sent, with what each recipient did; withdraw those still waiting."""
     mine = SentCopy.objects.filter(sender=request.user).prefetch_related(
         Prefetch("deliveries", queryset=Delivery.objects.select_related(
-            "recipient", "group").order_by("recipient__username")))
+            "recipient", "group", "sent").order_by("recipient__username")))
     page = Paginator(mine, 20).get_page(request.GET.get("page"))
     return render(request, "gallery/sent_copies.html", {"page": page})
 

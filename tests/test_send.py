@@ -21,6 +21,7 @@ from django.core import mail
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -777,6 +778,25 @@ class ApiTests(SendCase):
             client = self.client_of(user)
             self.assertEqual(client.get(f"/api/v1/jobs/{job.pk}").status_code, expected)
             self.assertEqual(client.get(reverse("job", args=[job.pk])).status_code, expected)
+
+    def test_it_lists_copies_in_as_many_queries_however_many_there_are(self) -> None:
+        sam, rosa = self.client_of(self.sender), self.client_of(self.recipient)
+        asks = [(sam, "/api/v1/copies/sent"), (sam, reverse("sent-copies")),
+                (rosa, "/api/v1/copies/received"), (rosa, reverse("copies"))]
+        self.send(to=("rosa", "otto"))
+
+        def queries() -> list[int]:
+            counts = []
+            for client, path in asks:
+                with CaptureQueriesContext(connection) as done:
+                    self.assertEqual(client.get(path).status_code, 200)
+                counts.append(len(done))
+            return counts
+
+        few = queries()
+        for _ in range(3):
+            self.send(to=("rosa", "otto", "paula"))
+        self.assertEqual(queries(), few)
 
     def test_it_describes_every_copy_endpoint_in_the_schema(self) -> None:
         paths = ninja_api.get_openapi_schema()["paths"]
