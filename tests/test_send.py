@@ -1195,3 +1195,33 @@ def test_it_sends_and_accepts_through_http_and_a_real_worker(live_server, celery
     assert json.loads((copy / homes.PROVENANCE_FILE).read_text())["sent_by"] == "sam"
     assert sam.get(f"{base}/api/v1/copies/sent").json()[0]["recipients"][0]["state"] == \
         "accepted"
+
+
+# --- through the recipient's own Jupyter server (the contents backend) ----------------------
+
+from .test_contents import hub_api as hub_api  # noqa: E402,F401  (fixtures, used by name)
+from .test_contents import jupyter_server as jupyter_server  # noqa: E402,F401
+
+
+@pytest.mark.django_db
+def test_it_accepts_a_copy_through_the_recipients_jupyter_server(  # type: ignore[no-untyped-def]
+        hub_api, jupyter_server, settings, django_capture_on_commit_callbacks) -> None:
+    _, _, root = jupyter_server
+    settings.GALLERY_USE_BACKEND = "contents"
+    settings.GALLERY_USE_DIR = "examples/sent"
+    rosa = make_user("rosa")
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = services.send_copy(sender=make_user("sam"), staged=staged(), to=["rosa"],
+                                  message="Through your server")
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.accept_delivery(delivery=sent.deliveries.get(), user=rosa)
+    job.refresh_from_db()
+    assert job.state == Job.State.DONE, job.message
+    assert job.params["backend"] == "contents"
+    copy = root / "examples" / "sent" / "parcel"
+    assert (copy / "parcel.ipynb").read_bytes() == NOTEBOOK
+    assert (copy / "data" / "table.csv").read_bytes() == FILES["data/table.csv"]
+    # This server hides dot files: the provenance has its visible name.
+    provenance = json.loads((copy / "gallery-provenance.json").read_text())
+    assert (provenance["sent_by"], provenance["job"]) == ("sam", str(job.pk))
+    assert job.result["lab_url"] == "/user/rosa/lab/tree/examples/sent/parcel/parcel.ipynb"
