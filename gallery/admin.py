@@ -393,6 +393,10 @@ class JobAdmin(DeskAdmin):
     list_filter = ["kind", "state"]
     readonly_fields = [f.name for f in Job._meta.fields]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # A copy one person sent another is theirs alone, its acceptance too.
+        return super().get_queryset(request).exclude(kind=Job.Kind.ACCEPT)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -413,6 +417,10 @@ class NotificationAdmin(DeskAdmin):
     list_filter = ["kind"]
     list_select_related = ["user"]
     readonly_fields = [f.name for f in Notification._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The offer of a copy quotes its sender's message: for the recipient alone.
+        return super().get_queryset(request).exclude(kind=Notification.Kind.COPY)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -17,6 +17,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
@@ -26,7 +27,16 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, hub, services
-from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
+from .models import (
+    Delivery,
+    Example,
+    IllegalTransition,
+    Job,
+    Preview,
+    SentCopy,
+    Submission,
+    snapshot,
+)
 from .previews import example_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
@@ -61,7 +71,10 @@ def _error(request: HttpRequest, message: str, status: int, **extra: Any) -> Htt
 
 @api.exception_handler(services.GalleryError)
 def _gallery_error(request: HttpRequest, exc: services.GalleryError) -> HttpResponse:
-    return _error(request, str(exc), exc.status)
+    response = _error(request, str(exc), exc.status)
+    if isinstance(exc, services.TooManyRequests):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(IllegalTransition)
@@ -505,7 +518,7 @@ def update_copy(request: HttpRequest, slug: str, payload: UpdateIn) -> Any:
 @api.get("/jobs/{job_id}", response=JobOut, summary="State and result of a job")
 def get_job(request: HttpRequest, job_id: UUID) -> dict[str, Any]:
     job = Job.objects.filter(pk=job_id).first()  # another's is as absent as a missing one
-    if job is None or job.user_id != request.auth.pk and not services.is_reviewer(request.auth):
+    if job is None or job.user_id != request.auth.pk and not services.sees_job(request.auth, job):
         raise HttpError(404, "There is no such job.")
     return job.report()
 
@@ -646,3 +659,326 @@ def get_submission(request: HttpRequest, submission_id: int) -> dict[str, Any]:
     if submission is None:
         raise HttpError(404, "There is no such submission.")
     return submission_out(submission)
+
+
+# --- copies sent between people -------------------------------------------------------------
+#
+# Only a copy's sender and its recipients know of it: a sent copy is found for its sender
+# alone (`/copies/sent/…`), an offer for its recipient alone (`/copies/received/…`); anyone
+# else gets the 404 of an address that names nothing.
+
+
+class SendJsonIn(Schema):
+    notebook: dict[str, Any] | str = Field(description="The notebook, as JSON or as a string")
+    notebook_name: str = Field("notebook.ipynb", max_length=250)
+    files: list[FileIn] = Field(default_factory=list, max_length=1000,
+                                description="Files that go with it, by relative path")
+    to: list[str] = Field(default_factory=list, max_length=1000, description="Hub user names")
+    groups: list[str] = Field(default_factory=list, max_length=100,
+                              description="Hub groups of the caller: all their members")
+    message: str = Field("", description="Shown to the recipients (at most 2,000 characters)")
+    name: str = Field("", description="The folder recipients get (the notebook's name by "
+                                      "default; each may choose another)")
+
+
+class OfferStateOut(Schema):
+    id: UUID
+    recipient: str
+    group: str = Field(description="The group it went to them through; empty when named")
+    state: str = Field(description="pending, accepted, declined, withdrawn or expired")
+    decided: str | None
+
+
+class SentCopyOut(Schema):
+    id: UUID
+    name: str
+    notebook: str
+    message: str
+    files: list[dict[str, Any]]
+    size: int
+    groups: list[str]
+    not_delivered: int = Field(description="Members of those groups left out: they take no "
+                                           "copies")
+    created: str
+    expires: str = Field(description="When offers still waiting expire")
+    recipients: list[OfferStateOut]
+    url: str
+
+
+class OfferOut(Schema):
+    id: UUID
+    sent_by: str
+    name: str
+    notebook: str
+    message: str
+    files: list[dict[str, Any]]
+    size: int
+    state: str = Field(description="pending, accepted, declined, withdrawn or expired")
+    created: str
+    expires: str
+    decided: str | None
+    job: JobOut | None = Field(description="The job that writes it into your home, once "
+                                           "accepted")
+    url: str
+
+
+class AcceptPlanOut(Schema):
+    folder: str
+    target: str
+    files: list[dict[str, Any]]
+    notebook: str
+    sent_by: str
+    message: str
+    provenance_file: str
+    note: str
+
+
+class WithdrawIn(Schema):
+    recipient: str = Field("", max_length=150, description="Withdraw it from this recipient "
+                           "only; empty: from everyone who has not answered yet")
+
+
+class CopySettingsIn(Schema):
+    refuse_all: bool
+
+
+class CopySettingsOut(Schema):
+    refuse_all: bool = Field(description="Nobody can send you a copy while it is on")
+
+
+_SEND_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": SendJsonIn.model_json_schema(
+                ref_template="#/components/schemas/{model}")},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["notebook"],
+                "properties": {
+                    "notebook": {"type": "string", "format": "binary"},
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "to": {"type": "string", "description": "comma-separated hub user names"},
+                    "groups": {"type": "string", "description": "comma-separated hub groups "
+                               "of the caller"},
+                    "message": {"type": "string"},
+                    "name": {"type": "string"},
+                },
+            }},
+        },
+    }
+}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def sent_copy_out(sent: SentCopy) -> dict[str, Any]:
+    return {
+        "id": sent.pk, "name": sent.name, "notebook": sent.notebook, "message": sent.message,
+        "files": sent.files, "size": sent.size, "groups": sent.groups,
+        "not_delivered": sent.not_delivered, "created": sent.created.isoformat(),
+        "expires": sent.expires.isoformat(),
+        "recipients": [{"id": d.pk, "recipient": d.recipient.get_username(),
+                        "group": d.group.name if d.group else "", "state": d.current_state,
+                        "decided": _iso(d.decided)}
+                       for d in sent.deliveries.all()],
+        "url": reverse("sent-copies") + f"#sent-{sent.pk}",
+    }
+
+
+def offer_out(delivery: Delivery) -> dict[str, Any]:
+    sent = delivery.sent
+    return {
+        "id": delivery.pk, "sent_by": sent.sender.get_username(), "name": sent.name,
+        "notebook": sent.notebook, "message": sent.message, "files": sent.files,
+        "size": sent.size, "state": delivery.current_state, "created": sent.created.isoformat(),
+        "expires": sent.expires.isoformat(), "decided": _iso(delivery.decided),
+        "job": delivery.job.report() if delivery.job else None,
+        "url": reverse("copy", args=[delivery.pk]),
+    }
+
+
+def _send_from_json(request: HttpRequest) -> dict[str, Any]:
+    raw = _parse_json(request.body, "The body")
+    if not isinstance(raw, dict):
+        raise services.GalleryError("The body must be a JSON object.")
+    payload = SendJsonIn.model_validate(raw)
+    notebook = payload.notebook
+    try:
+        nb_bytes = (notebook if isinstance(notebook, str) else json.dumps(notebook)).encode(
+            "utf-8")
+    except UnicodeEncodeError:
+        raise services.GalleryError("The notebook is not valid UTF-8 text.") from None
+    files: dict[str, bytes] = {}
+    for item in payload.files:
+        if item.path in files:
+            raise services.GalleryError(f"The file {item.path!r} is given twice.")
+        files[item.path] = _decode_file(item)
+    return {"staged": services.StagedFiles(notebook_name=payload.notebook_name,
+                                           notebook=nb_bytes, files=files),
+            "to": payload.to, "groups": payload.groups, "message": payload.message,
+            "name": payload.name}
+
+
+def _small_body(request: HttpRequest, model: type[Schema]) -> Any:
+    """A small request body as `model`: a JSON object, or form fields; none is `{}`.
+
+    Read here rather than by django-ninja: after a form body was parsed (the CSRF check of a
+    session reads it), the raw body can no longer be read, and a declared payload would fail
+    there as an error of the gallery instead of an answer.
+    """
+    content_type = request.content_type or ""
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raw: Any = {k: request.POST[k] for k in model.model_fields if k in request.POST}
+    elif not request.body:
+        raw = {}
+    elif content_type == "application/json":
+        raw = _parse_json(request.body, "The body")
+        if not isinstance(raw, dict):
+            raise services.GalleryError("The body must be a JSON object.")
+    else:
+        raise services.GalleryError("Send application/json.", status=415)
+    return model.model_validate(raw)
+
+
+def _body_of(model: type[Schema], required: bool = False) -> dict[str, Any]:
+    """The OpenAPI description of a body `_small_body` reads."""
+    return {"requestBody": {"required": required, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _names(values: list[str]) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def send_from_multipart(request: HttpRequest) -> dict[str, Any]:
+    """The arguments of `services.send_copy` from a multipart request (the API's and the
+    send page's)."""
+    post, uploads = request.POST, request.FILES
+    if "notebook" not in uploads:
+        raise services.GalleryError("Attach the notebook as the 'notebook' file field.")
+    nb = uploads["notebook"]
+    files: dict[str, bytes] = {}
+    for upload in uploads.getlist("files"):
+        name = upload.name or ""
+        if name in files:
+            raise services.GalleryError(f"The file {name!r} is given twice.")
+        files[name] = upload.read()
+    return {"staged": services.StagedFiles(notebook_name=nb.name or "notebook.ipynb",
+                                           notebook=nb.read(), files=files),
+            "to": _names(post.getlist("to")), "groups": _names(post.getlist("groups")),
+            "message": post.get("message", ""), "name": post.get("name", "")}
+
+
+@api.post("/copies", response={201: SentCopyOut, 400: ErrorOut, 403: ErrorOut, 413: ErrorOut,
+                               429: ErrorOut},
+          openapi_extra=_SEND_BODY, summary="Send a copy of a notebook (or a folder) to people "
+                                            "or to a group of yours",
+          description="Multipart (`notebook` file, `files`, `to`, `groups`, `message`, `name`) "
+                      "or JSON. Each recipient is notified and accepts it into their home, or "
+                      "declines it. 429 with Retry-After past GALLERY_SEND_PER_HOUR sends.")
+def send_copy(request: HttpRequest) -> Any:
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        arguments = _send_from_json(request)
+    elif content_type == "multipart/form-data":
+        arguments = send_from_multipart(request)
+    else:
+        raise services.GalleryError("Send multipart/form-data or application/json.", status=415)
+    sent = services.send_copy(sender=request.auth, **arguments)
+    return Status(201, sent_copy_out(_with_offers(SentCopy.objects).get(pk=sent.pk)))
+
+
+@api.get("/copies/sent", response=list[SentCopyOut], summary="The copies the caller sent, "
+                                                              "newest first (the last 200)")
+def my_sent_copies(request: HttpRequest) -> list[dict[str, Any]]:
+    return [sent_copy_out(s) for s in _with_offers(SentCopy.objects.filter(
+        sender=request.auth))[:200]]
+
+
+def _with_offers(sent: Any) -> Any:
+    """Sent copies with their offers, by recipient, fetched at once."""
+    return sent.prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.select_related(
+        "recipient", "group", "sent").order_by("recipient__username")))
+
+
+@api.get("/copies/sent/{sent_id}", response={200: SentCopyOut, 404: ErrorOut},
+         summary="A copy the caller sent, with the state of each recipient's offer")
+def get_sent_copy(request: HttpRequest, sent_id: UUID) -> dict[str, Any]:
+    return sent_copy_out(_with_offers(SentCopy.objects).get(
+        pk=services.sent_by(request.auth, sent_id).pk))
+
+
+@api.post("/copies/sent/{sent_id}/withdraw", response={200: SentCopyOut, 400: ErrorOut,
+                                                        404: ErrorOut, 409: ErrorOut},
+          openapi_extra=_body_of(WithdrawIn),
+          summary="Withdraw a sent copy from those who have not answered yet")
+def withdraw_copy(request: HttpRequest, sent_id: UUID) -> dict[str, Any]:
+    sent = services.sent_by(request.auth, sent_id)
+    services.withdraw_copy(sent=sent, user=request.auth,
+                           recipient=_small_body(request, WithdrawIn).recipient)
+    return sent_copy_out(_with_offers(SentCopy.objects).get(pk=sent.pk))
+
+
+@api.get("/copies/received", response=list[OfferOut],
+         summary="Copies sent to the caller, newest first (the last 200)")
+def copies_to_me(request: HttpRequest) -> list[dict[str, Any]]:
+    offers = Delivery.objects.filter(recipient=request.auth).select_related(
+        "sent__sender", "job")[:200]
+    return [offer_out(d) for d in offers]
+
+
+@api.get("/copies/received/{delivery_id}", response={200: OfferOut, 404: ErrorOut},
+         summary="A copy sent to the caller")
+def get_offer(request: HttpRequest, delivery_id: UUID) -> dict[str, Any]:
+    return offer_out(services.delivery_for(request.auth, delivery_id))
+
+
+@api.get("/copies/received/{delivery_id}/plan", response={200: AcceptPlanOut, 400: ErrorOut,
+                                                           404: ErrorOut},
+         summary="What accepting a copy would write into the caller's home, and where; "
+                 "writes nothing")
+def accept_plan(request: HttpRequest, delivery_id: UUID,
+                folder: str = Query("", max_length=128)) -> dict[str, Any]:
+    return services.accept_plan(delivery=services.delivery_for(request.auth, delivery_id),
+                                folder_name=folder)
+
+
+@api.post("/copies/received/{delivery_id}/accept", response={202: JobOut, 400: ErrorOut,
+                                                              404: ErrorOut, 409: ErrorOut},
+          summary="Accept a copy: queue the job that writes it into the caller's home",
+          description="The copy goes into a new folder of the Use directory (`folder`, the "
+                      "sent name by default; an existing folder is never overwritten), "
+                      "written as the caller. 409 when it was withdrawn, declined, expired or "
+                      "accepted already (an acceptance whose copy failed may be tried again).",
+          openapi_extra=_body_of(UseIn))
+def accept_copy(request: HttpRequest, delivery_id: UUID) -> Any:
+    delivery = services.delivery_for(request.auth, delivery_id)
+    job = services.accept_delivery(delivery=delivery, user=request.auth,
+                                   folder_name=_small_body(request, UseIn).folder)
+    return Status(202, job.report())
+
+
+@api.post("/copies/received/{delivery_id}/decline", response={200: OfferOut, 404: ErrorOut,
+                                                               409: ErrorOut},
+          summary="Decline a copy sent to the caller")
+def decline_copy(request: HttpRequest, delivery_id: UUID) -> dict[str, Any]:
+    delivery = services.delivery_for(request.auth, delivery_id)
+    return offer_out(services.decline_delivery(delivery=delivery, user=request.auth))
+
+
+@api.get("/copies/settings", response=CopySettingsOut,
+         summary="Whether the caller refuses every copy others would send")
+def copy_settings(request: HttpRequest) -> dict[str, Any]:
+    return {"refuse_all": services.refuses_all(request.auth)}
+
+
+@api.post("/copies/settings", response={200: CopySettingsOut, 400: ErrorOut},
+          openapi_extra=_body_of(CopySettingsIn, required=True),
+          summary="Refuse every copy others would send, or take them again")
+def set_copy_settings(request: HttpRequest) -> dict[str, Any]:
+    payload = _small_body(request, CopySettingsIn)
+    found = services.set_refuse_all(user=request.auth, refuse=payload.refuse_all)
+    return {"refuse_all": found.refuse_all}

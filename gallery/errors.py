@@ -32,3 +32,13 @@ class NotFound(GalleryError):
 class Conflict(GalleryError):
     status = 409
 
+
+class TooManyRequests(GalleryError):
+    """A limit of how often one may do something; `retry_after` is the seconds until it can
+    be done again (the Retry-After header)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(int(retry_after), 1)

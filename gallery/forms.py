@@ -1,4 +1,4 @@
-"""Forms of the pages: staging upload, Use, review decision."""
+"""Forms of the pages: staging upload, Use, review decision, sending a copy."""
 
 from __future__ import annotations
 
@@ -155,3 +155,43 @@ class ImportForm(forms.Form):
                   "(https://, ssh:// or git@).")
     ref = forms.CharField(max_length=200, required=False, label="Branch or tag",
                           help_text="For a git repository; empty for its default branch.")
+
+
+class SendForm(forms.Form):
+    """Send a copy of a notebook (and the files that go with it) to people or groups."""
+
+    notebook = forms.FileField(help_text="The .ipynb file, as it is now: recipients get "
+                                         "exactly this.")
+    files = MultipleFileField(required=False, label="Files that go with it",
+                              help_text="Data, helper modules, images: small files.")
+    to = forms.CharField(required=False, max_length=5000, label="To people",
+                         help_text="Hub user names, separated by commas.")
+    groups = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="To groups of yours",
+        help_text="Every other member of a group you tick gets it.")
+    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                              max_length=2000, help_text="Shown to the recipients.")
+    name = forms.CharField(required=False, max_length=100, label="Folder name",
+                           help_text="The folder recipients get in their home (each may "
+                                     "choose another); the notebook's name by default.")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = sorted(HubGroup.objects.filter(members=user).values_list("name", flat=True)) \
+            if user is not None and user.is_authenticated else []
+        if names:
+            self.fields["groups"].choices = [(n, n) for n in names]
+        else:
+            del self.fields["groups"]
+
+    def arguments(self) -> dict[str, Any]:
+        """The arguments of `services.send_copy`."""
+        data = self.cleaned_data
+        return {
+            "staged": services.StagedFiles(
+                notebook_name=data["notebook"].name, notebook=data["notebook"].read(),
+                files={f.name: f.read() for f in data["files"]}),
+            "to": [n.strip() for n in data["to"].split(",") if n.strip()],
+            "groups": data.get("groups") or [], "message": data["message"],
+            "name": data["name"],
+        }

@@ -638,6 +638,7 @@ class Job(models.Model):
         ENVIRONMENT = "environment", "environment"
         UPDATE = "update", "update"
         RUN = "run", "run"
+        ACCEPT = "accept", "accept a copy"  # a copy someone sent, written into the home
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -812,6 +813,7 @@ class Notification(models.Model):
         UPDATED = "updated", "newer version"
         IMPORTED = "imported", "imported"
         RUN = "run", "run result"
+        COPY = "copy", "copy sent to you"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="notifications")
@@ -820,6 +822,8 @@ class Notification(models.Model):
                                 related_name="+")
     submission = models.ForeignKey(Submission, null=True, blank=True, on_delete=models.CASCADE,
                                    related_name="+")
+    delivery = models.ForeignKey("Delivery", null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="+")  # a copy sent to the person
     message = models.TextField()
     created = models.DateTimeField(default=timezone.now)
     read_at = models.DateTimeField(null=True, blank=True)
@@ -833,3 +837,97 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.user}: {self.message[:40]}"
+
+
+# --- copies sent between people (services/copies.py) -------------------------------------------
+
+
+class SentCopy(models.Model):
+    """A notebook or a folder a person sent to others, as it was when sent: the files are kept
+    under GALLERY_SEND_DIR/<id>/ until no recipient can still accept them. Nothing of it is
+    published or reviewed; only its sender and its recipients know of it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                               related_name="sent_copies")
+    name = models.CharField(max_length=100)  # the folder a recipient gets, unless they rename it
+    notebook = models.CharField(max_length=250)  # the main notebook, opened after accepting
+    message = models.TextField(blank=True)
+    files = models.JSONField(default=list)  # [{"path", "size"}]
+    size = models.BigIntegerField(default=0)
+    content_hash = models.CharField(max_length=64)
+    groups = models.JSONField(default=list)  # the names of the groups it was sent to
+    not_delivered = models.PositiveIntegerField(default=0)  # their members who take no copies
+    created = models.DateTimeField(default=timezone.now)
+    expires = models.DateTimeField()  # pending deliveries expire then (GALLERY_SEND_KEEP_DAYS)
+    removed = models.DateTimeField(null=True, blank=True)  # when its files were removed
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["sender", "-created"], name="sentcopy_sender_created")]
+
+    def __str__(self) -> str:
+        return f"copy of {self.name} from {self.sender_id}"
+
+
+class Delivery(models.Model):
+    """A sent copy's offer to one recipient, and what became of it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "waiting"
+        ACCEPTED = "accepted", "accepted"
+        DECLINED = "declined", "declined"
+        WITHDRAWN = "withdrawn", "withdrawn"
+        EXPIRED = "expired", "expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sent = models.ForeignKey(SentCopy, on_delete=models.CASCADE, related_name="deliveries")
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                  related_name="received_copies")
+    group = models.ForeignKey(HubGroup, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")  # sent to them as a member of this group
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    # The job that writes it into the recipient's home (the last one, when a failed one was
+    # tried again).
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="delivery")
+    decided = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-sent__created", "pk"]
+        constraints = [models.UniqueConstraint(fields=["sent", "recipient"],
+                                               name="one_delivery_per_recipient")]
+        indexes = [models.Index(fields=["recipient", "state"], name="delivery_recipient_state")]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} ({self.state})"
+
+    @property
+    def current_state(self) -> str:
+        """The state as of now: an offer still pending when its copy expired is expired,
+        whether or not the sweep has marked it so yet."""
+        if self.state == self.State.PENDING and self.sent.expires <= timezone.now():
+            return self.State.EXPIRED
+        return self.state
+
+    @property
+    def current_state_display(self) -> str:
+        return str(self.State(self.current_state).label)
+
+    @property
+    def can_accept_again(self) -> bool:
+        """An acceptance whose copy failed may be tried again (the recipient fixed their home)."""
+        return (self.state == self.State.ACCEPTED and self.job is not None
+                and self.job.state == Job.State.FAILED)
+
+
+class CopySettings(models.Model):
+    """What a person says about copies others send them."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                primary_key=True, related_name="copy_settings")
+    refuse_all = models.BooleanField(default=False)
+    updated = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"copy settings of {self.user_id}"

@@ -84,6 +84,13 @@ GALLERY_LAB_URL_TEMPLATE = env("GALLERY_LAB_URL_TEMPLATE", "/user/{username}/lab
 # Test-only: seconds to sleep between files of a copy, so fault tests can kill mid-copy.
 GALLERY_COPY_DELAY = float(env("GALLERY_COPY_DELAY", "0") or 0)
 
+# --- copies sent between people (services/copies.py) ----------------------------------------
+# A sent notebook or folder is kept here until no recipient can still accept it.
+GALLERY_SEND_DIR = Path(env("GALLERY_SEND_DIR", str(GALLERY_DATA_DIR / "sent")))
+GALLERY_SEND_PER_HOUR = env_int("GALLERY_SEND_PER_HOUR", 20)  # sends per sender and hour
+GALLERY_SEND_MAX_RECIPIENTS = env_int("GALLERY_SEND_MAX_RECIPIENTS", 100)  # people per send
+GALLERY_SEND_KEEP_DAYS = env_int("GALLERY_SEND_KEEP_DAYS", 14)  # then a pending one expires
+
 # Previews may be served from a separate origin (a registrable domain of their own, no
 # cookies); empty means they are served by the gallery itself under /previews/.
 GALLERY_PREVIEW_BASE_URL = env("GALLERY_PREVIEW_BASE_URL", "").rstrip("/")
@@ -430,6 +437,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-jobs": {"task": "gallery.tasks.sweep_jobs", "schedule": GALLERY_SWEEP_INTERVAL},
     # Staged folders no revision names, kept a day after they were last stored.
     "sweep-staging": {"task": "gallery.tasks.sweep_staging", "schedule": 3600},
+    # Sent copies waiting longer than GALLERY_SEND_KEEP_DAYS expire; files nobody can accept go.
+    "sweep-copies": {"task": "gallery.tasks.sweep_copies", "schedule": 3600},
     # Scheduled runs of approved examples that are due (GALLERY_VERIFY_INTERVAL, spread out).
     "schedule-verifications": {"task": "gallery.tasks.schedule_verifications",
                                "schedule": max(60, min(600, GALLERY_VERIFY_INTERVAL // 100))},

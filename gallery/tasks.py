@@ -97,6 +97,12 @@ def sweep_jobs() -> int:
     return services.sweep_jobs()
 
 
+@shared_task(name="gallery.tasks.sweep_copies", acks_late=False)
+def sweep_copies() -> dict[str, int]:
+    """Expire copies waiting too long, remove the files nobody can accept any more."""
+    return services.sweep_copies()
+
+
 @shared_task(name="gallery.tasks.sweep_staging", acks_late=False)
 def sweep_staging() -> int:
     return services.sweep_staging()

@@ -16,6 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import get_template, render_to_string
@@ -29,12 +30,14 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import caching, environments, forms, previews, services
 from .models import (
+    Delivery,
     Example,
     IllegalTransition,
     Job,
     Notification,
     Revision,
     Run,
+    SentCopy,
     Submission,
     Tag,
     snapshot,
@@ -223,12 +226,16 @@ def update(request: HttpRequest, slug: str) -> HttpResponse:
 @require_GET
 def job(request: HttpRequest, job_id: str) -> HttpResponse:
     item = get_object_or_404(Job.objects.select_related("revision__example"), pk=job_id)
-    if item.user_id != request.user.pk and not services.is_reviewer(request.user):
+    if item.user_id != request.user.pk and not services.sees_job(request.user, item):
         raise Http404("There is no such job.")
     if request.headers.get("Accept", "").startswith("application/json"):
         return JsonResponse(item.report(), json_dumps_params={"default": str})
     if item.kind == Job.Kind.UPDATE:
         return render(request, "gallery/update_job.html", {"job": item})
+    if item.kind == Job.Kind.ACCEPT:
+        return render(request, "gallery/copy_job.html", {
+            "job": item, "delivery": Delivery.objects.filter(job=item).select_related(
+                "sent__sender").first()})
     return render(request, "gallery/job.html", {"job": item})
 
 
@@ -314,6 +321,7 @@ def nav_links(prefix: str) -> dict[str, str]:
     """The header's links under a script prefix: the same on every page, so reversed once."""
     return {"index": reverse("index"), "stage": reverse("stage"),
             "my_submissions": reverse("my-submissions"), "notifications": reverse("notifications"),
+            "copies": reverse("copies"),
             "desk": reverse("admin:gallery_submission_changelist"),
             "css": static("gallery/gallery.css")}
 
@@ -631,3 +639,136 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
                                       "scrape from GALLERY_METRICS_ALLOWED_NETWORKS."},
                             status=403)
     return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- copies sent between people (services/copies.py) ----------------------------------------
+# Only its sender sees a sent copy, only its recipient an offer; to anyone else their
+# addresses are the 404 of an address that names nothing.
+
+
+@login_required
+def send_copy(request: HttpRequest) -> HttpResponse:
+    """Send a copy of a notebook (or of a folder: the notebook and its files) to people or to
+    groups of the sender's."""
+    form = forms.SendForm(user=request.user)
+    status = 200
+    if request.method == "POST":
+        form = forms.SendForm(request.POST, request.FILES, user=request.user)
+        status = 400
+        if form.is_valid():
+            try:
+                sent = services.send_copy(sender=request.user, **form.arguments())
+            except services.GalleryError as exc:
+                form.add_error(None, str(exc))
+                response = render(request, "gallery/send.html", {"form": form},
+                                  status=exc.status)
+                if isinstance(exc, services.TooManyRequests):
+                    response["Retry-After"] = str(exc.retry_after)
+                return response
+            count = sent.deliveries.count()
+            text = f"Sent to {count} {'person' if count == 1 else 'people'}."
+            if sent.not_delivered:
+                text += (f" Not delivered to {sent.not_delivered} member(s) of the group: "
+                         "they take no copies.")
+            messages.success(request, text)
+            return redirect(reverse("sent-copies") + f"#sent-{sent.pk}")
+    return render(request, "gallery/send.html", {"form": form}, status=status)
+
+
+@login_required
+@require_GET
+def copies(request: HttpRequest) -> HttpResponse:
+    """Copies sent to me: accept or decline each; and whether I take copies at all."""
+    offers = Delivery.objects.filter(recipient=request.user).select_related(
+        "sent__sender", "job")
+    page = Paginator(offers, 50).get_page(request.GET.get("page"))
+    return render(request, "gallery/copies.html", {
+        "page": page, "refuse_all": services.refuses_all(request.user),
+        "use_dir": f"~/{settings.GALLERY_USE_DIR}"})
+
+
+@login_required
+@require_GET
+def copy_offer(request: HttpRequest, delivery_id: str) -> HttpResponse:
+    """A copy sent to me: what it holds, from whom, and accept (into which folder) or decline."""
+    offer = _offer(request, delivery_id)
+    return render(request, "gallery/copy.html", {
+        "offer": offer, "plan": services.accept_plan(delivery=offer),
+        "use_form": forms.UseForm(initial={"folder": offer.sent.name})})
+
+
+def _offer(request: HttpRequest, delivery_id: str) -> Delivery:
+    try:
+        return services.delivery_for(request.user, delivery_id)
+    except services.NotFound:
+        raise Http404("There is no such copy.") from None
+
+
+@login_required
+@require_POST
+def accept_copy(request: HttpRequest, delivery_id: str) -> HttpResponse:
+    offer = _offer(request, delivery_id)
+    form = forms.UseForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise services.GalleryError("; ".join(e for errs in form.errors.values()
+                                                  for e in errs))
+        job = services.accept_delivery(delivery=offer, user=request.user,
+                                       folder_name=form.cleaned_data["folder"])
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect("copy", delivery_id=offer.pk)
+    return redirect("job", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def decline_copy(request: HttpRequest, delivery_id: str) -> HttpResponse:
+    offer = _offer(request, delivery_id)
+    try:
+        services.decline_delivery(delivery=offer, user=request.user)
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect("copy", delivery_id=offer.pk)
+    messages.success(request, f"You declined the copy of \u201c{offer.sent.name}\u201d.")
+    return redirect("copies")
+
+
+@login_required
+@require_POST
+def copy_settings(request: HttpRequest) -> HttpResponse:
+    """Refuse every copy others would send (refuse_all=1), or take them again."""
+    refuse = request.POST.get("refuse_all") == "1"
+    services.set_refuse_all(user=request.user, refuse=refuse)
+    messages.success(request, "Nobody can send you a copy now." if refuse
+                     else "People can send you copies again.")
+    return redirect("copies")
+
+
+@login_required
+@require_GET
+def sent_copies(request: HttpRequest) -> HttpResponse:
+    """The copies I sent, with what each recipient did; withdraw those still waiting."""
+    mine = SentCopy.objects.filter(sender=request.user).prefetch_related(
+        Prefetch("deliveries", queryset=Delivery.objects.select_related(
+            "recipient", "group", "sent").order_by("recipient__username")))
+    page = Paginator(mine, 20).get_page(request.GET.get("page"))
+    return render(request, "gallery/sent_copies.html", {"page": page})
+
+
+@login_required
+@require_POST
+def withdraw_copy(request: HttpRequest, sent_id: str) -> HttpResponse:
+    try:
+        sent = services.sent_by(request.user, sent_id)
+    except services.NotFound:
+        raise Http404("There is no such copy.") from None
+    recipient = request.POST.get("recipient", "")
+    try:
+        count = services.withdraw_copy(sent=sent, user=request.user, recipient=recipient)
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Withdrawn from {recipient}." if recipient else
+                         f"Withdrawn from {count} {'person' if count == 1 else 'people'}.")
+    return redirect(reverse("sent-copies") + f"#sent-{sent.pk}")

@@ -75,6 +75,7 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
     settings.GALLERY_STAGING_DIR = tmp_path / "data" / "staging"
     settings.GALLERY_PREVIEW_DIR = tmp_path / "data" / "previews"
     settings.GALLERY_GROUP_PREVIEW_DIR = tmp_path / "data" / "group-previews"
+    settings.GALLERY_SEND_DIR = tmp_path / "data" / "sent"
     settings.GALLERY_HOME_TEMPLATE = str(tmp_path / "homes" / "{username}")
     settings.GALLERY_USE_AS_USER = False
     # Environments are built into the test's folder, and never from the package index
@@ -134,6 +135,7 @@ def worker_env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-unt
         "GALLERY_STAGING_DIR": str(settings.GALLERY_STAGING_DIR),
         "GALLERY_PREVIEW_DIR": str(settings.GALLERY_PREVIEW_DIR),
         "GALLERY_GROUP_PREVIEW_DIR": str(settings.GALLERY_GROUP_PREVIEW_DIR),
+        "GALLERY_SEND_DIR": str(settings.GALLERY_SEND_DIR),
         "GALLERY_ENV_DIR": str(settings.GALLERY_ENV_DIR),
         "GALLERY_BUILD_INDEX_OPTIONS": settings.GALLERY_BUILD_INDEX_OPTIONS,
         "GALLERY_HOME_TEMPLATE": settings.GALLERY_HOME_TEMPLATE,

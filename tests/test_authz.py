@@ -75,7 +75,12 @@ SEES_EXAMPLE: dict[str, Collection[str]] = {
     "approved": LOGGED_IN, "staged": LOGGED_IN, "rejected": {"contributor", "reviewer"},
     "retired": {"user", "contributor", "reviewer"}, "missing": ()}
 SEES_SUBMISSION = {"contributor", "reviewer"}  # theirs, and the reviewers': with the reviews
-SEES_JOB = {"user", "reviewer"}
+# A reviewer sees everyone's jobs but the acceptance of a copy someone sent.
+SEES_JOB = {"approved": {"user", "reviewer"}, "retired": {"user", "reviewer"},
+            "accepted": {"user"}}
+# A copy `contributor` sent `user`: the send is the sender's, the offer the recipient's.
+SENDS = {"sent": {"contributor"}}
+OFFERS = {"offer": {"user"}}
 REVISES = {"contributor", "reviewer"}
 NOT_5XX = range(200, 500)
 
@@ -181,6 +186,21 @@ MATRIX: dict[str, Entry] = {
     "stage/": Entry(GET=page(revising(200)), POST=page(revising(400)), revises=True),
     "submissions/": Entry(GET=page(always(200)), POST=page(always(405))),
     "notifications/": Entry(GET=page(always(200)), POST=page(always(302))),
+    # Send a copy: the pages of one's own copies for everyone; a send for its sender and an
+    # offer for its recipient, the 404 of nothing for anyone else.
+    "copies/": Entry(GET=page(always(200)), POST=page(always(405))),
+    "copies/send/": Entry(GET=page(always(200)), POST=page(always(400))),  # sent empty
+    "copies/sent/": Entry(GET=page(always(200)), POST=page(always(405))),
+    "copies/sent/<uuid:sent_id>/withdraw": Entry(GET=page(always(405)),
+                                                 POST=page(seen(SENDS, 302))),
+    "copies/settings": Entry(GET=page(always(405)), POST=page(always(302)),
+                             data={"refuse_all": "0"}),
+    "copies/<uuid:delivery_id>/": Entry(GET=page(seen(OFFERS, 200)), POST=page(always(405))),
+    "copies/<uuid:delivery_id>/accept": Entry(GET=page(always(405)),
+                                              POST=page(seen(OFFERS, 302)),
+                                              data={"folder": ""}),
+    "copies/<uuid:delivery_id>/decline": Entry(GET=page(always(405)),
+                                               POST=page(seen(OFFERS, 302))),
     "submissions/<int:pk>/": Entry(GET=page(seen(SEES_SUBMISSION, 200)),
                                    POST=page(always(405))),
     "submissions/<int:pk>/review": Entry(
@@ -228,6 +248,26 @@ MATRIX: dict[str, Entry] = {
     "api/v1/examples/<slug>/update": Entry(GET=always(405), POST=api(seen(SEES_EXAMPLE, use)),
                                            json=True, data={"folder": "demo"}),
     "api/v1/jobs/<job_id>": Entry(GET=api(seen(SEES_JOB, 200)), POST=always(405), json=True),
+    # Send a copy (an empty body is refused); one's own sends and offers; the setting.
+    "api/v1/copies": Entry(GET=always(405), POST=api(always(400)), json=True),
+    "api/v1/copies/sent": Entry(GET=api(always(200)), POST=always(405), json=True),
+    "api/v1/copies/sent/<sent_id>": Entry(GET=api(seen(SENDS, 200)), POST=always(405),
+                                          json=True),
+    "api/v1/copies/sent/<sent_id>/withdraw": Entry(GET=always(405), POST=api(seen(SENDS, 200)),
+                                                   json=True),
+    "api/v1/copies/received": Entry(GET=api(always(200)), POST=always(405), json=True),
+    "api/v1/copies/received/<delivery_id>": Entry(GET=api(seen(OFFERS, 200)),
+                                                  POST=always(405), json=True),
+    "api/v1/copies/received/<delivery_id>/plan": Entry(GET=api(seen(OFFERS, 200)),
+                                                       POST=always(405), json=True),
+    "api/v1/copies/received/<delivery_id>/accept": Entry(GET=always(405),
+                                                         POST=api(seen(OFFERS, 202)),
+                                                         json=True),
+    "api/v1/copies/received/<delivery_id>/decline": Entry(GET=always(405),
+                                                          POST=api(seen(OFFERS, 200)),
+                                                          json=True),
+    "api/v1/copies/settings": Entry(GET=api(always(200)), POST=api(always(200)), json=True,
+                                    data={"refuse_all": True}),
     # GET: the caller's own submissions. POST: staging (an empty body is refused with 400).
     "api/v1/submissions": Entry(
         GET=api(always(200)),
@@ -356,6 +396,18 @@ class AuthorisationMatrixTests(GalleryTestCase):
             kind=Job.Kind.USE, state=Job.State.DONE, user=self.user,
             revision=Revision.objects.get(pk=sub[name].revision_id),
             result={"path": f"~/examples/{name}"}) for name in ("approved", "retired")}
+        sent = services.send_copy(
+            sender=self.contributor, to=[self.user.get_username()], name="parcel-notebook",
+            message="A private parcel message",
+            staged=services.StagedFiles(notebook_name="parcel.ipynb",
+                                        notebook=notebook_bytes(text="print('parcel')")))
+        offer = sent.deliveries.get()
+        jobs["accepted"] = Job.objects.create(
+            kind=Job.Kind.ACCEPT, state=Job.State.DONE, user=self.user,
+            params={"username": self.user.get_username(), "folder": "parcel-notebook",
+                    "delivery": str(offer.pk)},
+            result={"path": "~/examples/parcel-notebook", "name": "parcel-notebook",
+                    "sent_by": self.contributor.get_username()})
         rejected = Example.objects.get(slug="rejected-raccoon")
         services.retire_example(example=Example.objects.get(slug="retired-tapir"),
                                 actor=self.reviewer, reason="Tapirs moved to another gallery.")
@@ -375,6 +427,8 @@ class AuthorisationMatrixTests(GalleryTestCase):
                      "missing": f"preview-{'0' * 12}.css"},
         }
         self.args["submission_id"] = self.args["pk"]
+        self.args["sent_id"] = {"sent": str(sent.pk), "missing": str(uuid.uuid4())}
+        self.args["delivery_id"] = {"offer": str(offer.pk), "missing": str(uuid.uuid4())}
         # The desk's pages are about the rejected example, its submission, its history...
         self.admin_args = {
             "example": str(rejected.pk), "submission": str(sub["rejected"].pk),
@@ -399,6 +453,7 @@ class AuthorisationMatrixTests(GalleryTestCase):
             ({"Walrus first draft", "Walrus needs a summary", sha["withdrawn"]},
              SEES_SUBMISSION),
             ({"approved-aurora", "Approved aurora", "staged-sloth", "Staged sloth"}, LOGGED_IN),
+            ({"parcel-notebook", "A private parcel message"}, {"user", "contributor"}),
         ]
 
     def targets(self, route: str, entry: Entry) -> dict[str, dict[str, str]]:

@@ -7,16 +7,35 @@ and queues its slow work only after that transaction commits. The rooms, from th
 lease, finish), `staging` (a submission, its checks and preview), `environments` (an approved
 revision's environment locked and built once per key), `runs` (examples run top to bottom,
 their verdicts and schedule), `review` (decisions, retirement, publishing), `use` (copies into
-homes), `updates` (a copy brought to the new version with its owner's edits kept), `jobs` (the
+homes), `updates` (a copy brought to the new version with its owner's edits kept), `copies`
+(a notebook or folder sent from one person to others, accepted into their homes), `jobs` (the
 runner and the sweep), `users` (people and reviewer rights) and `index` (rebuild from the
 repository, bulk import).
 Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 """
 
-from ..errors import Conflict, GalleryError, NotAllowed, NotFound
+from ..errors import Conflict, GalleryError, NotAllowed, NotFound, TooManyRequests
 from ..models import is_reviewer, may_review, reviews_a_group
 from ..schema import ExampleMeta
 from .audience import audience_choices, set_audience
+from .copies import (
+    accept_delivery,
+    accept_plan,
+    decline_delivery,
+    delivery_for,
+    do_accept,
+    expire_offers,
+    refuses_all,
+    remove_files_if_done,
+    sees_job,
+    send_copy,
+    sent_by,
+    sent_folder,
+    set_refuse_all,
+    sweep_copies,
+    why_not,
+    withdraw_copy,
+)
 from .environments import (
     ForUse,
     do_environment,
@@ -75,6 +94,7 @@ from .runs import (
 from .staging import (
     STAGING_GRACE,
     StagedFiles,
+    checked_files,
     do_checks,
     do_preview,
     preview_path,
@@ -99,6 +119,24 @@ from .users import (
 )
 
 __all__ = [
+    "TooManyRequests",
+    "accept_delivery",
+    "accept_plan",
+    "checked_files",
+    "decline_delivery",
+    "delivery_for",
+    "do_accept",
+    "expire_offers",
+    "refuses_all",
+    "remove_files_if_done",
+    "sees_job",
+    "send_copy",
+    "sent_by",
+    "sent_folder",
+    "set_refuse_all",
+    "sweep_copies",
+    "why_not",
+    "withdraw_copy",
     "candidate_batches",
     "candidate_report",
     "check_candidate",

@@ -14,6 +14,7 @@ from django.utils import timezone
 from .. import homes, notebooks
 from ..errors import GalleryError
 from ..models import Job
+from .copies import do_accept
 from .environments import do_environment, give_up_environment, uses_waiting_for
 from .queue import LeaseLost, Waiting, claim_job, enqueue, finish_job, park_job
 from .review import do_commit
@@ -32,6 +33,11 @@ GIVE_UP_AFTER = MAX_ATTEMPTS + 2  # attempts cut short (worker killed, lease los
 
 
 GAVE_UP = "The job was interrupted too many times; try again."
+
+
+# Jobs that write a new folder into a person's home (`use.write_copy`): never retried after
+# an unexpected error (it may have been the person's home), cleared when given up.
+WRITES_COPY = (Job.Kind.USE, Job.Kind.ACCEPT)
 
 
 def perform_job(job_id: str, *, worker: str = "") -> Job | None:
@@ -60,6 +66,7 @@ def _perform(job: Job) -> Job | None:
         Job.Kind.ENVIRONMENT: do_environment,
         Job.Kind.UPDATE: do_update,
         Job.Kind.RUN: do_run,
+        Job.Kind.ACCEPT: do_accept,
     }[Job.Kind(job.kind)]
     started = time.monotonic()
     try:
@@ -77,7 +84,7 @@ def _perform(job: Job) -> Job | None:
         return finish_job(job, Job.State.FAILED, message=str(exc))
     except Exception as exc:
         log.exception("job %s (%s) failed", job.pk, job.kind)
-        if job.attempts < MAX_ATTEMPTS and job.kind != Job.Kind.USE:
+        if job.attempts < MAX_ATTEMPTS and job.kind not in WRITES_COPY:
             Job.objects.filter(pk=job.pk, worker=job.worker).update(
                 state=Job.State.QUEUED, worker="", message=f"retrying after {type(exc).__name__}")
             return job
@@ -90,10 +97,10 @@ def _perform(job: Job) -> Job | None:
 def _give_up(job: Job) -> Job | None:
     """End a job whose attempts kept being cut short, after clearing what they left.
 
-    The sweep rings such a Use once more rather than failing it itself: clearing needs a
-    worker that reaches the user's home, which is a worker of the Use queue.
+    The sweep rings such a Use (or an accepted copy) once more rather than failing it itself:
+    clearing needs a worker that reaches the user's home, which is a worker of the Use queue.
     """
-    if job.kind == Job.Kind.USE:
+    if job.kind in WRITES_COPY:
         try:
             clear_use(job)
         except LeaseLost as exc:
@@ -118,7 +125,7 @@ def _internal_message(job: Job, exc: Exception) -> str:
         return (f"Your copy could not be updated (an error in the gallery: "
                 f"{type(exc).__name__}); nothing of yours was lost. Try again; if it keeps "
                 "failing, tell the centre's support.")
-    if job.kind == Job.Kind.USE:  # the person sees this; the log has the details and paths
+    if job.kind in WRITES_COPY:  # the person sees this; the log has the details and paths
         return (f"The copy could not be made (an error in the gallery: {type(exc).__name__}). "
                 "Try again; if it keeps failing, tell the centre's support.")
     return f"{type(exc).__name__}: {exc}"
@@ -130,7 +137,7 @@ def sweep_jobs() -> int:
     for job in Job.objects.stale().order_by("queued_at")[:500]:
         # A Use out of attempts is rung once more, for a worker to clear what it left and fail
         # it (`_give_up`); if even that is cut short, or for other kinds, the sweep fails it.
-        last_ring = job.kind == Job.Kind.USE and job.attempts == GIVE_UP_AFTER
+        last_ring = job.kind in WRITES_COPY and job.attempts == GIVE_UP_AFTER
         if job.attempts >= GIVE_UP_AFTER and not last_ring:
             if Job.objects.filter(pk=job.pk, state=job.state).update(
                     state=Job.State.FAILED, finished_at=timezone.now(), lease_until=None,

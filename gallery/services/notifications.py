@@ -10,14 +10,24 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from .. import caching
-from ..models import Example, HubGroup, Job, Notification, Review, Revision, Submission
+from ..models import (
+    Delivery,
+    Example,
+    HubGroup,
+    Job,
+    Notification,
+    Review,
+    Revision,
+    Submission,
+)
 from .queue import task
 
 log = logging.getLogger(__name__)
 
 
 def notify(*, user: AbstractBaseUser, kind: str, message: str, example: Example | None = None,
-           submission: Submission | None = None, email: bool = True) -> Notification | None:
+           submission: Submission | None = None, delivery: Delivery | None = None,
+           email: bool = True) -> Notification | None:
     """Tell a person something in the gallery; by email too when a mail server is configured.
 
     The email is queued after the surrounding transaction commits, so a decision that is
@@ -27,7 +37,7 @@ def notify(*, user: AbstractBaseUser, kind: str, message: str, example: Example 
     if example is not None and not example.is_visible_to(user):
         return None
     note = Notification.objects.create(user=user, kind=kind, message=message, example=example,
-                                       submission=submission)
+                                       submission=submission, delivery=delivery)
     if email and settings.EMAIL_HOST and email_address(user):
         task("gallery.tasks.email_notification").delay_on_commit(note.pk)
     return note
@@ -100,8 +110,9 @@ def email_notification(*, notification_id: int) -> bool:
         from django.urls import reverse
 
         path = (reverse("submission", args=[note.submission_id]) if note.submission_id
-                else reverse("example", args=[note.example.slug]) if note.example else
-                reverse("notifications"))
+                else reverse("example", args=[note.example.slug]) if note.example
+                else reverse("copy", args=[note.delivery_id]) if note.delivery_id
+                else reverse("notifications"))
         link = f"\n\n{settings.GALLERY_PUBLIC_URL.rstrip('/')}{path}"
     subject = f"[Examples gallery] {note.message[:70]}"
     try:

@@ -32,6 +32,8 @@ TASKS = {
     # An update reads and writes a home: the Use queue's workers reach the homes.
     Job.Kind.UPDATE: "gallery.tasks.run_use",
     Job.Kind.RUN: "gallery.tasks.run_example",
+    # Accepting a copy someone sent writes into a home, as a Use does.
+    Job.Kind.ACCEPT: "gallery.tasks.run_use",
 }
 
 
@@ -61,7 +63,8 @@ class LeaseLost(Exception):
 RUNNING_MESSAGES = {Job.Kind.USE: "Copying the example into your home.",
                     Job.Kind.ENVIRONMENT: "Building the environment.",
                     Job.Kind.UPDATE: "Reading your copy.",
-                    Job.Kind.RUN: "Running the example's notebooks."}
+                    Job.Kind.RUN: "Running the example's notebooks.",
+                    Job.Kind.ACCEPT: "Copying into your home."}
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:

@@ -54,6 +54,20 @@ class StagedFiles:
 
 
 def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
+    files, env_name = checked_files(staged)
+    files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(
+        meta.to_toml(notebook=next(iter(files)), environment=env_name or ""))
+    notebooks.check_folder_tree(files)
+    return files
+
+
+def checked_files(staged: StagedFiles, *, what: str = "example"
+                  ) -> tuple[dict[str, bytes], str | None]:
+    """The files of an upload under the rules of staging: safe relative names, none twice,
+    at most GALLERY_MAX_FILES of them and GALLERY_MAX_UPLOAD_BYTES in all, none both a file
+    and a folder; the notebook first. Returns them and the environment file's name, if any.
+    Raises NotebookError or GalleryError (413 for too large). Staging and a copy sent to
+    someone (services/copies.py) take files alike; `what` names the thing in messages."""
     name = notebooks.clean_relpath(staged.notebook_name)
     if not name.endswith(".ipynb"):
         raise GalleryError("The notebook's file name must end in .ipynb.")
@@ -68,7 +82,7 @@ def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
             )
         files[env_name] = staged.environment[1]
     if len(staged.files) > settings.GALLERY_MAX_FILES:
-        raise GalleryError(f"At most {settings.GALLERY_MAX_FILES} files per example.")
+        raise GalleryError(f"At most {settings.GALLERY_MAX_FILES} files per {what}.")
     for raw_name, data in staged.files.items():
         clean = notebooks.clean_relpath(raw_name)
         if clean in files:
@@ -79,13 +93,11 @@ def _folder_files(staged: StagedFiles, meta: ExampleMeta) -> dict[str, bytes]:
     total = sum(len(d) for d in files.values())
     if total > settings.GALLERY_MAX_UPLOAD_BYTES:
         raise GalleryError(
-            f"The example is {total:,} bytes; the limit is {settings.GALLERY_MAX_UPLOAD_BYTES:,}.",
+            f"The {what} is {total:,} bytes; the limit is {settings.GALLERY_MAX_UPLOAD_BYTES:,}.",
             status=413,
         )
-    files[notebooks.EXAMPLE_FILE] = notebooks.example_toml(
-        meta.to_toml(notebook=name, environment=env_name or ""))
     notebooks.check_folder_tree(files)
-    return files
+    return files, env_name
 
 
 # How long a staged folder that no Revision names is kept after it was last stored. Far

@@ -32,7 +32,7 @@ from ..errors import Conflict, GalleryError, NotAllowed
 from ..models import Example, Job, Revision
 from .environments import for_use, kernel_of
 from .queue import queue_job, record_result, renew_lease
-from .use import _beat_every, _use_folder_name
+from .use import _beat_every, copy_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def queue_update(*, example: Example, user: AbstractBaseUser, folder: str,
                  apply: bool = True) -> Job:
     """Queue the plan (`apply` false) or the update of the person's copy in `folder`."""
     revision = _check(example, user)
-    folder = _use_folder_name(example, folder)
+    folder = copy_folder_name(folder, default=example.slug)
     with transaction.atomic():
         return queue_job(Job.Kind.UPDATE, user=user, revision=revision, params={
             "username": user.get_username(), "folder": folder, "apply": apply,
@@ -82,7 +82,7 @@ def plan_job(*, example: Example, user: AbstractBaseUser, folder: str,
     """The plan job for the person's copy in `folder` against the approved version: a recent
     one (finished or on its way), or a new one."""
     revision = _check(example, user)
-    folder = _use_folder_name(example, folder)
+    folder = copy_folder_name(folder, default=example.slug)
     recent = Job.objects.filter(
         user=user, kind=Job.Kind.UPDATE, revision=revision, params__folder=folder,
         params__apply=False, queued_at__gte=timezone.now() - PLAN_FRESH).first()
@@ -104,7 +104,7 @@ def update_plan(*, example: Example, user: AbstractBaseUser, folder: str) -> dic
     summary of each notebook); reads the copy as its owner, writes nothing."""
     revision = _check(example, user)
     job = Job(kind=Job.Kind.UPDATE, user=user, revision=revision, params={
-        "username": user.get_username(), "folder": _use_folder_name(example, folder),
+        "username": user.get_username(), "folder": copy_folder_name(folder, default=example.slug),
         "apply": False, "backend": settings.GALLERY_USE_BACKEND})
     return _prepare(job)[0]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def queue_use(*, example: Example, user: AbstractBaseUser, folder_name: str = ""
         raise NotAllowed("Log in to use an example.")
     if example.state != Example.State.APPROVED or example.current_revision is None:
         raise Conflict(f"{example.slug} has no approved version to use.")
-    folder = _use_folder_name(example, folder_name)
+    folder = copy_folder_name(folder_name, default=example.slug)
     with transaction.atomic():
         job = queue_job(Job.Kind.USE, user=user, revision=example.current_revision,
                      params={"username": user.get_username(), "folder": folder,
@@ -61,9 +62,10 @@ def count_uses(*, since: timedelta = timedelta(hours=1)) -> int:
     return changed
 
 
-def _use_folder_name(example: Example, wanted: str) -> str:
-    """The folder name a user asked for (the slug by default), or GalleryError."""
-    folder = wanted.strip() or example.slug
+def copy_folder_name(wanted: str, *, default: str) -> str:
+    """The name of the new folder in the Use directory a person asked for (`default` when
+    they gave none), or GalleryError: one plain name, as a file name of an example is."""
+    folder = wanted.strip() or default
     try:
         folder = notebooks.clean_relpath(folder)
     except notebooks.NotebookError as exc:
@@ -80,13 +82,11 @@ def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "")
     revision = example.current_revision
     if example.state != Example.State.APPROVED or revision is None:
         raise Conflict(f"{example.slug} has no approved version to use.")
-    folder = _use_folder_name(example, folder_name)
-    parent = f"~/{settings.GALLERY_USE_DIR}"
+    folder = copy_folder_name(folder_name, default=example.slug)
     env_file = revision.metadata.get("environment", "")
     env = for_use(revision)
     return {
-        "folder": folder,
-        "target": f"{parent}/{folder}",
+        **planned_target(folder),
         "version": revision.number,
         "commit": revision.git_commit,
         "files": revision.files,
@@ -103,10 +103,23 @@ def use_plan(*, example: Example, user: AbstractBaseUser, folder_name: str = "")
                         "kind": "symlink" if d.is_path else "manifest",
                         "where": f"data/{d.name}" if d.is_path else homes.DATA_MANIFEST}
                        for d in revision.data_links.all()],
-        "provenance_file": homes.PROVENANCE_FILE,
-        "note": f"An existing folder is never overwritten: if {parent}/{folder} exists, the "
-                f"copy goes to {folder}-2 (or -3, …). Data is linked, never copied.",
+        "note": planned_target(folder)["note"] + " Data is linked, never copied.",
     }
+
+
+def planned_target(folder: str) -> dict[str, str]:
+    """Where a copy into the Use directory goes, as a plan shows it before anything is
+    written (a Use's, or a copy someone sent: services/copies.py)."""
+    parent = f"~/{settings.GALLERY_USE_DIR}"
+    return {"folder": folder, "target": f"{parent}/{folder}",
+            "provenance_file": homes.PROVENANCE_FILE,
+            "note": f"An existing folder is never overwritten: if {parent}/{folder} exists, "
+                    f"the copy goes to {folder}-2 (or -3, …)."}
+
+
+def lab_url(username: str, path: str) -> str:
+    """The link that opens `path` (relative to the home) in the person's JupyterLab."""
+    return settings.GALLERY_LAB_URL_TEMPLATE.format(username=quote(username), path=quote(path))
 
 
 def environment_instructions(env_file: str, name: str, folder: str = "") -> dict[str, str]:
@@ -153,28 +166,14 @@ def do_use(job: Job) -> dict[str, Any]:
     links = [{"name": d.name, "target": d.target, "description": d.description, "size": d.size,
               "checksum": d.checksum, "licence": d.licence} for d in revision.data_links.all()]
     kernel_notes: list[str] = []
-    if job.params.get("backend", "filesystem") == "contents":
-        folder = homes.copy_through_contents(
-            job=job, source=export, provenance=provenance, data_links=links, kernel=kernel,
-            kernel_note=kernel_notes.append,
-            record=lambda name: record_result(job, {**job.result, "folder": name}),
-            heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
-    else:
-        # The name is settled inside the copy (the first of folder, folder-2, … that is free);
-        # a retry finds the folder an earlier attempt finished by the job id in it.
-        folder = homes.copy_into_home(
-            _copy_plan(job, source=export, provenance=provenance, data_links=links,
-                       kernel=kernel),
-            as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
-            heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every(),
-        ).name
+    folder = write_copy(job, source=export, provenance=provenance, data_links=links,
+                        kernel=kernel, kernel_note=kernel_notes.append)
     rel = f"{settings.GALLERY_USE_DIR}/{folder}"
     env_file = revision.metadata.get("environment", "")
     return {
         "folder": folder,
         "path": f"~/{rel}",
-        "lab_url": settings.GALLERY_LAB_URL_TEMPLATE.format(
-            username=quote(username), path=quote(f"{rel}/{revision.notebook_name}")),
+        "lab_url": lab_url(username, f"{rel}/{revision.notebook_name}"),
         "environment": {"file": env_file, "state": env.state, "reason": env.reason,
                         "text": env.text() if kernel is None else "",
                         **(environment_instructions(env_file, example.slug, rel)
@@ -185,6 +184,34 @@ def do_use(job: Job) -> dict[str, Any]:
         "data_links": [d["name"] for d in links],
         "version": revision.number,
     }
+
+
+def write_copy(job: Job, *, source: Path, provenance: dict[str, Any],
+               data_links: list[dict[str, Any]] | None = None,
+               kernel: dict[str, Any] | None = None,
+               kernel_note: Callable[[str], object] = lambda note: None) -> str:
+    """Write the folder `source` into a new folder of the Use directory of the job's person,
+    as them, through the job's backend; returns the folder's name. The job's params name the
+    person and the folder wanted (`username`, `folder`, `backend`).
+
+    Every job that writes a new folder into a home does it here: a Use, and the acceptance of
+    a copy someone sent (services/copies.py). Safe to call again for the same job: a retry
+    finds the copy an earlier attempt finished, by the job id in its provenance record.
+    """
+    links = data_links or []
+    if job.params.get("backend", "filesystem") == "contents":
+        return homes.copy_through_contents(
+            job=job, source=source, provenance=provenance, data_links=links, kernel=kernel,
+            kernel_note=kernel_note,
+            record=lambda name: record_result(job, {**job.result, "folder": name}),
+            heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every())
+    # The name is settled inside the copy (the first of folder, folder-2, … that is free);
+    # a retry finds the folder an earlier attempt finished by the job id in it.
+    return homes.copy_into_home(
+        _copy_plan(job, source=source, provenance=provenance, data_links=links, kernel=kernel),
+        as_user=settings.GALLERY_USE_AS_USER, timeout=settings.GALLERY_COPY_TIMEOUT,
+        heartbeat=lambda: renew_lease(job), heartbeat_every=_beat_every(),
+    ).name
 
 
 def _environment_for(job: Job, revision: Revision) -> ForUse:
@@ -248,8 +275,9 @@ def _copy_plan(job: Job, *, source: Path = Path(), provenance: dict[str, Any] | 
 
 
 def clear_use(job: Job) -> None:
-    """Remove what the attempts of a Use may have left half-written (a temporary folder beside
-    the target, a work folder in the user's server); a finished copy stays."""
+    """Remove what the attempts of a job that writes a copy (`write_copy`) may have left
+    half-written (a temporary folder beside the target, a work folder in the user's server);
+    a finished copy stays."""
     if job.params.get("backend", "filesystem") == "contents":
         homes.clear_through_contents(job=job, heartbeat=lambda: renew_lease(job),
                                      heartbeat_every=_beat_every())

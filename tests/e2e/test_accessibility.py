@@ -83,6 +83,13 @@ def test_every_page_passes_an_automated_accessibility_audit(audited, live_server
     services.notify(user=user, kind=Notification.Kind.REVIEW, message="A newer version is out.",
                     example=example)
     example.refresh_from_db()
+    # A copy the contributor sent the user: one waiting, one accepted.
+    offers = [services.send_copy(
+        sender=contributor, to=[user.username], message="The notebook from the workshop.",
+        staged=services.StagedFiles(notebook_name="workshop.ipynb", notebook=notebook_bytes(),
+                                    files={"data/points.csv": b"x,y\n1,2\n"})
+    ).deliveries.get() for _ in range(2)]
+    accepted = services.accept_delivery(delivery=offers[1], user=user)
 
     problems: list[str] = []
     anonymous = audited(None)
@@ -91,12 +98,13 @@ def test_every_page_passes_an_automated_accessibility_audit(audited, live_server
     for path in ["/", "/?q=numpy", "/?tag=demo", "/?q=nothing-matches-this",
                  f"/examples/{example.slug}/", f"/examples/{staged.example.slug}/",
                  f"/jobs/{use.pk}/", "/stage/", "/notifications/", "/submissions/",
+                 "/copies/", f"/copies/{offers[0].pk}/", f"/jobs/{accepted.pk}/",
                  preview_url(example.current_revision.notebook_sha256),
                  preview_url(figures.revision.notebook_sha256)]:  # equations and a figure
         problems += person(path)
     author = audited(contributor)
     for path in ["/submissions/", f"/submissions/{asked.pk}/",
-                 f"/stage/?example={example.slug}"]:
+                 f"/stage/?example={example.slug}", "/copies/send/", "/copies/sent/"]:
         problems += author(path)
     desk = audited(reviewer)
     for path in ["/admin/", "/admin/gallery/submission/",
