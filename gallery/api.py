@@ -26,7 +26,15 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, hub, services
-from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
+from .models import (
+    Example,
+    IllegalTransition,
+    Job,
+    Preview,
+    Submission,
+    audience_choices,
+    snapshot,
+)
 from .previews import example_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
@@ -293,6 +301,14 @@ class UpdatePlanOut(Schema):
     kernel_name: str
 
 
+class MeOut(Schema):
+    username: str
+    groups: list[str] = Field(description="The hub groups the caller may show a new example "
+                              "to (`groups` of a submission): those they are a member or a "
+                              "project reviewer of, as the hub last said; sorted")
+    reviewer: bool = Field(description="A reviewer of the centre: reviews every example")
+
+
 class JobOut(Schema):
     id: UUID
     kind: str
@@ -339,6 +355,17 @@ def submission_out(submission: Submission) -> dict[str, Any]:
 def preview_out(sha256: str) -> dict[str, str]:
     found = Preview.objects.filter(sha256=sha256).values("state", "error").first()
     return found or {"state": Preview.State.PENDING, "error": ""}
+
+
+# --- the caller -----------------------------------------------------------------------------
+
+
+@api.get("/me", response=MeOut, summary="Who the caller is, and the hub groups they can "
+                                        "stage examples for")
+def me(request: HttpRequest) -> dict[str, Any]:
+    return {"username": request.auth.get_username(),
+            "groups": audience_choices(request.auth),
+            "reviewer": services.is_reviewer(request.auth)}
 
 
 # --- examples -------------------------------------------------------------------------------

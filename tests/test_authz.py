@@ -196,6 +196,7 @@ MATRIX: dict[str, Entry] = {
     "api/v1/schema": Entry(GET=always(200), POST=always(200)),
     "api/v1/docs": Entry(GET=always(200), POST=always(200)),
     "api/v1/": Entry(GET=always(404), POST=always(404)),  # django-ninja's root: nothing there
+    "api/v1/me": Entry(GET=api(always(200)), POST=always(405), json=True),
     "api/v1/examples": Entry(GET=api(always(200)), POST=always(405), json=True),
     "api/v1/examples/<slug>": Entry(GET=api(seen(SEES_EXAMPLE, 200)), POST=always(405),
                                     json=True),

@@ -204,6 +204,25 @@ class VisibilityTests(GroupCast):
         self.assertEqual(Example.objects.get(title="From the stage button").group_names(),
                          [CHEMISTRY, PHYSICS])
 
+    def test_it_tells_the_caller_which_groups_they_can_stage_for(self) -> None:
+        for who, groups in [("nobody", []), ("physicist", [PHYSICS]), ("chemist", [CHEMISTRY]),
+                            ("both", [CHEMISTRY, PHYSICS]),
+                            ("physics-reviewer", [PHYSICS, "physics-reviewers"])]:
+            with self.subTest(who=who):
+                answer = self.as_(who).get("/api/v1/me")
+                self.assertEqual(answer.status_code, 200)
+                self.assertEqual(answer.json(), {"username": self.people[who].get_username(),
+                                                 "groups": groups, "reviewer": False})
+        self.assertTrue(self.as_("reviewer").get("/api/v1/me").json()["reviewer"])
+        self.assertEqual(Client().get("/api/v1/me").status_code, 401)
+        schema = Client().get("/api/v1/schema").json()
+        self.assertIn("groups", json.dumps(schema["paths"]["/api/v1/me"]["get"]["responses"])
+                      + json.dumps(schema["components"]["schemas"]["MeOut"]))
+        # What it names is what staging takes.
+        for name in self.as_("both").get("/api/v1/me").json()["groups"]:
+            self.assertEqual(stage_for(self.people["both"], f"For {name}", name)
+                             .example.group_names(), [name])
+
     def test_it_offers_the_contributors_own_groups_on_the_stage_page(self) -> None:
         page = self.as_("both").get("/stage/").content.decode()
         self.assertIn(f'value="{PHYSICS}"', page)
