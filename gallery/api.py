@@ -179,6 +179,8 @@ class PreviewOut(Schema):
 class SubmissionOut(Schema):
     id: int
     example: str
+    groups: list[str] = Field(description="The hub groups its example is shown to; empty: "
+                              "everyone")
     revision: int
     state: str
     checks_state: str
@@ -340,6 +342,7 @@ def example_out(example: Example) -> dict[str, Any]:
 def submission_out(submission: Submission) -> dict[str, Any]:
     return {
         "id": submission.pk, "example": submission.example.slug,
+        "groups": submission.example.group_names(),
         "revision": submission.revision.number, "state": submission.state,
         "checks_state": submission.checks_state, "checks": submission.checks,
         "reviews": [{"decision": r.decision, "comment": r.comment,
