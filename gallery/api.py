@@ -36,6 +36,7 @@ from .models import (
     snapshot,
 )
 from .previews import example_preview_url
+from .previews.links import signed_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
 
@@ -415,10 +416,13 @@ def _list_key_of_request(request: HttpRequest) -> str:
 caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 
 
-@api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
+@api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example",
+         description="A group's example's `preview_url` is an address signed for the "
+                     "caller that works for GALLERY_PREVIEW_LINK_SECONDS (600 s), without "
+                     "the gallery's session, while the caller sees the example.")
 def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
     with snapshot():
-        return _example_detail(_visible_example(request, slug))
+        return _example_detail(_visible_example(request, slug), request.auth)
 
 
 def _visible_example(request: HttpRequest, slug: str) -> Example:
@@ -429,11 +433,14 @@ def _visible_example(request: HttpRequest, slug: str) -> Example:
     return example
 
 
-def _example_detail(example: Example) -> dict[str, Any]:
+def _example_detail(example: Example, caller: Any) -> dict[str, Any]:
     revision = example.current_revision or example.latest_revision
     meta = revision.metadata if revision else {}
     return {
         **example_out(example),
+        # For the caller alone (the list's preview_url is the same for everyone, and cached).
+        "preview_url": signed_preview_url(example, revision.notebook_sha256 if revision
+                                          else None, caller),
         "notebook": revision.notebook_name if revision else "",
         "files": revision.files if revision else [],
         "environment": meta.get("environment", ""),

@@ -600,6 +600,64 @@ def test_it_lists_details_plans_and_uses_examples_under_the_hub_identity(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_it_shows_a_groups_examples_in_the_lab_panel_to_its_members_only(
+        jupyter: Jupyter, gallery_hub: HubStub, live_server: Any) -> None:
+    from gallery import services
+    from tests.base import make_user, stage
+
+    ada, reviewer = make_user("ada"), make_user("rev", reviewer=True)
+    services.set_hub_groups(ada, member_of={"physics"}, reviews=set())
+    group = services.stage_submission(
+        contributor=ada, staged=services.StagedFiles(
+            notebook_name="photon.ipynb", notebook=nbformat.writes(nbformat.from_dict(
+                notebook("print('photon')", heading="# Photon puzzle"))).encode()),
+        meta=services.ExampleMeta(title="Photon puzzle", summary="Light.", tags=["optics"],
+                                  groups=["physics"]))
+    services.approve_submission(submission=group, reviewer=reviewer)
+    public = stage(ada, title="Open otter", environment=None)
+    services.approve_submission(submission=public, reviewer=reviewer)
+    slug = group.example.slug
+
+    def listed(**query: str) -> list[str]:
+        answer = jupyter.get("/gallery-stage/examples", **query)
+        assert answer.status_code == 200, answer.text
+        return [e["slug"] for e in answer.json()["results"]]
+
+    # connor is in no group: the panel, its search and tag filter, the tab and Use know
+    # nothing of it, as for an example that does not exist.
+    _hub_groups(gallery_hub)
+    assert listed() == [public.example.slug]
+    assert listed(q="photon") == [] and listed(tag="optics") == []
+    for answer in [jupyter.get(f"/gallery-stage/examples/{slug}"),
+                   jupyter.get(f"/gallery-stage/examples/{slug}/use-plan"),
+                   jupyter.get(f"/gallery-stage/examples/{slug}/copies"),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/use", {})]:
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["message"] == "There is no such example."
+
+    # In physics: listed, found, opened; the tab's preview address is signed for connor and
+    # opens without the gallery's session, as the tab's frame has none.
+    _hub_groups(gallery_hub, "physics")
+    assert set(listed()) == {slug, public.example.slug}
+    assert listed(q="photon") == [slug] and listed(tag="optics") == [slug]
+    detail = jupyter.get(f"/gallery-stage/examples/{slug}").json()
+    assert detail["title"] == "Photon puzzle"
+    preview_url = detail["preview_url"]
+    assert preview_url.startswith(f"/examples/{slug}/previews/") and "?token=" in preview_url
+    framed = requests.get(live_server.url + preview_url, timeout=30, allow_redirects=False)
+    assert framed.status_code == 200 and "photon" in framed.text
+    assert framed.headers["Cache-Control"] == "private, no-store"
+    assert jupyter.post(f"/gallery-stage/examples/{slug}/use", {}).status_code == 202
+
+    # Out of physics again (the hub says so): gone from the panel, and the link stops.
+    _hub_groups(gallery_hub)
+    assert listed() == [public.example.slug]
+    assert jupyter.get(f"/gallery-stage/examples/{slug}").status_code == 404
+    assert requests.get(live_server.url + preview_url, timeout=30,
+                        allow_redirects=False).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_needs_jupyters_login_and_xsrf_to_browse_and_use(jupyter: Jupyter) -> None:
     assert requests.get(f"{jupyter.url}/gallery-stage/examples", timeout=30).status_code == 403
     session = requests.Session()

@@ -5,8 +5,9 @@
  *
  * Every request goes to this Jupyter server's /gallery-stage/ handlers, which talk to the
  * gallery with the server's own hub token. The preview is the one thing loaded from the
- * gallery directly: a public, content-addressed page on the hub's origin, framed with an
- * empty sandbox exactly as the gallery's own pages frame it.
+ * gallery directly: a public, content-addressed page on the hub's origin (for a hub group's
+ * example, an address the gallery signed for this user, good for a few minutes), framed with
+ * an empty sandbox exactly as the gallery's own pages frame it.
  */
 import {
   ILayoutRestorer,
@@ -469,14 +470,16 @@ export class ExampleView extends Widget {
     const preview = section('jp-GalleryExample-h-preview', 'Preview');
     if (d.preview_url) {
       // As on the gallery's pages: an empty sandbox (no scripts, an opaque origin), no
-      // referrer; the preview's own CSP forbids scripts and anything remote as well.
+      // referrer; the preview's own CSP forbids scripts and anything remote as well. A
+      // group's example's signed address expires within minutes: load it at once.
+      const signed = d.preview_url.includes('?');
       preview.appendChild(
         el('iframe', {
           class: 'jp-GalleryExample-preview',
           src: d.preview_url,
           sandbox: '',
           referrerpolicy: 'no-referrer',
-          loading: 'lazy',
+          loading: signed ? 'eager' : 'lazy',
           title: `Preview of ${d.title}`
         })
       );
