@@ -15,6 +15,10 @@
 #   GALLERY_HUB_ACCESS_GROUP [empty]   when set, only members of this hub group may open the
 #                                      gallery; empty lets every hub user in
 #   GALLERY_DEMO_EXTRA_USERS [empty]   more hub users (comma-separated), e.g. for tests
+#   GALLERY_DEMO_ADMIN_USERS [empty]   hub admins (comma-separated; they are hub users too):
+#                                      they manage users and groups on the hub's admin page
+#                                      or through its REST API (/hub/api/groups/...), e.g. to
+#                                      make the groups of project examples
 #   GALLERY_CHP                        the configurable-http-proxy executable
 #                                      [var/node/node_modules/.bin/configurable-http-proxy]
 # Every other GALLERY_* variable is handed on to the gallery and its worker.
@@ -42,6 +46,8 @@ REVIEW_GROUP = os.environ.get("GALLERY_REVIEW_GROUP") or "gallery-reviewers"
 ACCESS_GROUP = os.environ.get("GALLERY_HUB_ACCESS_GROUP", "")
 USERS = ["demo-user", "demo-reviewer"]
 EXTRA_USERS = [u.strip() for u in os.environ.get("GALLERY_DEMO_EXTRA_USERS", "").split(",")
+               if u.strip()]
+ADMIN_USERS = [u.strip() for u in os.environ.get("GALLERY_DEMO_ADMIN_USERS", "").split(",")
                if u.strip()]
 
 
@@ -76,7 +82,9 @@ c.JupyterHub.default_url = "/hub/home"  # land on the page with the Services men
 # --- login: one shared password (a test authenticator, never for production) ---------------
 c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = os.environ["GALLERY_DEMO_PASSWORD"]
-c.Authenticator.allowed_users = set(USERS + EXTRA_USERS)
+c.Authenticator.allowed_users = set(USERS + EXTRA_USERS + ADMIN_USERS)
+# Hub admins may change every user's groups: the gallery follows at each user's next recheck.
+c.Authenticator.admin_users = set(ADMIN_USERS)
 
 # --- single-user servers: local processes, homes under var/homes --------------------------
 c.JupyterHub.spawner_class = "simple"
