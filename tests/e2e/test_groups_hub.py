@@ -14,6 +14,7 @@ neither, hubadmin the hub's admin (GALLERY_DEMO_ADMIN_USERS). Each test puts bob
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from tests.e2e.test_stage_button import extension_installed, open_dialog  # noqa
 pytestmark = pytest.mark.e2e
 GROUP, REVIEWERS = "physics", "physics-reviewers"
 MEMBERS, REVIEWER, OUTSIDER, ADMIN = ("alice", "bob"), "carol", "dave", "hubadmin"
+ADMIN_PASSWORD = secrets.token_urlsafe(32)  # the shared-password login's admins have their own
 RECHECK_SECONDS = 3  # the gallery asks the hub again after this: a few seconds for the test
 LOSES_ACCESS_WITHIN = 120  # a generous limit on waiting for the condition, not a measure
 FAILURES = ROOT / "tests" / "e2e" / "screenshots"
@@ -41,7 +43,7 @@ class HubAdmin:
 
     def __init__(self, hub: RunningHub) -> None:
         self.hub = hub
-        self.token = hub.user_token(hub.login(ADMIN), ADMIN)
+        self.token = hub.user_token(hub.login(ADMIN, ADMIN_PASSWORD), ADMIN)
 
     def call(self, method: str, path: str, users: list[str]) -> requests.Response:
         response = requests.request(method, f"{self.hub.url}/hub/api/{path}",
@@ -73,6 +75,7 @@ def groups_hub(extension_installed: None,  # noqa: F811
         "GALLERY_USE_BACKEND": "filesystem",
         "GALLERY_DEMO_EXTRA_USERS": ",".join([*MEMBERS, REVIEWER, OUTSIDER]),
         "GALLERY_DEMO_ADMIN_USERS": ADMIN,
+        "GALLERY_DEMO_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "GALLERY_HUB_RECHECK_SECONDS": str(RECHECK_SECONDS),
         "GALLERY_HUB_TOKEN_CACHE_SECONDS": str(RECHECK_SECONDS),
     })
@@ -169,7 +172,7 @@ def members_only_until_removed(hub: RunningHub, admin: HubAdmin) -> None:
         detail = api.get(hub.gallery(f"/api/v1/examples/{slug}"), timeout=30)
         assert detail.status_code == (200 if ok else 404), who
         if ok:
-            signed[who] = hub.url + "/services/gallery" + detail.json()["preview_url"]
+            signed[who] = hub.url + detail.json()["preview_url"]
             assert "?token=" in signed[who]
             # The preview: through the session, and through the signed address alone.
             preview = session.get(signed[who].split("?")[0], timeout=30)
