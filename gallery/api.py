@@ -226,6 +226,8 @@ class ExampleDetailOut(ExampleOut):
     licence: str
     commit: str
     versions: list[dict[str, Any]]
+    groups: list[str] = Field(default_factory=list, description="The hub groups whose "
+                              "members see it; empty: everyone")
     run_state: str = Field("", description="passed or failed: the verdict of the last run of "
                            "its current content; empty before one")
     run: str = Field("", description='"Verified <date> in <environment>" or "Broken since '
@@ -264,6 +266,13 @@ class UsePlanOut(Schema):
     data_links: list[PlanDataLinkOut]
     provenance_file: str
     note: str
+
+
+class AudienceIn(Schema):
+    groups: list[str] = Field(description="The hub groups whose members see the example; "
+                              "empty: everyone. The centre's reviewers set any; a project's "
+                              "reviewer changes only the groups they review and never makes "
+                              "an example public; its contributor only narrows it.")
 
 
 class UpdateIn(Schema):
@@ -385,18 +394,28 @@ def list_examples(request: HttpRequest, q: str = Query("", max_length=200),
     audience = caching.audience(request.auth)  # the groups it shows: part of the key
 
     def build() -> str:
-        found = Example.objects.find(q=q, tag=tag, state=state, audience=audience).with_latest(
-        ).prefetch_related("groups")
-        paginator = Paginator(found, 24)
+        found = Example.objects.find(q=q, tag=tag, state=state, audience=audience)
+        paginator = Paginator(found.select_related(None).prefetch_related(None).values_list(
+            "pk", flat=True), 24)
         current = paginator.get_page(page)
+        # An example's item is the same for everyone who sees it: made once, whatever the groups.
         return ExamplePage.model_validate({
             "count": paginator.count, "page": current.number, "pages": paginator.num_pages,
-            "results": [example_out(e) for e in current.object_list]}).model_dump_json()
+            "results": caching.cached_parts("item", list(current.object_list), _items),
+        }).model_dump_json()
 
     # The same for every caller who sees the same groups until an example changes (use
     # counts may lag five minutes): checked against the schema and written as JSON once.
     key = _list_key(q, tag, state, page) + caching.audience_key(audience)
     return HttpResponse(caching.cached_page(key, build)[0], content_type="application/json")
+
+
+def _items(ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The list API's item of each of these examples."""
+    found = Example.objects.filter(pk__in=ids).select_related(
+        "contributor", "current_revision").prefetch_related("tags", "groups").with_latest(
+        ).defer("search_text", "current_revision__metadata", "current_revision__files")
+    return {e.pk: example_out(e) for e in found}
 
 
 def _list_key(q: str, tag: str, state: str, page: int) -> str:
@@ -453,9 +472,19 @@ def _example_detail(example: Example, caller: Any) -> dict[str, Any]:
         "commit": revision.git_commit if revision else "",
         "versions": [{"number": r.number, "commit": r.git_commit, "created": r.created.isoformat()}
                      for r in example.revisions.exclude(git_commit="")],
+        "groups": example.group_names(),
         "run_state": example.last_run.state if example.last_run_id else "",
         "run": example.run_badge(),
     }
+
+
+@api.put("/examples/{slug}/groups", response={200: ExampleDetailOut, 400: ErrorOut,
+                                              403: ErrorOut, 404: ErrorOut},
+         summary="Change who sees the example: its hub groups, or everyone")
+def set_groups(request: HttpRequest, slug: str, payload: AudienceIn) -> dict[str, Any]:
+    example = services.set_audience(example_slug=slug, groups=payload.groups,
+                                    actor=request.auth)
+    return _example_detail(Example.objects.get(pk=example.pk))
 
 
 @api.post("/examples/{slug}/use", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,

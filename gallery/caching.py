@@ -12,6 +12,7 @@ elsewhere unseen, in the other processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -145,28 +146,55 @@ def gallery_stamp() -> tuple[Any, ...]:
     return cache.get_or_set(STAMP_KEY, Example.objects.stamp, STAMP_SECONDS)
 
 
-def cached_page(key: str, render: Callable[[], T], *, user_id: int | None = None
+_rendering: ContextVar[tuple[Any, ...] | None] = ContextVar("rendering", default=None)
+
+
+def cached_parts(prefix: str, ids: list[int], make: Callable[[list[int]], dict[int, T]]
+                 ) -> list[T]:
+    """The parts of a page that are the same for everyone who sees them (an example's card,
+    its item in the list API), kept per example and gallery stamp and so shared by every
+    audience: a person whose groups no one shares gets the page's frame rendered for them,
+    not its cards. `make` makes the missing ones, all at once. In the order of `ids`."""
+    if not ids:
+        return []
+    stamp = hashlib.sha256(repr(_rendering.get() or gallery_stamp()).encode()).hexdigest()[:16]
+    keys = {pk: f"gallery:{prefix}:{stamp}:{pk}" for pk in ids}
+    found = cache.get_many(list(keys.values()))
+    missing = [pk for pk in ids if keys[pk] not in found]
+    if missing:
+        made = {keys[pk]: part for pk, part in make(missing).items()}
+        cache.set_many(made, PAGE_SECONDS)
+        found.update(made)
+    return [found[keys[pk]] for pk in ids if keys[pk] in found]
+
+
+def cached_page(key: str, render: Callable[[], T], *, user: Any = None
                 ) -> tuple[T, int | None]:
     """What a page shows for everyone, rendered once per change of the gallery's stamp (so a
-    staged, approved or retired example shows at once), and the unread count of `user_id`.
+    staged, approved or retired example shows at once), and the unread count of `user`.
 
     The stamp, the page and the count come in one round trip to a warm shared cache. A page
     is rendered again for its use counts after 80-100% of PAGE_SECONDS (spread, so pages
     rendered together are not all due together), by one request while the others still get
     it: a search page over thousands of examples takes some 100 ms to render.
     """
+    user_id = None if user is None else user.pk
     wanted = [key] if user_id is None else [key, _unread_key(user_id)]
     found = _get_many([STAMP_KEY, *wanted]) if shared() else cache.get_many(wanted[:1])
     stamp = found.get(STAMP_KEY) or gallery_stamp()
     page = found.get(key)
     if (page is None or page[0] != stamp or time.time() > page[1]
             and cache.add(f"{key}:refreshing", 1, PAGE_SECONDS)):
-        page = (stamp, time.time() + PAGE_SECONDS * random.uniform(0.8, 1.0), render())
+        rendering = _rendering.set(stamp)  # the stamp of its parts (`cached_parts`)
+        try:
+            page = (stamp, time.time() + PAGE_SECONDS * random.uniform(0.8, 1.0), render())
+        finally:
+            _rendering.reset(rendering)
         cache.set(key, page, PAGE_KEEP_SECONDS)
     if user_id is None:
         return page[2], None
     unread = found.get(_unread_key(user_id))
-    return page[2], unread_count(user_id) if unread is None else unread
+    return page[2], unread_count(user) if unread is None else unread
 
 
 GROUPS_SECONDS = 300  # a membership change made behind the signals' back stays unseen so long
@@ -217,13 +245,15 @@ def _unread_key(user_id: Any) -> str:
     return f"gallery:unread:{user_id}"
 
 
-def unread_count(user_id: int) -> int:
+def unread_count(user: Any) -> int:
     from .models import Notification
 
     def count() -> int:
-        return Notification.objects.filter(user_id=user_id).unread().count()
+        unread = Notification.objects.filter(user_id=user.pk).unread()
+        # Only news of what they still see: a member who left a group keeps none of its.
+        return unread.seen_by(user).count() if unread.exists() else 0
 
-    return cache.get_or_set(_unread_key(user_id), count, UNREAD_SECONDS) if shared() else count()
+    return cache.get_or_set(_unread_key(user.pk), count, UNREAD_SECONDS) if shared() else count()
 
 
 def forget_unread(user_ids: Any) -> None:

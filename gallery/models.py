@@ -369,7 +369,7 @@ class Example(models.Model):
         if self.current_revision_id and run.revision_id != self.current_revision_id:
             return ""  # a newer version is published and has not run yet
         if run.state == Run.State.PASSED:
-            return f"Verified {run.finished:%Y-%m-%d} in {run.kernel}"
+            return f"Verified {run.finished or run.queued:%Y-%m-%d} in {run.kernel}"
         if run.state == Run.State.FAILED:
             main = self.current_revision.notebook_name if self.current_revision else ""
             return f"Broken since {self.verdict_since:%Y-%m-%d}: {run.where_it_failed(main)}"

@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ import git
 
 TRAILER_SUBMISSION = "Gallery-Submission"
 TRAILER_REVIEW = "Gallery-Review"
+TRAILER_AUDIENCE = "Gallery-Audience"  # a change of who sees an example (its groups)
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,11 @@ def _lock(path: Path, create: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def find_commit(repo: git.Repo, submission_id: int) -> str | None:
-    """The commit that already published this submission, if any (makes commits idempotent)."""
-    needle = f"{TRAILER_SUBMISSION}: {submission_id}"
+def find_commit(repo: git.Repo, submission_id: int | str, trailer: str = TRAILER_SUBMISSION
+                ) -> str | None:
+    """The commit that already published this submission (or made this change), if any:
+    makes commits idempotent."""
+    needle = f"{trailer}: {submission_id}"
     out = repo.git.log("--format=%H", f"--grep=^{needle}$", "-n", "1", "HEAD")
     return out.strip() or None
 
@@ -105,6 +108,30 @@ def commit_example(
         commit = repo.index.commit(
             full, author=author.actor(), committer=committer.actor(), skip_hooks=True
         )
+        return commit.hexsha
+
+
+def commit_file(repo_path: Path, *, slug: str, name: str, rewrite: Callable[[bytes], bytes],
+                committer: Person, message: str, change_id: str) -> str | None:
+    """Rewrite one file of `<slug>/` as it is at HEAD and commit it with the change's trailer;
+    returns the commit sha, or None when the repository has no such file (the example was
+    never published). Calling it again for the same change returns the existing commit."""
+    repo = open_repo(repo_path)
+    with _lock(Path(repo_path)):
+        existing = find_commit(repo, change_id, TRAILER_AUDIENCE)
+        if existing:
+            return existing
+        repo.git.reset("--hard", "HEAD")
+        path = Path(repo_path) / slug / name
+        if path.is_symlink() or not path.is_file():
+            return None
+        path.write_bytes(rewrite(path.read_bytes()))
+        repo.git.add("--", f"{slug}/{name}")
+        if not repo.index.diff("HEAD"):
+            return repo.head.commit.hexsha  # already as wanted
+        commit = repo.index.commit(f"{message}\n\n{TRAILER_AUDIENCE}: {change_id}\n",
+                                   author=committer.actor(), committer=committer.actor(),
+                                   skip_hooks=True)
         return commit.hexsha
 
 
@@ -149,14 +176,16 @@ class Published:
     committer: Person
     submission_id: int | None
     review_id: int | None
+    audience_only: bool = False  # a change of its groups, not a version
 
 
 def iter_published(repo_path: Path) -> Iterator[Published]:
-    """Every approval in the repository, oldest first, with the example as it was then."""
+    """Every approval in the repository, oldest first, with the example as it was then; and
+    every change of an example's groups (`audience_only`)."""
     repo = git.Repo(repo_path)
     for commit in repo.iter_commits("HEAD", reverse=True):
         trailers = _trailers(str(commit.message))
-        if TRAILER_SUBMISSION not in trailers:
+        if TRAILER_SUBMISSION not in trailers and TRAILER_AUDIENCE not in trailers:
             continue
         changed = {Path(p).parts[0] for p in commit.stats.files if "/" in p}
         for slug in sorted(changed):
@@ -177,6 +206,7 @@ def iter_published(repo_path: Path) -> Iterator[Published]:
                 committer=Person(commit.committer.name or "", commit.committer.email or ""),
                 submission_id=_int(trailers.get(TRAILER_SUBMISSION)),
                 review_id=_int(trailers.get(TRAILER_REVIEW)),
+                audience_only=TRAILER_SUBMISSION not in trailers,
             )
 
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("examples/<slug:slug>/use", views.use, name="use"),
     path("examples/<slug:slug>/update", views.update, name="update"),
     path("examples/<slug:slug>/run", views.rerun, name="rerun"),
+    path("examples/<slug:slug>/audience", views.audience, name="audience"),
     path("jobs/<uuid:job_id>/", views.job, name="job"),
     path("stage/", views.stage, name="stage"),
     path("submissions/", views.my_submissions, name="my-submissions"),

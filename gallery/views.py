@@ -19,11 +19,12 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
 from django.templatetags.static import static
 from django.urls import get_script_prefix, reverse
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import escape
+from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -62,7 +63,7 @@ def index(request: HttpRequest) -> HttpResponse:
     html, request.unread_notifications = caching.cached_page(  # type: ignore[attr-defined]
         _page_key(*query, audience=audience),
         lambda: _gallery_html(q, tag, pages, verified, audience),
-        user_id=request.user.pk)
+        user=request.user)
     return render(request, "gallery/index.html", {"q": q, "gallery_html": html})
 
 
@@ -80,6 +81,16 @@ def _page_key(q: str, tag: str, pages: dict[str, str], verified: bool = False, *
                                             .encode()).hexdigest() + caching.audience_key(audience)
 
 
+def _cards(ids: list[int]) -> dict[int, str]:
+    """The gallery page's card of each of these examples."""
+    found = Example.objects.filter(pk__in=ids).select_related(
+        "contributor", "current_revision", "last_run").prefetch_related("tags").defer(
+        "search_text", "current_revision__metadata", "current_revision__files",
+        "last_run__cells", "last_run__error_text", "last_run__differences")
+    template = get_template("gallery/card.html")
+    return {ex.pk: mark_safe(template.render({"ex": ex})) for ex in found}  # noqa: S308
+
+
 SECTIONS = {"approved": "Curated, reviewed examples",
             "staged": "Staged examples still under review"}
 caching.PAGE_KEYS["index"] = lambda request: _page_key(*_gallery_query(request))
@@ -91,10 +102,13 @@ def _gallery_html(q: str, tag: str, pages: dict[str, str], verified: bool = Fals
     the same groups (`audience`)."""
     sections = []
     for state, title in SECTIONS.items():
-        page = Paginator(Example.objects.find(q=q, tag=tag, state=state, verified=verified,
-                                              audience=audience),
-                         PAGE_SIZE).get_page(pages[state])
-        sections.append({"state": state, "title": title, "page": page})
+        found = Example.objects.find(q=q, tag=tag, state=state, verified=verified,
+                                     audience=audience)
+        page = Paginator(found.select_related(None).prefetch_related(None).values_list(
+            "pk", flat=True), PAGE_SIZE).get_page(pages[state])
+        # The cards are the same for everyone who sees them: made once, whatever the groups.
+        cards = caching.cached_parts("card", list(page.object_list), _cards)
+        sections.append({"state": state, "title": title, "page": page, "cards": cards})
     # Slow to count over thousands of examples, and the same for everyone of an audience.
     tags = cache.get_or_set("gallery:popular-tags" + caching.audience_key(audience),
                             lambda: list(Tag.objects.popular(audience)[:30]),
@@ -135,6 +149,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
                      for i, v in enumerate(versions)][::-1],
         "history": item.history.select_related("actor")[:50],
         "sees_reviews": item.revisable_by(request.user),
+        "audience_choices": services.audience_choices(item, request.user),
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
         # A notebook saved without outputs is previewed with those of its verified run.
         "outputs_run": (verified := services.verified_preview(revision)),
@@ -291,7 +306,7 @@ def nav(request: HttpRequest) -> dict[str, Any]:
         return context
     unread = getattr(request, "unread_notifications", None)
     context["unread_notifications"] = SimpleLazyObject(
-        lambda: caching.unread_count(user.pk)) if unread is None else unread
+        lambda: caching.unread_count(user)) if unread is None else unread
     return context
 
 
@@ -333,6 +348,29 @@ def rerun(request: HttpRequest, slug: str) -> HttpResponse:
     if submission is not None and not revision.approved:
         return redirect("submission", pk=submission.pk)
     return redirect(reverse("example", args=[slug]) + "#h-run")
+
+
+@login_required
+@require_POST
+def audience(request: HttpRequest, slug: str) -> HttpResponse:
+    """Change who sees an example (`services.set_audience` says who may, and how)."""
+    get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
+    try:
+        item = services.set_audience(example_slug=slug, groups=request.POST.getlist("groups"),
+                                     actor=request.user)
+    except services.NotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect(reverse("example", args=[slug]) + "#h-audience")
+    if not item.is_visible_to(request.user):  # they narrowed it past themselves
+        messages.info(request, f"\u201c{item.title}\u201d is now for "
+                               f"{', '.join(item.group_names())} only.")
+        return redirect("index")
+    names = item.group_names()
+    messages.info(request, "Everyone sees it now." if not names
+                  else f"Only members of {', '.join(names)} see it now.")
+    return redirect(reverse("example", args=[slug]) + "#h-audience")
 
 
 @login_required

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.test import Client, override_settings
 from django.urls import reverse
+from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -127,6 +128,37 @@ class VisibilityTests(GroupCast):
             who = next(k for k, u in self.people.items() if u.get_username() == username)
             audience = next(a for a, e in self.examples.items() if e.slug == slug)
             self.assertIn(who, self.sees[audience])
+
+    def test_it_runs_again_and_shows_runs_only_to_those_who_see_the_example(self) -> None:
+        from gallery.models import Run
+
+        for example in self.examples.values():  # a verified run for each, so badges show
+            revision = example.current_revision
+            run = Run.objects.create(revision=revision, kind=Run.Kind.SCHEDULED,
+                                     state=Run.State.PASSED, account="runner",
+                                     kernel="python3", finished=timezone.now())
+            Example.objects.filter(pk=example.pk).update(last_run=run,
+                                                         verdict_since=run.queued)
+        for who in self.people:
+            client = self.as_(who)
+            verified = client.get("/", {"verified": "1"}).content.decode()
+            listed = [e["title"] for e in client.get("/api/v1/examples").json()["results"]]
+            for audience, example in self.examples.items():
+                ok = who in self.sees[audience]
+                revises = (who == "reviewer" or example.contributor == self.people[who]
+                           or (who, audience) == ("physics-reviewer", PHYSICS))
+                with self.subTest(who=who, example=audience):
+                    self.assertEqual(self.titles[audience] in verified, ok)
+                    self.assertEqual(self.titles[audience] in listed, ok)
+                    before = Run.objects.count()
+                    response = client.post(reverse("rerun", args=[example.slug]))
+                    self.assertEqual(response.status_code,
+                                     404 if not ok else 302 if revises else 403)
+                    if not (ok and revises):
+                        self.assertEqual(Run.objects.count(), before)
+                    else:  # one queued (a rerun already queued is not queued twice)
+                        self.assertTrue(Run.objects.filter(revision=example.current_revision,
+                                                           state=Run.State.QUEUED).exists())
 
     def test_it_lists_searches_and_counts_only_what_each_person_sees(self) -> None:
         for who in self.people:
@@ -251,8 +283,10 @@ class VisibilityTests(GroupCast):
                         kind=Notification.Kind.UPDATED, message="Photon puzzle news")
         client = self.as_("both")
         self.assertContains(client.get("/notifications/"), "Photon puzzle news")
+        self.assertEqual(caching.unread_count(self.people["both"]), 1)
         services.sync_hub_user(hub_model("bea", CHEMISTRY))
         self.assertNotContains(client.get("/notifications/"), "Photon puzzle news")
+        self.assertEqual(caching.unread_count(self.people["both"]), 0)  # nor in the badge
         self.assertEqual(client.get(reverse("example",
                                             args=[self.examples[PHYSICS].slug])).status_code, 404)
 
@@ -441,6 +475,16 @@ class CachedPagesTests(GroupCast):
         self.assertIn("Catalyst crumble", index)
         self.assertEqual(caching.audience(self.people["physicist"]),
                          (HubGroup.objects.get(name=CHEMISTRY).pk,))
+
+    def test_it_counts_no_unread_news_of_a_group_its_member_left(self) -> None:
+        services.notify(user=self.people["both"], example=self.examples[PHYSICS],
+                        kind=Notification.Kind.UPDATED, message="Photon puzzle news")
+        client = self.as_("both")
+        badge = '1<span class="visually-hidden"> unread)'
+        self.assertContains(client.get("/"), badge)
+        self.assertContains(client.get("/"), badge)  # from the cache
+        services.sync_hub_user(hub_model("bea", CHEMISTRY))
+        self.assertNotContains(client.get("/"), badge)
 
 
 @override_settings(**NO_HUB, **ACCESS)

@@ -102,8 +102,9 @@ class GalleryPageTests(GalleryTestCase):
         bulk_examples(30, state="staged", prefix="st")
         self.client.get(reverse("index"))  # the session and the user, as on every later page
         cache.clear()
-        # ... and the groups whose examples the person sees (none here: the public page)
-        with self.assertNumQueries(12) as small:
+        # ... and the groups whose examples the person sees (none here: the public page);
+        # per section: the count, the page's ids, then its cards' rows and their tags
+        with self.assertNumQueries(14) as small:
             self.client.get(reverse("index"), {"q": "number"})
         bulk_examples(200, prefix="more")
         cache.clear()
@@ -114,6 +115,11 @@ class GalleryPageTests(GalleryTestCase):
         with self.assertNumQueries(5):
             again = self.client.get(reverse("index"), {"q": "number"})
         self.assertEqual(again.content, response.content)
+        # Another page with the same cards (another audience's, say): only the frame is new
+        # (no rows or tags of cards, the popular tags of the audience kept too).
+        with self.assertNumQueries(len(small.captured_queries) - 5):
+            other = self.client.get(reverse("index"), {"q": "number", "approved_page": "1"})
+        self.assertEqual(other.content.decode().count('class="card"'), 48)
 
     def test_it_shows_a_change_at_once_despite_the_cached_cards(self):
         self.stage_and_approve(title="First one")

@@ -16,6 +16,7 @@ Refusals are `gallery.errors`; the metadata schema is `gallery.schema`.
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound
 from ..models import is_reviewer, may_review, reviews_a_group
 from ..schema import ExampleMeta
+from .audience import audience_choices, set_audience
 from .environments import (
     ForUse,
     do_environment,
@@ -185,6 +186,8 @@ __all__ = [
     "store_folder",
     "sweep_jobs",
     "sweep_staging",
+    "audience_choices",
+    "set_audience",
     "set_hub_groups",
     "sync_hub_user",
     "task",

@@ -63,6 +63,11 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
         except GalleryError as exc:  # never published to all for want of a readable audience
             log.warning("skipping %s at %s: %s", published.slug, published.commit[:10], exc)
             continue
+        if published.audience_only:  # only who sees it changed: its groups, as the file says
+            example = Example.objects.filter(slug=published.slug).first()
+            if example is not None and groups != example.group_names():
+                example.groups.set([HubGroup.objects.get_or_create(name=n)[0] for n in groups])
+            continue
         digest, _ = store_folder(published.files)
         author, committer = user_for_person(published.author), user_for_person(published.committer)
         with transaction.atomic():

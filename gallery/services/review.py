@@ -179,6 +179,10 @@ def _person(user: AbstractBaseUser | None, fallback: str) -> repo.Person:
 
 
 def do_commit(job: Job) -> dict[str, Any]:
+    if job.params.get("audience"):  # a change of the example's groups
+        from .audience import do_audience_commit
+
+        return do_audience_commit(job)
     submission = job.submission
     assert submission is not None
     revision = submission.revision
@@ -192,5 +196,10 @@ def do_commit(job: Job) -> dict[str, Any]:
         submission_id=submission.pk, review_id=job.params.get("review", 0),
     )
     publish_revision(revision=revision, commit=sha, actor=job.user)
+    if sorted(revision.metadata.get("groups", [])) != example.group_names():
+        # Its groups changed while this version waited for review: the repository says so.
+        from .audience import commit_audience
+
+        commit_audience(example, actor=job.user, change_id=f"submission-{submission.pk}")
     return {"commit": sha}
 

@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from .. import hub, repo
+from .. import caching, hub, repo
 from ..errors import NotAllowed
 from ..models import HubGroup, is_reviewer
 
@@ -52,6 +52,7 @@ def set_hub_groups(user: AbstractBaseUser, *, member_of: set[str], reviews: set[
         groups[name] = HubGroup.objects.get_or_create(name=name)[0]
     user.hub_groups.set([groups[n] for n in member_of])  # type: ignore[attr-defined]
     user.reviewed_groups.set([groups[n] for n in reviews])  # type: ignore[attr-defined]
+    caching.forget_unread([user.pk])  # news of a group they left no longer counts
     return True
 
 
