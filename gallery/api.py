@@ -484,7 +484,7 @@ def _example_detail(example: Example, caller: Any) -> dict[str, Any]:
 def set_groups(request: HttpRequest, slug: str, payload: AudienceIn) -> dict[str, Any]:
     example = services.set_audience(example_slug=slug, groups=payload.groups,
                                     actor=request.auth)
-    return _example_detail(Example.objects.get(pk=example.pk))
+    return _example_detail(Example.objects.get(pk=example.pk), request.auth)
 
 
 @api.post("/examples/{slug}/use", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,
