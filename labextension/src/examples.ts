@@ -67,6 +67,8 @@ interface IDetail extends IExample {
   environment: string;
   environment_state: string;
   licence: string;
+  /** The hub groups whose members see it; empty or absent: everyone. */
+  groups?: string[];
   // Present only where the gallery verifies examples by running them.
   verification?: any;
   runs?: any;
@@ -410,6 +412,11 @@ export class ExampleView extends Widget {
       ` by ${d.author}` + (d.version ? ` · version ${d.version}` : '') + (d.licence ? ` · ${d.licence}` : '')
     );
     node.appendChild(meta);
+    if (d.groups?.length) {
+      node.appendChild(
+        el('p', { class: 'jp-GalleryExample-audience' }, `For the members of ${d.groups.join(', ')} only.`)
+      );
+    }
     if (d.summary) {
       node.appendChild(el('p', { class: 'jp-GalleryExample-summary' }, d.summary));
     }

@@ -331,6 +331,8 @@ def group_journey(hub: RunningHub, browser: Any, pages: dict[str, Any]) -> None:
     panel.locator("button.jp-GalleryExamples-item", has_text="Photon puzzle").click()
     tab = lab.locator(".jp-GalleryExample")
     tab.get_by_role("heading", name="Photon puzzle", level=1).wait_for(timeout=30_000)
+    assert tab.locator(".jp-GalleryExample-audience").inner_text() == (
+        f"For the members of {GROUP} only.")
     frame = tab.locator("iframe.jp-GalleryExample-preview")
     assert frame.get_attribute("sandbox") == ""
     assert frame.get_attribute("referrerpolicy") == "no-referrer"
