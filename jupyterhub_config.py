@@ -15,6 +15,13 @@
 #   GALLERY_HUB_ACCESS_GROUP [empty]   when set, only members of this hub group may open the
 #                                      gallery; empty lets every hub user in
 #   GALLERY_DEMO_EXTRA_USERS [empty]   more hub users (comma-separated), e.g. for tests
+#   GALLERY_DEMO_ADMIN_USERS [empty]   hub admins (comma-separated; they are hub users too):
+#                                      they manage users and groups on the hub's admin page
+#                                      or through its REST API (/hub/api/groups/...), e.g. to
+#                                      make the groups of project examples
+#   GALLERY_DEMO_ADMIN_PASSWORD        the hub admins' own password (>= 32 chars, not the
+#                                      users'); generated once into the state folder's
+#                                      demo-admin-password when unset
 #   GALLERY_CHP                        the configurable-http-proxy executable
 #                                      [var/node/node_modules/.bin/configurable-http-proxy]
 # Every other GALLERY_* variable is handed on to the gallery and its worker.
@@ -43,6 +50,18 @@ ACCESS_GROUP = os.environ.get("GALLERY_HUB_ACCESS_GROUP", "")
 USERS = ["demo-user", "demo-reviewer"]
 EXTRA_USERS = [u.strip() for u in os.environ.get("GALLERY_DEMO_EXTRA_USERS", "").split(",")
                if u.strip()]
+ADMIN_USERS = [u.strip() for u in os.environ.get("GALLERY_DEMO_ADMIN_USERS", "").split(",")
+               if u.strip()]
+
+
+def kept_secret(name: str, make: str) -> str:
+    """A secret generated once and kept in the state folder (mode 0600)."""
+    path = STATE / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make)
+    return path.read_text().strip()
 
 
 def service_token() -> str:
@@ -51,12 +70,7 @@ def service_token() -> str:
     It is the gallery's OAuth client secret too, and the worker uses it for the contents
     backend, so web and worker share it.
     """
-    path = STATE / "service-token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    return kept_secret("service-token", secrets.token_hex(32))
 
 
 TOKEN = service_token()
@@ -76,7 +90,14 @@ c.JupyterHub.default_url = "/hub/home"  # land on the page with the Services men
 # --- login: one shared password (a test authenticator, never for production) ---------------
 c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = os.environ["GALLERY_DEMO_PASSWORD"]
-c.Authenticator.allowed_users = set(USERS + EXTRA_USERS)
+c.Authenticator.allowed_users = set(USERS + EXTRA_USERS + ADMIN_USERS)
+if ADMIN_USERS:
+    # Hub admins may change every user's groups; the gallery follows at each user's next
+    # recheck. The shared-password login lets them in with a password of their own only.
+    c.Authenticator.admin_users = set(ADMIN_USERS)
+    c.SharedPasswordAuthenticator.admin_password = (
+        os.environ.get("GALLERY_DEMO_ADMIN_PASSWORD")
+        or kept_secret("demo-admin-password", secrets.token_urlsafe(32)))
 
 # --- single-user servers: local processes, homes under var/homes --------------------------
 c.JupyterHub.spawner_class = "simple"
@@ -137,7 +158,8 @@ else:
 # --- the gallery and its worker as hub-managed services ------------------------------------
 PREFIX = "/services/gallery/"
 env = {k: v for k, v in os.environ.items()
-       if k.startswith("GALLERY_") and k != "GALLERY_DEMO_PASSWORD"}
+       if k.startswith("GALLERY_") and k not in ("GALLERY_DEMO_PASSWORD",
+                                                 "GALLERY_DEMO_ADMIN_PASSWORD")}
 # A proxy and its certificate authority reach the services too: environment builds fetch
 # packages through them (a hub gives its services none of its own environment).
 env.update({k: v for k, v in os.environ.items()

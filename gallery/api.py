@@ -35,9 +35,11 @@ from .models import (
     Preview,
     SentCopy,
     Submission,
+    audience_choices,
     snapshot,
 )
 from .previews import example_preview_url
+from .previews.links import signed_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
 
@@ -184,6 +186,8 @@ class PreviewOut(Schema):
 class SubmissionOut(Schema):
     id: int
     example: str
+    groups: list[str] = Field(description="The hub groups its example is shown to; empty: "
+                              "everyone")
     revision: int
     state: str
     checks_state: str
@@ -315,6 +319,14 @@ class UpdatePlanOut(Schema):
     kernel_name: str
 
 
+class MeOut(Schema):
+    username: str
+    groups: list[str] = Field(description="The hub groups the caller may show a new example "
+                              "to (`groups` of a submission): those they are a member or a "
+                              "project reviewer of, as the hub last said; sorted")
+    reviewer: bool = Field(description="A reviewer of the centre: reviews every example")
+
+
 class JobOut(Schema):
     id: UUID
     kind: str
@@ -346,6 +358,7 @@ def example_out(example: Example) -> dict[str, Any]:
 def submission_out(submission: Submission) -> dict[str, Any]:
     return {
         "id": submission.pk, "example": submission.example.slug,
+        "groups": submission.example.group_names(),
         "revision": submission.revision.number, "state": submission.state,
         "checks_state": submission.checks_state, "checks": submission.checks,
         "reviews": [{"decision": r.decision, "comment": r.comment,
@@ -361,6 +374,17 @@ def submission_out(submission: Submission) -> dict[str, Any]:
 def preview_out(sha256: str) -> dict[str, str]:
     found = Preview.objects.filter(sha256=sha256).values("state", "error").first()
     return found or {"state": Preview.State.PENDING, "error": ""}
+
+
+# --- the caller -----------------------------------------------------------------------------
+
+
+@api.get("/me", response=MeOut, summary="Who the caller is, and the hub groups they can "
+                                        "stage examples for")
+def me(request: HttpRequest) -> dict[str, Any]:
+    return {"username": request.auth.get_username(),
+            "groups": audience_choices(request.auth),
+            "reviewer": services.is_reviewer(request.auth)}
 
 
 # --- examples -------------------------------------------------------------------------------
@@ -417,10 +441,13 @@ def _list_key_of_request(request: HttpRequest) -> str:
 caching.PAGE_KEYS["api:list_examples"] = _list_key_of_request
 
 
-@api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example")
+@api.get("/examples/{slug}", response=ExampleDetailOut, summary="One example",
+         description="A group's example's `preview_url` is an address signed for the "
+                     "caller that works for GALLERY_PREVIEW_LINK_SECONDS (600 s), without "
+                     "the gallery's session, while the caller sees the example.")
 def get_example(request: HttpRequest, slug: str) -> dict[str, Any]:
     with snapshot():
-        return _example_detail(_visible_example(request, slug))
+        return _example_detail(_visible_example(request, slug), request.auth)
 
 
 def _visible_example(request: HttpRequest, slug: str) -> Example:
@@ -431,11 +458,14 @@ def _visible_example(request: HttpRequest, slug: str) -> Example:
     return example
 
 
-def _example_detail(example: Example) -> dict[str, Any]:
+def _example_detail(example: Example, caller: Any) -> dict[str, Any]:
     revision = example.current_revision or example.latest_revision
     meta = revision.metadata if revision else {}
     return {
         **example_out(example),
+        # For the caller alone (the list's preview_url is the same for everyone, and cached).
+        "preview_url": signed_preview_url(example, revision.notebook_sha256 if revision
+                                          else None, caller),
         "notebook": revision.notebook_name if revision else "",
         "files": revision.files if revision else [],
         "environment": meta.get("environment", ""),
@@ -460,7 +490,7 @@ def _example_detail(example: Example) -> dict[str, Any]:
 def set_groups(request: HttpRequest, slug: str, payload: AudienceIn) -> dict[str, Any]:
     example = services.set_audience(example_slug=slug, groups=payload.groups,
                                     actor=request.auth)
-    return _example_detail(Example.objects.get(pk=example.pk))
+    return _example_detail(Example.objects.get(pk=example.pk), request.auth)
 
 
 @api.post("/examples/{slug}/use", response={202: JobOut, 400: ErrorOut, 404: ErrorOut,

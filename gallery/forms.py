@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.db import models
 from pydantic import ValidationError
 
 from . import schema, services
-from .models import Example, HubGroup
+from .models import Example, audience_choices
 from .schema import SubmissionMetaIn
 
 
@@ -49,13 +48,11 @@ class StageForm(forms.Form):
     def __init__(self, *args: Any, user: Any = None, revising: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        names = list(HubGroup.objects.filter(
-            models.Q(members=user) | models.Q(reviewers=user)).distinct().values_list(
-            "name", flat=True)) if user is not None and user.is_authenticated else []
+        names = audience_choices(user) if user is not None else []
         if revising or not names:  # a revision keeps its example's groups
             del self.fields["groups"]
         else:
-            self.fields["groups"].choices = [(n, n) for n in sorted(names)]
+            self.fields["groups"].choices = [(n, n) for n in names]
 
     @classmethod
     def initial_for(cls, example: Example) -> dict[str, Any]:

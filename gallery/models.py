@@ -259,6 +259,14 @@ def _groups_of(user: Any) -> models.QuerySet[HubGroup]:
         "pk").distinct()
 
 
+def audience_choices(user: Any) -> list[str]:
+    """The names of the hub groups a person may show a new example to: those they are a
+    member or a project reviewer of (what staging accepts of them), sorted."""
+    if not user.is_authenticated:
+        return []
+    return list(_groups_of(user).order_by("name").values_list("name", flat=True))
+
+
 def groups_with_examples() -> frozenset[int]:
     """The ids of the groups that have examples: the only ones a listing can differ by."""
     return frozenset(Example.groups.through.objects.values_list("hubgroup", flat=True))

@@ -72,6 +72,11 @@ GALLERY_GROUP_PREVIEW_DIR = Path(env("GALLERY_GROUP_PREVIEW_DIR",
 if GALLERY_GROUP_PREVIEW_DIR.resolve().is_relative_to(GALLERY_PREVIEW_DIR.resolve()):
     raise ImproperlyConfigured("GALLERY_GROUP_PREVIEW_DIR must not be inside GALLERY_PREVIEW_DIR, "
                                "whose files are served to anyone.")
+# Seconds a signed address of a group's example's preview (given by the API's example
+# detail, e.g. to the JupyterLab tab, which frames it without the gallery's session) works.
+GALLERY_PREVIEW_LINK_SECONDS = env_int("GALLERY_PREVIEW_LINK_SECONDS", 600)
+if GALLERY_PREVIEW_LINK_SECONDS < 1:
+    raise ImproperlyConfigured("GALLERY_PREVIEW_LINK_SECONDS must be at least 1")
 GALLERY_STARTER_DIR = BASE_DIR / "examples_repo"
 
 # --- Use -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -427,13 +428,21 @@ def preview(request: HttpRequest, sha256: str) -> HttpResponse:
     return _preview_headers(response)
 
 
-@login_required
 @require_GET
 def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
-    """The preview of a group's example, only to those who see the example: a non-member
-    who knows its address gets the same 404 as for an address that names nothing."""
-    item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
-    if not (item.revisions.filter(notebook_sha256=sha256).exists()
+    """The preview of a group's example, only to those who see the example: by their
+    session, or through an address signed for one of them (`previews.links`, for a page that
+    frames it without the gallery's session) while that person still sees it. Anyone else,
+    and any changed, expired or misdirected signature, gets the same 404 as an address that
+    names nothing."""
+    token = request.GET.get(previews.links.PARAMETER, "")
+    item = Example.objects.visible_to(request.user).filter(slug=slug).first()
+    if item is None and token:
+        item = previews.links.example_of_link(token, slug=slug, sha256=sha256)
+    if item is None and not token and not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if item is None or not (
+            item.revisions.filter(notebook_sha256=sha256).exists()
             or item.revisions.filter(runs__outputs_sha256=sha256).exists()):
         raise Http404("There is no such preview.")
     for private in (True, False):
@@ -441,7 +450,8 @@ def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
         if path.is_file():
             response: HttpResponse = FileResponse(path.open("rb"),
                                                   content_type="text/html; charset=utf-8")
-            response["Cache-Control"] = "private, max-age=3600"
+            # A signed address is for one person, for minutes: nothing keeps its answer.
+            response["Cache-Control"] = "private, no-store" if token else "private, max-age=3600"
             return _preview_headers(response)
     response = HttpResponse(PREVIEW_STATUS_PAGE.format(message="The preview is being prepared."),
                             status=404, content_type="text/html; charset=utf-8")

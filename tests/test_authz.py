@@ -216,9 +216,10 @@ MATRIX: dict[str, Entry] = {
         GET=lambda case: 404 if case.target == "missing" else 200, POST=always(405)),
     # A group's example's preview: through the example, to those who see it (any example's
     # notebook answers; only a group's example's page links here). Its stylesheet is the
-    # shared one.
+    # shared one. Not only a page: a signed address opens it without a session
+    # (tests/test_groups.py), so a POST is refused as such before any login.
     r"^examples/(?P<slug>[-a-zA-Z0-9_]+)/previews/(?P<sha256>[0-9a-f]{64})\.html$": Entry(
-        GET=page(seen(SEES_EXAMPLE, 200)), POST=page(always(405))),
+        GET=page(seen(SEES_EXAMPLE, 200)), POST=always(405)),
     r"^examples/[-a-zA-Z0-9_]+/previews/(?P<name>preview-[0-9a-f]{12}\.css)$": Entry(
         GET=lambda case: 404 if case.target == "missing" else 200, POST=always(405)),
     "health": Entry(GET=always(200), POST=always(405)),
@@ -229,6 +230,7 @@ MATRIX: dict[str, Entry] = {
     "api/v1/schema": Entry(GET=always(200), POST=always(200)),
     "api/v1/docs": Entry(GET=always(200), POST=always(200)),
     "api/v1/": Entry(GET=always(404), POST=always(404)),  # django-ninja's root: nothing there
+    "api/v1/me": Entry(GET=api(always(200)), POST=always(405), json=True),
     "api/v1/examples": Entry(GET=api(always(200)), POST=always(405), json=True),
     "api/v1/examples/<slug>": Entry(GET=api(seen(SEES_EXAMPLE, 200)), POST=always(405),
                                     json=True),

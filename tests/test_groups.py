@@ -236,6 +236,25 @@ class VisibilityTests(GroupCast):
         self.assertEqual(Example.objects.get(title="From the stage button").group_names(),
                          [CHEMISTRY, PHYSICS])
 
+    def test_it_tells_the_caller_which_groups_they_can_stage_for(self) -> None:
+        for who, groups in [("nobody", []), ("physicist", [PHYSICS]), ("chemist", [CHEMISTRY]),
+                            ("both", [CHEMISTRY, PHYSICS]),
+                            ("physics-reviewer", [PHYSICS, "physics-reviewers"])]:
+            with self.subTest(who=who):
+                answer = self.as_(who).get("/api/v1/me")
+                self.assertEqual(answer.status_code, 200)
+                self.assertEqual(answer.json(), {"username": self.people[who].get_username(),
+                                                 "groups": groups, "reviewer": False})
+        self.assertTrue(self.as_("reviewer").get("/api/v1/me").json()["reviewer"])
+        self.assertEqual(Client().get("/api/v1/me").status_code, 401)
+        schema = Client().get("/api/v1/schema").json()
+        self.assertIn("groups", json.dumps(schema["paths"]["/api/v1/me"]["get"]["responses"])
+                      + json.dumps(schema["components"]["schemas"]["MeOut"]))
+        # What it names is what staging takes.
+        for name in self.as_("both").get("/api/v1/me").json()["groups"]:
+            self.assertEqual(stage_for(self.people["both"], f"For {name}", name)
+                             .example.group_names(), [name])
+
     def test_it_offers_the_contributors_own_groups_on_the_stage_page(self) -> None:
         page = self.as_("both").get("/stage/").content.decode()
         self.assertIn(f'value="{PHYSICS}"', page)
@@ -278,6 +297,99 @@ class VisibilityTests(GroupCast):
         for audience in (PHYSICS, CHEMISTRY):
             self.assertNotIn(self.examples[audience].slug, text)
             self.assertNotIn(self.titles[audience], text)
+
+
+class SignedPreviewLinkTests(GroupCast):
+    """The API's detail gives a member a signed address of a group's example's preview that
+    works without the gallery's session (the JupyterLab tab frames it), for minutes, for that
+    example and notebook, while the member still sees it."""
+
+    def signed(self, who: str = "physicist", audience: str = PHYSICS) -> str:
+        detail = self.as_(who).get(f"/api/v1/examples/{self.examples[audience].slug}").json()
+        return str(detail["preview_url"])
+
+    def test_it_opens_the_preview_to_whoever_holds_a_members_link(self) -> None:
+        example = self.examples[PHYSICS]
+        sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+        url = self.signed()
+        self.assertTrue(url.startswith(reverse("group-preview", args=[example.slug, sha])
+                                       + "?token="), url)
+        response = Client().get(url)  # no session at all
+        self.assertEqual(response.status_code, 200)
+        self.assertIn(b"photon", b"".join(response.streaming_content))  # type: ignore[attr-defined]
+        self.assertEqual(response["Cache-Control"], "private, no-store")
+        self.assertEqual(response["Referrer-Policy"], "no-referrer")
+        self.assertIn("sandbox", response["Content-Security-Policy"])
+        # Each caller gets their own; the list (the same for everyone) and public examples
+        # are never signed.
+        self.assertNotEqual(self.signed("both").split("?")[1], url.split("?")[1])
+        listed = {e["slug"]: e["preview_url"] for e in
+                  self.as_("physicist").get("/api/v1/examples").json()["results"]}
+        self.assertNotIn("?", listed[example.slug])
+        self.assertNotIn("?", self.signed("physicist", "public"))
+        self.assertTrue(self.signed("physicist", "public").startswith("/previews/"))
+        # Without a link or a session: the login, as for every page.
+        self.assertEqual(Client().get(url.split("?")[0]).status_code, 302)
+
+    def test_it_refuses_a_link_once_it_expired(self) -> None:
+        from gallery.previews.links import signed_preview_url
+
+        example = self.examples[PHYSICS]
+        sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+        paul = self.people["physicist"]
+        lifetime = settings.GALLERY_PREVIEW_LINK_SECONDS
+        fresh = signed_preview_url(example, sha, paul, now=time.time() - lifetime + 60)
+        stale = signed_preview_url(example, sha, paul, now=time.time() - lifetime - 1)
+        self.assertEqual(Client().get(fresh).status_code, 200)
+        self.assertEqual(Client().get(stale).status_code, 404)
+        with override_settings(GALLERY_PREVIEW_LINK_SECONDS=0):  # expires as it is made
+            self.assertEqual(Client().get(self.signed()).status_code, 404)
+
+    def test_it_refuses_a_link_of_someone_the_hub_removed_from_the_group(self) -> None:
+        url = self.signed()
+        self.assertEqual(Client().get(url).status_code, 200)
+        services.sync_hub_user(hub_model("paul", CHEMISTRY))
+        self.assertEqual(Client().get(url).status_code, 404)
+        services.sync_hub_user(hub_model("paul", PHYSICS))  # back in: the link works again
+        self.assertEqual(Client().get(url).status_code, 200)
+        paul = self.people["physicist"]
+        paul.is_active = False
+        paul.save()
+        self.assertEqual(Client().get(url).status_code, 404)
+
+    def test_it_opens_only_the_example_and_notebook_it_was_signed_for(self) -> None:
+        url = self.signed("both", PHYSICS)
+        path, _, query = url.partition("?")
+        physics, chemistry = self.examples[PHYSICS], self.examples[CHEMISTRY]
+        sha = physics.current_revision.notebook_sha256  # type: ignore[union-attr]
+        other_sha = chemistry.current_revision.notebook_sha256  # type: ignore[union-attr]
+        staged_sha = self.staged.revision.notebook_sha256  # another notebook of physics'
+        for wrong in [reverse("group-preview", args=[chemistry.slug, other_sha]),
+                      reverse("group-preview", args=[chemistry.slug, sha]),
+                      reverse("group-preview", args=[self.staged.example.slug, staged_sha]),
+                      reverse("group-preview", args=[physics.slug, other_sha])]:
+            with self.subTest(wrong=wrong):
+                self.assertEqual(Client().get(f"{wrong}?{query}").status_code, 404)
+        self.assertEqual(Client().get(url).status_code, 200)
+
+    def test_it_answers_a_changed_link_as_nothing_there(self) -> None:
+        url = self.signed()
+        path, _, query = url.partition("?")
+        nothing = Client().get(reverse("group-preview", args=["no-such-example", "0" * 64])
+                               + "?" + query)
+        self.assertEqual(nothing.status_code, 404)
+        token = query.removeprefix("token=")
+        for changed in [token[:-1] + ("A" if token[-1] != "A" else "B"), token[1:], "x",
+                        token.replace(":", ":0", 1), ""]:
+            with self.subTest(changed=changed):
+                response = Client().get(path, {"token": changed})
+                if not changed:  # no link at all: the login
+                    self.assertEqual(response.status_code, 302)
+                    continue
+                self.assertEqual(response.status_code, 404)
+                self.assertEqual(response.content, nothing.content)
+        # A non-member's session does not help a changed link either.
+        self.assertEqual(self.as_("chemist").get(path, {"token": token[:-2]}).status_code, 404)
 
 
 class ProjectReviewerTests(GroupCast):

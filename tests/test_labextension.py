@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "labextension"))
 
 from gallery_stage import detect  # noqa: E402
 from gallery_stage.gallery import Config, StageError, explain, send_submission  # noqa: E402
-from gallery_stage.handlers import clean_relpath  # noqa: E402
+from gallery_stage.handlers import check_groups, clean_relpath  # noqa: E402
 
 from gallery.models import Example, Submission  # noqa: E402
 
@@ -114,6 +114,16 @@ def test_it_refuses_file_names_that_leave_the_notebooks_folder() -> None:
     for bad in ["../x", "/etc/passwd", "sub/../../x", ".env", "sub/.git/config", "", "a//b"]:
         with pytest.raises(StageError):
             clean_relpath(bad)
+
+
+def test_it_checks_the_audience_before_asking_the_gallery() -> None:
+    assert check_groups(None) == [] and check_groups([]) == []
+    assert check_groups([" physics", "chemistry", "physics"]) == ["chemistry", "physics"]
+    for bad in ["physics", {"physics": 1}, [3], [""], ["  "], ["a b"], ["a/b"], ["x" * 256],
+                ["tab\there"], [".hidden"], [f"g{n}" for n in range(21)]]:
+        with pytest.raises(StageError) as refused:
+            check_groups(bad)
+        assert refused.value.status == 400 and refused.value.kind == "invalid"
 
 
 def test_it_explains_each_refusal_of_the_gallery_in_plain_words() -> None:
@@ -256,6 +266,10 @@ def jupyter(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def gallery_hub(settings: Any, hub: HubStub) -> HubStub:
     """The gallery validating tokens at the stub hub, which knows connor's server token."""
+    return trust_hub(settings, hub)
+
+
+def trust_hub(settings: Any, hub: HubStub) -> HubStub:
     from django.core.cache import cache
 
     settings.HUB_ENABLED = True
@@ -389,6 +403,70 @@ def test_it_stages_the_saved_notebook_with_its_files_under_the_hub_identity(
     assert Example.objects.count() == 1
 
 
+def _hub_groups(hub: HubStub, *groups: str) -> None:
+    """The hub now says connor is in `groups`; the gallery asks it again at the next call."""
+    from django.core.cache import cache
+
+    hub.users[HUB_TOKEN] = {**hub.users[HUB_TOKEN], "groups": list(groups)}
+    cache.clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_offers_the_contributors_hub_groups_as_the_audience(
+        jupyter: Jupyter, settings: Any, hub: HubStub) -> None:
+    path = write_folder(jupyter, "aud", notebook("print(1)"), {})
+    # The gallery does not take this server's token: the dialog says so, and offers everyone.
+    context = jupyter.get("/gallery-stage/context", path=path).json()
+    assert context["audience"]["groups"] == []
+    assert "did not accept your hub identity" in context["audience"]["error"]
+
+    trust_hub(settings, hub)  # now it does
+    _hub_groups(hub, "physics", "physics-reviewers", "chemistry")
+    context = jupyter.get("/gallery-stage/context", path=path).json()
+    assert context["audience"] == {"groups": ["chemistry", "physics", "physics-reviewers"],
+                                   "error": ""}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stages_for_the_chosen_groups_only_those_of_the_contributor(
+        jupyter: Jupyter, gallery_hub: HubStub) -> None:
+    path = write_folder(jupyter, "groups", notebook("print(1)"), {})
+    form = {"path": path, "title": "Photon puzzle", "files": [], "environment": None,
+            "data_links": []}
+    _hub_groups(gallery_hub, "physics")
+
+    staged = jupyter.post("/gallery-stage/submit", {**form, "groups": ["physics"]})
+    assert staged.status_code == 201, staged.text
+    reply = staged.json()
+    example = Example.objects.get(slug=reply["submission"]["example"])
+    assert example.group_names() == ["physics"]
+    assert reply["submission"]["groups"] == ["physics"] and reply["metadata"]["groups"] == [
+        "physics"]
+
+    # A group connor is not in: the gallery's 403, passed on; nothing staged.
+    refused = jupyter.post("/gallery-stage/submit", {**form, "title": "Sneaky",
+                                                     "groups": ["chemistry"]})
+    assert refused.status_code == 403 and refused.json()["kind"] == "not-allowed"
+    assert "chemistry" in refused.json()["message"]
+    # Not a list of group names: refused here, before the gallery.
+    for bad in ["physics", ["a b"], [None], [f"g{n}" for n in range(21)]]:
+        answer = jupyter.post("/gallery-stage/submit", {**form, "title": "Bad", "groups": bad})
+        assert answer.status_code == 400 and answer.json()["kind"] == "invalid", answer.text
+    assert jupyter.post("/gallery-stage/submit", ["not", "an", "object"]).status_code == 400
+    assert not Example.objects.filter(title__in=["Sneaky", "Bad"]).exists()
+
+    # Everyone: no groups. A new revision keeps its example's groups whatever is sent.
+    public = jupyter.post("/gallery-stage/submit", {**form, "title": "Open otter"})
+    assert public.status_code == 201, public.text
+    assert public.json()["submission"]["groups"] == []
+    revised = jupyter.post("/gallery-stage/submit", {**form, "example": example.slug,
+                                                     "groups": ["chemistry"]})
+    assert revised.status_code == 201, revised.text
+    assert revised.json()["submission"]["revision"] == 2
+    assert revised.json()["metadata"]["groups"] == ["physics"]
+    assert Example.objects.get(pk=example.pk).group_names() == ["physics"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_it_says_not_allowed_too_large_and_invalid(jupyter: Jupyter, gallery_hub: HubStub,
                                                     settings: Any) -> None:
@@ -519,6 +597,64 @@ def test_it_lists_details_plans_and_uses_examples_under_the_hub_identity(
                    jupyter.post(f"/gallery-stage/examples/{slug}/use", ["x"])]:
         assert answer.status_code == 400 and answer.json()["kind"] == "invalid", answer.text
     assert Job.objects.filter(kind=Job.Kind.USE).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_shows_a_groups_examples_in_the_lab_panel_to_its_members_only(
+        jupyter: Jupyter, gallery_hub: HubStub, live_server: Any) -> None:
+    from gallery import services
+    from tests.base import make_user, stage
+
+    ada, reviewer = make_user("ada"), make_user("rev", reviewer=True)
+    services.set_hub_groups(ada, member_of={"physics"}, reviews=set())
+    group = services.stage_submission(
+        contributor=ada, staged=services.StagedFiles(
+            notebook_name="photon.ipynb", notebook=nbformat.writes(nbformat.from_dict(
+                notebook("print('photon')", heading="# Photon puzzle"))).encode()),
+        meta=services.ExampleMeta(title="Photon puzzle", summary="Light.", tags=["optics"],
+                                  groups=["physics"]))
+    services.approve_submission(submission=group, reviewer=reviewer)
+    public = stage(ada, title="Open otter", environment=None)
+    services.approve_submission(submission=public, reviewer=reviewer)
+    slug = group.example.slug
+
+    def listed(**query: str) -> list[str]:
+        answer = jupyter.get("/gallery-stage/examples", **query)
+        assert answer.status_code == 200, answer.text
+        return [e["slug"] for e in answer.json()["results"]]
+
+    # connor is in no group: the panel, its search and tag filter, the tab and Use know
+    # nothing of it, as for an example that does not exist.
+    _hub_groups(gallery_hub)
+    assert listed() == [public.example.slug]
+    assert listed(q="photon") == [] and listed(tag="optics") == []
+    for answer in [jupyter.get(f"/gallery-stage/examples/{slug}"),
+                   jupyter.get(f"/gallery-stage/examples/{slug}/use-plan"),
+                   jupyter.get(f"/gallery-stage/examples/{slug}/copies"),
+                   jupyter.post(f"/gallery-stage/examples/{slug}/use", {})]:
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["message"] == "There is no such example."
+
+    # In physics: listed, found, opened; the tab's preview address is signed for connor and
+    # opens without the gallery's session, as the tab's frame has none.
+    _hub_groups(gallery_hub, "physics")
+    assert set(listed()) == {slug, public.example.slug}
+    assert listed(q="photon") == [slug] and listed(tag="optics") == [slug]
+    detail = jupyter.get(f"/gallery-stage/examples/{slug}").json()
+    assert detail["title"] == "Photon puzzle"
+    preview_url = detail["preview_url"]
+    assert preview_url.startswith(f"/examples/{slug}/previews/") and "?token=" in preview_url
+    framed = requests.get(live_server.url + preview_url, timeout=30, allow_redirects=False)
+    assert framed.status_code == 200 and "photon" in framed.text
+    assert framed.headers["Cache-Control"] == "private, no-store"
+    assert jupyter.post(f"/gallery-stage/examples/{slug}/use", {}).status_code == 202
+
+    # Out of physics again (the hub says so): gone from the panel, and the link stops.
+    _hub_groups(gallery_hub)
+    assert listed() == [public.example.slug]
+    assert jupyter.get(f"/gallery-stage/examples/{slug}").status_code == 404
+    assert requests.get(live_server.url + preview_url, timeout=30,
+                        allow_redirects=False).status_code == 404
 
 
 @pytest.mark.django_db(transaction=True)

@@ -7,9 +7,11 @@ outside (`render`), and the page is served with a CSP `sandbox` and no script. R
 in a forked child with a time and a memory limit (`child`). TeX becomes MathML (`math`), the
 example's own figures are inlined and its links resolved at render time (`files`), every
 image is checked by Pillow first (`images`), and code is highlighted by a faster lexer with
-Pygments' tokens (`highlight`).
+Pygments' tokens (`highlight`). A group's example's preview may be reached through a signed,
+short-lived address (`links`).
 """
 
+from . import links
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
 from .files import ExampleSource
 from .render import (
@@ -34,6 +36,7 @@ from .sanitise import (
 )
 
 __all__ = [
+    "links",
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
     "ExampleSource",
     "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",

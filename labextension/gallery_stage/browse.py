@@ -9,7 +9,8 @@ gallery's API itself.
 
 The one thing the page loads from the gallery directly is a preview, in a frame with an
 empty `sandbox`: previews are public, content-addressed files that need no token, served on
-the hub's own origin (or the gallery's preview origin) with their own CSP.
+the hub's own origin (or the gallery's preview origin) with their own CSP; a hub group's
+example's preview comes at an address the gallery signed for this user, good for minutes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The server part: `GET /gallery-stage/context` fills the dialog, `POST /gallery-stage/submit`
-sends the saved notebook to the gallery.
+"""The server part: `GET /gallery-stage/context` fills the dialog (with the hub groups the
+contributor may show the example to, asked of the gallery), `POST /gallery-stage/submit` sends
+the saved notebook to the gallery.
 
 Both are Jupyter API handlers: authenticated, authorised against the contents, and (for POST)
 XSRF-checked like every other request the page makes to its server.
@@ -21,12 +22,54 @@ from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
 
 from . import browse, detect
-from .gallery import Config, StageError, send_submission
+from .gallery import Config, StageError, call, send_submission
 
 MAX_SIBLINGS = 200
 SIBLING_DEPTH = 2
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages"}
 KERNEL_TIMEOUT = 10.0
+GROUPS_TIMEOUT = 15.0  # the dialog opens without the groups rather than wait longer
+MAX_GROUPS, MAX_GROUP_NAME = 20, 255  # as the gallery takes them
+
+
+def check_groups(value: Any) -> list[str]:
+    """The hub groups chosen as the audience (empty: everyone), sorted, once each; StageError
+    for anything that is not a short list of group names. Whether the contributor belongs to
+    them is the gallery's to say (403)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise StageError(400, "invalid", "The audience must be a list of hub group names.")
+    names = set()
+    for name in value:
+        if not isinstance(name, str) or not name.strip():
+            raise StageError(400, "invalid", "A hub group's name is empty.")
+        name = name.strip()
+        if (len(name) > MAX_GROUP_NAME or name.startswith(".")
+                or any(c.isspace() or c == "/" or ord(c) < 32 for c in name)):
+            raise StageError(400, "invalid", f"{name[:40]!r} is not the name of a hub group.")
+        names.add(name)
+    if len(names) > MAX_GROUPS:
+        raise StageError(400, "invalid", f"Choose at most {MAX_GROUPS} groups.")
+    return sorted(names)
+
+
+async def audience(config: Config) -> dict[str, Any]:
+    """The groups the gallery lets this user show a new example to (`GET /api/v1/me`), or
+    none with the reason it could not say."""
+    if not (config.gallery_url and config.token):
+        return {"groups": [], "error": ""}  # the dialog already says the gallery is not set up
+    try:
+        me = await asyncio.wait_for(call(config, "GET", "me"), GROUPS_TIMEOUT)
+        groups = me.get("groups") if isinstance(me, dict) else None
+        if not isinstance(groups, list):
+            raise StageError(502, "unreachable", "The gallery did not name your groups.")
+        return {"groups": check_groups(groups), "error": ""}
+    except asyncio.TimeoutError:  # noqa: UP041 (not yet TimeoutError on Python 3.10)
+        return {"groups": [], "error": "The gallery did not say in time which hub groups you "
+                                       "are in."}
+    except StageError as error:
+        return {"groups": [], "error": error.message}
 
 
 def clean_relpath(name: Any) -> str:
@@ -176,6 +219,7 @@ class ContextHandler(StageHandler):
         config = Config.from_env()
         self.finish(json.dumps({
             "configured": bool(config.gallery_url and config.token),
+            "audience": await audience(config),
             "files": files,
             "environment": environment,
             "data_links": detect.data_links(nb),
@@ -191,16 +235,28 @@ class SubmitHandler(StageHandler):
     @authorized
     async def post(self) -> None:
         try:
-            reply = await self.submit(self.get_json_body() or {})
+            reply = await self.submit(self.form())
         except StageError as error:
             self.log.info("gallery_stage: submission refused (%s): %s", error.kind, error.message)
             return self.fail(error)
         self.set_status(201)
         self.finish(json.dumps(reply))
 
+    def form(self) -> dict[str, Any]:
+        try:
+            form = self.get_json_body() or {}
+        except web.HTTPError:
+            raise StageError(400, "invalid", "The request is not JSON.") from None
+        if not isinstance(form, dict):
+            raise StageError(400, "invalid", "The request must be a JSON object.")
+        return form
+
     async def submit(self, form: dict[str, Any]) -> dict[str, Any]:
         config = Config.from_env()
         config.require()
+        # A new revision keeps its example's audience; a new example goes to everyone or to
+        # the chosen groups of the contributor's.
+        groups = [] if form.get("example") else check_groups(form.get("groups"))
         path = form.get("path", "")
         model = await self.read_notebook(path)
         folder = posixpath.dirname(path)
@@ -242,6 +298,7 @@ class SubmitHandler(StageHandler):
             "tags": [str(t) for t in form.get("tags") or []],
             "licence": str(form.get("licence") or ""),
             "example": str(form.get("example") or ""),
+            "groups": groups,
             "data_links": list(form.get("data_links") or []),
             "kernel": str(kernelspec.get("name") or ""),
             "notebook": notebook_text,
@@ -263,6 +320,7 @@ class SubmitHandler(StageHandler):
                 "revision": answer.get("revision"),
                 "title": body["title"], "summary": body["summary"], "tags": body["tags"],
                 "licence": body["licence"], "files": [f["path"] for f in files],
+                "groups": [str(g) for g in answer.get("groups") or []],  # as the gallery says
                 "data_links": body["data_links"],
                 # timezone.utc, not datetime.UTC: single-user servers may run Python 3.10
                 "submitted": datetime.now(timezone.utc).isoformat(  # noqa: UP017

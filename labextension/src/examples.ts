@@ -5,8 +5,9 @@
  *
  * Every request goes to this Jupyter server's /gallery-stage/ handlers, which talk to the
  * gallery with the server's own hub token. The preview is the one thing loaded from the
- * gallery directly: a public, content-addressed page on the hub's origin, framed with an
- * empty sandbox exactly as the gallery's own pages frame it.
+ * gallery directly: a public, content-addressed page on the hub's origin (for a hub group's
+ * example, an address the gallery signed for this user, good for a few minutes), framed with
+ * an empty sandbox exactly as the gallery's own pages frame it.
  */
 import {
   ILayoutRestorer,
@@ -66,6 +67,8 @@ interface IDetail extends IExample {
   environment: string;
   environment_state: string;
   licence: string;
+  /** The hub groups whose members see it; empty or absent: everyone. */
+  groups?: string[];
   // Present only where the gallery verifies examples by running them.
   verification?: any;
   runs?: any;
@@ -409,6 +412,11 @@ export class ExampleView extends Widget {
       ` by ${d.author}` + (d.version ? ` · version ${d.version}` : '') + (d.licence ? ` · ${d.licence}` : '')
     );
     node.appendChild(meta);
+    if (d.groups?.length) {
+      node.appendChild(
+        el('p', { class: 'jp-GalleryExample-audience' }, `For the members of ${d.groups.join(', ')} only.`)
+      );
+    }
     if (d.summary) {
       node.appendChild(el('p', { class: 'jp-GalleryExample-summary' }, d.summary));
     }
@@ -469,14 +477,16 @@ export class ExampleView extends Widget {
     const preview = section('jp-GalleryExample-h-preview', 'Preview');
     if (d.preview_url) {
       // As on the gallery's pages: an empty sandbox (no scripts, an opaque origin), no
-      // referrer; the preview's own CSP forbids scripts and anything remote as well.
+      // referrer; the preview's own CSP forbids scripts and anything remote as well. A
+      // group's example's signed address expires within minutes: load it at once.
+      const signed = d.preview_url.includes('?');
       preview.appendChild(
         el('iframe', {
           class: 'jp-GalleryExample-preview',
           src: d.preview_url,
           sandbox: '',
           referrerpolicy: 'no-referrer',
-          loading: 'lazy',
+          loading: signed ? 'eager' : 'lazy',
           title: `Preview of ${d.title}`
         })
       );

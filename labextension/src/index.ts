@@ -48,10 +48,13 @@ interface IPrevious {
   licence?: string;
   files?: string[];
   data_links?: IDataLink[];
+  groups?: string[];
 }
 
 interface IContext {
   configured: boolean;
+  /** The hub groups the gallery lets this user show a new example to, or why it cannot say. */
+  audience: { groups: string[]; error: string };
   files: { path: string; size: number | null; referenced: boolean }[];
   environment: { source: string; name: string; content: string };
   data_links: IDataLink[];
@@ -68,9 +71,15 @@ interface IForm {
   files: string[];
   environment: { name: string; content: string } | null;
   data_links: IDataLink[];
+  /** Who sees a new example: everyone, or the members of `groups` (one at least). */
+  audience: 'everyone' | 'groups';
+  groups: string[];
 }
 
-/** The dialog's body: title, summary, tags, licence, files, environment and data links. */
+/**
+ * The dialog's body: title, summary, tags, licence, the audience (everyone, or some of the
+ * contributor's hub groups), files, environment and data links.
+ */
 class StageForm extends Widget {
   constructor(path: string, context: IContext, values: IForm | null) {
     super({ node: el('form', { class: 'jp-GalleryStage-form' }) });
@@ -111,6 +120,7 @@ class StageForm extends Widget {
     const list = el('datalist', { id: 'jp-GalleryStage-licences' });
     LICENCES.forEach(l => list.appendChild(el('option', { value: l })));
     form.appendChild(list);
+    form.appendChild(this.audience(context, prev, values));
 
     const files = el('fieldset', { class: 'jp-GalleryStage-files' });
     files.appendChild(el('legend', {}, 'Files to include'));
@@ -173,6 +183,68 @@ class StageForm extends Widget {
     form.appendChild(links);
   }
 
+  /**
+   * Who will see a new example: a radio for everyone, another for the members of the hub
+   * groups ticked below it. A new revision keeps its example's audience, so the choice is
+   * off while "New revision" is ticked.
+   */
+  private audience(context: IContext, prev: IPrevious, values: IForm | null): HTMLElement {
+    const set = el('fieldset', { class: 'jp-GalleryStage-audience' });
+    set.appendChild(el('legend', {}, 'Who sees it'));
+    const groups = context.audience?.groups ?? [];
+    const chosen = new Set(values?.groups ?? prev.groups ?? []);
+    const radio = (value: string, label: string, checked: boolean): HTMLInputElement => {
+      const line = el('label', { class: 'jp-GalleryStage-check' });
+      const input = el('input', { type: 'radio', name: 'audience', value });
+      input.checked = checked;
+      line.append(input, ` ${label}`);
+      set.appendChild(line);
+      return input;
+    };
+    const note = el('p', { class: 'jp-GalleryStage-note' });
+    if (groups.length === 0) {
+      note.textContent = context.audience?.error
+        ? 'Everyone who uses the gallery: your hub groups could not be read ' +
+          `(${context.audience.error}). Cancel if it is for a group only.`
+        : 'Everyone who uses the gallery (you are in no hub group).';
+      set.appendChild(note);
+      return set;
+    }
+    const onlyGroups = groups.some(g => chosen.has(g));
+    const everyone = radio('everyone', 'Everyone who uses the gallery', !onlyGroups);
+    const members = radio('groups', 'Only the members of these hub groups:', onlyGroups);
+    const boxes = el('div', { class: 'jp-GalleryStage-groups', role: 'group' });
+    boxes.setAttribute('aria-label', 'Hub groups');
+    for (const name of groups) {
+      const line = el('label', { class: 'jp-GalleryStage-check' });
+      const box = el('input', { type: 'checkbox', name: 'group', value: name });
+      box.checked = chosen.has(name);
+      // Ticking a group chooses "only the members"; choosing everyone unticks them.
+      box.addEventListener('change', () => {
+        if (box.checked) {
+          members.checked = true;
+        }
+      });
+      line.append(box, ` ${name}`);
+      boxes.appendChild(line);
+    }
+    everyone.addEventListener('change', () => {
+      boxes.querySelectorAll('input').forEach(b => ((b as HTMLInputElement).checked = false));
+    });
+    set.appendChild(boxes);
+    note.textContent =
+      "Only they (and the group's reviewers) will find it, and its reviewers review it.";
+    set.appendChild(note);
+    const revise = this.node.querySelector('[name="revise"]') as HTMLInputElement | null;
+    const keep = (): void => {
+      set.disabled = !!revise?.checked;
+      set.title = set.disabled ? "A new revision keeps its example's audience." : '';
+    };
+    revise?.addEventListener('change', keep);
+    keep();
+    return set;
+  }
+
   getValue(): IForm {
     const form = this.node as HTMLFormElement;
     const field = (name: string): string =>
@@ -203,7 +275,15 @@ class StageForm extends Widget {
       environment: includeEnv.checked
         ? { name: envText.dataset.name || 'requirements.txt', content: envText.value }
         : null,
-      data_links: links
+      data_links: links,
+      audience:
+        (form.querySelector('[name="audience"]:checked') as HTMLInputElement | null)?.value ===
+        'groups'
+          ? 'groups'
+          : 'everyone',
+      groups: Array.from(form.querySelectorAll('[name="group"]:checked')).map(
+        b => (b as HTMLInputElement).value
+      )
     };
   }
 }
@@ -263,21 +343,31 @@ async function submit(
         return;
       }
       values = result.value as IForm;
-      if (values.title) {
+      if (!values.title) {
+        await showErrorMessage('Invalid submission', 'Give the example a title.');
+      } else if (!values.example && values.audience === 'groups' && !values.groups.length) {
+        await showErrorMessage(
+          'Invalid submission',
+          'Tick at least one hub group, or choose everyone.'
+        );
+      } else {
         break;
       }
-      await showErrorMessage('Invalid submission', 'Give the example a title.');
     }
     if (panel.context.model.dirty && !(await ensureSaved(panel))) {
       return;
     }
     const reply = await requestAPI<{
       url: string;
-      submission: { example: string; revision: number; id: number };
+      submission: { example: string; revision: number; id: number; groups: string[] };
       metadata: { [key: string]: any };
     }>(settings, 'submit', {
       method: 'POST',
-      body: JSON.stringify({ path, ...values })
+      body: JSON.stringify({
+        path,
+        ...values,
+        groups: values.audience === 'groups' ? values.groups : []
+      })
     });
     panel.model?.setMetadata('gallery', reply.metadata);
     await panel.context.save();
@@ -288,6 +378,13 @@ async function submit(
         {},
         `Staged as "${reply.submission.example}", revision ${reply.submission.revision}. ` +
           'The gallery now runs its checks and renders a preview; a reviewer will look at it.'
+      ),
+      el(
+        'p',
+        { class: 'jp-GalleryStage-audience-result' },
+        reply.submission.groups?.length
+          ? `Only the members of ${reply.submission.groups.join(', ')} will see it.`
+          : 'Everyone who uses the gallery will see it.'
       )
     );
     body.appendChild(
