@@ -8,7 +8,7 @@ from django import forms
 from pydantic import ValidationError
 
 from . import schema, services
-from .models import Example, audience_choices
+from .models import Example, HubGroup, audience_choices
 from .schema import SubmissionMetaIn
 
 
