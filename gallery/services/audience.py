@@ -34,6 +34,7 @@ from ..schema import clean_groups
 from .history import record_change
 from .queue import queue_job
 from .staging import preview_path, queue_preview
+from .users import person_of
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,7 @@ def commit_audience(example: Example, *, actor: AbstractBaseUser | None, change_
         meta["groups"] = groups
         return notebooks.example_toml(meta)
 
-    from .review import _person
-
     return repo.commit_file(
         Path(settings.GALLERY_REPO_PATH), slug=example.slug, name=notebooks.EXAMPLE_FILE,
-        rewrite=rewrite, committer=_person(actor, "reviewer"),
+        rewrite=rewrite, committer=person_of(actor, "reviewer"),
         message=f"Show {example.slug} to {_describe(groups)}", change_id=change_id)

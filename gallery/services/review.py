@@ -33,6 +33,7 @@ from .notifications import notify, notify_decision, notify_users_of
 from .queue import queue_job
 from .runs import queue_run
 from .staging import queue_preview, staged_folder
+from .users import person_of
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +172,6 @@ def publish_revision(*, revision: Revision, commit: str, actor: AbstractBaseUser
     return example
 
 
-def _person(user: AbstractBaseUser | None, fallback: str) -> repo.Person:
-    if user is None:
-        return repo.Person(fallback, f"{fallback}@localhost")
-    name = user.get_full_name() or user.get_username()  # type: ignore[attr-defined]
-    return repo.Person(name, user.email or f"{user.get_username()}@localhost")  # type: ignore
-
-
 def do_commit(job: Job) -> dict[str, Any]:
     if job.params.get("audience"):  # a change of the example's groups
         from .audience import do_audience_commit
@@ -189,8 +183,8 @@ def do_commit(job: Job) -> dict[str, Any]:
     example = submission.example
     sha = repo.commit_example(
         Path(settings.GALLERY_REPO_PATH), slug=example.slug, source=staged_folder(revision),
-        author=_person(submission.contributor, "contributor"),
-        committer=_person(job.user, "reviewer"),
+        author=person_of(submission.contributor, "contributor"),
+        committer=person_of(job.user, "reviewer"),
         message=f"Publish {example.slug} revision {revision.number}: "
                 f"{revision.metadata.get('title', example.title)}",
         submission_id=submission.pk, review_id=job.params.get("review", 0),

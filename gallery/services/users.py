@@ -128,6 +128,14 @@ def sync_hub_user(model: dict[str, Any]) -> AbstractBaseUser:
     return user
 
 
+def person_of(user: AbstractBaseUser | None, fallback: str) -> repo.Person:
+    """A person as the repository names them: an author or committer of a commit."""
+    if user is None:
+        return repo.Person(fallback, f"{fallback}@localhost")
+    name = user.get_full_name() or user.get_username()  # type: ignore[attr-defined]
+    return repo.Person(name, user.email or f"{user.get_username()}@localhost")  # type: ignore
+
+
 def user_for_person(person: repo.Person) -> AbstractBaseUser:
     """The user of a git author or committer: the name of a local address, else the address.
     An address longer than the user table keeps (254 characters) is not kept as the e-mail."""
