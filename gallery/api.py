@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, RawPostDataException
 from django.urls import reverse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -138,6 +138,13 @@ def _data_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 @api.exception_handler(TooManyFilesSent)
 def _too_many_files(request: HttpRequest, exc: TooManyFilesSent) -> HttpResponse:
     return _error(request, f"At most {settings.GALLERY_MAX_FILES} files per example.", 400)
+
+
+@api.exception_handler(RawPostDataException)
+def _form_body(request: HttpRequest, exc: RawPostDataException) -> HttpResponse:
+    # A form or multipart body, already read as a form, where the call takes JSON.
+    return _error(request, "This call takes a JSON body (Content-Type: application/json).",
+                  415)
 
 
 @api.exception_handler(SuspiciousOperation)
