@@ -278,15 +278,15 @@ class RefusedInputTests(GalleryTestCase):
                 error = self.assert_refused(r, *words)
                 self.assertIn("multipart", error)
 
-    def test_it_answers_a_form_where_json_is_taken_with_a_json_415(self):
+    def test_it_answers_a_form_where_json_is_taken_with_a_json_error(self):
         import re
         import uuid
 
         from gallery.api import api as ninja_api
 
         example = self.stage_and_approve().example
-        values = {"slug": example.slug, "job_id": str(uuid.uuid4())}
-        calls = [(method, re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], "1"), path))
+        calls = [(method, re.sub(r"\{(\w+)\}", lambda m: example.slug if m[1] == "slug"
+                                 else str(uuid.uuid4()), path))
                  for path, methods in ninja_api.get_openapi_schema()["paths"].items()
                  for method, operation in methods.items()
                  if set(operation.get("requestBody", {}).get("content", {}))
@@ -297,12 +297,12 @@ class RefusedInputTests(GalleryTestCase):
                                        ("folder=x", "application/x-www-form-urlencoded")]:
                 with self.subTest(method=method, path=path, content_type=content_type):
                     send = getattr(self.client, method)
-                    r = (send("/api/v1" + path, body) if content_type is None
-                         else send("/api/v1" + path, body, content_type=content_type))
+                    r = (send(path, body) if content_type is None
+                         else send(path, body, content_type=content_type))
                     self.assertLess(r.status_code, 500, r.content[:200])
-                    if r.status_code != 404:
-                        self.assertEqual(r.status_code, 415 if method == "post" else r.status_code)
-                        self.assertTrue(self.json(r)["error"])
+                    self.assertNotIn("no such address", r.content.decode())
+                    self.assertIn(r.status_code, (400, 404, 415), r.content[:200])
+                    self.assertTrue(self.json(r)["error"])
 
     def test_it_answers_a_missing_thing_with_a_json_error(self):
         for path in ("/api/v1/examples/nothing-here", "/api/v1/examples/nothing-here/use-plan",
