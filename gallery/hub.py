@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import requests
 from django.conf import settings
@@ -97,6 +97,18 @@ def fetch_user(token: str) -> dict[str, Any] | None:
     if model["kind"] != "user" or not has_access(model):
         return None  # a service's token, or a user who may not use this service
     return model
+
+
+def user_exists(name: str) -> bool:
+    """Whether the hub has a user of this name (asked with the gallery's own token, which
+    reads user names); False without a hub. HubUnavailable when the hub does not answer."""
+    if not settings.JUPYTERHUB_API_URL or not settings.JUPYTERHUB_API_TOKEN:
+        return False
+    response = _ask("GET", f"/users/{quote(name, safe='')}", refused=(403, 404),
+                    headers={"Authorization": f"token {settings.JUPYTERHUB_API_TOKEN}"})
+    if response is None:
+        return False
+    return _answer(response, HubUser).name == name
 
 
 def has_access(model: dict[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
@@ -150,6 +151,37 @@ class SendTests(SendCase):
             said.append(str(raised.exception).replace(repr(name), "NAME"))
         self.assertEqual(said[0], said[1])
         self.assert_nothing_stored(before)
+
+    def test_it_asks_the_hub_of_a_name_it_has_not_met_and_delivers_to_its_user(self) -> None:
+        from .test_hub import FakeHub
+
+        asked = []
+
+        def answer(method: str, path: str, token: str) -> tuple[int, str, bytes]:
+            asked.append((path, token))
+            if path == "/hub/api/users/newcomer" and token == "service-token":
+                return 200, "application/json", b'{"name": "newcomer", "kind": "user"}'
+            if path.startswith("/hub/api/users/hub-away"):
+                return 502, "text/html", b"<h1>Bad gateway</h1>"
+            return 404, "application/json", b'{"status": 404}'
+
+        with FakeHub(answer) as fake, override_settings(JUPYTERHUB_API_URL=fake.api_url,
+                                                        JUPYTERHUB_API_TOKEN="service-token"):
+            sent = self.send(to=("rosa", "newcomer"))
+            newcomer = Delivery.objects.get(sent=sent, recipient__username="newcomer")
+            self.assertFalse(newcomer.recipient.has_usable_password())
+            before = self.counts()
+            with self.assertRaises(services.GalleryError) as raised:
+                self.send(to=("ghost",))
+            self.assertEqual(raised.exception.status, 400)
+            self.assertIn("nobody by that name takes copies", str(raised.exception))
+            with self.assertRaises(services.GalleryError) as raised:
+                self.send(to=("hub-away",))
+            self.assertEqual(raised.exception.status, 503)
+            self.assertEqual(self.counts(), before)
+            self.assertEqual(len(sent_files()), 1)  # the first send's alone
+        self.assertNotIn("/hub/api/users/rosa", [p for p, _ in asked])  # known: not asked
+        self.assertFalse(get_user_model().objects.filter(username="ghost").exists())
 
     def test_it_refuses_a_group_of_others_as_it_refuses_one_that_does_not_exist(self) -> None:
         before = self.counts()

@@ -29,13 +29,14 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from .. import notebooks
+from .. import hub, notebooks
 from ..errors import Conflict, GalleryError, NotAllowed, NotFound, TooManyRequests
 from ..models import CopySettings, Delivery, HubGroup, Job, Notification, SentCopy, is_reviewer
 from .notifications import notify
 from .queue import queue_job
 from .staging import StagedFiles, checked_files
 from .use import copy_folder_name, lab_url, planned_target, write_copy
+from .users import ensure_user
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,13 @@ def _recipients(sender: AbstractBaseUser, to: list[str], groups: list[str]
     found = {u.get_username(): u for u in get_user_model().objects.filter(
         username__in=names, is_active=True).exclude(pk__in=takes_no_copies())}
     for wanted in names:
+        if wanted not in found and _hub_user(wanted):
+            found[wanted] = ensure_user(wanted)  # a hub user who has not opened the gallery
         if wanted not in found:
             # The same words whether nobody has the name or its owner takes no copies: the
             # answer tells nothing of who exists or of anyone's settings.
             raise GalleryError(f"The gallery cannot deliver a copy to {wanted!r}: nobody by "
-                               "that name takes copies through it. People can be sent copies "
-                               "once they have opened the gallery, unless they refuse them.")
+                               "that name takes copies through it.")
     mine = {g.name: g for g in HubGroup.objects.filter(name__in=group_names, members=sender)}
     for wanted in group_names:
         if wanted not in mine:  # whether it exists or not
@@ -186,6 +188,19 @@ def _recipients(sender: AbstractBaseUser, to: list[str], groups: list[str]
         raise GalleryError(f"A copy goes to at most {limit} people at once; this one would go "
                            f"to {len(chosen)}.")
     return list(chosen.values()), len(left_out - chosen.keys())
+
+
+def _hub_user(name: str) -> bool:
+    """Whether the hub has a user of this name the gallery does not know yet (someone who
+    never opened it): they get the copy when they first do."""
+    if get_user_model().objects.filter(username=name).exists():
+        return False  # known here: inactive, or taking no copies
+    try:
+        return hub.user_exists(name)
+    except hub.HubUnavailable:
+        raise GalleryError("The hub does not answer just now, so the gallery cannot tell "
+                           f"whether {name!r} is one of its users; try again in a minute.",
+                           status=503) from None
 
 
 def _check_rate(sender: AbstractBaseUser) -> None:

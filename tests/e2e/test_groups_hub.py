@@ -365,11 +365,78 @@ def group_journey(hub: RunningHub, browser: Any, pages: dict[str, Any]) -> None:
     assert not (hub.home / OUTSIDER / "examples" / slug).exists()
 
 
-@pytest.mark.skip(reason="sending a copy (issue #20) is not in the gallery yet; this is where "
-                         "its journey goes once it is")
 def test_it_sends_a_copy_that_the_recipient_accepts_and_opens(
-        groups_hub: RunningHub, admin: HubAdmin, browser: Any) -> None:  # noqa: F811
-    """To come with "send a copy": alice sends her photon/photon.ipynb from JupyterLab to bob
-    with a message; bob is notified, accepts, the copy is written into his home as him and
-    opens in JupyterLab; nothing is published or reviewed, and dave is never told of it.
-    Then alice sends one to the group `physics`: every member may accept it."""
+        groups_hub: RunningHub, admin: HubAdmin, browser: Any,  # noqa: F811
+        tmp_path: Any) -> None:
+    """alice sends a notebook of hers to bob with a message from the gallery's page; bob is
+    told, accepts it, the copy is written into his home as him and opens in JupyterLab;
+    nothing is published or reviewed, and dave is never told of it."""
+    pages: dict[str, Any] = {}
+    try:
+        send_journey(groups_hub, browser, pages, tmp_path)
+    except Exception:
+        FAILURES.mkdir(parents=True, exist_ok=True)
+        for who, page in pages.items():
+            page.screenshot(path=str(FAILURES / f"send-{who}-failure.png"))
+        print("hub log (tail):\n" + groups_hub.log_text()[-6000:])
+        raise
+
+
+def send_journey(hub: RunningHub, browser: Any, pages: dict[str, Any],  # noqa: F811
+                 tmp_path: Any) -> None:
+    def new_page(who: str) -> Any:
+        pages[who] = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
+        return pages[who]
+
+    notebook = tmp_path / "lattice.ipynb"
+    notebook.write_text(notebook_text("Lattice sums", "lattice"))
+    before = api_session(hub, "alice").get(hub.gallery("/api/v1/examples?q=lattice"),
+                                           timeout=30).json()["count"]
+
+    # alice sends it to bob, with a message.
+    sender = new_page("alice")
+    hub_login(sender, hub, "alice")
+    sender.goto(hub.gallery("/copies/send/"))
+    sender.get_by_label("Notebook").set_input_files(str(notebook))
+    sender.get_by_label("To people").fill("bob")
+    sender.get_by_label("Message").fill("The lattice sums we spoke of: try cell 2.")
+    sender.locator("#send-button").click()
+    sender.wait_for_url("**/copies/sent/**")
+    assert "bob" in sender.locator("main").inner_text()
+
+    # bob is told, opens the copy, reads the message and accepts it into his home.
+    recipient = new_page("bob")
+    hub_login(recipient, hub, "bob")
+    recipient.goto(hub.gallery("/notifications/"))
+    assert "lattice" in recipient.locator("main").inner_text().lower()
+    recipient.get_by_role("link", name="See the copy").first.click()
+    offer = recipient.url
+    assert "try cell 2" in recipient.locator("#offer-message").inner_text()
+    recipient.locator("#id_folder").fill("lattice-from-alice")
+    recipient.locator("#accept-button").click()
+    deadline = time.monotonic() + 120
+    while not recipient.locator("#open-link").is_visible():  # the job page, until it is done
+        assert time.monotonic() < deadline, "the accepted copy was not written"
+        assert "failed" not in recipient.locator("#job-state").inner_text(), (
+            recipient.locator("#job-message").inner_text())
+        recipient.wait_for_timeout(500)
+        recipient.reload()
+    copy = hub.home / "bob" / "examples" / "lattice-from-alice" / "lattice.ipynb"
+    assert json.loads(copy.read_text())["cells"][0]["source"].startswith("# Lattice sums")
+    recipient.locator("#open-link").click()
+    recipient.locator(".lm-TabBar-tab", has_text="lattice.ipynb").wait_for(timeout=120_000)
+    recipient.locator(".jp-NotebookPanel:visible .jp-Cell", has_text="Lattice sums").first.wait_for(
+        timeout=60_000)
+
+    # Nothing was published or reviewed; dave hears nothing of it.
+    after = api_session(hub, "alice").get(hub.gallery("/api/v1/examples?q=lattice"),
+                                          timeout=30).json()["count"]
+    assert after == before
+    outsider = api_session(hub, OUTSIDER)
+    assert outsider.get(hub.gallery("/api/v1/copies/received"), timeout=30).json() == []
+    dave = new_page(OUTSIDER)
+    hub_login(dave, hub, OUTSIDER)
+    dave.goto(hub.gallery("/notifications/"))
+    assert "lattice" not in dave.locator("main").inner_text().lower()
+    assert dave.goto(offer).status == 404
+    assert not (hub.home / OUTSIDER / "examples" / "lattice-from-alice").exists()
