@@ -36,6 +36,13 @@ café = naïve + ε
 '''
 
 
+# Characters each at the edge of a rule's class: form feed and other separators, non-ASCII
+# names and spaces, unterminated strings, numbers cut short, string prefixes like names.
+EDGES = ["x = 1\n\x0c\x1c y\x1f", "é = 1; ünïcode + ß", "a\u00a0b", "", "\n\n", "'open",
+         '"""', "0x", "1._2", ".5 + x.y", "u'x' U\"y\" uu'z' f'{u}'", "a:=b[1:2]", "\\\n\\",
+         "λ(x)", "x\r\ny"]
+
+
 def tokens(lexer, text: str) -> list:
     return list(lexer.get_tokens(text))
 
@@ -43,6 +50,8 @@ def tokens(lexer, text: str) -> list:
 def test_it_lexes_python_exactly_as_pygments_does():
     fast, stock = fast_python_lexer_class()(), PythonLexer()
     assert tokens(fast, TRICKY) == tokens(stock, TRICKY)
+    for text in EDGES:
+        assert tokens(fast, text) == tokens(stock, text), text
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     sample = sorted(stdlib.glob("*.py"))[::12]
     assert len(sample) > 10
