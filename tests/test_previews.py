@@ -684,3 +684,22 @@ def test_it_renders_in_a_worker_that_outlives_a_notebook_too_slow_to_render(sett
         assert latent(page)[0] == []
     finally:
         worker.stop()
+
+
+def test_it_upgrades_a_version_3_notebook_without_validating_it(monkeypatch):
+    # nbformat validates around an upgrade only to log; that took longer than the upgrade.
+    import nbformat
+    from nbformat.v4 import convert
+
+    def validate(*args, **kwargs):
+        raise AssertionError("validated")
+
+    monkeypatch.setattr(nbformat, "validate", validate)
+    old = {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": [
+        {"cell_type": "code", "input": "x = 1", "language": "python", "prompt_number": 1,
+         "outputs": [{"output_type": "pyout", "text": "upgraded 1", "prompt_number": 1,
+                      "metadata": {}}]}]}]}
+    saved = convert._warn_if_invalid
+    page = previews.render_preview(json.dumps(old).encode())
+    assert "upgraded 1" in page
+    assert convert._warn_if_invalid is saved

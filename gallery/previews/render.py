@@ -2,11 +2,13 @@
 files a preview is stored as (with a gzip twin)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,11 +244,27 @@ def _read_for_preview(data: bytes) -> Any:
     except Exception as exc:  # nbformat raises assorted types on odd input
         raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
     try:
-        return nbformat.convert(nb, 4)
+        with _quiet_upgrade():
+            return nbformat.convert(nb, 4)
     except MemoryError:
         raise
     except Exception as exc:
         raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
+
+
+@contextlib.contextmanager
+def _quiet_upgrade() -> Iterator[None]:
+    """nbformat's upgrade from version 3 without its two schema validations, which only log
+    what is wrong (and took longer than the upgrade): `strict_outputs` reads every field of
+    the result defensively anyway. A render runs alone in its process."""
+    from nbformat.v4 import convert
+
+    saved = convert._warn_if_invalid
+    convert._warn_if_invalid = lambda nb, version: None
+    try:
+        yield
+    finally:
+        convert._warn_if_invalid = saved
 
 
 def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None,
