@@ -27,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import caching, hub, services
 from .models import Example, IllegalTransition, Job, Preview, Submission, snapshot
-from .previews import example_preview_url
+from .previews import example_preview_url, revision_preview_key
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
 
@@ -316,8 +316,8 @@ def example_out(example: Example) -> dict[str, Any]:
         "author": example.contributor.get_username(), "updated": example.updated.isoformat(),
         "use_count": example.use_count, "version": revision.number if revision else None,
         "url": reverse("example", args=[example.slug]),
-        "preview_url": example_preview_url(example, revision.notebook_sha256 if revision
-                                           else None),
+        "preview_url": example_preview_url(example, revision_preview_key(revision)
+                                           if revision else None),
     }
 
 
@@ -330,8 +330,8 @@ def submission_out(submission: Submission) -> dict[str, Any]:
                      "reviewer": r.reviewer.get_username(), "created": r.created.isoformat()}
                     for r in submission.reviews.all()],
         "preview_url": example_preview_url(submission.example,
-                                           submission.revision.notebook_sha256),
-        "preview": preview_out(submission.revision.notebook_sha256),
+                                           revision_preview_key(submission.revision)),
+        "preview": preview_out(revision_preview_key(submission.revision)),
         "url": reverse("submission", args=[submission.pk]),
     }
 

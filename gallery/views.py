@@ -38,7 +38,7 @@ from .models import (
     Tag,
     snapshot,
 )
-from .previews import example_preview_url
+from .previews import example_preview_url, revision_preview_key
 from .schema import meta_from_input
 
 PAGE_SIZE = 24  # cards per section and page
@@ -127,7 +127,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "environment": _environment_text(revision),
         "built_environment": revision.environment,
         "pins": _pins(revision),
-        "preview_url": example_preview_url(item, revision.notebook_sha256),
+        "preview_url": example_preview_url(item, revision_preview_key(revision)),
         "versions": [{"revision": v, "changes": v.changes_from(versions[i - 1] if i else None),
                       "review": next(iter(v.submission.reviews.all()), None)
                       if hasattr(v, "submission") else None}
@@ -137,8 +137,8 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
         # A notebook saved without outputs is previewed with those of its verified run.
         "outputs_run": (verified := services.verified_preview(revision)),
-        "outputs_preview_url": example_preview_url(item, verified.outputs_sha256)
-        if verified else "",
+        "outputs_preview_url": example_preview_url(item, revision_preview_key(
+            revision, notebook_sha256=verified.outputs_sha256)) if verified else "",
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
@@ -310,7 +310,7 @@ def submission(request: HttpRequest, pk: int) -> HttpResponse:
         "example", "revision"), pk=pk)
     return render(request, "gallery/submission.html", {
         "submission": item,
-        "preview_url": example_preview_url(item.example, item.revision.notebook_sha256),
+        "preview_url": example_preview_url(item.example, revision_preview_key(item.revision)),
         "reviews": item.reviews.select_related("reviewer"),
         "last_run": item.revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
     })
@@ -387,8 +387,7 @@ def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
     """The preview of a group's example, only to those who see the example: a non-member
     who knows its address gets the same 404 as for an address that names nothing."""
     item = get_object_or_404(Example.objects.visible_to(request.user), slug=slug)
-    if not (item.revisions.filter(notebook_sha256=sha256).exists()
-            or item.revisions.filter(runs__outputs_sha256=sha256).exists()):
+    if sha256 not in _preview_keys(item):
         raise Http404("There is no such preview.")
     for private in (True, False):
         path = services.preview_path(sha256, private=private)
@@ -401,6 +400,22 @@ def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
                             status=404, content_type="text/html; charset=utf-8")
     response["Cache-Control"] = "no-store"
     return _preview_headers(response)
+
+
+def _preview_keys(example: Example) -> set[str]:
+    """The keys of every preview an example shows: each revision's notebooks, and the
+    executed copies of its runs."""
+    keys = set()
+    for revision in example.revisions.prefetch_related("runs"):
+        revision.example = example
+        keys.add(revision_preview_key(revision))
+        for entry in revision.files:
+            if entry["path"].endswith(".ipynb") and "sha256" in entry:
+                keys.add(revision_preview_key(revision, notebook_sha256=entry["sha256"],
+                                              notebook=entry["path"]))
+        keys.update(revision_preview_key(revision, notebook_sha256=run.outputs_sha256)
+                    for run in revision.runs.all() if run.outputs_sha256)
+    return keys
 
 
 PREVIEW_STATUS_PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from gallery import diff
 from gallery.models import Example, Notification, Submission
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 
@@ -80,7 +81,7 @@ class DeskTests(GalleryTestCase):
         self.assertContains(page, "<del>- x = 1</del>")
         self.assertContains(page, "<ins>+ x = 2</ins>")
         self.assertContains(page, "✓ pass")
-        self.assertContains(page, f"/previews/{second.revision.notebook_sha256}.html")
+        self.assertContains(page, f"/previews/{revision_preview_key(second.revision)}.html")
         self.assertContains(page, 'sandbox=""')
         self.assertContains(page, 'id="decision-form"')
 

@@ -19,6 +19,7 @@ from hypothesis.extra.django import TestCase as HypothesisTestCase
 
 from gallery import caching, login, services
 from gallery.models import Example, HubGroup, Job, Notification, Revision, Tag, audience_of
+from gallery.previews import revision_preview_key
 from gallery.views import PreviewFiles
 
 from .base import GalleryTestCase, make_user, notebook_bytes
@@ -102,7 +103,7 @@ class VisibilityTests(GroupCast):
         for who in self.people:
             client = self.as_(who)
             for audience, example in self.examples.items():
-                sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+                sha = revision_preview_key(example.current_revision)  # type: ignore[union-attr]
                 ok = who in self.sees[audience]
                 with self.subTest(who=who, example=audience):
                     urls = [reverse("example", args=[example.slug]),
@@ -152,10 +153,10 @@ class VisibilityTests(GroupCast):
                 self.assertEqual(listed["count"], len(seen) + staged)
 
     def test_it_keeps_a_group_preview_out_of_the_public_previews(self) -> None:
-        sha = self.examples[PHYSICS].current_revision.notebook_sha256  # type: ignore[union-attr]
+        sha = revision_preview_key(self.examples[PHYSICS].current_revision)  # type: ignore[union-attr]
         self.assertFalse((settings.GALLERY_PREVIEW_DIR / f"{sha}.html").exists())
         self.assertTrue((settings.GALLERY_GROUP_PREVIEW_DIR / f"{sha}.html").exists())
-        public_sha = self.examples["public"].current_revision.notebook_sha256  # type: ignore[union-attr]
+        public_sha = revision_preview_key(self.examples["public"].current_revision)  # type: ignore[union-attr]
         self.assertTrue((settings.GALLERY_PREVIEW_DIR / f"{public_sha}.html").exists())
         # Whoever knows the hash: nothing through Django, nothing through the WSGI front.
         self.assertEqual(self.as_("physicist").get(f"/previews/{sha}.html").status_code, 404)

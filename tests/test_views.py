@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from gallery import services
 from gallery.models import Example, Job, Notification, Revision, Tag
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, notebook_bytes, stage
 
@@ -147,7 +148,7 @@ class ExamplePageTests(GalleryTestCase):
             "name": "era5", "target": "https://example.org/era5", "size": 3_000_000_000,
             "licence": "CC-BY-4.0", "description": "Reanalysis"}])
         response = self.client.get(reverse("example", args=[submission.example.slug]))
-        self.assertContains(response, f"/previews/{submission.revision.notebook_sha256}.html")
+        self.assertContains(response, f"/previews/{revision_preview_key(submission.revision)}.html")
         self.assertContains(response, 'sandbox=""')
         self.assertContains(response, "<code>hello.ipynb</code> (main notebook)")
         self.assertContains(response, "numpy&gt;=1.24")  # the environment spec itself

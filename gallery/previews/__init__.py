@@ -11,7 +11,7 @@ Pygments' tokens (`highlight`).
 """
 
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
-from .files import ExampleSource
+from .files import ExampleSource, files_digest, preview_key
 from .render import (
     PAGE_CSP,
     PREVIEW_CSS,
@@ -19,6 +19,8 @@ from .render import (
     preview_css_name,
     preview_url,
     render_preview,
+    revision_files_digest,
+    revision_preview_key,
     write_atomically,
     write_preview_css,
     write_preview_file,
@@ -35,7 +37,8 @@ from .sanitise import (
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
-    "ExampleSource",
+    "ExampleSource", "files_digest", "preview_key", "revision_files_digest",
+    "revision_preview_key",
     "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",
     "preview_css_name", "preview_url",
     "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",

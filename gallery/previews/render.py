@@ -300,6 +300,23 @@ def preview_url(sha256: str | None, *, group_example: str = "") -> str | None:
     return reverse("preview", args=[sha256])
 
 
+def revision_preview_key(revision: Any, *, notebook_sha256: str = "", notebook: str = "") -> str:
+    """`files.preview_key` of one of a revision's notebooks (its main one by default), or of
+    a run's executed copy of it (`notebook_sha256`), beside the revision's files."""
+    return files.preview_key(
+        notebook_sha256 or revision.notebook_sha256, notebook=notebook or revision.notebook_name,
+        files=revision_files_digest(revision), example=revision.example.slug)
+
+
+def revision_files_digest(revision: Any) -> str:
+    """`files.files_digest` of a revision's files, or "" for a revision staged before its
+    files were hashed."""
+    entries = revision.files
+    if not entries or not all("sha256" in f for f in entries):
+        return ""
+    return files.files_digest({f["path"]: f["sha256"] for f in entries})
+
+
 def example_preview_url(example: Any, sha256: str | None) -> str | None:
     """`preview_url` of one of an example's notebooks: a group's example's goes through it."""
     return preview_url(sha256, group_example="" if example.is_public else example.slug)

@@ -84,7 +84,8 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
                     example=example, number=number, content_hash=digest,
                     notebook_sha256=notebooks.sha256(published.files[nb_name]),
                     notebook_name=nb_name, metadata=meta,
-                    files=[{"path": p, "size": len(d)} for p, d in sorted(published.files.items())],
+                    files=[{"path": p, "size": len(d), "sha256": notebooks.sha256(d)}
+                           for p, d in sorted(published.files.items())],
                 )
                 DataLink.objects.bulk_create(
                     DataLink(revision=revision, name=d.get("name", ""), target=d.get("target", ""),

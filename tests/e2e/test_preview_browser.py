@@ -23,6 +23,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from gallery import services
 from gallery.models import Submission
+from gallery.previews import revision_preview_key
 
 from .. import corpus
 from ..corpus import latent
@@ -76,13 +77,13 @@ def stage_corpus(client: Any) -> list[tuple[corpus.Case, Submission]]:
             pk=r.json()["id"])
         if case.symlinks:  # no upload makes one: put them in, and render again
             corpus.add_symlinks(case, services.staged_folder(submission.revision))
-            path = services.preview_path(submission.revision.notebook_sha256)
+            path = services.preview_path(revision_preview_key(submission.revision))
             for stale in (path, path.with_name(path.name + ".gz")):
                 stale.unlink(missing_ok=True)
             services.queue_preview(submission.revision)
         preview = client.get(f"/api/v1/submissions/{r.json()['id']}").json()["preview"]
         assert preview["state"] == "ready", (case.name, preview)
-        page = services.preview_path(submission.revision.notebook_sha256).read_text()
+        page = services.preview_path(revision_preview_key(submission.revision)).read_text()
         found, text = latent(page)
         assert found == [], case.name
         for words in case.hides:
@@ -159,7 +160,7 @@ def test_it_keeps_every_corpus_preview_inert_in_chromium(live_server, settings, 
     visited = []
 
     def show(case: corpus.Case, submission: Submission, host: str) -> None:
-        preview_url = f"{previews}/previews/{submission.revision.notebook_sha256}.html"
+        preview_url = f"{previews}/previews/{revision_preview_key(submission.revision)}.html"
         page.goto(host, wait_until="load")
         visited.append(host)
         iframe = page.locator("iframe.preview")
@@ -180,7 +181,7 @@ def test_it_keeps_every_corpus_preview_inert_in_chromium(live_server, settings, 
         assert page.url == preview_url, (case.name, "the page navigated itself")
 
     for n, (case, submission) in enumerate(staged):
-        preview_url = f"{previews}/previews/{submission.revision.notebook_sha256}.html"
+        preview_url = f"{previews}/previews/{revision_preview_key(submission.revision)}.html"
         show(case, submission, f"{host}/?src={preview_url}")
         if n < 3:  # and in the gallery's own pages, as a user sees it
             show(case, submission, f"{app}/examples/{submission.example.slug}/")
@@ -260,7 +261,7 @@ def test_it_shows_a_multi_file_example_with_its_figure_and_equations(live_server
     iframe = page.locator("iframe.preview")
     assert iframe.get_attribute("sandbox") == ""
     iframe.scroll_into_view_if_needed()
-    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    preview = f"{live_server.url}/previews/{revision_preview_key(submission.revision)}.html"
     frame = wait_for_frame(page, preview)
     shown = frame.evaluate("""() => {
       const img = document.querySelector('img[alt="The fitted line"]');
@@ -284,7 +285,7 @@ def test_it_lays_out_equations_as_mathml(live_server, request):
 
     submission = stage(make_user("connor"), title="Fitting a line",
                        notebook=multi_file_notebook(), files={"figures/fit.png": figure_png()})
-    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    preview = f"{live_server.url}/previews/{revision_preview_key(submission.revision)}.html"
     context = request.getfixturevalue("browser").new_context()
     page = context.new_page()
     page.goto(preview, wait_until="load")
