@@ -43,12 +43,14 @@ from .schema import meta_from_input
 
 PAGE_SIZE = 24  # cards per section and page
 
-# No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms,
-# popups or top navigation) even when a preview is opened directly rather than in the
-# page's <iframe sandbox>. 'self' is the preview's own origin: the shared stylesheet.
+# No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms or
+# top navigation; only a link's new tab, previews.FRAME_SANDBOX) even when a preview is
+# opened directly rather than in the page's <iframe sandbox>. 'self' is the preview's own
+# origin: the shared stylesheet.
 PREVIEW_CSP = (
     "default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors {ancestors}; sandbox"
+    "form-action 'none'; base-uri 'none'; frame-ancestors {ancestors}; "
+    f"sandbox {previews.FRAME_SANDBOX}"
 )
 
 

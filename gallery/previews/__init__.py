@@ -13,6 +13,7 @@ Pygments' tokens (`highlight`).
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
 from .files import ExampleSource, files_digest, preview_key
 from .render import (
+    FRAME_SANDBOX,
     PAGE_CSP,
     PREVIEW_CSS,
     example_preview_url,
@@ -36,7 +37,8 @@ from .sanitise import (
 )
 
 __all__ = [
-    "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
+    "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "FRAME_SANDBOX", "MAX_HTML_DEPTH", "PAGE_CSP",
+    "PREVIEW_CSS",
     "ExampleSource", "files_digest", "preview_key", "revision_files_digest",
     "revision_preview_key",
     "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",

@@ -186,6 +186,12 @@ PREVIEW_PAGE = """<!DOCTYPE html>
 </main>
 </body></html>
 """
+# The sandbox of a preview's frame, and of its CSP `sandbox` directive: everything off (no
+# script, an opaque origin, no forms, no top navigation) but a popup, for a click on a link
+# out of the preview (the sanitiser gives those target="_blank" rel="noopener noreferrer"),
+# which leaves the sandbox behind: the new tab loads the external page as if its address had
+# been typed (README, Security).
+FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
 # Repeated inside the file, so a preview stays inert even where a plain static server
 # sends it without our headers (frame-ancestors and sandbox only work as headers).
 PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'self'; font-src data:; "

@@ -5,8 +5,9 @@
  *
  * Every request goes to this Jupyter server's /gallery-stage/ handlers, which talk to the
  * gallery with the server's own hub token. The preview is the one thing loaded from the
- * gallery directly: a public, content-addressed page on the hub's origin, framed with an
- * empty sandbox exactly as the gallery's own pages frame it.
+ * gallery directly: a public, content-addressed page on the hub's origin, framed with the
+ * same sandbox as the gallery's own pages frame it (no scripts, no same-origin; a link out
+ * opens a new tab).
  */
 import {
   ILayoutRestorer,
@@ -468,13 +469,15 @@ export class ExampleView extends Widget {
 
     const preview = section('jp-GalleryExample-h-preview', 'Preview');
     if (d.preview_url) {
-      // As on the gallery's pages: an empty sandbox (no scripts, an opaque origin), no
-      // referrer; the preview's own CSP forbids scripts and anything remote as well.
+      // As on the gallery's pages: a sandbox with no scripts and an opaque origin that lets
+      // only a link out of the preview open a new tab of its own (gallery.previews
+      // FRAME_SANDBOX), no referrer; the preview's own CSP forbids scripts and anything
+      // remote as well.
       preview.appendChild(
         el('iframe', {
           class: 'jp-GalleryExample-preview',
           src: d.preview_url,
-          sandbox: '',
+          sandbox: 'allow-popups allow-popups-to-escape-sandbox',
           referrerpolicy: 'no-referrer',
           loading: 'lazy',
           title: `Preview of ${d.title}`
