@@ -83,8 +83,10 @@ def fast_python_lexer_class() -> type:
             statestack = list(stack)
             statetokens = tokendefs[statestack[-1]]
             chars = by_char.get(statestack[-1], {})
+            end = len(text)
             while 1:
-                for rexmatch, action, new_state in chars.get(text[pos:pos + 1], statetokens):
+                for rexmatch, action, new_state in chars.get(
+                        text[pos] if pos < end else "", statetokens):
                     m = rexmatch(text, pos)
                     if m:
                         if action is not None:
@@ -114,7 +116,7 @@ def fast_python_lexer_class() -> type:
                             chars = by_char.get(statestack[-1], {})
                         break
                 else:
-                    if pos >= len(text):
+                    if pos >= end:
                         break
                     if text[pos] == "\n":
                         statestack = ["root"]
