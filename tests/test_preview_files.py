@@ -15,7 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from gallery import previews, services
-from gallery.models import Job, Preview
+from gallery.models import Job, Preview, Revision
 from gallery.previews import ExampleSource, files, revision_preview_key
 
 from . import corpus
@@ -272,3 +272,23 @@ def test_it_never_reads_example_toml_as_a_figure(tmp_path):
         files.EXAMPLE_FILE: b"GIF87a = 1\n", "fit.png": png_bytes()}))
     assert figures(page) == ["image/png"]
     assert notices(page) == ["example.toml: not a PNG, JPEG, GIF or SVG image"]
+
+
+class LegacyKeyTests(GalleryTestCase):
+    def test_it_hashes_the_files_of_an_older_revision_when_the_index_is_rebuilt(self):
+        main = notebook(new_markdown_cell("![fit](fit.png)"))
+        submission = self.stage_and_approve(notebook=main, files={"fit.png": png_bytes()})
+        revision = submission.revision
+        # As staged before file hashes were kept: its previews are under the notebook's hash.
+        Revision.objects.filter(pk=revision.pk).update(
+            files=[{"path": f["path"], "size": f["size"]} for f in revision.files])
+        revision.refresh_from_db()
+        assert revision_preview_key(revision) == revision.notebook_sha256
+        with self.captureOnCommitCallbacks(execute=True):
+            services.rebuild_index()
+        revision.refresh_from_db()
+        assert all(len(f["sha256"]) == 64 for f in revision.files)
+        key = revision_preview_key(revision)
+        assert key != revision.notebook_sha256
+        assert Preview.objects.get(sha256=key).state == Preview.State.READY
+        assert figures(services.preview_path(key).read_text()) == ["image/png"]
