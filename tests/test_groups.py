@@ -17,7 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase as HypothesisTestCase
 
-from gallery import caching, login, services
+from gallery import caching, login, notebooks, services
 from gallery.models import Example, HubGroup, Job, Notification, Revision, Tag, audience_of
 from gallery.previews import revision_preview_key
 from gallery.views import PreviewFiles
@@ -176,6 +176,31 @@ class VisibilityTests(GroupCast):
         # Another example's address does not open it either.
         other = reverse("group-preview", args=[self.examples["public"].slug, sha])
         self.assertEqual(self.as_("chemist").get(other).status_code, 404)
+
+    def test_it_links_a_group_preview_to_its_other_notebooks_through_the_example(self) -> None:
+        import json
+
+        from nbformat.v4 import new_markdown_cell, new_notebook
+
+        part2 = json.dumps(new_notebook(cells=[new_markdown_cell("# Part two")])).encode()
+        main = json.dumps(new_notebook(cells=[new_markdown_cell("[part two](part2.ipynb)")]))
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = services.stage_submission(
+                contributor=self.people["physicist"],
+                staged=services.StagedFiles(notebook_name="nb.ipynb", notebook=main.encode(),
+                                            files={"part2.ipynb": part2}),
+                meta=services.ExampleMeta(title="Two parts", summary="About it.",
+                                          tags=["demo"], groups=[PHYSICS]))
+        revision, slug = submission.revision, submission.example.slug
+        key2 = revision_preview_key(revision, notebook="part2.ipynb",
+                                    notebook_sha256=notebooks.sha256(part2))
+        url = reverse("group-preview", args=[slug, key2])
+        page = (settings.GALLERY_GROUP_PREVIEW_DIR
+                / f"{revision_preview_key(revision)}.html").read_text()
+        self.assertIn(f'href="{url}"', page)
+        self.assertContains(self.as_("physicist").get(url), "Part two")
+        self.assertEqual(self.as_("chemist").get(url).status_code, 404)
+        self.assertFalse((settings.GALLERY_PREVIEW_DIR / f"{key2}.html").exists())
 
     def test_it_refuses_a_group_the_contributor_is_not_in(self) -> None:
         with self.assertRaises(services.NotAllowed):

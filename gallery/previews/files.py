@@ -42,13 +42,15 @@ class ExampleSource:
     path inside it, and the example's page (for links to its other files; "" for none).
 
     `files` and `example` are what the previews of the folder's notebooks are keyed by
-    (`preview_key`): links to another notebook lead to its preview's key."""
+    (`preview_key`): links to another notebook lead to its preview's key, through the
+    example (its slug) when it is a group's (`private`), whose previews are served only so."""
 
     folder: str
     notebook: str
     example_url: str = ""
     files: str = ""
     example: str = ""
+    private: bool = False
 
 
 def files_digest(hashes: dict[str, str]) -> str:

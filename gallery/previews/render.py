@@ -285,8 +285,10 @@ def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | N
     limits = limits or PreviewLimits()
     sanitise.use_limits(limits)
     nb = strict_outputs(_read_for_preview(data), limits)
+    link_url = functools.partial(preview_url, group_example=source.example) if (
+        source is not None and source.private) else preview_url
     with files.rendering(source, max_bytes=limits.max_output_bytes,
-                         max_pixels=limits.max_image_pixels, preview_url=preview_url):
+                         max_pixels=limits.max_image_pixels, preview_url=link_url):
         body, _ = _get_exporter().from_notebook_node(nb)
     title = nb.metadata.get("title") or "Notebook preview"
     return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),

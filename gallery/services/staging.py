@@ -456,7 +456,8 @@ def do_preview(job: Job) -> dict[str, Any]:
         source = previews.ExampleSource(folder=str(folder), notebook=name,
                                         example_url=_example_url(revision),
                                         files=previews.revision_files_digest(revision),
-                                        example=revision.example.slug)
+                                        example=revision.example.slug,
+                                        private=bool(job.params.get("private")))
         started = time.monotonic()
         try:
             # In a forked child with time and memory limits; any failure is a plain reason.
