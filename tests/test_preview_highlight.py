@@ -60,6 +60,20 @@ def test_it_lexes_python_exactly_as_pygments_does():
         assert tokens(fast, text) == tokens(stock, text), path.name
 
 
+def test_it_writes_the_html_pygments_writes():
+    import pygments
+    from pygments.formatters import HtmlFormatter
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [TRICKY, *EDGES, "x = 1", "a < b & c > d  # <&>", "\n\n\nx\n\n", 's = """\n\n"""\n',
+             "x = 1\r\ny = 2\r", "\ufeffx", "no newline at the end",
+             *(p.read_text(encoding="utf-8", errors="replace")
+               for p in sorted(stdlib.glob("*.py"))[5::25])]
+    formatter = HtmlFormatter(cssclass="highlight hl-python")
+    for text in texts:
+        assert highlight(text, "python") == pygments.highlight(text, PythonLexer(), formatter)
+
+
 def test_it_highlights_python_and_ipython_code_with_it():
     html = highlight("def f(x):\n    return x + 1  # one\n", "ipython3")
     assert '<span class="k">def</span>' in html and '<span class="c1"># one</span>' in html

@@ -168,4 +168,55 @@ def highlight(source: str, language: str) -> str:
             _highlighters.clear()
         _highlighters[language] = (lexer, HtmlFormatter(cssclass=f"highlight hl-{language}"))
     lexer, formatter = _highlighters[language]
+    if isinstance(lexer, fast_python_lexer_class()):
+        return html_of_tokens(lexer.get_tokens_unprocessed(lexer._preprocess_lexer_input(
+            source)), formatter)
     return pygments.highlight(source, lexer, formatter)
+
+
+def html_of_tokens(tokens: Any, formatter: Any) -> str:
+    """What `formatter` (an HtmlFormatter with its default options but `cssclass`) makes of
+    a lexer's tokens, written in one loop rather than through its chain of generators (a
+    fifth of the time): adjacent tokens of one class share a span, every line closes its
+    span, token text is escaped as Pygments escapes it."""
+    openers = _OPENERS  # the same for every formatter here: no class prefix, no styles
+    out = [f'<div class="{formatter.cssclass}"><pre><span></span>']
+    add = out.append
+    open_span = ""  # the span the current line has open
+    pending = False  # text on the current line
+    for _, ttype, value in tokens:
+        span = openers.get(ttype)
+        if span is None:
+            css = formatter._get_css_classes(ttype)
+            span = openers[ttype] = f'<span class="{css}">' if css else ""
+        value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        if "\n" in value:
+            *lines, value = value.split("\n")
+            for part in lines:
+                if part:
+                    if open_span != span:
+                        if open_span:
+                            add("</span>")
+                        add(span)
+                    add(part)
+                    if span:
+                        add("</span>")
+                elif open_span:
+                    add("</span>")
+                add("\n")
+                open_span, pending = "", False
+        if value:
+            if open_span != span:
+                if open_span:
+                    add("</span>")
+                add(span)
+                open_span = span
+            add(value)
+            pending = True
+    if pending:
+        add(("</span>" if open_span else "") + "\n")
+    add("</pre></div>\n")
+    return "".join(out)
+
+
+_OPENERS: dict[Any, str] = {}
