@@ -32,7 +32,7 @@ from .models import (
     StateChange,
     Submission,
 )
-from .previews import example_preview_url
+from .previews import example_preview_url, revision_preview_key
 
 OPEN = [Submission.State.STAGED, Submission.State.IN_REVIEW]
 
@@ -259,7 +259,7 @@ def review_context(submission: Submission, request: HttpRequest) -> dict[str, An
     return {
         "submission": submission, "base": base, "notebook_diff": notebook_diff,
         "diff_error": diff_error, "files_changes": revision.changes_from(base),
-        "preview_url": example_preview_url(example, revision.notebook_sha256),
+        "preview_url": example_preview_url(example, revision_preview_key(revision)),
         "decision_form": forms.DecisionForm(),
         "can_decide": submission.state in OPEN and services.may_review(request.user, example)
         and submission.contributor_id != request.user.pk,

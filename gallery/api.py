@@ -38,7 +38,7 @@ from .models import (
     audience_choices,
     snapshot,
 )
-from .previews import example_preview_url
+from .previews import example_preview_url, revision_preview_key
 from .previews.links import signed_preview_url
 from .schema import SubmissionMetaIn, meta_from_input
 from .uploads import UploadTooLarge
@@ -357,8 +357,8 @@ def example_out(example: Example) -> dict[str, Any]:
         "author": example.contributor.get_username(), "updated": example.updated.isoformat(),
         "use_count": example.use_count, "version": revision.number if revision else None,
         "url": reverse("example", args=[example.slug]),
-        "preview_url": example_preview_url(example, revision.notebook_sha256 if revision
-                                           else None),
+        "preview_url": example_preview_url(example, revision_preview_key(revision)
+                                           if revision else None),
     }
 
 
@@ -372,8 +372,8 @@ def submission_out(submission: Submission) -> dict[str, Any]:
                      "reviewer": r.reviewer.get_username(), "created": r.created.isoformat()}
                     for r in submission.reviews.all()],
         "preview_url": example_preview_url(submission.example,
-                                           submission.revision.notebook_sha256),
-        "preview": preview_out(submission.revision.notebook_sha256),
+                                           revision_preview_key(submission.revision)),
+        "preview": preview_out(revision_preview_key(submission.revision)),
         "url": reverse("submission", args=[submission.pk]),
     }
 
@@ -471,7 +471,7 @@ def _example_detail(example: Example, caller: Any) -> dict[str, Any]:
     return {
         **example_out(example),
         # For the caller alone (the list's preview_url is the same for everyone, and cached).
-        "preview_url": signed_preview_url(example, revision.notebook_sha256 if revision
+        "preview_url": signed_preview_url(example, revision_preview_key(revision) if revision
                                           else None, caller),
         "notebook": revision.notebook_name if revision else "",
         "files": revision.files if revision else [],

@@ -389,10 +389,10 @@ class Revision(models.Model):
     example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="revisions")
     number = models.PositiveIntegerField()
     content_hash = models.CharField(max_length=64)  # sha256 over the whole folder
-    notebook_sha256 = models.CharField(max_length=64)  # the preview's key
+    notebook_sha256 = models.CharField(max_length=64)  # part of its preview's key
     notebook_name = models.CharField(max_length=200)
     metadata = models.JSONField(default=dict)  # example.toml as a dict
-    files = models.JSONField(default=list)  # [{"path": ..., "size": ...}]
+    files = models.JSONField(default=list)  # [{"path": ..., "size": ..., "sha256": ...}]
     git_commit = models.CharField(max_length=40, blank=True)
     created = models.DateTimeField(default=timezone.now)
     # What its environment spec resolved to (one `name==version` a line), kept so that every
@@ -780,7 +780,8 @@ class Run(models.Model):
 
 
 class Preview(models.Model):
-    """The rendered, sanitised HTML of one notebook content, keyed by its sha256."""
+    """The rendered, sanitised HTML of one notebook beside its files, keyed by
+    `previews.revision_preview_key` (a sha256)."""
 
     class State(models.TextChoices):
         PENDING = "pending", "pending"

@@ -43,17 +43,19 @@ from .models import (
     Tag,
     snapshot,
 )
-from .previews import example_preview_url
+from .previews import example_preview_url, revision_preview_key
 from .schema import meta_from_input
 
 PAGE_SIZE = 24  # cards per section and page
 
-# No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms,
-# popups or top navigation) even when a preview is opened directly rather than in the
-# page's <iframe sandbox>. 'self' is the preview's own origin: the shared stylesheet.
+# No script, nothing from elsewhere, and `sandbox` (an opaque origin, no scripts, forms or
+# top navigation; only a link's new tab, previews.FRAME_SANDBOX) even when a preview is
+# opened directly rather than in the page's <iframe sandbox>. 'self' is the preview's own
+# origin: the shared stylesheet.
 PREVIEW_CSP = (
     "default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors {ancestors}; sandbox"
+    "form-action 'none'; base-uri 'none'; frame-ancestors {ancestors}; "
+    f"sandbox {previews.FRAME_SANDBOX}"
 )
 
 
@@ -145,7 +147,7 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "environment": _environment_text(revision),
         "built_environment": revision.environment,
         "pins": _pins(revision),
-        "preview_url": example_preview_url(item, revision.notebook_sha256),
+        "preview_url": example_preview_url(item, revision_preview_key(revision)),
         "versions": [{"revision": v, "changes": v.changes_from(versions[i - 1] if i else None),
                       "review": next(iter(v.submission.reviews.all()), None)
                       if hasattr(v, "submission") else None}
@@ -156,8 +158,8 @@ def example(request: HttpRequest, slug: str) -> HttpResponse:
         "last_run": revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
         # A notebook saved without outputs is previewed with those of its verified run.
         "outputs_run": (verified := services.verified_preview(revision)),
-        "outputs_preview_url": example_preview_url(item, verified.outputs_sha256)
-        if verified else "",
+        "outputs_preview_url": example_preview_url(item, revision_preview_key(
+            revision, notebook_sha256=verified.outputs_sha256)) if verified else "",
         "plan": services.use_plan(example=item, user=request.user) if usable else None,
         "outdated_copy": last_use if usable and last_use
         and last_use.revision.number < item.current_revision.number else None,
@@ -334,7 +336,7 @@ def submission(request: HttpRequest, pk: int) -> HttpResponse:
         "example", "revision"), pk=pk)
     return render(request, "gallery/submission.html", {
         "submission": item,
-        "preview_url": example_preview_url(item.example, item.revision.notebook_sha256),
+        "preview_url": example_preview_url(item.example, revision_preview_key(item.revision)),
         "reviews": item.reviews.select_related("reviewer"),
         "last_run": item.revision.runs.exclude(kind=Run.Kind.CANDIDATE).first(),
     })
@@ -441,9 +443,7 @@ def group_preview(request: HttpRequest, slug: str, sha256: str) -> HttpResponse:
         item = previews.links.example_of_link(token, slug=slug, sha256=sha256)
     if item is None and not token and not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
-    if item is None or not (
-            item.revisions.filter(notebook_sha256=sha256).exists()
-            or item.revisions.filter(runs__outputs_sha256=sha256).exists()):
+    if item is None or sha256 not in services.example_preview_keys(item):
         raise Http404("There is no such preview.")
     for private in (True, False):
         path = services.preview_path(sha256, private=private)

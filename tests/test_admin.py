@@ -12,8 +12,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery import diff
+from gallery import diff, previews
 from gallery.models import Example, Notification, Submission
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 
@@ -80,8 +81,8 @@ class DeskTests(GalleryTestCase):
         self.assertContains(page, "<del>- x = 1</del>")
         self.assertContains(page, "<ins>+ x = 2</ins>")
         self.assertContains(page, "✓ pass")
-        self.assertContains(page, f"/previews/{second.revision.notebook_sha256}.html")
-        self.assertContains(page, 'sandbox=""')
+        self.assertContains(page, f"/previews/{revision_preview_key(second.revision)}.html")
+        self.assertContains(page, f'sandbox="{previews.FRAME_SANDBOX}"')
         self.assertContains(page, 'id="decision-form"')
 
     def test_it_requests_changes_with_a_comment_the_contributor_sees(self):

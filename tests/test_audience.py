@@ -17,6 +17,7 @@ from hypothesis.extra.django import TestCase as HypothesisTestCase
 
 from gallery import notebooks, services
 from gallery.models import Example, Job, Preview, StateChange
+from gallery.previews import revision_preview_key
 
 from .test_caching import shared_cache
 from .test_groups import CHEMISTRY, PHYSICS, GroupCast, stage_for
@@ -48,50 +49,38 @@ class AudienceTests(GroupCast):
         self.assertEqual(self.repo_groups(example), [])
         change = StateChange.objects.get(example=example, subject="audience")
         self.assertEqual((change.from_state, change.to_state), ("groups", "public"))
-        self.assertTrue(Job.objects.filter(kind=Job.Kind.PREVIEW, params__private=False,
-                                           params__sha256=example.current_revision
-                                           .notebook_sha256).exists())  # type: ignore[union-attr]
+        self.assertTrue(Job.objects.filter(
+            kind=Job.Kind.PREVIEW, params__private=False,
+            params__sha256=revision_preview_key(example.current_revision)).exists())  # type: ignore[arg-type]
 
     def test_a_public_example_made_private_leaves_no_public_preview_behind(self) -> None:
         example = self.examples["public"]
-        sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
-        public = services.preview_path(sha)
+        revision = example.current_revision
+        assert revision is not None
+        key = revision_preview_key(revision)
+        public = services.preview_path(key)
         public.parent.mkdir(parents=True, exist_ok=True)
         public.write_text("<p>preview</p>")
-        Preview.objects.update_or_create(sha256=sha, defaults={"state": Preview.State.READY})
+        other = self.examples[PHYSICS].current_revision  # another example's stays
+        assert other is not None
+        kept = services.preview_path(revision_preview_key(other))
+        kept.write_text("<p>another</p>")
+        Preview.objects.update_or_create(sha256=key, defaults={"state": Preview.State.READY})
         with self.captureOnCommitCallbacks(execute=True):
             status, body = self.put("reviewer", example, [CHEMISTRY])
         self.assertEqual((status, body["groups"]), (200, [CHEMISTRY]))
         self.assertFalse(public.exists())
+        self.assertTrue(kept.exists())
         self.assertEqual(self.as_("physicist").get(reverse("example", args=[example.slug]))
                          .status_code, 404)
         self.assertEqual(self.as_("chemist").get(reverse("example", args=[example.slug]))
                          .status_code, 200)
         self.assertEqual(self.repo_groups(example), [CHEMISTRY])
-        # Its private preview is rendered where members read it.
-        self.assertTrue(services.preview_path(sha, private=True).exists())
-
-    def test_a_public_preview_another_public_example_shows_stays(self) -> None:
-        example = self.examples["public"]
-        revision = example.current_revision
-        assert revision is not None
-        sha = revision.notebook_sha256
-        same = (services.staged_folder(revision) / revision.notebook_name).read_bytes()
-        with self.captureOnCommitCallbacks(execute=True):
-            twin = services.stage_submission(
-                contributor=self.contributor,
-                staged=services.StagedFiles(notebook_name="nb.ipynb", notebook=same),
-                meta=services.ExampleMeta(title="Open otter twin", summary="Same.",
-                                          tags=["demo"]))
-        with self.captureOnCommitCallbacks(execute=True):
-            services.approve_submission(submission=twin, reviewer=self.reviewer)
-        self.assertEqual(twin.revision.notebook_sha256, sha)
-        public = services.preview_path(sha)
-        public.parent.mkdir(parents=True, exist_ok=True)
-        public.write_text("<p>preview</p>")
-        with self.captureOnCommitCallbacks(execute=True):
-            self.assertEqual(self.put("reviewer", example, [PHYSICS])[0], 200)
-        self.assertTrue(public.exists())
+        # Its private preview is rendered where members read it, and served to them alone.
+        self.assertTrue(services.preview_path(key, private=True).exists())
+        url = reverse("group-preview", args=[example.slug, key])
+        self.assertEqual(self.as_("chemist").get(url).status_code, 200)
+        self.assertEqual(self.as_("physicist").get(url).status_code, 404)
 
     def test_a_project_reviewer_changes_only_the_groups_they_review_and_never_to_public(self
                                                                                       ) -> None:

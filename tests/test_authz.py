@@ -22,6 +22,7 @@ from django.urls import URLResolver, get_resolver
 from gallery import previews, services
 from gallery.api import api as ninja_api
 from gallery.models import Example, Job, Revision, Run, Submission
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 from .test_hub import FakeHub
@@ -417,7 +418,7 @@ class AuthorisationMatrixTests(GalleryTestCase):
             submission.refresh_from_db()
         self.assertEqual(rejected.state, Example.State.REJECTED)
         self.assertEqual(sub["withdrawn"].state, Submission.State.WITHDRAWN)
-        sha = {name: s.revision.notebook_sha256 for name, s in sub.items()}
+        sha = {name: revision_preview_key(s.revision) for name, s in sub.items()}
         self.args: dict[str, dict[str, str]] = {
             "slug": {"approved": "approved-aurora", "staged": "staged-sloth",
                      "rejected": "rejected-raccoon", "retired": "retired-tapir",

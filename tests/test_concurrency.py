@@ -40,6 +40,7 @@ from django.utils.crypto import get_random_string
 
 from gallery import homes, services
 from gallery.models import Example, Job, Preview, Submission
+from gallery.previews import revision_preview_key
 
 from .base import make_user, notebook_bytes, stage
 from .conftest import ENDPOINT_CASES, start_worker, wait_for, worker_env
@@ -257,7 +258,7 @@ def test_it_keeps_every_submission_and_every_copy_whole_under_many_requests_at_o
     for _, submission in staged:
         assert submission.checks_state == Submission.ChecksState.DONE, submission.checks
         assert not [c for c in submission.checks if c["status"] == "fail"], submission.checks
-        sha = submission.revision.notebook_sha256
+        sha = revision_preview_key(submission.revision)
         assert Preview.objects.get(sha256=sha).state == Preview.State.READY
         assert Path(settings.GALLERY_PREVIEW_DIR, f"{sha}.html").is_file()
 

@@ -18,8 +18,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase as HypothesisTestCase
 
-from gallery import caching, login, services
+from gallery import caching, login, notebooks, services
 from gallery.models import Example, HubGroup, Job, Notification, Revision, Tag, audience_of
+from gallery.previews import revision_preview_key
 from gallery.views import PreviewFiles
 
 from .base import GalleryTestCase, make_user, notebook_bytes
@@ -103,7 +104,7 @@ class VisibilityTests(GroupCast):
         for who in self.people:
             client = self.as_(who)
             for audience, example in self.examples.items():
-                sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+                sha = revision_preview_key(example.current_revision)  # type: ignore[union-attr]
                 ok = who in self.sees[audience]
                 with self.subTest(who=who, example=audience):
                     urls = [reverse("example", args=[example.slug]),
@@ -184,10 +185,10 @@ class VisibilityTests(GroupCast):
                 self.assertEqual(listed["count"], len(seen) + staged)
 
     def test_it_keeps_a_group_preview_out_of_the_public_previews(self) -> None:
-        sha = self.examples[PHYSICS].current_revision.notebook_sha256  # type: ignore[union-attr]
+        sha = revision_preview_key(self.examples[PHYSICS].current_revision)  # type: ignore[union-attr]
         self.assertFalse((settings.GALLERY_PREVIEW_DIR / f"{sha}.html").exists())
         self.assertTrue((settings.GALLERY_GROUP_PREVIEW_DIR / f"{sha}.html").exists())
-        public_sha = self.examples["public"].current_revision.notebook_sha256  # type: ignore[union-attr]
+        public_sha = revision_preview_key(self.examples["public"].current_revision)  # type: ignore[union-attr]
         self.assertTrue((settings.GALLERY_PREVIEW_DIR / f"{public_sha}.html").exists())
         # Whoever knows the hash: nothing through Django, nothing through the WSGI front.
         self.assertEqual(self.as_("physicist").get(f"/previews/{sha}.html").status_code, 404)
@@ -207,6 +208,31 @@ class VisibilityTests(GroupCast):
         # Another example's address does not open it either.
         other = reverse("group-preview", args=[self.examples["public"].slug, sha])
         self.assertEqual(self.as_("chemist").get(other).status_code, 404)
+
+    def test_it_links_a_group_preview_to_its_other_notebooks_through_the_example(self) -> None:
+        import json
+
+        from nbformat.v4 import new_markdown_cell, new_notebook
+
+        part2 = json.dumps(new_notebook(cells=[new_markdown_cell("# Part two")])).encode()
+        main = json.dumps(new_notebook(cells=[new_markdown_cell("[part two](part2.ipynb)")]))
+        with self.captureOnCommitCallbacks(execute=True):
+            submission = services.stage_submission(
+                contributor=self.people["physicist"],
+                staged=services.StagedFiles(notebook_name="nb.ipynb", notebook=main.encode(),
+                                            files={"part2.ipynb": part2}),
+                meta=services.ExampleMeta(title="Two parts", summary="About it.",
+                                          tags=["demo"], groups=[PHYSICS]))
+        revision, slug = submission.revision, submission.example.slug
+        key2 = revision_preview_key(revision, notebook="part2.ipynb",
+                                    notebook_sha256=notebooks.sha256(part2))
+        url = reverse("group-preview", args=[slug, key2])
+        page = (settings.GALLERY_GROUP_PREVIEW_DIR
+                / f"{revision_preview_key(revision)}.html").read_text()
+        self.assertIn(f'href="{url}"', page)
+        self.assertContains(self.as_("physicist").get(url), "Part two")
+        self.assertEqual(self.as_("chemist").get(url).status_code, 404)
+        self.assertFalse((settings.GALLERY_PREVIEW_DIR / f"{key2}.html").exists())
 
     def test_it_refuses_a_group_the_contributor_is_not_in(self) -> None:
         with self.assertRaises(services.NotAllowed):
@@ -310,7 +336,7 @@ class SignedPreviewLinkTests(GroupCast):
 
     def test_it_opens_the_preview_to_whoever_holds_a_members_link(self) -> None:
         example = self.examples[PHYSICS]
-        sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+        sha = revision_preview_key(example.current_revision)  # type: ignore[arg-type]
         url = self.signed()
         self.assertTrue(url.startswith(reverse("group-preview", args=[example.slug, sha])
                                        + "?token="), url)
@@ -335,7 +361,7 @@ class SignedPreviewLinkTests(GroupCast):
         from gallery.previews.links import signed_preview_url
 
         example = self.examples[PHYSICS]
-        sha = example.current_revision.notebook_sha256  # type: ignore[union-attr]
+        sha = revision_preview_key(example.current_revision)  # type: ignore[arg-type]
         paul = self.people["physicist"]
         lifetime = settings.GALLERY_PREVIEW_LINK_SECONDS
         fresh = signed_preview_url(example, sha, paul, now=time.time() - lifetime + 60)
@@ -361,9 +387,9 @@ class SignedPreviewLinkTests(GroupCast):
         url = self.signed("both", PHYSICS)
         path, _, query = url.partition("?")
         physics, chemistry = self.examples[PHYSICS], self.examples[CHEMISTRY]
-        sha = physics.current_revision.notebook_sha256  # type: ignore[union-attr]
-        other_sha = chemistry.current_revision.notebook_sha256  # type: ignore[union-attr]
-        staged_sha = self.staged.revision.notebook_sha256  # another notebook of physics'
+        sha = revision_preview_key(physics.current_revision)  # type: ignore[arg-type]
+        other_sha = revision_preview_key(chemistry.current_revision)  # type: ignore[arg-type]
+        staged_sha = revision_preview_key(self.staged.revision)  # another notebook of physics'
         for wrong in [reverse("group-preview", args=[chemistry.slug, other_sha]),
                       reverse("group-preview", args=[chemistry.slug, sha]),
                       reverse("group-preview", args=[self.staged.example.slug, staged_sha]),

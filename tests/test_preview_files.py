@@ -15,8 +15,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from gallery import previews, services
-from gallery.models import Preview
-from gallery.previews import ExampleSource, files
+from gallery.models import Job, Preview, Revision
+from gallery.previews import ExampleSource, files, revision_preview_key
 
 from . import corpus
 from .base import GalleryTestCase, stage
@@ -190,9 +190,10 @@ class ExampleFilesServiceTests(GalleryTestCase):
                 "figures/fit.png": png_bytes(metadata_first=True), "part2.ipynb": part2,
                 "points.csv": b"1,2\n"})
         revision = submission.revision
-        page = services.preview_path(revision.notebook_sha256).read_text()
+        page = services.preview_path(revision_preview_key(revision)).read_text()
         assert figures(page) == ["image/png"] and notices(page) == []
-        sha2 = previews.render.hashlib.sha256(part2).hexdigest()
+        sha2 = revision_preview_key(revision, notebook_sha256=previews.render.hashlib.sha256(
+            part2).hexdigest(), notebook="part2.ipynb")
         assert f'href="/previews/{sha2}.html"' in page
         assert f'href="/examples/{submission.example.slug}/#file-points.csv"' in page
         assert Preview.objects.get(sha256=sha2).state == Preview.State.READY
@@ -200,3 +201,94 @@ class ExampleFilesServiceTests(GalleryTestCase):
         self.client.force_login(self.user)
         response = self.client.get(f"/examples/{submission.example.slug}/")
         self.assertContains(response, 'id="file-points.csv"')
+
+    def test_it_keys_a_preview_by_the_files_it_shows_and_shares_an_identical_one(self):
+        main = notebook(new_markdown_cell("# Fit\n\n![fit](figures/fit.png)"))
+        old_png, new_png = png_bytes(4, 3), png_bytes(7, 5)
+        with self.captureOnCommitCallbacks(execute=True):
+            first = stage(self.contributor, notebook=main, files={"figures/fit.png": old_png})
+        slug = first.example.slug
+        with self.captureOnCommitCallbacks(execute=True):  # only the figure changed
+            changed = stage(self.contributor, notebook=main, example_slug=slug,
+                            files={"figures/fit.png": new_png})
+        with self.captureOnCommitCallbacks(execute=True):  # only the example's title changed
+            same = stage(self.contributor, notebook=main, example_slug=slug, title="Renamed",
+                         files={"figures/fit.png": new_png})
+        revisions = [s.revision for s in (first, changed, same)]
+        assert len({r.notebook_sha256 for r in revisions}) == 1
+        keys = [revision_preview_key(r) for r in revisions]
+        assert keys[0] != keys[1] == keys[2]
+        assert Preview.objects.filter(sha256__in=keys).count() == 2
+        assert Job.objects.filter(kind=Job.Kind.PREVIEW, revision__example=first.example
+                                  ).count() == 2  # the third revision's preview was shared
+        for key, png in ((keys[0], old_png), (keys[1], new_png)):
+            page = services.preview_path(key).read_text()
+            assert base64.b64encode(png).decode() in page
+        self.client.force_login(self.user)
+        page = self.client.get(f"/examples/{slug}/")  # the page frames its own revision's
+        self.assertContains(page, f"/previews/{keys[2]}.html")
+
+    def test_it_keys_links_to_other_notebooks_by_the_files_beside_them(self):
+        part2 = notebook(new_markdown_cell("![fig](fig.png)"))
+        main = notebook(new_markdown_cell("[part two](part2.ipynb)"))
+        pages = []
+        for png in (png_bytes(4, 3), png_bytes(5, 5)):  # only part two's figure changes
+            with self.captureOnCommitCallbacks(execute=True):
+                submission = stage(self.contributor, notebook=main, example_slug=pages[0][0]
+                                   if pages else "", files={"part2.ipynb": part2, "fig.png": png})
+            revision = submission.revision
+            key2 = revision_preview_key(revision, notebook_sha256=previews.render.hashlib.sha256(
+                part2).hexdigest(), notebook="part2.ipynb")
+            page = services.preview_path(revision_preview_key(revision)).read_text()
+            assert f'href="/previews/{key2}.html"' in page
+            assert base64.b64encode(png).decode() in services.preview_path(key2).read_text()
+            pages.append((submission.example.slug, key2))
+        assert pages[0][1] != pages[1][1]
+
+
+def test_it_keys_a_preview_by_its_notebook_folder_files_and_example():
+    key = files.preview_key
+    digest = files.files_digest
+    base = {"nb.ipynb": "a" * 64, "fit.png": "b" * 64, files.EXAMPLE_FILE: "c" * 64}
+    one = key("n" * 64, notebook="nb.ipynb", files=digest(base), example="fit")
+    assert one == key("n" * 64, notebook="nb.ipynb", files=digest(dict(base)), example="fit")
+    assert one != key("m" * 64, notebook="nb.ipynb", files=digest(base), example="fit")
+    assert one != key("n" * 64, notebook="sub/nb.ipynb", files=digest(base), example="fit")
+    assert one != key("n" * 64, notebook="nb.ipynb", files=digest(base), example="fit-2")
+    assert one != key("n" * 64, notebook="nb.ipynb", example="fit",
+                      files=digest({**base, "fit.png": "d" * 64}))
+    assert one != key("n" * 64, notebook="nb.ipynb", example="fit",
+                      files=digest({**base, "new.csv": "e" * 64}))
+    # example.toml by its name only: a render never reads it.
+    assert one == key("n" * 64, notebook="nb.ipynb", example="fit",
+                      files=digest({**base, files.EXAMPLE_FILE: "f" * 64}))
+    # An example staged before its files were hashed keeps its notebook's hash.
+    assert key("n" * 64, notebook="nb.ipynb", example="fit") == "n" * 64
+
+
+def test_it_never_reads_example_toml_as_a_figure(tmp_path):
+    nb = notebook(new_markdown_cell("![meta](example.toml) ![ok](fit.png)"))
+    page = previews.render_preview(nb, source=example(tmp_path, nb, extra={
+        files.EXAMPLE_FILE: b"GIF87a = 1\n", "fit.png": png_bytes()}))
+    assert figures(page) == ["image/png"]
+    assert notices(page) == ["example.toml: not a PNG, JPEG, GIF or SVG image"]
+
+
+class LegacyKeyTests(GalleryTestCase):
+    def test_it_hashes_the_files_of_an_older_revision_when_the_index_is_rebuilt(self):
+        main = notebook(new_markdown_cell("![fit](fit.png)"))
+        submission = self.stage_and_approve(notebook=main, files={"fit.png": png_bytes()})
+        revision = submission.revision
+        # As staged before file hashes were kept: its previews are under the notebook's hash.
+        Revision.objects.filter(pk=revision.pk).update(
+            files=[{"path": f["path"], "size": f["size"]} for f in revision.files])
+        revision.refresh_from_db()
+        assert revision_preview_key(revision) == revision.notebook_sha256
+        with self.captureOnCommitCallbacks(execute=True):
+            services.rebuild_index()
+        revision.refresh_from_db()
+        assert all(len(f["sha256"]) == 64 for f in revision.files)
+        key = revision_preview_key(revision)
+        assert key != revision.notebook_sha256
+        assert Preview.objects.get(sha256=key).state == Preview.State.READY
+        assert figures(services.preview_path(key).read_text()) == ["image/png"]

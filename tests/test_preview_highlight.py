@@ -36,6 +36,13 @@ café = naïve + ε
 '''
 
 
+# Characters each at the edge of a rule's class: form feed and other separators, non-ASCII
+# names and spaces, unterminated strings, numbers cut short, string prefixes like names.
+EDGES = ["x = 1\n\x0c\x1c y\x1f", "é = 1; ünïcode + ß", "a\u00a0b", "", "\n\n", "'open",
+         '"""', "0x", "1._2", ".5 + x.y", "u'x' U\"y\" uu'z' f'{u}'", "a:=b[1:2]", "\\\n\\",
+         "λ(x)", "x\r\ny"]
+
+
 def tokens(lexer, text: str) -> list:
     return list(lexer.get_tokens(text))
 
@@ -43,12 +50,28 @@ def tokens(lexer, text: str) -> list:
 def test_it_lexes_python_exactly_as_pygments_does():
     fast, stock = fast_python_lexer_class()(), PythonLexer()
     assert tokens(fast, TRICKY) == tokens(stock, TRICKY)
+    for text in EDGES:
+        assert tokens(fast, text) == tokens(stock, text), text
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     sample = sorted(stdlib.glob("*.py"))[::12]
     assert len(sample) > 10
     for path in sample:
         text = path.read_text(encoding="utf-8", errors="replace")
         assert tokens(fast, text) == tokens(stock, text), path.name
+
+
+def test_it_writes_the_html_pygments_writes():
+    import pygments
+    from pygments.formatters import HtmlFormatter
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [TRICKY, *EDGES, "x = 1", "a < b & c > d  # <&>", "\n\n\nx\n\n", 's = """\n\n"""\n',
+             "x = 1\r\ny = 2\r", "\ufeffx", "no newline at the end",
+             *(p.read_text(encoding="utf-8", errors="replace")
+               for p in sorted(stdlib.glob("*.py"))[5::25])]
+    formatter = HtmlFormatter(cssclass="highlight hl-python")
+    for text in texts:
+        assert highlight(text, "python") == pygments.highlight(text, PythonLexer(), formatter)
 
 
 def test_it_highlights_python_and_ipython_code_with_it():

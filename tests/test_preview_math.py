@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import re
 
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from gallery import previews
@@ -124,3 +127,27 @@ def test_it_converts_each_formula_once():
     page_of(new_markdown_cell("$a+b$ and $a+b$\n\n$a+b$"))
     info = math._convert.cache_info()
     assert (info.misses, info.hits) == (1, 2)
+
+
+TEX_PIECES = ["x", "Y", "7", "3.5", ".25", " ", "\n", "{", "}", "^", "_", "^2", "_i", "&", "\\\\",
+              "\\frac", "\\frac12", "\\dfrac.5", "\\alpha", "\\mathbb{R}", "\\mathrm{d}",
+              "\\mathcal{H}", "\\mathbin{x}", "\\operatorname{tr}", "\\operatorname* {arg max}",
+              "\\begin{matrix}", "\\end {matrix}", "\\text{a b}", "\\textbf{}", "\\verb|x y|",
+              "\\verb+", "% note\n", "%", "3 cm", "-2.5em", "\\hspace{1 pt}", "\\,", "\\!",
+              "\\{", "\\|", "\\left(", "\\right)", "'", "+", "=", "<", "é", "\\unicode",
+              "\\color{red}", "\\href{x}"]
+
+
+@given(st.lists(st.sampled_from(TEX_PIECES), max_size=30).map("".join))
+@hsettings(max_examples=400, deadline=None)
+def test_it_tokenizes_tex_as_latex2mathml_does(tex):
+    from latex2mathml import tokenizer
+
+    def outcome(tokenize, *args):  # the tokens, or the error it stops with (`\\verb+`)
+        try:
+            return list(tokenize(*args))
+        except Exception as exc:  # noqa: BLE001
+            return type(exc)
+
+    for comments in (True, False):
+        assert outcome(math.tokenize, tex, comments) == outcome(tokenizer.tokenize, tex, comments)

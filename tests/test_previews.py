@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from gallery import notebooks, previews, services
 from gallery.models import Job, Preview, Submission
+from gallery.previews import revision_preview_key
 
 from . import corpus
 from .base import GalleryTestCase, notebook_bytes, stage
@@ -440,9 +442,17 @@ class PreviewServiceTests(GalleryTestCase):
     def test_it_renders_once_per_notebook_content_at_staging(self):
         data = notebook_bytes(2)
         first = self.staged(data)
-        self.staged(data)  # the same notebook again, as a new example
-        sha = first.revision.notebook_sha256
+        with self.captureOnCommitCallbacks(execute=True):  # again, as the example's revision 2
+            again = stage(self.contributor, notebook=data, title="Hello again",
+                          example_slug=first.example.slug)
+        assert again.revision.number == 2
+        sha = revision_preview_key(first.revision)
+        assert revision_preview_key(again.revision) == sha
         self.assertEqual(Job.objects.filter(kind=Job.Kind.PREVIEW).count(), 1)
+        # Another example's preview is its own: its links to files lead to its own page.
+        other = self.staged(data)
+        assert revision_preview_key(other.revision) != sha
+        self.assertEqual(Job.objects.filter(kind=Job.Kind.PREVIEW).count(), 2)
         preview = Preview.objects.get(sha256=sha)
         self.assertEqual(preview.state, Preview.State.READY)
         self.assertEqual(preview.size, services.preview_path(sha).stat().st_size)
@@ -451,7 +461,7 @@ class PreviewServiceTests(GalleryTestCase):
 
     def test_it_renders_again_at_approval_when_the_file_is_gone(self):
         submission = self.staged()
-        path = services.preview_path(submission.revision.notebook_sha256)
+        path = services.preview_path(revision_preview_key(submission.revision))
         path.unlink()
         with self.captureOnCommitCallbacks(execute=True):
             services.approve_submission(submission=submission, reviewer=self.reviewer)
@@ -459,15 +469,18 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertEqual(Job.objects.filter(kind=Job.Kind.PREVIEW).count(), 2)
 
     def test_it_serves_a_preview_immutable_and_sandboxed(self):
-        sha = self.staged().revision.notebook_sha256
+        sha = revision_preview_key(self.staged().revision)
         r = self.client.get(f"/previews/{sha}.html")
         self.assertEqual(r.status_code, 200)
         csp = r["Content-Security-Policy"]
         for directive in ("default-src 'none'", "img-src data:", "style-src 'self'",
                           "form-action 'none'", "base-uri 'none'", "frame-ancestors 'self'"):
             self.assertIn(directive, csp)
-        self.assertTrue(csp.endswith("; sandbox"), csp)
-        self.assertNotIn("script-src", csp)
+        self.assertTrue(csp.endswith("; sandbox allow-popups allow-popups-to-escape-sandbox"),
+                        csp)
+        for loosening in ("script-src", "allow-scripts", "allow-same-origin", "allow-top",
+                          "allow-forms", "allow-modals"):
+            self.assertNotIn(loosening, csp)
         self.assertEqual(r["Cache-Control"], "public, max-age=31536000, immutable")
         self.assertEqual(r["X-Frame-Options"], "SAMEORIGIN")
         self.assertEqual(r["X-Content-Type-Options"], "nosniff")
@@ -515,7 +528,7 @@ class PreviewServiceTests(GalleryTestCase):
         return seen["status"], seen["headers"], data
 
     def test_it_answers_preview_files_ahead_of_django_with_the_same_headers(self):
-        sha = self.staged().revision.notebook_sha256
+        sha = revision_preview_key(self.staged().revision)
         get = self.wsgi_get
         status, headers, body = get(f"/previews/{sha}.html")
         self.assertEqual(status, "200 OK")
@@ -538,7 +551,7 @@ class PreviewServiceTests(GalleryTestCase):
         self.assertNotEqual(get(f"/previews/{sha}.html", "POST")[0], "200 OK")
 
     def test_it_sends_previews_gzipped_to_clients_that_accept_it(self):
-        sha = self.staged(notebook_bytes(40)).revision.notebook_sha256
+        sha = revision_preview_key(self.staged(notebook_bytes(40)).revision)
         plain = services.preview_path(sha).read_bytes()
         _, identity, _ = self.wsgi_get(f"/previews/{sha}.html")
         status, headers, body = self.wsgi_get(f"/previews/{sha}.html",
@@ -588,7 +601,7 @@ class PreviewServiceTests(GalleryTestCase):
                        GALLERY_PREVIEW_BASE_URL="https://previews.example.net/previews")
     def test_it_lets_the_configured_gallery_origin_frame_previews_from_their_own_origin(self):
         submission = self.staged()
-        sha = submission.revision.notebook_sha256
+        sha = revision_preview_key(submission.revision)
         r = self.client.get(f"/previews/{sha}.html")
         self.assertIn("frame-ancestors https://hub.example.org; sandbox",
                       r["Content-Security-Policy"])
@@ -600,7 +613,7 @@ class PreviewServiceTests(GalleryTestCase):
     def test_it_never_renders_on_a_click_and_says_why_there_is_no_preview(self):
         with self.captureOnCommitCallbacks(execute=False):  # the worker has not run yet
             submission = stage(self.contributor)
-        sha = submission.revision.notebook_sha256
+        sha = revision_preview_key(submission.revision)
         r = self.client.get(f"/previews/{sha}.html")
         self.assertEqual(r.status_code, 404)
         self.assertIn(b"being prepared", r.content)
@@ -669,18 +682,54 @@ def test_it_renders_in_a_worker_that_outlives_a_notebook_too_slow_to_render(sett
         fine = stage(contributor, notebook=notebook_bytes(2), title="Fine")
 
         def state(submission: Submission) -> str:
-            return Preview.objects.get(sha256=submission.revision.notebook_sha256).state
+            return Preview.objects.get(sha256=revision_preview_key(submission.revision)).state
 
         wait_for(lambda: state(fine) == Preview.State.READY, 120, "the preview")
         wait_for(lambda: state(slow) == Preview.State.FAILED, 120, "the slow preview to fail")
-        error = Preview.objects.get(sha256=slow.revision.notebook_sha256).error
+        error = Preview.objects.get(sha256=revision_preview_key(slow.revision)).error
         assert "took longer than 1 s" in error
         job = Job.objects.get(kind=Job.Kind.PREVIEW, revision=slow.revision)
         assert job.state == Job.State.FAILED and job.message == error
         after = stage(contributor, notebook=notebook_bytes(1), title="After")
         wait_for(lambda: state(after) == Preview.State.READY, 120, "the next preview")
         assert worker.process.poll() is None
-        page = services.preview_path(after.revision.notebook_sha256).read_text()
+        page = services.preview_path(revision_preview_key(after.revision)).read_text()
         assert latent(page)[0] == []
     finally:
         worker.stop()
+
+
+def test_it_upgrades_a_version_3_notebook_without_validating_it(monkeypatch):
+    # nbformat validates around an upgrade only to log; that took longer than the upgrade.
+    import nbformat
+    from nbformat.v4 import convert
+
+    def validate(*args, **kwargs):
+        raise AssertionError("validated")
+
+    monkeypatch.setattr(nbformat, "validate", validate)
+    old = {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": [
+        {"cell_type": "code", "input": "x = 1", "language": "python", "prompt_number": 1,
+         "outputs": [{"output_type": "pyout", "text": "upgraded 1", "prompt_number": 1,
+                      "metadata": {}}]}]}]}
+    saved = convert._warn_if_invalid
+    page = previews.render_preview(json.dumps(old).encode())
+    assert "upgraded 1" in page
+    assert convert._warn_if_invalid is saved
+
+
+def test_it_frames_previews_with_one_sandbox_everywhere():
+    # The gallery's pages, the admin and the JupyterLab tab frame a preview alike: no script,
+    # no same-origin, no top navigation; only a link's new tab, which leaves the sandbox.
+    assert previews.FRAME_SANDBOX == "allow-popups allow-popups-to-escape-sandbox"
+    root = Path(__file__).resolve().parent.parent
+    frames = []
+    for path in sorted((root / "templates").rglob("*.html")):
+        frames += re.findall(r"<iframe[^>]*>", path.read_text())
+    assert len(frames) == 4
+    for frame in frames:
+        assert f'sandbox="{previews.FRAME_SANDBOX}"' in frame, frame
+        assert 'referrerpolicy="no-referrer"' in frame, frame
+    lab = (root / "labextension" / "src" / "examples.ts").read_text()
+    assert re.findall(r"sandbox: '([^']*)'", lab) == [previews.FRAME_SANDBOX]
+    assert "referrerpolicy: 'no-referrer'" in lab

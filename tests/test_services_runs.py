@@ -17,7 +17,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery import services
+from gallery import previews, services
 from gallery.models import Environment, Example, Job, Notification, Revision, Run
 from gallery.services.runs import next_slot
 
@@ -121,13 +121,14 @@ class RunJobTests(GalleryTestCase):
         run = revision.runs.get(kind=Run.Kind.SCHEDULED)
         assert run.state == Run.State.PASSED and run.outputs_sha256
         assert services.verified_preview(revision) == run
-        html = Path(services.preview_path(run.outputs_sha256)).read_text()
+        key = previews.revision_preview_key(revision, notebook_sha256=run.outputs_sha256)
+        html = Path(services.preview_path(key)).read_text()
         assert "42" in html
         self.client.force_login(self.user)
         page = self.client.get(reverse("example", args=[revision.example.slug]))
         self.assertContains(page, "The notebook was saved without outputs: shown here with "
                                   "the outputs of its verified run")
-        self.assertContains(page, f"{run.outputs_sha256}.html")
+        self.assertContains(page, f"{key}.html")
         with_outputs = self.approve(self.stage_run(PASSING, title="Saved with outputs"))
         assert with_outputs.runs.get(kind=Run.Kind.SCHEDULED).outputs_sha256 == ""
 

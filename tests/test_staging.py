@@ -23,6 +23,7 @@ from gallery.models import (
     Revision,
     Submission,
 )
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 
@@ -70,7 +71,7 @@ class StageTests(GalleryTestCase):
         names = {c["name"]: c["status"] for c in submission.checks}
         self.assertEqual(names["notebook"], "pass")
         self.assertEqual(names["environment"], "pass")
-        preview = Preview.objects.get(sha256=submission.revision.notebook_sha256)
+        preview = Preview.objects.get(sha256=revision_preview_key(submission.revision))
         self.assertEqual(preview.state, "ready")
         html = services.preview_path(preview.sha256).read_text()
         self.assertIn("hello", html)
@@ -282,7 +283,7 @@ class ConcurrentStagingTests(TransactionTestCase):
         folder = services.staged_folder(submission.revision)
         self.assertTrue((folder / "notebook.ipynb").is_file())
         self.assertEqual(submission.checks_state, Submission.ChecksState.DONE)
-        self.assertEqual(Preview.objects.get(sha256=submission.revision.notebook_sha256).state,
+        self.assertEqual(Preview.objects.get(sha256=revision_preview_key(submission.revision)).state,
                          Preview.State.READY)
         self.assertFalse(Job.objects.filter(revision=submission.revision).exclude(
             state=Job.State.DONE).exists())

@@ -5,8 +5,9 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.urls import reverse
 
-from gallery import services
+from gallery import previews, services
 from gallery.models import Example, Job, Notification, Revision, Tag
+from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, notebook_bytes, stage
 
@@ -153,8 +154,8 @@ class ExamplePageTests(GalleryTestCase):
             "name": "era5", "target": "https://example.org/era5", "size": 3_000_000_000,
             "licence": "CC-BY-4.0", "description": "Reanalysis"}])
         response = self.client.get(reverse("example", args=[submission.example.slug]))
-        self.assertContains(response, f"/previews/{submission.revision.notebook_sha256}.html")
-        self.assertContains(response, 'sandbox=""')
+        self.assertContains(response, f"/previews/{revision_preview_key(submission.revision)}.html")
+        self.assertContains(response, f'sandbox="{previews.FRAME_SANDBOX}"')
         self.assertContains(response, "<code>hello.ipynb</code> (main notebook)")
         self.assertContains(response, "numpy&gt;=1.24")  # the environment spec itself
         self.assertContains(response, "2.8\xa0GB")

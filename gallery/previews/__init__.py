@@ -13,14 +13,17 @@ short-lived address (`links`).
 
 from . import links
 from .child import failure_reason, render_isolated, stop_render_child, warm_exporter
-from .files import ExampleSource
+from .files import ExampleSource, files_digest, preview_key
 from .render import (
+    FRAME_SANDBOX,
     PAGE_CSP,
     PREVIEW_CSS,
     example_preview_url,
     preview_css_name,
     preview_url,
     render_preview,
+    revision_files_digest,
+    revision_preview_key,
     write_atomically,
     write_preview_css,
     write_preview_file,
@@ -37,8 +40,10 @@ from .sanitise import (
 
 __all__ = [
     "links",
-    "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "MAX_HTML_DEPTH", "PAGE_CSP", "PREVIEW_CSS",
-    "ExampleSource",
+    "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "FRAME_SANDBOX", "MAX_HTML_DEPTH", "PAGE_CSP",
+    "PREVIEW_CSS",
+    "ExampleSource", "files_digest", "preview_key", "revision_files_digest",
+    "revision_preview_key",
     "PreviewError", "PreviewLimits", "example_preview_url", "failure_reason",
     "preview_css_name", "preview_url",
     "render_isolated", "render_preview", "sanitize_html", "stop_render_child", "strict_outputs",

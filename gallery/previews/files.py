@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
+from ..notebooks import EXAMPLE_FILE
 from . import math
 from .images import file_image_uri
 
@@ -38,11 +39,46 @@ _NOTICE = "#gallery-notice-"
 @dataclass(frozen=True)
 class ExampleSource:
     """Where a notebook's relative URLs lead: the example's folder on disk, the notebook's
-    path inside it, and the example's page (for links to its other files; "" for none)."""
+    path inside it, and the example's page (for links to its other files; "" for none).
+
+    `files` and `example` are what the previews of the folder's notebooks are keyed by
+    (`preview_key`): links to another notebook lead to its preview's key, through the
+    example (its slug) when it is a group's (`private`), whose previews are served only so."""
 
     folder: str
     notebook: str
     example_url: str = ""
+    files: str = ""
+    example: str = ""
+    private: bool = False
+
+
+def files_digest(hashes: dict[str, str]) -> str:
+    """The digest of an example's files (path -> sha256 of its bytes) that its previews are
+    keyed by: every path, and the content of every file but example.toml, which a render
+    never reads (its metadata changes in many revisions that change nothing shown)."""
+    h = hashlib.sha256()
+    for path in sorted(hashes):
+        h.update(f"{path}\0{'' if path == EXAMPLE_FILE else hashes[path]}\n".encode())
+    return h.hexdigest()
+
+
+def preview_key(notebook_sha256: str, *, notebook: str = "", files: str = "",
+                example: str = "") -> str:
+    """The key a notebook's preview is stored, served and shared under.
+
+    A preview shows more than the notebook: the figures it takes from its example's folder,
+    links to the folder's other notebooks (by their keys) and files, and the example's page.
+    So the key covers the notebook's bytes, its path in the folder (relative URLs start
+    there), the folder's `files_digest` and the example's slug: a figure changed in a new
+    revision gives a new preview, the same notebook beside the same files the same one.
+    Without `files` (an example staged before its files were hashed) it is the notebook's
+    sha256, the key such previews were rendered under.
+    """
+    if not files:
+        return notebook_sha256
+    text = f"gallery-preview-1\0{notebook_sha256}\0{notebook}\0{files}\0{example}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -125,6 +161,8 @@ def _resolve(url: str) -> tuple[str, str | None]:
 
 def _figure(path: str, url: str) -> str | None:
     assert _current is not None and _current.source is not None
+    if path == EXAMPLE_FILE:  # never read: its content is not in the preview's key
+        return _notice(f"{url[:80]}: not a PNG, JPEG, GIF or SVG image")
     budget = MAX_FIGURE_BYTES_PER_RENDER - _current.figure_bytes
     try:
         data = read_example_file(_current.source.folder, path, min(_current.max_bytes + 1,
@@ -157,7 +195,9 @@ def _link(path: str, fragment: str, url: str) -> str | None:
             data = read_example_file(source.folder, path, MAX_LINKED_NOTEBOOK_BYTES)
         except ExampleFileError as exc:
             return _notice(f"{url[:80]}: {exc}")
-        target = _current.preview_url(hashlib.sha256(data).hexdigest())
+        target = _current.preview_url(preview_key(
+            hashlib.sha256(data).hexdigest(), notebook=path, files=source.files,
+            example=source.example))
         if target:
             _current.frame_links.add(target + anchor)
             return target + anchor

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import html
+import operator
 import re
+from collections.abc import Iterator
 from typing import Any
 
 MAX_TEX_CHARS = 4_000  # one formula; conversion time grows with its length
@@ -133,10 +135,49 @@ def _prepare(tex: str) -> str | None:
     return _REPEATED_COLUMNS.sub(lambda m: (m.group(2) or m.group(3)) * int(m.group(1)), tex)
 
 
+def tokenize(latex: str, skip_comments: bool = True) -> Iterator[str]:
+    """latex2mathml's tokenizer, giving the same tokens a third faster: a third of its time
+    went to a lambda that drops the pattern's unmatched groups, and most tokens are a single
+    letter or character that needs none of the checks after it."""
+    from latex2mathml import commands, tokenizer
+
+    for match in tokenizer.PATTERN.finditer(latex):
+        tokens = tuple(filter(_not_none, match.groups()))
+        first = tokens[0]
+        if len(tokens) == 1 and first[0] not in "\\%" and not first[0].isdigit():
+            yield first
+            continue
+        if first.startswith(commands.VERB):
+            yield commands.VERB
+            yield tokens[2]  # verb_content
+            continue
+        if first.startswith(commands.MATH) and first not in commands.MATH_NON_FONT_COMMANDS:
+            symbol = tokenizer.convert_symbol("".join(tokens))
+            if symbol:
+                yield f"&#x{symbol};"
+                continue
+        for captured in tokens:
+            if skip_comments and captured.startswith("%"):
+                break
+            if captured.endswith(tokenizer.UNITS) and captured[0:1].isdigit():
+                yield captured.replace(" ", "")
+                continue
+            if captured.startswith((commands.BEGIN, commands.END, commands.OPERATORNAME)):
+                yield "".join(captured.split(" "))
+                continue
+            yield captured
+
+
+_not_none = functools.partial(operator.is_not, None)
+
+
 @functools.lru_cache(maxsize=4096)
 def _convert(tex: str, display: bool) -> str:
     """MathML for TeX, or "" when latex2mathml cannot read it (cached: formulas repeat)."""
+    from latex2mathml import walker
     from latex2mathml.converter import convert_to_element
+
+    walker.tokenize = tokenize  # what its walker reads TeX with (see `tokenize`)
 
     prepared = _prepare(tex)
     if prepared is None:

@@ -2,11 +2,13 @@
 files a preview is stored as (with a gzip twin)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,12 @@ PREVIEW_PAGE = """<!DOCTYPE html>
 </main>
 </body></html>
 """
+# The sandbox of a preview's frame, and of its CSP `sandbox` directive: everything off (no
+# script, an opaque origin, no forms, no top navigation) but a popup, for a click on a link
+# out of the preview (the sanitiser gives those target="_blank" rel="noopener noreferrer"),
+# which leaves the sandbox behind: the new tab loads the external page as if its address had
+# been typed (README, Security).
+FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
 # Repeated inside the file, so a preview stays inert even where a plain static server
 # sends it without our headers (frame-ancestors and sandbox only work as headers).
 PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'self'; font-src data:; "
@@ -242,11 +250,27 @@ def _read_for_preview(data: bytes) -> Any:
     except Exception as exc:  # nbformat raises assorted types on odd input
         raise PreviewError(f"The notebook could not be read: {str(exc)[:200]}") from None
     try:
-        return nbformat.convert(nb, 4)
+        with _quiet_upgrade():
+            return nbformat.convert(nb, 4)
     except MemoryError:
         raise
     except Exception as exc:
         raise PreviewError(f"The notebook's format cannot be upgraded: {exc}") from None
+
+
+@contextlib.contextmanager
+def _quiet_upgrade() -> Iterator[None]:
+    """nbformat's upgrade from version 3 without its two schema validations, which only log
+    what is wrong (and took longer than the upgrade): `strict_outputs` reads every field of
+    the result defensively anyway. A render runs alone in its process."""
+    from nbformat.v4 import convert
+
+    saved = convert._warn_if_invalid
+    convert._warn_if_invalid = lambda nb, version: None
+    try:
+        yield
+    finally:
+        convert._warn_if_invalid = saved
 
 
 def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | None = None,
@@ -261,8 +285,10 @@ def render_preview(data: bytes, *, css_href: str = "", limits: PreviewLimits | N
     limits = limits or PreviewLimits()
     sanitise.use_limits(limits)
     nb = strict_outputs(_read_for_preview(data), limits)
+    link_url = functools.partial(preview_url, group_example=source.example) if (
+        source is not None and source.private) else preview_url
     with files.rendering(source, max_bytes=limits.max_output_bytes,
-                         max_pixels=limits.max_image_pixels, preview_url=preview_url):
+                         max_pixels=limits.max_image_pixels, preview_url=link_url):
         body, _ = _get_exporter().from_notebook_node(nb)
     title = nb.metadata.get("title") or "Notebook preview"
     return PREVIEW_PAGE.format(csp=PAGE_CSP, title=html.escape(title[:200]),
@@ -280,6 +306,23 @@ def preview_url(sha256: str | None, *, group_example: str = "") -> str | None:
     if base:
         return f"{base.rstrip('/')}/{sha256}.html"
     return reverse("preview", args=[sha256])
+
+
+def revision_preview_key(revision: Any, *, notebook_sha256: str = "", notebook: str = "") -> str:
+    """`files.preview_key` of one of a revision's notebooks (its main one by default), or of
+    a run's executed copy of it (`notebook_sha256`), beside the revision's files."""
+    return files.preview_key(
+        notebook_sha256 or revision.notebook_sha256, notebook=notebook or revision.notebook_name,
+        files=revision_files_digest(revision), example=revision.example.slug)
+
+
+def revision_files_digest(revision: Any) -> str:
+    """`files.files_digest` of a revision's files, or "" for a revision staged before its
+    files were hashed."""
+    entries = revision.files
+    if not entries or not all("sha256" in f for f in entries):
+        return ""
+    return files.files_digest({f["path"]: f["sha256"] for f in entries})
 
 
 def example_preview_url(example: Any, sha256: str | None) -> str | None:

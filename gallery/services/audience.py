@@ -33,7 +33,7 @@ from ..models import Example, HubGroup, Job, Revision, StateChange, is_reviewer
 from ..schema import clean_groups
 from .history import record_change
 from .queue import queue_job
-from .staging import preview_path, queue_preview
+from .staging import preview_path, queue_preview, revision_preview_keys
 from .users import person_of
 
 log = logging.getLogger(__name__)
@@ -125,38 +125,17 @@ def _describe(groups: list[str]) -> str:
 
 
 def forget_public_previews(revisions: list[Revision]) -> list[str]:
-    """Remove the public preview files of these revisions that no public example shows any
-    more; returns the hashes removed."""
-    public = Revision.objects.filter(example__groups__isnull=True)
+    """Remove the public preview files of these revisions (a preview's key names its
+    example: no other example shows them); returns the keys removed."""
     removed = []
     for revision in revisions:
-        for sha in preview_hashes(revision):
-            if public.filter(notebook_sha256=sha).exists() or public.filter(
-                    runs__outputs_sha256=sha).exists():
-                continue
-            path = preview_path(sha)
+        for key in revision_preview_keys(revision):
             try:
-                path.unlink()
-                removed.append(sha)
+                preview_path(key).unlink()
+                removed.append(key)
             except FileNotFoundError:
                 pass
     return removed
-
-
-def preview_hashes(revision: Revision) -> set[str]:
-    """The hashes of every preview a revision may have: its notebooks and its runs' outputs."""
-    from .staging import staged_folder
-
-    hashes = {revision.notebook_sha256}
-    hashes |= {sha for sha in revision.runs.values_list("outputs_sha256", flat=True) if sha}
-    folder = staged_folder(revision)
-    for entry in revision.files:
-        if entry["path"].endswith(".ipynb") and entry["path"] != revision.notebook_name:
-            try:
-                hashes.add(notebooks.sha256((folder / entry["path"]).read_bytes()))
-            except OSError:
-                continue
-    return hashes
 
 
 def do_audience_commit(job: Job) -> dict[str, Any]:

@@ -89,7 +89,8 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
                     example=example, number=number, content_hash=digest,
                     notebook_sha256=notebooks.sha256(published.files[nb_name]),
                     notebook_name=nb_name, metadata=meta,
-                    files=[{"path": p, "size": len(d)} for p, d in sorted(published.files.items())],
+                    files=[{"path": p, "size": len(d), "sha256": notebooks.sha256(d)}
+                           for p, d in sorted(published.files.items())],
                 )
                 DataLink.objects.bulk_create(
                     DataLink(revision=revision, name=d.get("name", ""), target=d.get("target", ""),
@@ -106,6 +107,13 @@ def rebuild_index(*, repo_path: Path | None = None) -> list[str]:
                         from_state="", to_state=submission.state, actor=committer,
                         reason=f"restored from commit {published.commit[:10]}")
                 queue_job(Job.Kind.CHECKS, submission=submission, revision=revision)
+            elif revision.content_hash == digest and not all(
+                    "sha256" in f for f in revision.files):
+                # Staged before its files were hashed: hashed now, its previews are keyed by
+                # the files they show (and rendered again under that key, below).
+                revision.files = [{"path": p, "size": len(d), "sha256": notebooks.sha256(d)}
+                                  for p, d in sorted(published.files.items())]
+                revision.save(update_fields=["files"])
             queue_preview(revision)
         if not revision.git_commit:
             publish_revision(revision=revision, commit=published.commit, actor=committer)

@@ -23,7 +23,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from .. import runs
+from .. import previews, runs
 from ..errors import GalleryError, NotAllowed
 from ..models import Environment, Example, Job, Notification, Preview, Revision, Run
 from .notifications import notify
@@ -257,13 +257,14 @@ def _preview_outputs(run: Run, executed: bytes | None) -> None:
     sha = hashlib.sha256(executed).hexdigest()
     run.outputs_sha256 = sha
     Run.objects.filter(pk=run.pk).update(outputs_sha256=sha)
-    preview, _ = Preview.objects.get_or_create(sha256=sha)
+    key = previews.revision_preview_key(run.revision, notebook_sha256=sha)
+    preview, _ = Preview.objects.get_or_create(sha256=key)
     if preview.state != Preview.State.READY and not Job.objects.filter(
-            kind=Job.Kind.PREVIEW, params__sha256=sha,
+            kind=Job.Kind.PREVIEW, params__sha256=key,
             state__in=[Job.State.QUEUED, Job.State.RUNNING]).exists():
         # A group's example's outputs are previewed apart from the public ones too.
         queue_job(Job.Kind.PREVIEW, revision=run.revision, params={
-            "sha256": sha, "run": run.pk, "private": run.revision.example.groups.exists()})
+            "sha256": key, "run": run.pk, "private": run.revision.example.groups.exists()})
 
 
 def verified_preview(revision: Revision) -> Run | None:
@@ -271,8 +272,9 @@ def verified_preview(revision: Revision) -> Run | None:
     is ready."""
     run = revision.runs.filter(state=Run.State.PASSED).exclude(outputs_sha256="").order_by(
         "-finished").first()
-    if run is None or not Preview.objects.filter(sha256=run.outputs_sha256,
-                                                 state=Preview.State.READY).exists():
+    if run is None or not Preview.objects.filter(
+            sha256=previews.revision_preview_key(revision, notebook_sha256=run.outputs_sha256),
+            state=Preview.State.READY).exists():
         return None
     return run
 

@@ -319,7 +319,8 @@ def stage_submission(
             example=example, number=number, content_hash=digest,
             notebook_sha256=notebooks.sha256(staged.notebook), notebook_name=nb_name,
             metadata=notebooks.read_example_toml(files[notebooks.EXAMPLE_FILE]),
-            files=[{"path": p, "size": len(d)} for p, d in sorted(files.items())],
+            files=[{"path": p, "size": len(d), "sha256": notebooks.sha256(d)}
+                   for p, d in sorted(files.items())],
         )
         DataLink.objects.bulk_create(
             DataLink(revision=revision, name=link["name"], target=link["target"],
@@ -349,22 +350,27 @@ MAX_NOTEBOOK_PREVIEWS = 20  # notebooks of one revision that get a preview of th
 
 def queue_preview(revision: Revision) -> None:
     """Render the previews of a revision's notebooks that are not there yet: the main one, and
-    the others its links may lead to (each keyed by the sha256 of its bytes); a group's
-    example's apart from the public ones (`preview_path`)."""
+    the others its links may lead to (each keyed by `previews.revision_preview_key`: its
+    bytes beside the revision's files); a group's example's apart from the public ones
+    (`preview_path`)."""
     private = revision.example.groups.exists()
-    _queue_preview(revision, revision.notebook_sha256, "", private)
-    others = [f["path"] for f in revision.files
+    _queue_preview(revision, previews.revision_preview_key(revision), "", private)
+    others = [f for f in revision.files
               if f["path"].endswith(".ipynb") and f["path"] != revision.notebook_name]
-    for path in others[:MAX_NOTEBOOK_PREVIEWS - 1]:
-        try:
-            data = (staged_folder(revision) / path).read_bytes()
-        except OSError:
-            continue
-        _queue_preview(revision, notebooks.sha256(data), path, private)
+    for entry in others[:MAX_NOTEBOOK_PREVIEWS - 1]:
+        sha = entry.get("sha256")
+        if sha is None:  # a revision staged before its files were hashed
+            try:
+                sha = notebooks.sha256((staged_folder(revision) / entry["path"]).read_bytes())
+            except OSError:
+                continue
+        key = previews.revision_preview_key(revision, notebook_sha256=sha,
+                                            notebook=entry["path"])
+        _queue_preview(revision, key, entry["path"], private)
 
 
-def _queue_preview(revision: Revision, sha: str, path: str, private: bool) -> None:
-    preview, _ = Preview.objects.get_or_create(sha256=sha)
+def _queue_preview(revision: Revision, key: str, path: str, private: bool) -> None:
+    preview, _ = Preview.objects.get_or_create(sha256=key)
     if preview.state == Preview.State.READY and preview_path(preview.sha256,
                                                              private=private).exists():
         return
@@ -410,10 +416,33 @@ def record_check(submission_id: int, check: dict[str, str]) -> None:
         submission.save(update_fields=["checks", "updated"])
 
 
+def revision_preview_keys(revision: Revision) -> set[str]:
+    """The keys of every preview a revision shows: its notebooks, and the executed copies of
+    its runs (`previews.revision_preview_key`)."""
+    keys = {previews.revision_preview_key(revision)}
+    for entry in revision.files:
+        if entry["path"].endswith(".ipynb") and "sha256" in entry:
+            keys.add(previews.revision_preview_key(revision, notebook_sha256=entry["sha256"],
+                                                   notebook=entry["path"]))
+    keys.update(previews.revision_preview_key(revision, notebook_sha256=run.outputs_sha256)
+                for run in revision.runs.all() if run.outputs_sha256)
+    return keys
+
+
+def example_preview_keys(example: Example) -> set[str]:
+    """The keys of every preview an example shows, of all its revisions."""
+    keys: set[str] = set()
+    for revision in example.revisions.prefetch_related("runs"):
+        revision.example = example
+        keys |= revision_preview_keys(revision)
+    return keys
+
+
 def preview_path(sha256: str, *, private: bool = False) -> Path:
-    """Where a preview file is: a public one in GALLERY_PREVIEW_DIR, served to anyone who
-    knows its hash; one of a group's example (`private`) in GALLERY_GROUP_PREVIEW_DIR, served
-    only through the example, to those who see it."""
+    """Where a preview file is, by its key (`previews.revision_preview_key`): a public one in
+    GALLERY_PREVIEW_DIR, served to anyone who knows its key; one of a group's example
+    (`private`) in GALLERY_GROUP_PREVIEW_DIR, served only through the example, to those who
+    see it."""
     folder = settings.GALLERY_GROUP_PREVIEW_DIR if private else settings.GALLERY_PREVIEW_DIR
     return Path(folder) / f"{sha256}.html"
 
@@ -443,7 +472,7 @@ def _example_url(revision: Revision) -> str:
 
 
 def do_preview(job: Job) -> dict[str, Any]:
-    sha = job.params["sha256"]
+    sha = job.params["sha256"]  # the preview's key
     path = preview_path(sha, private=bool(job.params.get("private")))
     if not path.exists():
         revision = job.revision
@@ -456,8 +485,13 @@ def do_preview(job: Job) -> dict[str, Any]:
             if name not in {f["path"] for f in revision.files}:
                 raise GalleryError(f"{name} is not a file of revision {revision.pk}.")
             data = (folder / name).read_bytes()
+        # The key of the same notebook beside the same files: how links to the example's
+        # other notebooks find theirs.
         source = previews.ExampleSource(folder=str(folder), notebook=name,
-                                        example_url=_example_url(revision))
+                                        example_url=_example_url(revision),
+                                        files=previews.revision_files_digest(revision),
+                                        example=revision.example.slug,
+                                        private=bool(job.params.get("private")))
         started = time.monotonic()
         try:
             # In a forked child with time and memory limits; any failure is a plain reason.

@@ -7,8 +7,9 @@ the server's own hub token, which never reaches the page. The gallery's refusals
 with their status and message. Nothing here relaxes CORS or XSRF: the page never talks to the
 gallery's API itself.
 
-The one thing the page loads from the gallery directly is a preview, in a frame with an
-empty `sandbox`: previews are public, content-addressed files that need no token, served on
+The one thing the page loads from the gallery directly is a preview, in a frame sandboxed as
+on the gallery's pages (no scripts, no same-origin; a link out opens a new tab): previews
+are public, content-addressed files that need no token, served on
 the hub's own origin (or the gallery's preview origin) with their own CSP; a hub group's
 example's preview comes at an address the gallery signed for this user, good for minutes.
 """

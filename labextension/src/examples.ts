@@ -7,7 +7,8 @@
  * gallery with the server's own hub token. The preview is the one thing loaded from the
  * gallery directly: a public, content-addressed page on the hub's origin (for a hub group's
  * example, an address the gallery signed for this user, good for a few minutes), framed with
- * an empty sandbox exactly as the gallery's own pages frame it.
+ * the same sandbox as the gallery's own pages frame it (no scripts, no same-origin; a link
+ * out opens a new tab).
  */
 import {
   ILayoutRestorer,
@@ -476,15 +477,17 @@ export class ExampleView extends Widget {
 
     const preview = section('jp-GalleryExample-h-preview', 'Preview');
     if (d.preview_url) {
-      // As on the gallery's pages: an empty sandbox (no scripts, an opaque origin), no
-      // referrer; the preview's own CSP forbids scripts and anything remote as well. A
-      // group's example's signed address expires within minutes: load it at once.
+      // As on the gallery's pages: a sandbox with no scripts and an opaque origin that lets
+      // only a link out of the preview open a new tab of its own (gallery.previews
+      // FRAME_SANDBOX), no referrer; the preview's own CSP forbids scripts and anything
+      // remote as well. A group's example's signed address expires within minutes: load it
+      // at once.
       const signed = d.preview_url.includes('?');
       preview.appendChild(
         el('iframe', {
           class: 'jp-GalleryExample-preview',
           src: d.preview_url,
-          sandbox: '',
+          sandbox: 'allow-popups allow-popups-to-escape-sandbox',
           referrerpolicy: 'no-referrer',
           loading: signed ? 'eager' : 'lazy',
           title: `Preview of ${d.title}`

@@ -26,6 +26,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_output, new_raw_ce
 from gallery.previews import ALLOWED_TAGS, ExampleSource
 
 CANARY = "http://canary.invalid"
+# Where the link cases' links lead: the browser test answers it (a page out of the gallery).
+OUTSIDE = "https://outside.test"
 JS = f"alert(1);document.title='PWNED';fetch('{CANARY}/js')"
 
 
@@ -377,6 +379,36 @@ def cases() -> list[Case]:  # noqa: PLR0915 - one list, read top to bottom
                "evil.svg": SVG_SCRIPT.encode(), "bomb.png": base64.b64decode(png_bomb()),
                "figures/x.txt": b"x"},
         shows=["not a PNG, JPEG, GIF or SVG", "decompression bomb", "not found in the example"]))
+
+    # --- links: every one is clicked in the browser test ---------------------------------
+    # Only http(s) links may open, and only in a new tab without opener or referrer; none may
+    # run script, navigate the frame or the page around it, submit, ping or refresh.
+    out = OUTSIDE
+    add(Case("links-targets-and-escapes", _nb(
+        new_markdown_cell(f"[md link]({out}/md) <{out}/auto> [md js](javascript:alert(1)) "
+                          f"[md data](data:text/html,<script>alert(1)</script>)\n\n"
+                          f'<a href="{out}/raw-md" target="_top">md top</a>'),
+        new_code_cell("links", execution_count=1, outputs=[_out({"text/html": (
+            f'<a href="{out}/top" target="_top">top link</a> '
+            f'<a href="{out}/parent" target="_parent">parent link</a> '
+            f'<a href="{out}/named" target="gallery-main">named link</a> '
+            f'<a href="{out}/ping" ping="{CANARY}/ping">ping link</a> '
+            f'<a href="{out}/opener" rel="opener" referrerpolicy="unsafe-url">opener link</a> '
+            '<a href="javascript:alert(1)" target="_blank">js blank</a> '
+            '<a href="  JaVaScRiPt:document.title=\'PWNED\'" target="_top">js top</a> '
+            '<a href="data:text/html,<script>alert(1)</script>" target="_blank">data blank</a> '
+            '<a href="vbscript:msgbox(1)" target="_blank">vb blank</a> '
+            f'<form action="{CANARY}/form" target="_blank"><button formtarget="_top" '
+            f'formaction="{CANARY}/button">form button</button></form> '
+            f'<base href="{CANARY}/" target="_top"><a href="relative">relative link</a> '
+            f'<meta http-equiv="refresh" content="0;url={CANARY}/refresh"> '
+            '<svg><a href="javascript:alert(1)"><text y="10">svg link</text></a></svg> '
+            f'<map name="m"><area href="{CANARY}/area" target="_top" shape="default"></map>'
+            '<img usemap="#m" alt="area image"> '
+            '<math><mtext><a href="javascript:alert(1)">math link</a></mtext></math>'),
+            "text/plain": "<links>"})])),
+        shows=["md link", "top link", "ping link", "js blank", "form button", "relative link",
+               "math link"]))
 
     # --- refused at staging ---------------------------------------------------------------
     add(Case("bad-execution-count", json.dumps({**json.loads(_nb(new_code_cell("1"))), "cells": [

@@ -17,7 +17,7 @@ import pytest
 
 from gallery import services
 from gallery.models import Notification
-from gallery.previews import preview_url
+from gallery.previews import preview_url, revision_preview_key
 from tests.base import make_user, notebook_bytes, stage
 from tests.e2e.browser import browser  # noqa: F401  (pytest fixture)
 from tests.e2e.test_journeys import approved, log_in
@@ -99,8 +99,8 @@ def test_every_page_passes_an_automated_accessibility_audit(audited, live_server
                  f"/examples/{example.slug}/", f"/examples/{staged.example.slug}/",
                  f"/jobs/{use.pk}/", "/stage/", "/notifications/", "/submissions/",
                  "/copies/", f"/copies/{offers[0].pk}/", f"/jobs/{accepted.pk}/",
-                 preview_url(example.current_revision.notebook_sha256),
-                 preview_url(figures.revision.notebook_sha256)]:  # equations and a figure
+                 preview_url(revision_preview_key(example.current_revision)),
+                 preview_url(revision_preview_key(figures.revision))]:  # equations and a figure
         problems += person(path)
     author = audited(contributor)
     for path in ["/submissions/", f"/submissions/{asked.pk}/",

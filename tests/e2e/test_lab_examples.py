@@ -20,7 +20,7 @@ import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from gallery import homes
+from gallery import homes, previews
 from tests.e2e.browser import browser, page  # noqa: F401  (pytest fixtures)
 from tests.e2e.hub import ROOT, RunningHub, start_hub
 from tests.e2e.test_hub import csrf, gallery_login, wait_json
@@ -148,7 +148,8 @@ def find_open_and_use(hub: RunningHub, page: Any) -> None:  # noqa: F811
     assert "sea-ice.ipynb (main notebook)" in tab.locator("table").inner_text()
     assert "No environment file" in tab.inner_text()
     frame = tab.locator("iframe.jp-GalleryExample-preview")
-    assert frame.get_attribute("sandbox") == ""  # scripts and same-origin both off
+    # Scripts and same-origin both off, as on the gallery's pages.
+    assert frame.get_attribute("sandbox") == previews.FRAME_SANDBOX
     assert frame.get_attribute("referrerpolicy") == "no-referrer"
     assert frame.get_attribute("title") == "Preview of Sea ice extent"
     assert (frame.get_attribute("src") or "").startswith("/services/gallery/previews/")

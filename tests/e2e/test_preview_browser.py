@@ -21,8 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from gallery import services
+from gallery import notebooks, services
 from gallery.models import Submission
+from gallery.previews import FRAME_SANDBOX, revision_preview_key
 
 from .. import corpus
 from ..corpus import latent
@@ -44,8 +45,10 @@ INSPECT = """() => {
   }
   const tags = 'script, iframe, frame, object, embed, form, input, button, style, base, '
              + 'svg, video, audio, meta[http-equiv=refresh], link:not([rel=stylesheet]), '
-             + 'maction, annotation-xml, mglyph, math [href], '
-             + 'a[href^="http"]:not([target]):not([href*="/previews/"])';
+             + 'maction, annotation-xml, mglyph, math [href], area, [ping], '
+             + 'a[href^="http"]:not([target]):not([href*="/previews/"]), '
+             + 'a[target]:not([target=_blank]), '
+             + 'a[target]:not([rel~=noopener]), a[target]:not([rel~=noreferrer])';
   return {
     origin: self.origin, title: document.title, bad,
     tags: [...document.querySelectorAll(tags)].map(e => e.tagName),
@@ -76,13 +79,13 @@ def stage_corpus(client: Any) -> list[tuple[corpus.Case, Submission]]:
             pk=r.json()["id"])
         if case.symlinks:  # no upload makes one: put them in, and render again
             corpus.add_symlinks(case, services.staged_folder(submission.revision))
-            path = services.preview_path(submission.revision.notebook_sha256)
+            path = services.preview_path(revision_preview_key(submission.revision))
             for stale in (path, path.with_name(path.name + ".gz")):
                 stale.unlink(missing_ok=True)
             services.queue_preview(submission.revision)
         preview = client.get(f"/api/v1/submissions/{r.json()['id']}").json()["preview"]
         assert preview["state"] == "ready", (case.name, preview)
-        page = services.preview_path(submission.revision.notebook_sha256).read_text()
+        page = services.preview_path(revision_preview_key(submission.revision)).read_text()
         found, text = latent(page)
         assert found == [], case.name
         for words in case.hides:
@@ -98,8 +101,9 @@ def frame_host() -> Iterator[int]:
     class Host(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             src = html.escape(parse_qs(urlsplit(self.path).query).get("src", [""])[0])
-            body = (f'<!DOCTYPE html><iframe class="preview" sandbox="" src="{src}" '
-                    'referrerpolicy="no-referrer" style="width:1000px;height:700px"></iframe>')
+            body = (f'<!DOCTYPE html><iframe class="preview" sandbox="{FRAME_SANDBOX}" '
+                    f'src="{src}" referrerpolicy="no-referrer" '
+                    'style="width:1000px;height:700px"></iframe>')
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.end_headers()
@@ -124,6 +128,16 @@ def wait_for_frame(page: Any, url: str) -> Any:
             return frame
         page.wait_for_timeout(100)
     raise AssertionError(f"the frame {url} did not load; frames: {[f.url for f in page.frames]}")
+
+
+def until(page: Any, frame: Any, expression: str, what: str) -> None:
+    """Wait until `expression` is true in a preview's frame (whose own scripts do not run, so
+    Playwright's wait_for_function cannot watch it)."""
+    for _ in range(100):
+        if frame.evaluate(expression):
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"waited in vain for {what}")
 
 
 def check_inert(found: dict[str, Any], case: corpus.Case, where: str) -> None:
@@ -159,11 +173,11 @@ def test_it_keeps_every_corpus_preview_inert_in_chromium(live_server, settings, 
     visited = []
 
     def show(case: corpus.Case, submission: Submission, host: str) -> None:
-        preview_url = f"{previews}/previews/{submission.revision.notebook_sha256}.html"
+        preview_url = f"{previews}/previews/{revision_preview_key(submission.revision)}.html"
         page.goto(host, wait_until="load")
         visited.append(host)
         iframe = page.locator("iframe.preview")
-        assert iframe.get_attribute("sandbox") == "", case.name
+        assert iframe.get_attribute("sandbox") == FRAME_SANDBOX, case.name
         assert iframe.get_attribute("src") == preview_url, case.name
         iframe.scroll_into_view_if_needed()  # the gallery's frames load lazily
         frame = wait_for_frame(page, preview_url)
@@ -180,7 +194,7 @@ def test_it_keeps_every_corpus_preview_inert_in_chromium(live_server, settings, 
         assert page.url == preview_url, (case.name, "the page navigated itself")
 
     for n, (case, submission) in enumerate(staged):
-        preview_url = f"{previews}/previews/{submission.revision.notebook_sha256}.html"
+        preview_url = f"{previews}/previews/{revision_preview_key(submission.revision)}.html"
         show(case, submission, f"{host}/?src={preview_url}")
         if n < 3:  # and in the gallery's own pages, as a user sees it
             show(case, submission, f"{app}/examples/{submission.example.slug}/")
@@ -258,9 +272,9 @@ def test_it_shows_a_multi_file_example_with_its_figure_and_equations(live_server
     log_in(page, live_server, make_user("ursula"))
     page.goto(f"{live_server.url}/examples/{submission.example.slug}/", wait_until="load")
     iframe = page.locator("iframe.preview")
-    assert iframe.get_attribute("sandbox") == ""
+    assert iframe.get_attribute("sandbox") == FRAME_SANDBOX
     iframe.scroll_into_view_if_needed()
-    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    preview = f"{live_server.url}/previews/{revision_preview_key(submission.revision)}.html"
     frame = wait_for_frame(page, preview)
     shown = frame.evaluate("""() => {
       const img = document.querySelector('img[alt="The fitted line"]');
@@ -284,7 +298,7 @@ def test_it_lays_out_equations_as_mathml(live_server, request):
 
     submission = stage(make_user("connor"), title="Fitting a line",
                        notebook=multi_file_notebook(), files={"figures/fit.png": figure_png()})
-    preview = f"{live_server.url}/previews/{submission.revision.notebook_sha256}.html"
+    preview = f"{live_server.url}/previews/{revision_preview_key(submission.revision)}.html"
     context = request.getfixturevalue("browser").new_context()
     page = context.new_page()
     page.goto(preview, wait_until="load")
@@ -300,4 +314,212 @@ def test_it_lays_out_equations_as_mathml(live_server, request):
     }""")
     assert laid == {"ns": "http://www.w3.org/1998/Math/MathML", "display": "block math",
                     "inline": "math", "stacked": True, "centred": True, "text": False}
+    context.close()
+
+
+# What a page out of the gallery sees when a preview's link opens it: the browser test
+# answers corpus.OUTSIDE itself. Its script (which runs: the new tab has left the sandbox)
+# puts into the title whether it has an opener and what it knows of where it came from.
+OUTSIDE_PAGE = ("<!DOCTYPE html><title>outside</title><script>document.title = JSON.stringify("
+                "{opener: window.opener !== null, referrer: document.referrer, "
+                "origin: self.origin})</script>")
+
+
+def answer_outside(context: Any) -> list[tuple[str, dict[str, str]]]:
+    """Answer every request to corpus.OUTSIDE with OUTSIDE_PAGE; returns the (url, headers)
+    of each. Register after `watch`: the route registered last is asked first."""
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    def fulfil(route: Any) -> None:
+        asked.append((route.request.url, route.request.all_headers()))
+        route.fulfill(status=200, content_type="text/html", body=OUTSIDE_PAGE)
+
+    context.route(f"{corpus.OUTSIDE}/**", fulfil)
+    return asked
+
+
+def opened(popup: Any) -> dict[str, Any]:
+    """What the page a link opened knows of its opener and where it came from."""
+    popup.wait_for_function("() => document.title.startsWith('{')")
+    return json.loads(popup.title())
+
+
+def test_it_opens_every_link_out_of_a_hostile_preview_only_in_a_new_tab(
+        live_server, settings, client, django_user_model, request, frame_host):
+    port = live_server.url.rsplit(":", 1)[1]
+    previews = f"http://127.0.0.1:{port}"
+    host = f"http://localhost:{frame_host}"
+    settings.GALLERY_PREVIEW_BASE_URL = f"{previews}/previews"
+    settings.GALLERY_PREVIEW_FRAME_ANCESTORS = host
+    client.force_login(django_user_model.objects.create_user("connor", password="pw-" + "x" * 9))
+    case = next(c for c in corpus.cases() if c.name == "links-targets-and-escapes")
+    r = client.post("/api/v1/submissions", {
+        "notebook": SimpleUploadedFile("links.ipynb", case.data), "title": case.name})
+    assert r.status_code == 201, r.content[:300]
+    submission = Submission.objects.select_related("revision__example").get(pk=r.json()["id"])
+    preview_url = f"{previews}/previews/{revision_preview_key(submission.revision)}.html"
+
+    context = request.getfixturevalue("browser").new_context()
+    page = context.new_page()
+    seen = watch(page, previews + "/", host + "/")
+    asked = answer_outside(context)
+    page.goto(f"{host}/?src={preview_url}", wait_until="load")
+    frame = wait_for_frame(page, preview_url)
+    check_inert(frame.evaluate(INSPECT), case, host)
+    outward = frame.locator(f'a[target=_blank][href^="{corpus.OUTSIDE}/"]')
+    others = frame.locator(f'a:not([target=_blank][href^="{corpus.OUTSIDE}/"]), button, '
+                           'img, area')
+    assert outward.count() == 8 and others.count() >= 8
+    for i in range(others.count()):  # the links that go nowhere, first
+        others.nth(i).click(force=True)
+    for i in range(outward.count()):
+        link = outward.nth(i)
+        href = link.get_attribute("href")
+        with page.expect_popup() as popup_info:
+            link.click()
+        popup = popup_info.value
+        assert opened(popup) == {"opener": False, "referrer": "", "origin": corpus.OUTSIDE}
+        assert popup.url == href
+        popup.close()
+    # Each outward link was asked for once, when clicked, without a Referer; nothing else
+    # was asked for (no ping, no form, no refresh, no relative link against <base>).
+    assert [url for url, _ in asked] == [outward.nth(i).get_attribute("href")
+                                          for i in range(outward.count())]
+    assert [h.get("referer") for _, h in asked] == [None] * len(asked)
+    assert frame.url == preview_url and page.url == f"{host}/?src={preview_url}"
+    assert len(page.frames) == 2
+    assert seen.dialogs == [] and seen.blocked == []
+    assert seen.popups == [outward.nth(i).get_attribute("href") for i in range(outward.count())]
+    assert frame.evaluate("() => [self.origin, document.title]") == ["null", "Notebook preview"]
+    context.close()
+
+
+def test_it_opens_links_out_in_a_new_tab_and_the_example_s_own_in_place(live_server,
+                                                                         request):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from tests.base import make_user, stage
+
+    filler = "\n\n".join(f"Paragraph {i} of the introduction." for i in range(60))
+    main = json.dumps(new_notebook(cells=[
+        new_markdown_cell(f"# Fitting\n\n[external]({corpus.OUTSIDE}/landing?x=1) · "
+                          "[to the method](#The-method) · [part two](part2.ipynb) · "
+                          "[the points](points.csv)\n\n" + filler),
+        new_code_cell("show()", execution_count=1, outputs=[{
+            "output_type": "display_data", "metadata": {}, "data": {
+                "text/html": f'<a href="{corpus.OUTSIDE}/html" target="_top">html out</a>',
+                "text/plain": "<HTML>"}}]),
+        new_markdown_cell("## The method\n\nLeast squares.\n\n" + filler),
+    ])).encode()
+    part2 = json.dumps(new_notebook(cells=[new_markdown_cell("# Part two")])).encode()
+    submission = stage(make_user("connor"), title="Links", notebook=main,
+                       files={"part2.ipynb": part2, "points.csv": b"x,y\n1,2\n"})
+    revision = submission.revision
+    preview = f"{live_server.url}/previews/{revision_preview_key(revision)}.html"
+    part2_key = revision_preview_key(revision, notebook="part2.ipynb",
+                                     notebook_sha256=notebooks.sha256(part2))
+    example_page = f"{live_server.url}/examples/{submission.example.slug}/"
+
+    context = request.getfixturevalue("browser").new_context()
+    page = context.new_page()
+    seen = watch(page, live_server.url + "/")
+    asked = answer_outside(context)
+    log_in(page, live_server, make_user("ursula"))
+    page.goto(example_page, wait_until="load")
+    iframe = page.locator("iframe.preview")
+    assert iframe.get_attribute("sandbox") == FRAME_SANDBOX
+    iframe.scroll_into_view_if_needed()
+    frame = wait_for_frame(page, preview)
+
+    for text, url in (("external", f"{corpus.OUTSIDE}/landing?x=1"),
+                      ("html out", f"{corpus.OUTSIDE}/html")):
+        with page.expect_popup() as popup_info:
+            frame.get_by_text(text, exact=True).click()
+        popup = popup_info.value
+        assert opened(popup) == {"opener": False, "referrer": "", "origin": corpus.OUTSIDE}
+        assert popup.url == url
+        popup.close()
+    assert [url for url, _ in asked] == [f"{corpus.OUTSIDE}/landing?x=1",
+                                         f"{corpus.OUTSIDE}/html"]
+    assert [h.get("referer") for _, h in asked] == [None, None]
+    assert frame.url == preview and page.url == example_page
+
+    # A file of the example: its row on the example's page, in a new tab.
+    with page.expect_popup() as popup_info:
+        frame.get_by_text("the points", exact=True).click()
+    popup = popup_info.value
+    popup.wait_for_load_state("load")
+    assert popup.url == f"{example_page}#file-points.csv"
+    assert popup.evaluate("() => window.opener") is None
+    assert popup.locator('[id="file-points.csv"]').count() == 1
+    popup.close()
+
+    # A heading of the notebook: the frame scrolls to it, nothing else moves.
+    frame.get_by_text("to the method", exact=True).click()
+    until(page, frame, "() => location.hash === '#nb-The-method' && Math.abs(document"
+          ".getElementById('nb-The-method').getBoundingClientRect().top) < 5", "the scroll")
+    assert page.url == example_page
+
+    # Another notebook of the example: its preview, in the same frame.
+    frame.get_by_text("part two", exact=True).click()
+    frame.wait_for_url(f"{live_server.url}/previews/{part2_key}.html")
+    frame.wait_for_load_state("load")
+    assert frame.evaluate("() => [self.origin, document.querySelector('h1').textContent]") == [
+        "null", "Part two"]
+    assert page.url == example_page
+    assert seen.popups == [f"{corpus.OUTSIDE}/landing?x=1", f"{corpus.OUTSIDE}/html",
+                           f"{example_page}#file-points.csv"]
+    assert seen.dialogs == [] and seen.blocked == []
+    context.close()
+
+
+# Written straight into the preview folder, past the sanitiser: what the frame and the
+# preview's headers alone do with scripts and the ways out the sanitiser removes.
+RAW_PAGE = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>raw</title>
+<base target="_top"><meta http-equiv="refresh" content="0;url={corpus.OUTSIDE}/refresh">
+</head><body><script>document.title = 'PWNED'</script>
+<img src="x" onerror="document.title = 'PWNED'">
+<a id="js" target="_blank" href="javascript:document.title='PWNED';alert(1)">js blank</a>
+<a id="js-top" target="_top" href="javascript:alert(1)">js top</a>
+<a id="data" target="_blank" href="data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;">data</a>
+<a id="vb" target="_blank" href="vbscript:msgbox(1)">vb</a>
+<a id="top" target="_top" href="{corpus.OUTSIDE}/top">top</a>
+<a id="parent" target="_parent" href="{corpus.OUTSIDE}/parent">parent</a>
+<a id="based" href="{corpus.OUTSIDE}/based">based</a>
+<form action="{corpus.OUTSIDE}/form" target="_blank"><button id="form">form</button></form>
+<a id="ping" target="_blank" ping="{corpus.OUTSIDE}/ping" href="{corpus.OUTSIDE}/pinged">ping</a>
+</body></html>"""
+
+
+def test_it_keeps_unsanitised_ways_out_inert_under_the_preview_sandbox(
+        live_server, settings, request, frame_host):
+    port = live_server.url.rsplit(":", 1)[1]
+    previews = f"http://127.0.0.1:{port}"
+    host = f"http://localhost:{frame_host}"
+    settings.GALLERY_PREVIEW_BASE_URL = f"{previews}/previews"
+    settings.GALLERY_PREVIEW_FRAME_ANCESTORS = host
+    key = "f" * 64
+    services.preview_path(key).parent.mkdir(parents=True, exist_ok=True)
+    services.preview_path(key).write_text(RAW_PAGE)
+    preview_url = f"{previews}/previews/{key}.html"
+
+    context = request.getfixturevalue("browser").new_context()
+    page = context.new_page()
+    seen = watch(page, previews + "/", host + "/")
+    asked = answer_outside(context)
+    page.goto(f"{host}/?src={preview_url}", wait_until="load")
+    frame = wait_for_frame(page, preview_url)
+    for name in ("js", "js-top", "data", "vb", "top", "parent", "based", "form"):
+        frame.locator(f"#{name}").click()
+    with page.expect_popup() as popup_info:  # the one way out: a link's new tab
+        frame.locator("#ping").click()
+    popup = popup_info.value
+    assert opened(popup) == {"opener": False, "referrer": "", "origin": corpus.OUTSIDE}
+    # Nothing ran, nothing navigated, no ping or form left: only the link's own page loaded.
+    assert frame.evaluate("() => [self.origin, document.title]") == ["null", "raw"]
+    assert seen.dialogs == []
+    assert [url for url, _ in asked] == [f"{corpus.OUTSIDE}/pinged"]
+    assert seen.popups == [f"{corpus.OUTSIDE}/pinged"]
+    assert frame.url == preview_url and page.url == f"{host}/?src={preview_url}"
+    assert len(page.frames) == 2 and len(context.pages) == 2
     context.close()
