@@ -22,10 +22,29 @@ from .runkit import kernel_env, run_accounts, run_root  # noqa: F401  (fixtures 
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
-# One Redis database and one set of queue names per test run, so parallel runs and
+
+
+def _redis_db() -> int:
+    """This test process's Redis database: the broker's; the shared cache takes the next one.
+
+    GALLERY_TEST_REDIS_DB (9 unless set) is the first of a run; each pytest-xdist worker
+    (gw0, gw1, ...) takes a pair of its own after it, since a test clears the whole cache
+    database."""
+    base = int(os.environ.get("GALLERY_TEST_REDIS_DB", "9"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    db = base + 2 * (int(worker[2:]) if worker.startswith("gw") else 0)
+    if not 0 <= db <= 14:
+        raise RuntimeError(f"GALLERY_TEST_REDIS_DB={base} leaves no Redis databases {db} and "
+                           f"{db + 1} for test process {worker or 'main'} (Redis has 0-15)")
+    return db
+
+
+# One Redis database and one set of queue names per test process, so parallel runs and
 # leftovers of earlier runs never take each other's messages.
 RUN_ID = f"t{os.getpid()}"
-BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
+REDIS_DB = _redis_db()
+BROKER_URL = f"{REDIS_URL}/{REDIS_DB}"
+SHARED_CACHE_URL = f"{REDIS_URL}/{REDIS_DB + 1}"  # tests of the shared cache (test_caching)
 QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
           "use": f"gallery-use-{RUN_ID}", "envs": f"gallery-envs-{RUN_ID}",
           "runs": f"gallery-runs-{RUN_ID}"}
@@ -178,6 +197,30 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- running on several processes (pytest-xdist, as `make test` does) -----------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end tests first; with `--dist loadgroup` they form one group, run one after
+    another by one process (each drives a hub, user servers and a Chromium, which want the
+    cores to themselves), while the other processes take the rest a module or a class at a
+    time, so that what a module sets up once (a Jupyter server, unix accounts) is set up by
+    one process. A test marked `xdist_group` keeps its own group."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: order kept
+    if not getattr(config.option, "loadgroup", False):  # set in xdist's worker processes
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        if item.get_closest_marker("e2e") is not None:
+            group = "e2e"
+        else:
+            module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
+            group = f"{module}.{item.cls.__name__}" if item.cls else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # --- the authorisation matrix's summary (tests/test_authz.py) --------------------------------
