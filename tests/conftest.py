@@ -201,26 +201,40 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type
 
 # --- running on several processes (pytest-xdist, as `make test` does) -----------------------
 
+# Modules with the longest single tests (generated requests by the thousand), started early
+# so that no process is left alone with one of them at the end of a run.
+LONG_MODULES = {"tests.test_harness", "tests.test_api_fuzz", "tests.test_groups"}
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The end-to-end tests first; with `--dist loadgroup` they form one group, run one after
-    another by one process (each drives a hub, user servers and a Chromium, which want the
-    cores to themselves), while the other processes take the rest a module or a class at a
-    time, so that what a module sets up once (a Jupyter server, unix accounts) is set up by
-    one process. A test marked `xdist_group` keeps its own group."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: order kept
-    if not getattr(config.option, "loadgroup", False):  # set in xdist's worker processes
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        if item.get_closest_marker("e2e") is not None:
-            group = "e2e"
-        else:
-            module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
-            group = f"{module}.{item.cls.__name__}" if item.cls else module
-        item.add_marker(pytest.mark.xdist_group(group))
+
+def _start_order(item: pytest.Item) -> int:
+    if item.get_closest_marker("e2e") is not None:
+        return 0
+    return 1 if getattr(item.module, "__name__", "") in LONG_MODULES else 2
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests first, then the long modules: with `--dist loadscope
+    --no-loadscope-reorder` processes take the work in this order."""
+    items.sort(key=_start_order)  # stable: pytest-django's order is kept within each
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadscope` (pyproject.toml) a process takes a module or a class at a
+    time, so that what a module sets up once (a hub, a Jupyter server, unix accounts) is set
+    up by one process; and the end-to-end tests all go to one process, one after another:
+    each drives a hub, user servers and a Chromium, which want the cores to themselves."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/e2e/"):
+                return "tests/e2e/"
+            return super()._split_scope(nodeid)
+
+    return EndToEndTogether(config, log)
 
 
 # --- the authorisation matrix's summary (tests/test_authz.py) --------------------------------

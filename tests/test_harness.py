@@ -82,6 +82,8 @@ from gallery.models import (
 from .base import make_user, notebook_bytes, stage
 from .conftest import ENDPOINT_CASES, SHARED_CACHE_URL
 
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
+
 # Runs of the state machine and requests per run: bounded, and the same on every machine.
 # No shrinking: it can take minutes over a state machine, and a failure already shows the
 # request that failed, byte for byte, with the server's traceback.

@@ -1,5 +1,6 @@
 """The pages people use: the gallery, an example, staging, my submissions, notifications."""
 
+import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -9,6 +10,8 @@ from gallery import services
 from gallery.models import Example, Job, Notification, Revision, Tag
 
 from .base import GalleryTestCase, notebook_bytes, stage
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 
 def bulk_examples(n: int, *, state: str = "approved", prefix: str = "ex") -> None:
