@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery._state import _set_task_join_will_block
 
 from .runkit import kernel_env, run_accounts, run_root  # noqa: F401  (fixtures of runs' tests)
 
@@ -110,6 +111,10 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
 
     # Unit tests run jobs inline when their transaction commits; worker tests use the broker.
     app.conf.task_always_eager = request.node.get_closest_marker("worker") is None
+    # Celery's "a task is running here, joining would block" flag, set and restored around
+    # each inline job, can be left set by inline jobs on several threads at once (the restore
+    # is not thread-safe); this process is no worker, so no test starts with it set.
+    _set_task_join_will_block(False)
     return tmp_path
 
 
