@@ -19,21 +19,22 @@ redis:
 	@scripts/ensure-redis
 
 # Every test on SQLite (the zero-setup default), then again on PostgreSQL: the tests with real
-# worker processes, the pages and the API (full-text search), staging's races, the
-# authorisation matrix, the property-based harness and the environment jobs racing for one key.
+# worker processes and the modules marked `postgres` (the pages and the API with full-text
+# search, staging's races, the authorisation matrix, the property-based harness and the
+# environment jobs racing for one key). Each pass runs on TEST_PROCESSES processes
+# (pytest-xdist; tests/conftest.py keeps them apart and runs the end-to-end tests on one).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_PROCESSES ?= 2
 test: venv redis
 	@scripts/ensure-postgres
 	@scripts/ensure-browser
 	@scripts/ensure-sandbox
-	$(PY) -m pytest -q
-	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -m worker
-	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q tests/test_views.py tests/test_api.py tests/test_models.py \
-		tests/test_staging.py tests/test_authz.py tests/test_harness.py tests/test_services_environments.py
+	$(PY) -m pytest -q -n $(TEST_PROCESSES)
+	GALLERY_DATABASE_URL=$(PG_URL) $(PY) -m pytest -q -n $(TEST_PROCESSES) -m "worker or postgres"
 
 test-fast: venv redis
 	@scripts/ensure-sandbox
-	$(PY) -m pytest -q -m "not e2e and not worker"
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) -m "not e2e and not worker"
 
 lint: venv
 	$(VENV)/bin/ruff check gallery tests

@@ -17,15 +17,35 @@ from typing import Any
 
 import pytest
 import redis
+from celery._state import _set_task_join_will_block
 
 from .runkit import kernel_env, run_accounts, run_root  # noqa: F401  (fixtures of runs' tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("GALLERY_TEST_REDIS", "redis://127.0.0.1:6379")
-# One Redis database and one set of queue names per test run, so parallel runs and
+
+
+def _redis_db() -> int:
+    """This test process's Redis database: the broker's; the shared cache takes the next one.
+
+    GALLERY_TEST_REDIS_DB (9 unless set) is the first of a run; each pytest-xdist worker
+    (gw0, gw1, ...) takes a pair of its own after it, since a test clears the whole cache
+    database."""
+    base = int(os.environ.get("GALLERY_TEST_REDIS_DB", "9"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    db = base + 2 * (int(worker[2:]) if worker.startswith("gw") else 0)
+    if not 0 <= db <= 14:
+        raise RuntimeError(f"GALLERY_TEST_REDIS_DB={base} leaves no Redis databases {db} and "
+                           f"{db + 1} for test process {worker or 'main'} (Redis has 0-15)")
+    return db
+
+
+# One Redis database and one set of queue names per test process, so parallel runs and
 # leftovers of earlier runs never take each other's messages.
 RUN_ID = f"t{os.getpid()}"
-BROKER_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9'))}"
+REDIS_DB = _redis_db()
+BROKER_URL = f"{REDIS_URL}/{REDIS_DB}"
+SHARED_CACHE_URL = f"{REDIS_URL}/{REDIS_DB + 1}"  # tests of the shared cache (test_caching)
 QUEUES = {"default": f"gallery-{RUN_ID}", "previews": f"gallery-previews-{RUN_ID}",
           "use": f"gallery-use-{RUN_ID}", "envs": f"gallery-envs-{RUN_ID}",
           "runs": f"gallery-runs-{RUN_ID}"}
@@ -92,6 +112,10 @@ def gallery_dirs(settings, tmp_path: Path, request: pytest.FixtureRequest) -> Pa
 
     # Unit tests run jobs inline when their transaction commits; worker tests use the broker.
     app.conf.task_always_eager = request.node.get_closest_marker("worker") is None
+    # Celery's "a task is running here, joining would block" flag, set and restored around
+    # each inline job, can be left set by inline jobs on several threads at once (the restore
+    # is not thread-safe); this process is no worker, so no test starts with it set.
+    _set_task_join_will_block(False)
     return tmp_path
 
 
@@ -180,6 +204,44 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- running on several processes (pytest-xdist, as `make test` does) -----------------------
+
+# Modules with the longest single tests (generated requests by the thousand), started early
+# so that no process is left alone with one of them at the end of a run.
+LONG_MODULES = {"tests.test_harness", "tests.test_api_fuzz", "tests.test_groups"}
+
+
+def _start_order(item: pytest.Item) -> int:
+    if item.get_closest_marker("e2e") is not None:
+        return 0
+    return 1 if getattr(item.module, "__name__", "") in LONG_MODULES else 2
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests first, then the long modules: with `--dist loadscope
+    --no-loadscope-reorder` processes take the work in this order."""
+    items.sort(key=_start_order)  # stable: pytest-django's order is kept within each
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadscope` (pyproject.toml) a process takes a module or a class at a
+    time, so that what a module sets up once (a hub, a Jupyter server, unix accounts) is set
+    up by one process; and the end-to-end tests all go to one process, one after another:
+    each drives a hub, user servers and a Chromium, which want the cores to themselves."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/e2e/"):
+                return "tests/e2e/"
+            return super()._split_scope(nodeid)
+
+    return EndToEndTogether(config, log)
 
 
 # --- the authorisation matrix's summary (tests/test_authz.py) --------------------------------

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 from django.test import Client
 
 from gallery.models import Example, Job, Submission
 
 from .base import GalleryTestCase, notebook_bytes
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 
 class ApiTests(GalleryTestCase):

@@ -27,6 +27,8 @@ from gallery.previews import revision_preview_key
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
 from .test_hub import FakeHub
 
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
+
 
 class ApiVisibilityTests(GalleryTestCase):
     """The API finds an example only for those who may see it, as the pages do."""

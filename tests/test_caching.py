@@ -20,10 +20,9 @@ from gallery.models import Example, Job, Notification
 from gallery.sessions import SessionStore
 
 from .base import GalleryTestCase, stage
-from .conftest import REDIS_URL
+from .conftest import SHARED_CACHE_URL as SHARED_URL
 
-# A Redis database of its own, next to the broker's of this run (conftest.BROKER_URL).
-SHARED_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9')) + 1}"
+# A Redis database of its own, next to the broker's of this test process.
 shared_cache = override_settings(
     GALLERY_CACHE_URL=SHARED_URL,
     CACHES={"default": {"BACKEND": "gallery.redis_cache.RedisCache", "LOCATION": SHARED_URL,

@@ -80,7 +80,9 @@ from gallery.models import (
 )
 
 from .base import make_user, notebook_bytes, stage
-from .conftest import ENDPOINT_CASES, REDIS_URL
+from .conftest import ENDPOINT_CASES, SHARED_CACHE_URL
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 # Runs of the state machine and requests per run: bounded, and the same on every machine.
 # No shrinking: it can take minutes over a state machine, and a failure already shows the
@@ -103,7 +105,6 @@ API_CALLERS = [*PAGE_CALLERS, "token:user", "token:reviewer", "token:newcomer",
                "token:long-name", "token:no-access", "token:service", "token:refused",
                "token:hub-down", "token:hub-html", "token:hub-list", "token:unknown",
                "csrf:contributor", "csrf:user"]
-SHARED_CACHE_URL = f"{REDIS_URL}/{int(os.environ.get('GALLERY_TEST_REDIS_DB', '9')) + 1}"
 
 # --- values -----------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from gallery.models import Example, Job
 
 from .base import make_user, stage
 from .conftest import wait_for
-from .unixusers import TAG, Account, make_account, remove_account, run
+from .unixusers import TAG, Account, make_account, remove_account, remove_group, run
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="creating users and writing as them needs root")
@@ -93,7 +93,7 @@ def stage_root() -> Iterator[Stage]:
     finally:
         for name in made:
             remove_account(name)
-        subprocess.run(["groupdel", team_name], capture_output=True)
+        remove_group(team_name)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -11,6 +11,8 @@ from gallery.models import Example, Job, StateChange
 
 from .base import GalleryTestCase, make_user, stage
 
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
+
 
 def publish_in_another_connection(revision, reviewer) -> None:  # type: ignore[no-untyped-def]
     """What a worker does when its commit lands: one transaction, in a connection of its own."""

@@ -26,6 +26,8 @@ from .base import GalleryTestCase, make_user, stage
 from .conftest import BROKER_URL, QUEUES, start_worker, wait_for, worker_env
 from .test_environments import builder, shared, wheels, write_stand_in  # noqa: F401
 
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
+
 SPEC = ("requirements.txt", b"galleryfake-a\n")  # a package of the tests' own index
 
 

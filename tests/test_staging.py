@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from django.conf import settings
 from django.db import connections
 from django.test import Client, TransactionTestCase
@@ -26,6 +27,8 @@ from gallery.models import (
 from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, make_user, notebook_bytes, stage
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 
 def staging_entries() -> list[str]:

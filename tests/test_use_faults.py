@@ -171,6 +171,21 @@ def processes_of(uid: int) -> list[int]:
             and os.path.exists(f"/proc/{p}") and _uid_of(p) == uid]
 
 
+def describe(pids: list[int]) -> str:
+    """Each process's id, state, parent and command line, for a failure's message."""
+    said = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        said.append(f"{pid} ({state}, parent {ppid}) {argv[:120]}")
+    return "; ".join(said) or "none by now"
+
+
 def copy_helpers_of(parents: list[int]) -> list[int]:
     """Copy helpers (gallery/homes/child.py serve <parent> <fd>) started by these processes."""
     found = []
@@ -229,7 +244,11 @@ def kill_whole_worker(worker: Worker, user_name: str, settings) -> None:  # type
     wait_for(lambda: not copy_helpers_of(pids), timeout=20, what="the helpers to end")
     if settings.GALLERY_USE_AS_USER:
         uid = pwd.getpwnam(user_name).pw_uid
-        wait_for(lambda: not processes_of(uid), timeout=20, what="the copy to stop")
+        try:
+            wait_for(lambda: not processes_of(uid), timeout=60, what="the copy to stop")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running as {user_name}: "
+                                 f"{describe(processes_of(uid))}") from None
 
 
 # --- the faults ------------------------------------------------------------------------------

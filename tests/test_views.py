@@ -1,5 +1,6 @@
 """The pages people use: the gallery, an example, staging, my submissions, notifications."""
 
+import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -10,6 +11,8 @@ from gallery.models import Example, Job, Notification, Revision, Tag
 from gallery.previews import revision_preview_key
 
 from .base import GalleryTestCase, notebook_bytes, stage
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 
 def bulk_examples(n: int, *, state: str = "approved", prefix: str = "ex") -> None:

@@ -3,6 +3,7 @@ with userdel, with homes under a temporary root."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import subprocess
@@ -49,4 +50,12 @@ def make_account(root: Path, name: str, groups: str = "") -> Account:
 
 
 def remove_account(name: str) -> None:
-    subprocess.run(["userdel", name], capture_output=True)
+    """Remove the user (and its group), waiting out another process's lock on /etc/passwd
+    (test processes run side by side); an account that is already gone is no error."""
+    with contextlib.suppress(RuntimeError):
+        run("userdel", name)
+
+
+def remove_group(name: str) -> None:
+    with contextlib.suppress(RuntimeError):
+        run("groupdel", name)

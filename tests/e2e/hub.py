@@ -12,6 +12,7 @@ var/node when it is missing. The `running_hub` fixture gives one hub per test mo
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
@@ -47,15 +48,20 @@ def ensure_tools() -> None:
     for module in ("jupyterhub", "jupyterlab"):
         pytest.importorskip(module, reason="the hub extra is not installed "
                                            "(pip install -e '.[hub]', as `make` does)")
-    if CHP.exists():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is missing, so configurable-http-proxy cannot be installed")
-    CHP.parent.parent.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([npm, "install", "--prefix", str(CHP.parent.parent.parent), "--no-audit",
-                    "--no-fund", "--loglevel=error", f"configurable-http-proxy@{CHP_VERSION}"],
-                   check=True, capture_output=True, timeout=300)
+    prefix = CHP.parent.parent.parent
+    prefix.mkdir(parents=True, exist_ok=True)
+    # Test processes running side by side (pytest-xdist) install it once: the others wait
+    # for that install to finish rather than start a proxy that is half there.
+    with (prefix / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if CHP.exists():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is missing, so configurable-http-proxy cannot be installed")
+        subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+                        "--loglevel=error", f"configurable-http-proxy@{CHP_VERSION}"],
+                       check=True, capture_output=True, timeout=300)
 
 
 @dataclass

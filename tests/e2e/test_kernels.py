@@ -33,7 +33,11 @@ from tests.unixusers import TAG, make_account, remove_account
 from .browser import browser, page  # noqa: F401  (pytest fixtures)
 from .hub import ROOT, RunningHub, start_hub
 from .test_hub import csrf, gallery_login, wait_json
-from .test_stage_button import extension_installed, hub_login  # noqa: F401
+from .test_stage_button import (  # noqa: F401
+    extension_installed,
+    hub_login,
+    open_from_side_panel,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network,
               pytest.mark.skipif(not IS_ROOT, reason="the build account needs root")]
@@ -186,12 +190,7 @@ def use_in_lab(hub: RunningHub, page: Any, as_user: dict[str, str],  # noqa: F81
     page.set_viewport_size({"width": 1366, "height": 860})
     hub_login(page, hub)
     page.goto(f"{hub.url}/hub/spawn/demo-user?next=/user/demo-user/lab")
-    side = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="gallery-examples-panel"]')
-    side.wait_for(timeout=120_000)
-    panel = page.locator("#gallery-examples-panel")
-    if not panel.is_visible():
-        side.click()
-    panel.locator("button.jp-GalleryExamples-item", has_text="Fake kernel").click()
+    open_from_side_panel(page, "Fake kernel")
     tab = page.locator(".jp-GalleryExample")
     tab.locator(".jp-GalleryExample-plan", has_text=f"Kernel: {name}").wait_for(timeout=60_000)
     tab.get_by_label("Folder name in ~/examples").fill("lab-kernel")

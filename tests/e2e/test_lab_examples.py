@@ -24,7 +24,11 @@ from gallery import homes, previews
 from tests.e2e.browser import browser, page  # noqa: F401  (pytest fixtures)
 from tests.e2e.hub import ROOT, RunningHub, start_hub
 from tests.e2e.test_hub import csrf, gallery_login, wait_json
-from tests.e2e.test_stage_button import extension_installed, hub_login  # noqa: F401
+from tests.e2e.test_stage_button import (  # noqa: F401
+    extension_installed,
+    hub_login,
+    open_from_side_panel,
+)
 
 pytestmark = pytest.mark.e2e
 USER = "demo-user"
@@ -227,12 +231,7 @@ def update_from_lab(hub: RunningHub, page: Any) -> None:  # noqa: F811
     page.set_viewport_size({"width": 1366, "height": 860})
     hub_login(page, hub)
     page.goto(f"{hub.url}/hub/spawn/{USER}?next=/user/{USER}/lab")
-    side = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="gallery-examples-panel"]')
-    side.wait_for(timeout=120_000)
-    panel = page.locator("#gallery-examples-panel")
-    if not panel.is_visible():
-        side.click()
-    panel.locator("button.jp-GalleryExamples-item", has_text="Sea ice extent").click()
+    open_from_side_panel(page, "Sea ice extent")
     section = page.locator(".jp-GalleryExample .jp-GalleryExample-update")
     section.get_by_role("heading", name="Update my copy").wait_for(timeout=60_000)
     assert "Version 2 is approved" in section.inner_text()

@@ -69,6 +69,28 @@ def hub_login(page: Any, hub: RunningHub) -> None:  # noqa: F811
     page.wait_for_url(f"{hub.url}/hub/**")
 
 
+def open_from_side_panel(page: Any, title: str, timeout: float = 120.0) -> None:  # noqa: F811
+    """Open an example from the side panel. JupyterLab may still be restoring the layout of
+    the last visit (which opens or closes the left area) when the panel's tab appears, so the
+    panel is shown again until the example's button takes the click."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    side = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="gallery-examples-panel"]')
+    side.wait_for(timeout=120_000)
+    panel = page.locator("#gallery-examples-panel")
+    item = panel.locator("button.jp-GalleryExamples-item", has_text=title)
+    deadline = time.monotonic() + timeout
+    while True:
+        if not panel.is_visible():
+            side.click()
+        try:
+            item.click(timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def run_first_cell(page: Any) -> None:  # noqa: F811
     editor = page.locator(".jp-Notebook .jp-CodeCell .jp-InputArea-editor").first
     output = page.locator(".jp-OutputArea-output", has_text="yaml")
