@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from hypothesis import event, given
+from hypothesis import assume, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
@@ -154,8 +154,8 @@ def test_it_tokenizes_tex_as_latex2mathml_does(tex):
 
 
 CELL_PIECES = ["0", "0.0", "1", "-2.5", "0.595", "+", "-", "(", ")", "e", "j", "1e-05", "0.5j",
-               " ", ".", "12", "\\times10^{-05}", "\\times 10^{3}", "\\cdots", "\\vdots",
-               "\\ddots"]
+               " ", ".", "12", ".5", "1.5.2", "\\times10^{-05}", "\\times 10^{3}", "\\cdots",
+               "\\vdots", "\\ddots"]
 GOOD_CELLS = st.one_of(
     st.lists(st.sampled_from(CELL_PIECES), min_size=1, max_size=6).map("".join),
     st.sampled_from(["(-0.256+6.823\\times10^{-05}j)", "(1.137\\times10^{-04}-2.714\\times"
@@ -191,3 +191,14 @@ def test_it_writes_the_matrices_of_qutip_objects_itself():
     prepared = math._prepare(tex)
     assert math._number_array(prepared, True) == math._latex2mathml(prepared, True) != ""
     assert math._number_array("\\left(\\begin{array}{c}\\frac12\\end{array}\\right)", True) == ""
+
+
+@given(GOOD_CELLS)
+@hsettings(max_examples=1000, deadline=None)
+def test_it_writes_a_cell_of_numbers_as_latex2mathml_does(cell):
+    assume(cell.strip(" "))  # a blank cell leaves the matrix to latex2mathml
+    whole = math._latex2mathml(cell, False)
+    inner = math._number_cell(cell)
+    event("written" if inner is not None else "left to latex2mathml")
+    assert inner is None or (whole.startswith('<math display="inline"><mrow>')
+                             and whole[29:-14] == inner), cell

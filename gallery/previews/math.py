@@ -191,8 +191,8 @@ _ALIGN = {"l": "left", "c": "center", "r": "right"}
 def _number_array(tex: str, display: bool) -> str:
     """latex2mathml's MathML for a matrix of numbers (`_ARRAY`), or "" for any other TeX.
 
-    Made cell by cell, through the cache (most cells repeat: `0.0`), a tenth of the time of
-    converting the whole: tests/test_preview_math.py checks that it is the same MathML.
+    Made cell by cell (`_number_cell`), a tenth of the time of converting the whole:
+    tests/test_preview_math.py checks that it is the same MathML.
     """
     m = _ARRAY.fullmatch(tex)
     if m is None:
@@ -211,17 +211,55 @@ def _number_array(tex: str, display: bool) -> str:
         for cell, align in zip(cells, aligns[:len(cells)], strict=True):
             if not cell.strip(" ") or _CELL.fullmatch(cell) is None:
                 return ""  # latex2mathml drops some empty cells and rows: leave those to it
-            inner = _convert(cell, False)
-            if not (inner.startswith(_OPEN) and inner.endswith(_CLOSE)):
+            inner = _number_cell(cell)
+            if inner is None:
                 return ""
-            out += ['<mtd columnalign="', align, '">', inner[len(_OPEN):-len(_CLOSE)], "</mtd>"]
+            out += ['<mtd columnalign="', align, '">', inner, "</mtd>"]
         out.append("</mtr>")
     out.append('</mtable><mo stretchy="true" fence="true" form="postfix">&#x00029;</mo>'
                "</mrow></mrow></math>")
     return "".join(out)
 
 
-_OPEN, _CLOSE = '<math display="inline"><mrow>', "</mrow></math>"
+# What latex2mathml makes of each token of a cell (`_CELL`).
+_CELL_TOKENS = {
+    "+": "<mo>&#x0002B;</mo>", "-": "<mo>&#x02212;</mo>", ".": "<mo>&#x0002E;</mo>",
+    "(": '<mo stretchy="false">&#x00028;</mo>', ")": '<mo stretchy="false">&#x00029;</mo>',
+    "e": "<mi>e</mi>", "j": "<mi>j</mi>", "\\times": "<mo>&#x000D7;</mo>",
+    "\\cdots": "<mo>&#x022EF;</mo>", "\\vdots": "<mo>&#x022EE;</mo>",
+    "\\ddots": "<mo>&#x022F1;</mo>",
+}
+_DIGITS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_POWER = re.compile(r"\^\{(-?)([0-9]+)\}")
+
+
+def _number_cell(cell: str) -> str | None:
+    """The MathML latex2mathml writes for a cell of `_CELL` (without the `<math><mrow>`
+    around it), or None for a token it is not sure of."""
+    out = []
+    tokens = list(tokenize(cell))
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "10" and tokens[i + 1:i + 3] == ["^", "{"]:  # 10^{-05}
+            end = tokens.index("}", i)
+            power = _POWER.fullmatch("".join(tokens[i + 1:end + 1]))
+            if power is None:
+                return None
+            sign = "<mo>&#x02212;</mo>" if power.group(1) else ""
+            out.append(f"<msup><mn>10</mn><mrow>{sign}<mn>{power.group(2)}</mn></mrow></msup>")
+            i = end + 1
+            continue
+        if _DIGITS.fullmatch(token):
+            out.append(f"<mn>{token}</mn>")
+        elif token[0] == "." and token[1:].isdigit():
+            out.append(f"<mi>{token}</mi>")  # as latex2mathml has it
+        elif token in _CELL_TOKENS:
+            out.append(_CELL_TOKENS[token])
+        else:
+            return None
+        i += 1
+    return "".join(out)
 
 
 def _latex2mathml(tex: str, display: bool) -> str:
