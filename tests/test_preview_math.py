@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from hypothesis import given
+from hypothesis import assume, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
@@ -151,3 +151,54 @@ def test_it_tokenizes_tex_as_latex2mathml_does(tex):
 
     for comments in (True, False):
         assert outcome(math.tokenize, tex, comments) == outcome(tokenizer.tokenize, tex, comments)
+
+
+CELL_PIECES = ["0", "0.0", "1", "-2.5", "0.595", "+", "-", "(", ")", "e", "j", "1e-05", "0.5j",
+               " ", ".", "12", ".5", "1.5.2", "\\times10^{-05}", "\\times 10^{3}", "\\cdots",
+               "\\vdots", "\\ddots"]
+GOOD_CELLS = st.one_of(
+    st.lists(st.sampled_from(CELL_PIECES), min_size=1, max_size=6).map("".join),
+    st.sampled_from(["(-0.256+6.823\\times10^{-05}j)", "(1.137\\times10^{-04}-2.714\\times"
+                     "10^{-06}j)", "-1.313\\times10^{-06}", "\\cdots", " \\vdots "]))
+# Mostly cells it takes, now and then one that leaves the whole to latex2mathml.
+CELLS = st.one_of(*[GOOD_CELLS] * 19, st.sampled_from(["", " ", "2 3", "^2", "\\frac12"]))
+
+
+@given(st.lists(st.sampled_from("lcr"), min_size=1, max_size=4).flatmap(lambda aligns: st.tuples(
+           st.just(aligns), st.lists(st.lists(CELLS, min_size=1, max_size=len(aligns)),
+                                     min_size=1, max_size=4))),
+       st.sampled_from([0, 0, 0, 0, 1, -1]), st.booleans(), st.booleans(), st.booleans())
+@hsettings(max_examples=1000, deadline=None)
+def test_it_writes_a_matrix_of_numbers_as_latex2mathml_does(table, misfit, last_break, display,
+                                                             spaced):
+    # `_number_array` puts a matrix together from its cells' MathML: it must be latex2mathml's
+    # MathML of the whole, or nothing (then latex2mathml converts it). Rows may have fewer
+    # cells than columns; now and then the last has one more or one less.
+    aligns, rows = table
+    rows[-1] = rows[-1] + ["1"] if misfit > 0 else rows[-1][:-1] if misfit else rows[-1]
+    body = "\\\\".join((" & " if spaced else "&").join(row) for row in rows)
+    end = "\\\\" if last_break else ""
+    tex = f"\\left(\\begin{{array}}{{{''.join(aligns)}}}{body}{end}\\end{{array}}\\right)"
+    fast = math._number_array(tex, display)
+    event("made from its cells" if fast else "left to latex2mathml")
+    assert fast == "" or fast == math._latex2mathml(tex, display), tex
+
+
+def test_it_writes_the_matrices_of_qutip_objects_itself():
+    tex = ("\\begin{equation*}\\left(\\begin{array}{*{3}c}0.595 & 0.0 & (-0.256+6.823"
+           "\\times10^{-05}j)\\\\0.0 & -1.0j & \\cdots\\\\\\vdots & 1e-05 & \\ddots\\\\"
+           "\\end{array}\\right)\\end{equation*}")
+    prepared = math._prepare(tex)
+    assert math._number_array(prepared, True) == math._latex2mathml(prepared, True) != ""
+    assert math._number_array("\\left(\\begin{array}{c}\\frac12\\end{array}\\right)", True) == ""
+
+
+@given(GOOD_CELLS)
+@hsettings(max_examples=1000, deadline=None)
+def test_it_writes_a_cell_of_numbers_as_latex2mathml_does(cell):
+    assume(cell.strip(" "))  # a blank cell leaves the matrix to latex2mathml
+    whole = math._latex2mathml(cell, False)
+    inner = math._number_cell(cell)
+    event("written" if inner is not None else "left to latex2mathml")
+    assert inner is None or (whole.startswith('<math display="inline"><mrow>')
+                             and whole[29:-14] == inner), cell

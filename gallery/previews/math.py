@@ -174,16 +174,102 @@ _not_none = functools.partial(operator.is_not, None)
 @functools.lru_cache(maxsize=4096)
 def _convert(tex: str, display: bool) -> str:
     """MathML for TeX, or "" when latex2mathml cannot read it (cached: formulas repeat)."""
+    prepared = _prepare(tex)
+    if prepared is None:
+        return ""
+    return _number_array(prepared, display) or _latex2mathml(prepared, display)
+
+
+# A matrix of numbers in parentheses, as array outputs print themselves (QuTiP's objects,
+# for one): a cell holds digits, signs, parentheses, `e` and `j`, `\times10^{…}` and dots.
+_ARRAY = re.compile(r"\s*\\left\(\s*\\begin\{array\}\{([lcr]{1,100})\}(.*)"
+                    r"\\end\{array\}\s*\\right\)\s*", re.DOTALL)
+_CELL = re.compile(r"(?:[ 0-9.+\-()ej]|\\times ?10\^\{-?[0-9]{1,3}\}|\\[cvd]dots)*")
+_ALIGN = {"l": "left", "c": "center", "r": "right"}
+
+
+def _number_array(tex: str, display: bool) -> str:
+    """latex2mathml's MathML for a matrix of numbers (`_ARRAY`), or "" for any other TeX.
+
+    Made cell by cell (`_number_cell`), a tenth of the time of converting the whole:
+    tests/test_preview_math.py checks that it is the same MathML.
+    """
+    m = _ARRAY.fullmatch(tex)
+    if m is None:
+        return ""
+    aligns = [_ALIGN[a] for a in m.group(1)]
+    rows = m.group(2).split("\\\\")
+    if len(rows) > 1 and not rows[-1].strip(" "):
+        rows.pop()  # after the last row's `\\`
+    out = ['<math display="', "block" if display else "inline", '"><mrow><mrow>',
+           '<mo stretchy="true" fence="true" form="prefix">&#x00028;</mo><mtable>']
+    for row in rows:
+        cells = row.split("&")
+        if len(cells) > len(aligns):  # fewer is common: QuTiP asks for a column more
+            return ""
+        out.append("<mtr>")
+        for cell, align in zip(cells, aligns[:len(cells)], strict=True):
+            if not cell.strip(" ") or _CELL.fullmatch(cell) is None:
+                return ""  # latex2mathml drops some empty cells and rows: leave those to it
+            inner = _number_cell(cell)
+            if inner is None:
+                return ""
+            out += ['<mtd columnalign="', align, '">', inner, "</mtd>"]
+        out.append("</mtr>")
+    out.append('</mtable><mo stretchy="true" fence="true" form="postfix">&#x00029;</mo>'
+               "</mrow></mrow></math>")
+    return "".join(out)
+
+
+# What latex2mathml makes of each token of a cell (`_CELL`).
+_CELL_TOKENS = {
+    "+": "<mo>&#x0002B;</mo>", "-": "<mo>&#x02212;</mo>", ".": "<mo>&#x0002E;</mo>",
+    "(": '<mo stretchy="false">&#x00028;</mo>', ")": '<mo stretchy="false">&#x00029;</mo>',
+    "e": "<mi>e</mi>", "j": "<mi>j</mi>", "\\times": "<mo>&#x000D7;</mo>",
+    "\\cdots": "<mo>&#x022EF;</mo>", "\\vdots": "<mo>&#x022EE;</mo>",
+    "\\ddots": "<mo>&#x022F1;</mo>",
+}
+_DIGITS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_POWER = re.compile(r"\^\{(-?)([0-9]+)\}")
+
+
+def _number_cell(cell: str) -> str | None:
+    """The MathML latex2mathml writes for a cell of `_CELL` (without the `<math><mrow>`
+    around it), or None for a token it is not sure of."""
+    out = []
+    tokens = list(tokenize(cell))
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "10" and tokens[i + 1:i + 3] == ["^", "{"]:  # 10^{-05}
+            end = tokens.index("}", i)
+            power = _POWER.fullmatch("".join(tokens[i + 1:end + 1]))
+            if power is None:
+                return None
+            sign = "<mo>&#x02212;</mo>" if power.group(1) else ""
+            out.append(f"<msup><mn>10</mn><mrow>{sign}<mn>{power.group(2)}</mn></mrow></msup>")
+            i = end + 1
+            continue
+        if _DIGITS.fullmatch(token):
+            out.append(f"<mn>{token}</mn>")
+        elif token[0] == "." and token[1:].isdigit():
+            out.append(f"<mi>{token}</mi>")  # as latex2mathml has it
+        elif token in _CELL_TOKENS:
+            out.append(_CELL_TOKENS[token])
+        else:
+            return None
+        i += 1
+    return "".join(out)
+
+
+def _latex2mathml(tex: str, display: bool) -> str:
+    """MathML for prepared TeX by latex2mathml, or "" when it cannot read it."""
     from latex2mathml import walker
     from latex2mathml.converter import convert_to_element
 
     walker.tokenize = tokenize  # what its walker reads TeX with (see `tokenize`)
-
-    prepared = _prepare(tex)
-    if prepared is None:
-        return ""
     try:
-        tree = convert_to_element(prepared, display="block" if display else "inline")
+        tree = convert_to_element(tex, display="block" if display else "inline")
     except MemoryError:
         raise
     except Exception:  # latex2mathml raises its own errors and assorted others on bad TeX
