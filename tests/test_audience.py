@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import git
+import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.test import Client
@@ -21,6 +22,8 @@ from gallery.previews import revision_preview_key
 
 from .test_caching import shared_cache
 from .test_groups import CHEMISTRY, PHYSICS, GroupCast, stage_for
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 
 class AudienceTests(GroupCast):

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.test import Client, override_settings
@@ -27,6 +28,8 @@ from .base import GalleryTestCase, make_user, notebook_bytes
 from .test_caching import shared_cache
 from .test_hub import ACCESS, FakeHub
 from .test_login import NO_HUB, HubRequests
+
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
 
 PHYSICS, CHEMISTRY = "physics", "chemistry"
 

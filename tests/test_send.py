@@ -32,6 +32,8 @@ from gallery.models import CopySettings, Delivery, HubGroup, Job, Notification, 
 
 from .base import GalleryTestCase, make_user, notebook_bytes
 
+pytestmark = pytest.mark.postgres  # run again on PostgreSQL by `make test`
+
 NOTEBOOK = notebook_bytes(2, text="print('parcel')")
 FILES = {"data/table.csv": b"a,b\n1,2\n", "helper.py": b"ANSWER = 42\n"}
 
