@@ -24,6 +24,7 @@ import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from gallery.previews import FRAME_SANDBOX
 from tests.conftest import wait_for
 from tests.e2e.browser import browser  # noqa: F401  (pytest fixture)
 from tests.e2e.hub import ROOT, RunningHub, start_hub
@@ -334,7 +335,7 @@ def group_journey(hub: RunningHub, browser: Any, pages: dict[str, Any]) -> None:
     assert tab.locator(".jp-GalleryExample-audience").inner_text() == (
         f"For the members of {GROUP} only.")
     frame = tab.locator("iframe.jp-GalleryExample-preview")
-    assert frame.get_attribute("sandbox") == ""
+    assert frame.get_attribute("sandbox") == FRAME_SANDBOX  # as on the gallery's pages
     assert frame.get_attribute("referrerpolicy") == "no-referrer"
     assert f"/services/gallery/examples/{slug}/previews/" in (frame.get_attribute("src") or "")
     assert "?token=" in (frame.get_attribute("src") or "")  # the frame has no gallery session

@@ -462,7 +462,13 @@ def test_it_opens_links_out_in_a_new_tab_and_the_example_s_own_in_place(live_ser
 
     # Another notebook of the example: its preview, in the same frame.
     frame.get_by_text("part two", exact=True).click()
-    frame.wait_for_url(f"{live_server.url}/previews/{part2_key}.html")
+    try:
+        frame.wait_for_url(f"{live_server.url}/previews/{part2_key}.html")
+    except Exception as exc:  # noqa: BLE001  (the test server dropped the connection under load)
+        if "ERR_FAILED" not in str(exc):
+            raise
+        frame.get_by_text("part two", exact=True).click()  # the same click, once more
+        frame.wait_for_url(f"{live_server.url}/previews/{part2_key}.html")
     frame.wait_for_load_state("load")
     assert frame.evaluate("() => [self.origin, document.querySelector('h1').textContent]") == [
         "null", "Part two"]
