@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from gallery import notebooks, previews, services
@@ -125,6 +128,37 @@ def test_it_refuses_images_that_are_bombs_broken_or_not_what_they_claim():
     small = previews.PreviewLimits(max_image_pixels=10)
     assert "4x3 pixels" in image_problem("image/png", corpus.png(), small)
     assert image_problem("image/png", corpus.png(), LIMITS) is None
+
+
+@given(st.text(alphabet="AB+/9=\n \t-_", max_size=24))
+@hsettings(max_examples=500, deadline=None)
+def test_it_takes_base64_exactly_when_it_is_base64(text):
+    # What is base64: its characters, whitespace anywhere, at most two `=` at the end, no
+    # length that leaves a lone character, and what binascii decodes.
+    import binascii
+
+    from gallery.previews.images import clean_base64_image
+
+    data = "".join(text.split())
+    stripped = data.rstrip("=")
+    base64 = (bool(stripped) and re.fullmatch(r"[A-Za-z0-9+/]*", stripped) is not None
+              and len(data) - len(stripped) <= 2 and len(stripped) % 4 != 1)
+    try:
+        binascii.a2b_base64(data)
+    except binascii.Error:
+        base64 = False
+    clean, problem = clean_base64_image("image/png", text, 2**20, 10**6)
+    assert (problem != "image data that is not base64") == base64, problem
+    assert clean == ""  # none of these is a PNG
+
+
+def test_it_keeps_the_base64_of_a_valid_image_without_its_whitespace():
+    from gallery.previews.images import clean_base64_image
+
+    png = corpus.png()
+    wrapped = "\n".join(png[i:i + 76] for i in range(0, len(png), 76))
+    assert clean_base64_image("image/png", wrapped, 2**20, 10**6) == (png, None)
+    assert clean_base64_image("image/png", png, 2**20, 10**6) == (png, None)
 
 
 def test_it_truncates_huge_outputs_with_a_visible_note():

@@ -13,6 +13,7 @@ import io
 
 IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF"}
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_CHARS_AND_PAD = _B64_CHARS + b"="
 
 
 def clean_base64_image(mime: str, b64: str, max_bytes: int,
@@ -26,13 +27,15 @@ def clean_base64_image(mime: str, b64: str, max_bytes: int,
         raw = b64.encode("ascii")
     except UnicodeEncodeError:
         return "", "image data that is not base64"
-    if b"\n" in raw or b" " in raw or b"\r" in raw or b"\t" in raw:
+    spaced = b"\n" in raw or b" " in raw or b"\r" in raw or b"\t" in raw
+    if spaced:
         raw = raw.translate(None, b" \t\r\n")
     if len(raw) > max_bytes * 4 // 3:
         return "", f"image larger than {max_bytes // 1024:,} KiB"
-    data = raw.rstrip(b"=")
-    if not data or data.translate(None, _B64_CHARS) or len(raw) - len(data) > 2 or (
-            len(data) % 4 == 1):
+    # Base64 characters, then at most two `=` (checked without copying megabytes).
+    padding = 2 if raw.endswith(b"==") else 1 if raw.endswith(b"=") else 0
+    if (len(raw) == padding or raw.translate(None, _B64_CHARS_AND_PAD)
+            or raw.count(b"=") != padding or (len(raw) - padding) % 4 == 1):
         return "", "image data that is not base64"
     problem = None
     for part in (raw[:_HEAD], raw) if len(raw) > _HEAD else (raw,):
@@ -42,7 +45,9 @@ def clean_base64_image(mime: str, b64: str, max_bytes: int,
             return "", "image data that is not base64"
         if problem is None or "not a valid" not in problem:
             break
-    return ("", problem) if problem else (raw.decode("ascii"), None)
+    if problem:
+        return "", problem
+    return (raw.decode("ascii") if spaced else b64), None
 
 
 _HEAD = 64 * 1024  # base64 characters: 48 KiB of image
