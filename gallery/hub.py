@@ -116,8 +116,9 @@ def has_access(model: dict[str, Any]) -> bool:
     return bool(settings.JUPYTERHUB_OAUTH_ACCESS_SCOPES & set(model.get("scopes", [])))
 
 
-def user_for_token(token: str) -> dict[str, Any] | None:
-    """`fetch_user`, remembered for a short while (keyed by a hash, never the token itself).
+def user_for_token(token: str) -> tuple[dict[str, Any] | None, bool]:
+    """`fetch_user`, remembered for a short while (keyed by a hash, never the token itself),
+    and whether the hub was asked just now (False: from what a process remembered).
 
     A hub that does not answer as a hub raises HubUnavailable, and nothing is remembered:
     the caller is told to try again, never that a good token is bad.
@@ -125,10 +126,10 @@ def user_for_token(token: str) -> dict[str, Any] | None:
     key = "hub-token:" + hashlib.sha256(token.encode()).hexdigest()
     cached = cache.get(key)
     if cached is not None:
-        return cached or None
+        return cached or None, False
     model = fetch_user(token)
     cache.set(key, model or {}, settings.GALLERY_HUB_TOKEN_CACHE_SECONDS)
-    return model
+    return model, True
 
 
 def is_reviewer_model(model: dict[str, Any]) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.models import AbstractBaseUser
@@ -180,7 +181,13 @@ class HubTokenAuth(APIKeyHeader):
         scheme, _, token = key.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not token.strip():
             return None
-        model = hub.user_for_token(token.strip())
+        model, fresh = hub.user_for_token(token.strip())
         if model is None:
             return None
+        if not fresh:
+            # Kept what the hub said when it was asked; a remembered answer, perhaps older than
+            # another process's, must not bring back a group the hub has since taken away.
+            user = get_user_model().objects.filter(username=model["name"], is_active=True).first()
+            if user is not None:
+                return user
         return services.sync_hub_user(model)  # a GalleryError goes to the API's error handler

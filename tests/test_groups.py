@@ -552,6 +552,21 @@ class HubRecheckTests(HubRequests):
         self.assertNotIn("Photon puzzle", self.get("/").content.decode())
         self.assertEqual(self.get(f"/api/v1/examples/{self.slug}").status_code, 404)
 
+    def test_a_remembered_token_answer_never_brings_back_a_group_the_hub_took_away(self) -> None:
+        # One web process asked the hub about paul's token while he was in physics, and
+        # remembers the answer; then another process hears from the hub that he left.
+        api = Client()
+        header = {"HTTP_AUTHORIZATION": "token pauls-token"}
+        url = f"/api/v1/examples/{self.slug}"
+        self.assertEqual(api.get(url, **header).status_code, 200)  # asked, and remembered
+        services.sync_hub_user(hub_model("paul"))  # the hub's newer word, seen elsewhere
+        for _ in range(2):  # answered from the remembered model: still out
+            self.assertEqual(api.get(url, **header).status_code, 404)
+            self.assertEqual(api.post(f"{url}/use", "{}", content_type="application/json",
+                                      **header).status_code, 404)
+        self.assertFalse(HubGroup.objects.filter(name=PHYSICS, members__username="paul")
+                         .exists())
+
 
 class RebuildTests(GroupCast):
     def test_it_restores_an_examples_groups_from_the_repository(self) -> None:
