@@ -62,9 +62,8 @@ def set_audience(*, example_slug: str, groups: Any, actor: AbstractBaseUser) -> 
         revisions = list(example.revisions.all())
         for revision in revisions:
             queue_preview(revision)  # where the new audience reads it
-        if not wanted:
-            pass  # its private previews are simply no longer read
-        elif not current:
+        if wanted and not current:  # public before: its public files go (the private
+            # ones of an example made public are simply no longer read)
             transaction.on_commit(lambda: forget_public_previews(revisions))
         if example.current_revision_id is not None:
             queue_job(Job.Kind.COMMIT, user=actor, revision=example.current_revision,
